@@ -1,0 +1,62 @@
+# Quiver: `make serve` runs the server, `make test` runs every check. Both install from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+# hnswlib is always compiled here, with its own -march=native flags (AVX where the CPU has it).
+PIP_BUILD := --no-binary hnswlib
+PROTOS := $(wildcard protos/quiver/v1/*.proto)
+GEN_DIR := client
+
+.PHONY: install dev serve test lint typecheck buf-lint proto proto-check pytest bench soak clean
+
+$(VENV)/.runtime: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) $(PIP_BUILD) -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(PIP) $(PIP_BUILD) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.runtime
+dev: $(VENV)/.dev
+
+serve: install
+	$(VENV)/bin/quiver serve
+
+test: dev lint typecheck buf-lint proto-check pytest
+
+lint: dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: dev
+	$(VENV)/bin/mypy
+
+buf-lint: dev
+	$(VENV)/bin/buf lint
+
+# Regenerate the committed stubs (python + .pyi + grpc + typed grpc stubs).
+proto: dev
+	rm -f $(GEN_DIR)/quiver/v1/*_pb2*.py $(GEN_DIR)/quiver/v1/*_pb2*.pyi
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=$(GEN_DIR) --mypy_out=$(GEN_DIR) \
+		--grpc_python_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) $(PROTOS)
+
+# Fails when the committed stubs differ from what the protos generate.
+proto-check: dev
+	rm -rf .proto-check && mkdir -p .proto-check
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=.proto-check --mypy_out=.proto-check \
+		--grpc_python_out=.proto-check --mypy_grpc_out=.proto-check $(PROTOS) >/dev/null
+	cp $(GEN_DIR)/quiver/v1/__init__.py .proto-check/quiver/v1/
+	diff -r -x __pycache__ -x py.typed .proto-check/quiver/v1 $(GEN_DIR)/quiver/v1 \
+		|| (echo "committed stubs are stale: run 'make proto'" && exit 1)
+	rm -rf .proto-check
+
+pytest: dev
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .proto-check .mypy_cache .ruff_cache .pytest_cache

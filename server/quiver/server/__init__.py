@@ -1,0 +1,1 @@
+"""The Quiver server: gRPC servicers, core, storage, ingest, index and embedders."""
