@@ -1,0 +1,1 @@
+"""The gRPC edge: interceptor, servicers and protobuf conversion. Only this package imports pb2."""

@@ -1,0 +1,92 @@
+"""FileService: validate → core → convert."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+from quiver.server.api import convert
+from quiver.server.api.context import current_principal
+from quiver.server.core.errors import InvalidArgument
+from quiver.server.core.files import FileStore, Upload
+from quiver.server.core.validation import check_id, check_list_params, raise_if
+from quiver.v1 import files_pb2, files_pb2_grpc
+
+DOWNLOAD_PIECE = 64 * 1024
+Ctx = aio.ServicerContext[Any, Any]
+
+
+class FileServicer(files_pb2_grpc.FileServiceServicer):
+    def __init__(self, files: FileStore) -> None:
+        self._files = files
+
+    async def UploadFile(
+        self, request_iterator: AsyncIterator[files_pb2.UploadFileRequest], context: Ctx
+    ) -> files_pb2.UploadFileResponse:
+        principal = current_principal()
+        upload: Upload | None = None
+        finished = False
+        try:
+            async for message in request_iterator:
+                if upload is None:
+                    upload = self._files.begin_upload(
+                        principal, message.filename, message.purpose, message.sha256
+                    )
+                elif message.filename or message.purpose or message.sha256:
+                    field = (
+                        "filename"
+                        if message.filename
+                        else "purpose"
+                        if message.purpose
+                        else "sha256"
+                    )
+                    raise InvalidArgument.one(
+                        field, "only the first message of the stream may set it"
+                    )
+                if message.data:
+                    upload.write(message.data)
+            if upload is None:
+                raise InvalidArgument.one(
+                    "filename", "is required in the first message (the stream was empty)"
+                )
+            stored = upload.finish()
+            finished = True
+            return files_pb2.UploadFileResponse(file=convert.file_out(stored))
+        finally:
+            if upload is not None and not finished:
+                upload.abort()
+
+    async def GetFile(
+        self, request: files_pb2.GetFileRequest, context: Ctx
+    ) -> files_pb2.GetFileResponse:
+        raise_if(check_id(request.file_id, "file_id", "file-"))
+        file = self._files.get(current_principal(), request.file_id)
+        return files_pb2.GetFileResponse(file=convert.file_out(file))
+
+    async def ListFiles(
+        self, request: files_pb2.ListFilesRequest, context: Ctx
+    ) -> files_pb2.ListFilesResponse:
+        params = check_list_params(request.limit, request.order, request.after, request.before)
+        page = self._files.list(current_principal(), params, request.purpose)
+        return files_pb2.ListFilesResponse(
+            data=[convert.file_out(f) for f in page.data],
+            **convert.page_fields(page, [f.id for f in page.data]),
+        )
+
+    async def DeleteFile(
+        self, request: files_pb2.DeleteFileRequest, context: Ctx
+    ) -> files_pb2.DeleteFileResponse:
+        raise_if(check_id(request.file_id, "file_id", "file-"))
+        self._files.delete(current_principal(), request.file_id)
+        return files_pb2.DeleteFileResponse(id=request.file_id, object="file", deleted=True)
+
+    async def DownloadFile(
+        self, request: files_pb2.DownloadFileRequest, context: Ctx
+    ) -> AsyncIterator[files_pb2.DownloadFileResponse]:
+        raise_if(check_id(request.file_id, "file_id", "file-"))
+        file, content = self._files.open_content(current_principal(), request.file_id)
+        with content:
+            yield files_pb2.DownloadFileResponse(file=convert.file_out(file))
+            while piece := content.read(DOWNLOAD_PIECE):
+                yield files_pb2.DownloadFileResponse(data=piece)

@@ -1,0 +1,168 @@
+"""One server interceptor: request id, authentication, error mapping and an access log line.
+
+It wraps every RPC's behaviour (all four streaming shapes), so servicers only raise core
+errors and never see metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+from grpc import aio
+from quiver.server.api.context import principal_var, request_id_var
+from quiver.server.api.errors import status_code_of, to_status
+from quiver.server.auth.keys import KeyRing
+from quiver.server.core.errors import QuiverError, Unauthenticated
+from quiver.server.core.principal import Principal
+
+log = logging.getLogger("quiver.rpc")
+Handler = grpc.RpcMethodHandler[Any, Any]
+
+OPEN_TENANT = "default"
+MAX_ON_BEHALF_OF = 256
+# Health and reflection expose no tenant data and answer without a key.
+PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class _Call:
+    """What the interceptor knows about one RPC while it runs."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.request_id = ""
+        self.tenant = ""
+
+
+class QuiverInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, keys: KeyRing) -> None:
+        self._keys = keys
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        return _wrap(handler, method, self._authenticate)
+
+    def _authenticate(self, metadata: dict[str, str]) -> Principal:
+        subject = metadata.get("x-on-behalf-of", "")
+        if len(subject) > MAX_ON_BEHALF_OF or not subject.isprintable():
+            raise Unauthenticated(
+                f"x-on-behalf-of must be printable and at most {MAX_ON_BEHALF_OF} characters",
+                reason="BAD_ON_BEHALF_OF",
+            )
+        if self._keys.open:
+            return Principal(OPEN_TENANT, subject)
+        header = metadata.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if not header:
+            raise Unauthenticated(
+                "missing 'authorization: Bearer <key>' metadata", reason="MISSING_API_KEY"
+            )
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated(
+                "authorization metadata must be 'Bearer <key>'", reason="BAD_AUTHORIZATION"
+            )
+        tenant = self._keys.tenant_for(key.strip())
+        if tenant is None:
+            raise Unauthenticated("the API key is not valid", reason="INVALID_API_KEY")
+        return Principal(tenant, subject)
+
+
+Authenticate = Callable[[dict[str, str]], Principal]
+
+
+def _begin(call: _Call, context: aio.ServicerContext[Any, Any], auth: Authenticate) -> None:
+    metadata = {
+        k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
+    }
+    supplied = metadata.get("x-request-id", "")
+    call.request_id = (
+        supplied if 0 < len(supplied) <= 128 and supplied.isprintable() else secrets.token_hex(8)
+    )
+    request_id_var.set(call.request_id)
+    principal = auth(metadata)
+    call.tenant = principal.describe()
+    principal_var.set(principal)
+
+
+async def _fail(call: _Call, context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    """Aborts the RPC with the status for ``exc`` (raises AbortError, as abort does)."""
+    if isinstance(exc, QuiverError):
+        call.code = status_code_of(exc)
+        await cast(Any, context).abort_with_status(to_status(exc, call.request_id))
+    call.code = grpc.StatusCode.INTERNAL
+    log.exception("unhandled error in %s", call.method, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error (request id {call.request_id}); the server logged the details",
+    )
+
+
+def _finish(call: _Call, context: aio.ServicerContext[Any, Any]) -> None:
+    if call.code == grpc.StatusCode.OK and context.cancelled():
+        call.code = grpc.StatusCode.CANCELLED
+    log.info(
+        "rpc",
+        extra={
+            "method": call.method,
+            "code": call.code.name,
+            "duration_ms": round((time.perf_counter() - call.started) * 1000, 2),
+            "tenant": call.tenant,
+        },
+    )
+
+
+def _wrap(handler: Handler, method: str, auth: Authenticate) -> Handler:
+    ser = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary or handler.stream_unary:
+        inner_unary: Any = handler.unary_unary or handler.stream_unary
+
+        async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            call = _Call(method)
+            try:
+                _begin(call, context, auth)
+                return await inner_unary(request, context)
+            except aio.AbortError:
+                raise
+            except Exception as exc:
+                await _fail(call, context, exc)
+            finally:
+                _finish(call, context)
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(unary, **ser)
+        return grpc.stream_unary_rpc_method_handler(unary, **ser)
+
+    inner_stream: Any = handler.unary_stream or handler.stream_stream
+
+    async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        call = _Call(method)
+        try:
+            _begin(call, context, auth)
+            async for response in inner_stream(request, context):
+                yield response
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await _fail(call, context, exc)
+        finally:
+            _finish(call, context)
+
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, **ser)
+    return grpc.stream_stream_rpc_method_handler(streaming, **ser)

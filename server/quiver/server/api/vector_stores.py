@@ -1,0 +1,150 @@
+"""VectorStoreService: validate → core → convert."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpc import aio
+from quiver.server.api import convert
+from quiver.server.api.context import current_principal
+from quiver.server.core.errors import FieldViolation, InvalidArgument, Unimplemented
+from quiver.server.core.models import ExpiresAfter
+from quiver.server.core.validation import check_id, check_list_params, raise_if
+from quiver.server.core.vector_stores import StoreUpdate, VectorStores
+from quiver.v1 import vector_stores_pb2 as pb
+from quiver.v1 import vector_stores_pb2_grpc
+
+Ctx = aio.ServicerContext[Any, Any]
+UPDATE_PATHS = ("name", "expires_after", "metadata")
+
+
+def _store_id(request: Any) -> str:
+    raise_if(check_id(request.vector_store_id, "vector_store_id", "vs_"))
+    return str(request.vector_store_id)
+
+
+class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
+    def __init__(self, stores: VectorStores) -> None:
+        self._stores = stores
+
+    async def CreateVectorStore(
+        self, request: pb.CreateVectorStoreRequest, context: Ctx
+    ) -> pb.CreateVectorStoreResponse:
+        if request.file_ids:
+            raise Unimplemented(
+                "attaching files at creation (file_ids) is not available yet; "
+                "create the store, then use FileBatchService/CreateFileBatch"
+            )
+        expires = (
+            ExpiresAfter(request.expires_after.anchor, request.expires_after.days)
+            if request.HasField("expires_after")
+            else None
+        )
+        store = self._stores.create(
+            current_principal(),
+            name=request.name,
+            metadata=dict(request.metadata),
+            expires_after=expires,
+            embedding_model=request.embedding_model,
+            embedding_dimensions=request.embedding_dimensions,
+        )
+        return pb.CreateVectorStoreResponse(vector_store=convert.store_out(store))
+
+    async def GetVectorStore(
+        self, request: pb.GetVectorStoreRequest, context: Ctx
+    ) -> pb.GetVectorStoreResponse:
+        store = self._stores.get(current_principal(), _store_id(request))
+        return pb.GetVectorStoreResponse(vector_store=convert.store_out(store))
+
+    async def ListVectorStores(
+        self, request: pb.ListVectorStoresRequest, context: Ctx
+    ) -> pb.ListVectorStoresResponse:
+        params = check_list_params(request.limit, request.order, request.after, request.before)
+        page = self._stores.list(current_principal(), params)
+        return pb.ListVectorStoresResponse(
+            data=[convert.store_out(s) for s in page.data],
+            **convert.page_fields(page, [s.id for s in page.data]),
+        )
+
+    async def UpdateVectorStore(
+        self, request: pb.UpdateVectorStoreRequest, context: Ctx
+    ) -> pb.UpdateVectorStoreResponse:
+        store_id = _store_id(request)
+        paths = list(request.update_mask.paths)
+        bad = [p for p in paths if p not in UPDATE_PATHS]
+        if bad:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "update_mask", f"unknown path {p!r}; allowed: {', '.join(UPDATE_PATHS)}"
+                    )
+                    for p in bad
+                ]
+            )
+        has_expiry = request.HasField("expires_after")
+        expires = (
+            ExpiresAfter(request.expires_after.anchor, request.expires_after.days)
+            if has_expiry
+            else None
+        )
+        if paths:
+            change = StoreUpdate(
+                name=request.name if "name" in paths else None,
+                expires_after=expires if "expires_after" in paths else None,
+                clear_expires_after="expires_after" in paths and not has_expiry,
+                metadata=dict(request.metadata) if "metadata" in paths else None,
+            )
+        else:
+            change = StoreUpdate(
+                name=request.name if request.HasField("name") else None,
+                expires_after=expires,
+                metadata=dict(request.metadata) if request.metadata else None,
+            )
+        store = self._stores.update(current_principal(), store_id, change)
+        return pb.UpdateVectorStoreResponse(vector_store=convert.store_out(store))
+
+    async def DeleteVectorStore(
+        self, request: pb.DeleteVectorStoreRequest, context: Ctx
+    ) -> pb.DeleteVectorStoreResponse:
+        store_id = _store_id(request)
+        self._stores.delete(current_principal(), store_id)
+        return pb.DeleteVectorStoreResponse(
+            id=store_id, object="vector_store.deleted", deleted=True
+        )
+
+    async def SearchVectorStore(
+        self, request: pb.SearchVectorStoreRequest, context: Ctx
+    ) -> pb.SearchVectorStoreResponse:
+        raise Unimplemented(
+            "SearchVectorStore is not available yet (it comes with the search release)"
+        )
+
+    async def CreateVectorStoreFile(
+        self, request: pb.CreateVectorStoreFileRequest, context: Ctx
+    ) -> pb.CreateVectorStoreFileResponse:
+        raise Unimplemented("store files are not available yet (they come with file batches)")
+
+    async def GetVectorStoreFile(
+        self, request: pb.GetVectorStoreFileRequest, context: Ctx
+    ) -> pb.GetVectorStoreFileResponse:
+        raise Unimplemented("store files are not available yet (they come with file batches)")
+
+    async def ListVectorStoreFiles(
+        self, request: pb.ListVectorStoreFilesRequest, context: Ctx
+    ) -> pb.ListVectorStoreFilesResponse:
+        raise Unimplemented("store files are not available yet (they come with file batches)")
+
+    async def UpdateVectorStoreFile(
+        self, request: pb.UpdateVectorStoreFileRequest, context: Ctx
+    ) -> pb.UpdateVectorStoreFileResponse:
+        raise Unimplemented("store files are not available yet (they come with file batches)")
+
+    async def DeleteVectorStoreFile(
+        self, request: pb.DeleteVectorStoreFileRequest, context: Ctx
+    ) -> pb.DeleteVectorStoreFileResponse:
+        raise Unimplemented("store files are not available yet (they come with file batches)")
+
+    async def GetVectorStoreFileContent(
+        self, request: pb.GetVectorStoreFileContentRequest, context: Ctx
+    ) -> pb.GetVectorStoreFileContentResponse:
+        raise Unimplemented("store files are not available yet (they come with file batches)")

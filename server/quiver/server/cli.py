@@ -1,0 +1,74 @@
+"""The `quiver` command: `quiver serve` runs the server, `quiver keys add` makes API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from quiver.server import config, logs
+from quiver.server.app import ConfigError, QuiverServer
+from quiver.server.auth.keys import KeyConfigError, append_key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quiver", description="Quiver: a self-hosted vector store with a gRPC contract."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the Quiver gRPC server. Every flag can also be set with the "
+        "QUIVER_* environment variable named in its help.",
+    )
+    config.add_arguments(serve)
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    add = key_commands.add_parser(
+        "add", help="append a new key for TENANT to FILE and print the key once"
+    )
+    add.add_argument("tenant")
+    add.add_argument("--file", type=Path, required=True, help="the API keys file")
+    return parser
+
+
+async def _serve(settings: config.Settings) -> int:
+    server = QuiverServer(settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        try:
+            key = append_key(args.file, args.tenant)
+        except KeyConfigError as exc:
+            print(f"quiver keys add: {exc}", file=sys.stderr)
+            return 2
+        print(key)
+        print(
+            f"(added for tenant {args.tenant!r} to {args.file}; it is not shown again)",
+            file=sys.stderr,
+        )
+        return 0
+    settings = config.from_namespace(args)
+    logs.configure(settings.log_level)
+    try:
+        return asyncio.run(_serve(settings))
+    except (ConfigError, KeyConfigError) as exc:
+        print(f"quiver serve: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The service's logic, free of protobuf: files, stores, batches, scheduling, watching."""

@@ -1,0 +1,177 @@
+"""Uploaded files: streaming upload with limits and checksum, listing, download, deletion."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable
+from typing import BinaryIO
+
+from quiver.server.core import ids
+from quiver.server.core.clock import Clock, system_clock
+from quiver.server.core.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from quiver.server.core.models import ListParams, Page, StoredFile
+from quiver.server.core.principal import Principal
+from quiver.server.core.validation import check_filename, check_purpose, raise_if
+from quiver.server.storage.blobs import BlobStore, BlobWriter
+from quiver.server.storage.database import Database
+from quiver.server.storage.pagination import fetch_page
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+FileDetacher = Callable[[Principal, str], None]
+"""Called inside the delete transaction to detach a file from every store it is in."""
+
+
+def _to_file(row: sqlite3.Row) -> StoredFile:
+    return StoredFile(
+        id=row["id"],
+        bytes=row["bytes"],
+        created_at=row["created_at"],
+        filename=row["filename"],
+        purpose=row["purpose"],
+        sha256=row["sha256"],
+    )
+
+
+class Upload:
+    """One upload in progress. ``write`` enforces the size limit as bytes arrive."""
+
+    def __init__(
+        self,
+        files: FileStore,
+        principal: Principal,
+        filename: str,
+        purpose: str,
+        expected_sha256: str | None,
+    ) -> None:
+        self._files = files
+        self._principal = principal
+        self._filename = filename
+        self._purpose = purpose
+        self._expected = expected_sha256
+        self._writer: BlobWriter = files.blobs.writer()
+
+    def write(self, data: bytes) -> None:
+        limit = self._files.max_file_bytes
+        if self._writer.size + len(data) > limit:
+            self.abort()
+            raise ResourceExhausted(
+                f"file is larger than the server's upload limit of {limit} bytes "
+                "(--max-file-bytes)",
+                reason="FILE_TOO_LARGE",
+            )
+        self._writer.write(data)
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+    def finish(self) -> StoredFile:
+        digest = self._writer.sha256
+        if self._expected is not None and digest != self._expected:
+            self.abort()
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "sha256",
+                        f"the received {self._writer.size} bytes hash to {digest}, "
+                        f"not {self._expected}; nothing was stored",
+                    )
+                ],
+                reason="CHECKSUM_MISMATCH",
+            )
+        self._writer.commit()
+        return self._files._insert(
+            self._principal, self._filename, self._purpose, self._writer.size, digest
+        )
+
+
+class FileStore:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        max_file_bytes: int,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.max_file_bytes = max_file_bytes
+        self.clock = clock
+        self.detachers: list[FileDetacher] = []
+
+    def begin_upload(
+        self, principal: Principal, filename: str, purpose: str, sha256: str
+    ) -> Upload:
+        violations = check_filename(filename)
+        purpose, more = check_purpose(purpose)
+        violations += more
+        expected = sha256.lower() if sha256 else None
+        if expected is not None and not _SHA256.match(expected):
+            violations.append(FieldViolation("sha256", "must be 64 hexadecimal characters"))
+        raise_if(violations)
+        return Upload(self, principal, filename, purpose, expected)
+
+    def _insert(
+        self, principal: Principal, filename: str, purpose: str, size: int, digest: str
+    ) -> StoredFile:
+        file = StoredFile(
+            id=ids.new_id(ids.FILE),
+            bytes=size,
+            created_at=int(self.clock()),
+            filename=filename,
+            purpose=purpose,
+            sha256=digest,
+        )
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO files (id, tenant, subject, filename, purpose, bytes, sha256, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    file.id,
+                    principal.tenant,
+                    principal.subject,
+                    file.filename,
+                    file.purpose,
+                    file.bytes,
+                    file.sha256,
+                    file.created_at,
+                ),
+            )
+        return file
+
+    def get(self, principal: Principal, file_id: str) -> StoredFile:
+        row = self.db.execute(
+            "SELECT * FROM files WHERE id = ? AND tenant = ? AND subject = ?",
+            (file_id, principal.tenant, principal.subject),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no file with id {file_id[:80]!r}", reason="FILE_NOT_FOUND")
+        return _to_file(row)
+
+    def list(self, principal: Principal, page: ListParams, purpose: str = "") -> Page[StoredFile]:
+        where = "tenant = ? AND subject = ?"
+        params: tuple[object, ...] = (principal.tenant, principal.subject)
+        if purpose:
+            where += " AND purpose = ?"
+            params += (purpose,)
+        return fetch_page(
+            self.db, table="files", where=where, params=params, page=page, convert=_to_file
+        )
+
+    def delete(self, principal: Principal, file_id: str) -> None:
+        file = self.get(principal, file_id)
+        with self.db.transaction() as conn:
+            for detach in self.detachers:
+                detach(principal, file_id)
+            conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            still_used = conn.execute(
+                "SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (file.sha256,)
+            ).fetchone()
+        if still_used is None:
+            self.blobs.delete(file.sha256)
+
+    def open_content(self, principal: Principal, file_id: str) -> tuple[StoredFile, BinaryIO]:
+        file = self.get(principal, file_id)
+        return file, self.blobs.open(file.sha256)

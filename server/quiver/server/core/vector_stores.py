@@ -1,0 +1,239 @@
+"""Vector stores: create, read, list, update, delete, and expiry."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from quiver.server.core import ids
+from quiver.server.core.clock import Clock, system_clock
+from quiver.server.core.errors import FailedPrecondition, FieldViolation, NotFound
+from quiver.server.core.models import (
+    ExpiresAfter,
+    FileCounts,
+    ListParams,
+    Page,
+    StoreStatus,
+    VectorStore,
+)
+from quiver.server.core.principal import Principal
+from quiver.server.core.validation import (
+    check_expires_after,
+    check_metadata,
+    check_name,
+    raise_if,
+)
+from quiver.server.storage.database import Database
+from quiver.server.storage.pagination import fetch_page
+
+DAY = 86_400
+
+EmbedderResolver = Callable[[str, int], tuple[str, int]]
+"""(requested model, requested dimensions) → (model, dimensions); raises InvalidArgument."""
+
+StoreDeleted = Callable[[str], None]
+"""Called inside the delete transaction with the store id (indexes, batches, chunks)."""
+
+
+@dataclass(frozen=True)
+class StoreUpdate:
+    """What UpdateVectorStore changes; ``None`` leaves a field as it is."""
+
+    name: str | None = None
+    expires_after: ExpiresAfter | None = None
+    clear_expires_after: bool = False
+    metadata: dict[str, str] | None = None
+
+
+class VectorStores:
+    def __init__(
+        self,
+        db: Database,
+        resolve_embedder: EmbedderResolver,
+        *,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.db = db
+        self.resolve_embedder = resolve_embedder
+        self.clock = clock
+        self.deleted_hooks: list[StoreDeleted] = []
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _row(self, principal: Principal, store_id: str) -> sqlite3.Row:
+        row: sqlite3.Row | None = self.db.execute(
+            "SELECT * FROM vector_stores WHERE id = ? AND tenant = ? AND subject = ?",
+            (store_id, principal.tenant, principal.subject),
+        ).fetchone()
+        if row is None:
+            raise NotFound(
+                f"no vector store with id {store_id[:80]!r}", reason="VECTOR_STORE_NOT_FOUND"
+            )
+        return row
+
+    def _expires_at(self, row: sqlite3.Row) -> int | None:
+        if row["expires_days"] is None:
+            return None
+        return int(row["last_active_at"]) + int(row["expires_days"]) * DAY
+
+    def _is_expired(self, row: sqlite3.Row) -> bool:
+        expires_at = self._expires_at(row)
+        return expires_at is not None and self.clock() >= expires_at
+
+    def file_counts(self, store_id: str) -> tuple[FileCounts, int]:
+        counts: dict[str, int] = {}
+        usage = 0
+        for status, count, used in self.db.execute(
+            "SELECT status, COUNT(*), COALESCE(SUM(usage_bytes), 0) FROM vector_store_files "
+            "WHERE vector_store_id = ? GROUP BY status",
+            (store_id,),
+        ):
+            counts[status] = count
+            usage += used
+        return FileCounts.from_status_counts(counts), usage
+
+    def _to_store(self, row: sqlite3.Row) -> VectorStore:
+        counts, usage = self.file_counts(row["id"])
+        if self._is_expired(row):
+            status = StoreStatus.EXPIRED
+        elif counts.in_progress:
+            status = StoreStatus.IN_PROGRESS
+        else:
+            status = StoreStatus.COMPLETED
+        expires_after = (
+            ExpiresAfter(row["expires_anchor"], row["expires_days"])
+            if row["expires_days"] is not None
+            else None
+        )
+        return VectorStore(
+            id=row["id"],
+            created_at=row["created_at"],
+            name=row["name"],
+            usage_bytes=usage,
+            file_counts=counts,
+            status=status,
+            expires_after=expires_after,
+            expires_at=self._expires_at(row),
+            last_active_at=row["last_active_at"],
+            metadata=json.loads(row["metadata"]),
+            embedding_model=row["embedding_model"],
+            embedding_dimensions=row["embedding_dimensions"],
+        )
+
+    def get(self, principal: Principal, store_id: str) -> VectorStore:
+        return self._to_store(self._row(principal, store_id))
+
+    def list(self, principal: Principal, page: ListParams) -> Page[VectorStore]:
+        return fetch_page(
+            self.db,
+            table="vector_stores",
+            where="tenant = ? AND subject = ?",
+            params=(principal.tenant, principal.subject),
+            page=page,
+            convert=self._to_store,
+        )
+
+    def require_writable(self, principal: Principal, store_id: str) -> sqlite3.Row:
+        """The store's row, or FAILED_PRECONDITION when it has expired."""
+        row = self._row(principal, store_id)
+        if self._is_expired(row):
+            raise FailedPrecondition(
+                f"vector store {store_id} expired at {self._expires_at(row)} "
+                "(unix seconds) and no longer accepts changes",
+                reason="VECTOR_STORE_EXPIRED",
+            )
+        return row
+
+    def touch(self, store_id: str) -> None:
+        """Marks activity now (the expiry anchor)."""
+        self.db.execute(
+            "UPDATE vector_stores SET last_active_at = ? WHERE id = ?",
+            (int(self.clock()), store_id),
+        )
+
+    # -- writing -------------------------------------------------------------------------
+
+    def create(
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        metadata: Mapping[str, str],
+        expires_after: ExpiresAfter | None,
+        embedding_model: str,
+        embedding_dimensions: int,
+    ) -> VectorStore:
+        violations: list[FieldViolation] = check_name(name) + check_metadata(metadata)
+        if expires_after is not None:
+            expires_after, more = check_expires_after(expires_after.anchor, expires_after.days)
+            violations += more
+        raise_if(violations)
+        model, dims = self.resolve_embedder(embedding_model, embedding_dimensions)
+        now = int(self.clock())
+        store_id = ids.new_id(ids.VECTOR_STORE)
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO vector_stores (id, tenant, subject, name, created_at, "
+                "last_active_at, expires_anchor, expires_days, metadata, embedding_model, "
+                "embedding_dimensions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    store_id,
+                    principal.tenant,
+                    principal.subject,
+                    name,
+                    now,
+                    now,
+                    expires_after.anchor if expires_after else None,
+                    expires_after.days if expires_after else None,
+                    json.dumps(dict(metadata), sort_keys=True),
+                    model,
+                    dims,
+                ),
+            )
+        return self.get(principal, store_id)
+
+    def update(self, principal: Principal, store_id: str, change: StoreUpdate) -> VectorStore:
+        violations: list[FieldViolation] = []
+        if change.name is not None:
+            violations += check_name(change.name)
+        if change.metadata is not None:
+            violations += check_metadata(change.metadata)
+        expires_after = change.expires_after
+        if expires_after is not None:
+            expires_after, more = check_expires_after(expires_after.anchor, expires_after.days)
+            violations += more
+        raise_if(violations)
+        self.require_writable(principal, store_id)
+        with self.db.transaction() as conn:
+            if change.name is not None:
+                conn.execute(
+                    "UPDATE vector_stores SET name = ? WHERE id = ?", (change.name, store_id)
+                )
+            if change.metadata is not None:
+                conn.execute(
+                    "UPDATE vector_stores SET metadata = ? WHERE id = ?",
+                    (json.dumps(change.metadata, sort_keys=True), store_id),
+                )
+            if expires_after is not None or change.clear_expires_after:
+                conn.execute(
+                    "UPDATE vector_stores SET expires_anchor = ?, expires_days = ? WHERE id = ?",
+                    (
+                        expires_after.anchor if expires_after else None,
+                        expires_after.days if expires_after else None,
+                        store_id,
+                    ),
+                )
+            self.touch(store_id)
+        return self.get(principal, store_id)
+
+    def delete(self, principal: Principal, store_id: str) -> None:
+        self._row(principal, store_id)
+        with self.db.transaction() as conn:
+            for hook in self.deleted_hooks:
+                hook(store_id)
+            conn.execute("DELETE FROM chunks WHERE vector_store_id = ?", (store_id,))
+            conn.execute("DELETE FROM vector_store_files WHERE vector_store_id = ?", (store_id,))
+            conn.execute("DELETE FROM file_batches WHERE vector_store_id = ?", (store_id,))
+            conn.execute("DELETE FROM vector_stores WHERE id = ?", (store_id,))

@@ -1,0 +1,1 @@
+"""Persistence: SQLite (WAL) for metadata, chunks and text; content-addressed blobs on disk."""

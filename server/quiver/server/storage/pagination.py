@@ -1,0 +1,57 @@
+"""OpenAI-style cursor pages (limit, order, after, before) over any owned table."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+from quiver.server.core.errors import InvalidArgument
+from quiver.server.core.models import ListParams, Order, Page
+from quiver.server.storage.database import Database
+
+T = TypeVar("T")
+
+
+def fetch_page(
+    db: Database,
+    *,
+    table: str,
+    where: str,
+    params: tuple[object, ...],
+    page: ListParams,
+    convert: Callable[[sqlite3.Row], T],
+    id_col: str = "id",
+    columns: str = "*",
+) -> Page[T]:
+    """Rows of ``table`` matching ``where``, ordered by insertion (``seq``).
+
+    ``after``/``before`` are ids of rows in the same scope; an unknown id is INVALID_ARGUMENT.
+    ``has_more`` says whether more rows follow in the direction of travel.
+    """
+    conds = [where]
+    args = list(params)
+    desc = page.order is Order.DESC
+    for field, cursor, newer in (("after", page.after, not desc), ("before", page.before, desc)):
+        if cursor is None:
+            continue
+        row = db.execute(
+            f"SELECT seq FROM {table} WHERE {where} AND {id_col} = ?", (*params, cursor)
+        ).fetchone()
+        if row is None:
+            raise InvalidArgument.one(field, f"no object with id {cursor[:80]!r} in this list")
+        conds.append("seq > ?" if newer else "seq < ?")
+        args.append(row["seq"])
+    # Paging backwards (only `before`): walk the other way, then restore the order.
+    backwards = page.before is not None and page.after is None
+    ascending = desc == backwards
+    rows = db.execute(
+        f"SELECT {columns} FROM {table} WHERE {' AND '.join(conds)} "
+        f"ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?",
+        (*args, page.limit + 1),
+    ).fetchall()
+    has_more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    if backwards:
+        rows.reverse()
+    return Page([convert(r) for r in rows], has_more)

@@ -1,0 +1,124 @@
+"""The SQLite schema. Every row carries its owner (tenant, subject)."""
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- Uploaded files. The bytes live in blobs/ under their sha256.
+CREATE TABLE IF NOT EXISTS files (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_owner ON files (tenant, subject, seq);
+CREATE INDEX IF NOT EXISTS files_by_sha256 ON files (sha256);
+
+CREATE TABLE IF NOT EXISTS vector_stores (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_active_at INTEGER NOT NULL,
+    expires_anchor TEXT,
+    expires_days INTEGER,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    embedding_model TEXT NOT NULL,
+    embedding_dimensions INTEGER NOT NULL,
+    -- Highest chunk id whose vector is known to be in the saved index file.
+    index_high_water INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS vector_stores_by_owner ON vector_stores (tenant, subject, seq);
+
+-- A file attached to a store. status: in_progress | completed | cancelled | failed.
+CREATE TABLE IF NOT EXISTS vector_store_files (
+    seq INTEGER PRIMARY KEY,
+    vector_store_id TEXT NOT NULL REFERENCES vector_stores (id) ON DELETE CASCADE,
+    file_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    last_error_code TEXT,
+    last_error_message TEXT,
+    chunk_max_tokens INTEGER NOT NULL,
+    chunk_overlap_tokens INTEGER NOT NULL,
+    chunk_auto INTEGER NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    usage_bytes INTEGER NOT NULL DEFAULT 0,
+    batch_id TEXT,
+    -- Bumped whenever the file is (re)queued, so a stale worker result is recognised.
+    generation INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (vector_store_id, file_id)
+);
+CREATE INDEX IF NOT EXISTS vector_store_files_by_status
+    ON vector_store_files (vector_store_id, status);
+CREATE INDEX IF NOT EXISTS vector_store_files_by_file ON vector_store_files (file_id);
+CREATE INDEX IF NOT EXISTS vector_store_files_by_batch ON vector_store_files (batch_id);
+
+-- status: in_progress | completed | cancelled | failed. sequence: the watch sequence.
+CREATE TABLE IF NOT EXISTS file_batches (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    vector_store_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT,
+    sequence INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS file_batches_by_request
+    ON file_batches (tenant, subject, request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS file_batches_by_store ON file_batches (vector_store_id);
+
+-- The batch's own record of each of its files (a file may later be re-attached elsewhere).
+CREATE TABLE IF NOT EXISTS batch_files (
+    seq INTEGER PRIMARY KEY,
+    batch_id TEXT NOT NULL REFERENCES file_batches (id) ON DELETE CASCADE,
+    file_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    last_error_code TEXT,
+    last_error_message TEXT,
+    -- The batch sequence at which this file last changed.
+    changed_at_sequence INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (batch_id, file_id)
+);
+CREATE INDEX IF NOT EXISTS batch_files_by_status ON batch_files (batch_id, status);
+
+-- Chunks: id is the label in the store's hnswlib index. vector: float32 bytes.
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    vector_store_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    chunk_index INTEGER NOT NULL,
+    token_count INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    UNIQUE (vector_store_id, file_id, chunk_index)
+);
+
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
+    text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts (rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+"""
