@@ -10,7 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 from grpc import aio
@@ -21,7 +21,10 @@ from quiver.server.core.errors import QuiverError, Unauthenticated
 from quiver.server.core.principal import Principal
 
 log = logging.getLogger("quiver.rpc")
-Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
 
 OPEN_TENANT = "default"
 MAX_ON_BEHALF_OF = 256
