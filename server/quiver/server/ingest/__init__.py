@@ -1,0 +1,1 @@
+"""Ingest pipeline pieces: document parsing (bytes to text) and token chunking."""

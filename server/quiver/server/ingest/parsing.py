@@ -1,0 +1,410 @@
+"""Turn an uploaded file's bytes into plain text.
+
+The type is decided by content first (magic bytes: PDF, zip/DOCX, common binary formats),
+then by the file name's extension (HTML, JSON, text and code). Files with an unknown or
+missing extension are accepted when their content is text. Every failure is reported as a
+`FileProcessingError` whose `code` is one of the public file error codes and whose `message`
+tells the user what is wrong with the file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from typing import Any
+
+INVALID_FILE = "invalid_file"
+UNSUPPORTED_FILE = "unsupported_file"
+SERVER_ERROR = "server_error"
+
+MAX_DOCX_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
+MAX_DOCX_MEMBERS = 10_000
+# Ratio (uncompressed / compressed) above which a large DOCX is treated as a zip bomb;
+# real Word XML compresses about 5-30x.
+MAX_DOCX_COMPRESSION_RATIO = 200
+_RATIO_CHECK_MIN_BYTES = 16 * 1024 * 1024
+
+# Share of control characters above which content is considered binary rather than text.
+_MAX_CONTROL_SHARE = 0.10
+_SNIFF_BYTES = 8192
+
+TEXT_EXTENSIONS = frozenset(
+    {
+        ".txt", ".md", ".markdown", ".rst", ".csv", ".log",
+        ".py", ".js", ".ts", ".go", ".java", ".c", ".h", ".cpp", ".rs", ".rb", ".php",
+        ".sh", ".sql", ".yaml", ".yml", ".toml", ".ini", ".css",
+    }
+)  # fmt: skip
+JSON_EXTENSIONS = frozenset({".json"})
+HTML_EXTENSIONS = frozenset({".html", ".htm"})
+
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+_BINARY_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"7z\xbc\xaf\x27\x1c", "7z"),
+    (b"Rar!\x1a\x07", "rar"),
+    (b"\x7fELF", "elf"),
+    (b"\x00asm", "wasm"),
+    (b"SQLite format 3\x00", "sqlite"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "legacy office (ole2)"),
+    (b"OggS", "ogg"),
+    (b"fLaC", "flac"),
+    (b"ID3\x03", "mp3"),
+    (b"ID3\x04", "mp3"),
+)
+# (byte-order mark, codec, label)
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8", "UTF-8"),
+    (b"\xff\xfe", "utf-16-le", "UTF-16"),
+    (b"\xfe\xff", "utf-16-be", "UTF-16"),
+)
+_ALLOWED_CONTROLS = frozenset("\t\n\r\f\v\b\x1b")
+_C0_CONTROL_BYTES = bytes(b for b in [*range(0x20), 0x7F] if chr(b) not in _ALLOWED_CONTROLS)
+
+
+class FileProcessingError(Exception):
+    """A file could not be turned into text; `code` is a public file error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)  # both in args, so it pickles across processes
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def parse_document(data: bytes, filename: str) -> str:
+    """Return the text of a document; raise FileProcessingError when that is not possible."""
+    if not data:
+        raise FileProcessingError(INVALID_FILE, "file is empty")
+    ext = os.path.splitext(filename)[1].lower()
+    try:
+        text = _parse(data, ext)
+    except FileProcessingError:
+        raise
+    except MemoryError:
+        raise FileProcessingError(
+            SERVER_ERROR, "ran out of memory while parsing the file"
+        ) from None
+    except Exception as exc:
+        raise FileProcessingError(
+            INVALID_FILE, f"could not parse the file: {_describe(exc)}"
+        ) from exc
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise FileProcessingError(INVALID_FILE, "file has no text")
+    return text
+
+
+def _parse(data: bytes, ext: str) -> str:
+    if data.startswith(b"%PDF-") or (ext == ".pdf" and b"%PDF-" in data[:1024]):
+        return _parse_pdf(data)
+    if data.startswith(_ZIP_MAGICS):
+        return _parse_zip(data, ext)
+    for magic, kind in _BINARY_MAGICS:
+        if data.startswith(magic):
+            raise _unsupported_binary(kind)
+    if ext == ".pdf":
+        raise FileProcessingError(
+            INVALID_FILE, "file is named .pdf but is not a PDF (no %PDF- header)"
+        )
+    if ext == ".docx":
+        raise FileProcessingError(
+            INVALID_FILE, "file is named .docx but is not a DOCX (not a zip archive)"
+        )
+    text = _decode_text(data)
+    if ext in HTML_EXTENSIONS or (ext not in TEXT_EXTENSIONS | JSON_EXTENSIONS and _is_html(text)):
+        return html_to_text(text)
+    if ext in JSON_EXTENSIONS:
+        _check_json(text)
+    return text
+
+
+def _describe(exc: BaseException) -> str:
+    detail = str(exc).strip()
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def _unsupported_binary(kind: str) -> FileProcessingError:
+    return FileProcessingError(
+        UNSUPPORTED_FILE, f"binary content of type '{kind}' is not a supported document type"
+    )
+
+
+# --- text -------------------------------------------------------------------------------
+
+
+def _decode_text(data: bytes) -> str:
+    for bom, codec, label in _BOMS:
+        if data.startswith(bom):
+            return _reject_binary_text(_decode(data, len(bom), codec, label))
+    utf16 = _utf16_codec_without_bom(data)
+    if utf16 is not None:
+        return _reject_binary_text(_decode(data, 0, utf16, "UTF-16"))
+    if b"\x00" in data:
+        raise FileProcessingError(
+            UNSUPPORTED_FILE,
+            "binary content of unknown type (contains NUL bytes) is not a supported document type",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Mis-encoded text (Latin-1, cp1252 ...) has almost no C0 control bytes; binary has many.
+        sample = data[:_SNIFF_BYTES]
+        share = 1 - len(sample.translate(None, _C0_CONTROL_BYTES)) / len(sample)
+        if share > _MAX_CONTROL_SHARE / 2:
+            raise _unsupported_unknown(share) from None
+        raise _undecodable(data, exc.start, "UTF-8 or UTF-16", exc.reason) from None
+    return _reject_binary_text(text)
+
+
+def _decode(data: bytes, skip: int, codec: str, label: str) -> str:
+    try:
+        return data[skip:].decode(codec)
+    except UnicodeDecodeError as exc:
+        raise _undecodable(data, skip + exc.start, label, exc.reason) from None
+
+
+def _undecodable(data: bytes, offset: int, label: str, reason: str) -> FileProcessingError:
+    return FileProcessingError(
+        INVALID_FILE,
+        f"not valid {label} text (undecodable byte 0x{data[offset]:02x} at offset {offset}: "
+        f"{reason})",
+    )
+
+
+def _utf16_codec_without_bom(data: bytes) -> str | None:
+    """UTF-16 without a byte-order mark shows as NULs in every other byte (ASCII-heavy text)."""
+    sample = data[: _SNIFF_BYTES - _SNIFF_BYTES % 2]
+    pairs = len(sample) // 2
+    if pairs < 2:
+        return None
+    even_nuls, odd_nuls = sample[0::2].count(0), sample[1::2].count(0)
+    if odd_nuls >= 0.3 * pairs and even_nuls <= 0.05 * pairs:
+        return "utf-16-le"
+    if even_nuls >= 0.3 * pairs and odd_nuls <= 0.05 * pairs:
+        return "utf-16-be"
+    return None
+
+
+def _control_share(text: str) -> float:
+    controls = sum(
+        1 for ch in text if (ch < " " or "\x7f" <= ch <= "\x9f") and ch not in _ALLOWED_CONTROLS
+    )
+    return controls / max(1, len(text))
+
+
+def _unsupported_unknown(share: float) -> FileProcessingError:
+    return FileProcessingError(
+        UNSUPPORTED_FILE,
+        f"binary content of unknown type ({share:.0%} control characters) "
+        "is not a supported document type",
+    )
+
+
+def _reject_binary_text(text: str) -> str:
+    if "\x00" in text:
+        raise FileProcessingError(
+            UNSUPPORTED_FILE,
+            "binary content of unknown type (contains NUL characters) "
+            "is not a supported document type",
+        )
+    share = _control_share(text[:_SNIFF_BYTES])
+    if share > _MAX_CONTROL_SHARE:
+        raise _unsupported_unknown(share)
+    return text
+
+
+def _check_json(text: str) -> None:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FileProcessingError(
+            INVALID_FILE, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise FileProcessingError(INVALID_FILE, f"invalid JSON: {_describe(exc)}") from None
+
+
+# --- HTML -------------------------------------------------------------------------------
+
+_SKIP_TAGS = frozenset({"script", "style", "head", "noscript", "template"})
+_HEAD_CONTENT_TAGS = frozenset({"title", "meta", "link", "base", "style", "script", "noscript"})
+_BLOCK_TAGS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt",
+        "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5",
+        "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table",
+        "tbody", "thead", "tfoot", "tr", "ul", "caption", "summary", "details",
+    }
+)  # fmt: skip
+_CELL_TAGS = frozenset({"td", "th"})
+
+
+class _HTMLTextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if "head" in self._skipping and tag not in _HEAD_CONTENT_TAGS:
+            self._skipping.clear()  # body content started without </head>
+        if tag in _SKIP_TAGS:
+            self._skipping.append(tag)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+        elif tag in _CELL_TAGS:
+            self.parts.append(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        # <br/> must break a line once, like <br>; a self-closed <script/> has no content.
+        if tag not in _SKIP_TAGS:
+            self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._skipping:
+            del self._skipping[self._skipping.index(tag) :]
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Readable text of an HTML document: no scripts, styles or head; blocks on own lines."""
+    extractor = _HTMLTextExtractor()
+    extractor.feed(html)
+    extractor.close()
+    raw_lines = "".join(extractor.parts).split("\n")
+    lines = (re.sub(r"[^\S\n]+", " ", line).strip() for line in raw_lines)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _is_html(text: str) -> bool:
+    head = text.lstrip()[:100].lower()
+    return head.startswith(("<!doctype html", "<html"))
+
+
+# --- PDF --------------------------------------------------------------------------------
+
+
+def _parse_pdf(data: bytes) -> str:
+    from pypdf import PasswordType, PdfReader
+
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+            raise FileProcessingError(INVALID_FILE, "PDF is encrypted (password protected)")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except FileProcessingError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise FileProcessingError(INVALID_FILE, f"PDF is corrupt: {_describe(exc)}") from exc
+    if not pages:
+        raise FileProcessingError(INVALID_FILE, "PDF has no pages")
+    text = "\n\n".join(page.strip("\n") for page in pages)
+    if not text.strip():
+        raise FileProcessingError(INVALID_FILE, "PDF has no extractable text (scanned images?)")
+    return text
+
+
+# --- zip / DOCX -------------------------------------------------------------------------
+
+_OTHER_ZIP_KINDS = (("xl/workbook.xml", "xlsx"), ("ppt/presentation.xml", "pptx"))
+
+
+def _parse_zip(data: bytes, ext: str) -> str:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except Exception as exc:
+        if ext == ".docx":
+            raise FileProcessingError(
+                INVALID_FILE, f"DOCX is corrupt: not a readable zip archive ({_describe(exc)})"
+            ) from None
+        raise _unsupported_binary("zip") from None
+    with archive:
+        names = set(archive.namelist())
+        if "word/document.xml" not in names:
+            if ext == ".docx":
+                raise FileProcessingError(
+                    INVALID_FILE, "DOCX is corrupt: the archive has no word/document.xml"
+                )
+            kind = next((k for name, k in _OTHER_ZIP_KINDS if name in names), "zip")
+            raise _unsupported_binary(kind)
+        _check_zip_bomb(archive, len(data))
+    return _parse_docx(data)
+
+
+def _check_zip_bomb(archive: zipfile.ZipFile, archive_size: int) -> None:
+    """Reject archives that would expand to too much data (zipfile never reads past the
+    declared sizes, so checking the declared sizes is enough)."""
+    members = archive.infolist()
+    if len(members) > MAX_DOCX_MEMBERS:
+        raise FileProcessingError(
+            INVALID_FILE, f"DOCX has too many parts ({len(members)} > {MAX_DOCX_MEMBERS})"
+        )
+    total = sum(member.file_size for member in members)
+    limit_mb = MAX_DOCX_UNCOMPRESSED_BYTES // (1024 * 1024)
+    if total > MAX_DOCX_UNCOMPRESSED_BYTES:
+        raise FileProcessingError(
+            INVALID_FILE,
+            f"DOCX expands to {total / 1024 / 1024:.0f} MB, more than the {limit_mb} MB limit "
+            "(possible zip bomb)",
+        )
+    ratio = total / max(1, archive_size)
+    if total >= _RATIO_CHECK_MIN_BYTES and ratio > MAX_DOCX_COMPRESSION_RATIO:
+        raise FileProcessingError(
+            INVALID_FILE,
+            f"DOCX compression ratio {ratio:.0f}:1 is above {MAX_DOCX_COMPRESSION_RATIO}:1 "
+            "(possible zip bomb)",
+        )
+
+
+def _parse_docx(data: bytes) -> str:
+    import docx
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+        return "\n".join(_docx_blocks(document))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise FileProcessingError(INVALID_FILE, f"DOCX is corrupt: {_describe(exc)}") from exc
+
+
+def _docx_blocks(container: Any) -> Iterator[str]:
+    """Paragraph texts and table rows (cells joined by tabs) in document order."""
+    from docx.table import Table
+
+    for block in container.iter_inner_content():
+        if isinstance(block, Table):
+            for row in block.rows:
+                seen: list[Any] = []  # a merged cell appears once per grid column it spans
+                cells: list[str] = []
+                for cell in row.cells:
+                    if any(cell._tc is tc for tc in seen):
+                        continue
+                    seen.append(cell._tc)
+                    cells.append(" ".join(_docx_blocks(cell)).strip())
+                yield "\t".join(cells)
+        else:
+            yield str(block.text)
