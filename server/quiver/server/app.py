@@ -1,27 +1,40 @@
-"""Builds and runs the server: storage, core, servicers, health, reflection, shutdown."""
+"""Builds and runs the server: storage, core, ingest, servicers, health, reflection, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import time
 
 from grpc import aio
 from grpc_health.v1 import _async as health_aio  # what health.aio refers to
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from quiver.server.api.file_batches import FileBatchServicer
 from quiver.server.api.files import FileServicer
 from quiver.server.api.interceptor import QuiverInterceptor
 from quiver.server.api.vector_stores import VectorStoreServicer
 from quiver.server.auth.keys import KeyRing
 from quiver.server.config import Settings
+from quiver.server.core.batches import FileBatches
 from quiver.server.core.embedder_choice import EmbedderChoice
 from quiver.server.core.files import FileStore
+from quiver.server.core.processing import Processing
+from quiver.server.core.scheduler import Scheduler
+from quiver.server.core.status_book import StatusBook
+from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.vector_stores import VectorStores
+from quiver.server.core.watch import WatchHub
+from quiver.server.embedders.registry import EmbedderSpec
+from quiver.server.index.manager import IndexManager
+from quiver.server.ingest.pool import IngestPool
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
 from quiver.v1 import (
     file_batches_pb2,
+    file_batches_pb2_grpc,
     files_pb2,
     files_pb2_grpc,
     vector_stores_pb2,
@@ -35,6 +48,7 @@ SERVICE_NAMES = (
     vector_stores_pb2.DESCRIPTOR.services_by_name["VectorStoreService"].full_name,
     file_batches_pb2.DESCRIPTOR.services_by_name["FileBatchService"].full_name,
 )
+Serving = health_pb2.HealthCheckResponse.ServingStatus
 
 
 class ConfigError(Exception):
@@ -52,7 +66,7 @@ def is_loopback(listen: str) -> bool:
 
 
 class QuiverServer:
-    """One running server. ``start`` binds and serves; ``stop`` drains and closes storage."""
+    """One server. ``start`` binds, recovers, then serves; ``stop`` drains and closes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -67,13 +81,48 @@ class QuiverServer:
         data.mkdir(parents=True, exist_ok=True)
         self.db = Database(data / "quiver.sqlite3")
         self.blobs = BlobStore(data / "blobs")
+        self.hub = WatchHub()
+        self.book = StatusBook(self.db, self.hub)
         self.files = FileStore(self.db, self.blobs, max_file_bytes=settings.max_file_bytes)
         choice = EmbedderChoice(settings.embedding_dimensions, settings.openai_base_url)
         self.stores = VectorStores(self.db, choice.resolve)
+        self.stores.transaction = self.book.transaction
+        self.indexes = IndexManager(
+            data / "indexes",
+            m=settings.hnsw_m,
+            ef_construction=settings.hnsw_ef_construction,
+            ef_search=settings.hnsw_ef_search,
+        )
+        # Created before the gRPC server: workers are separate spawned interpreters.
+        self.pool = IngestPool(settings.ingest_workers, settings.file_timeout)
+        self.processing = Processing(
+            self.db, self.book, self.blobs, self.stores, self.indexes, self.pool, self._spec_for
+        )
+        self.scheduler = Scheduler(
+            self.processing.process,
+            max_in_flight=settings.ingest_workers,
+            max_queued=settings.max_queued_files,
+        )
+        self.processing.scheduler = self.scheduler
+        self.store_files = StoreFiles(self.book, self.stores, self.indexes, self.scheduler)
+        self.batches = FileBatches(self.book, self.store_files, self.hub)
+        self.files.detachers.append(self.store_files.detach_everywhere)
+        self.stores.deleted_hooks.append(self.processing.on_store_deleted)
         self.health = health_aio.HealthServicer()
+        self.interceptor = QuiverInterceptor(self.keys)
         self.port = 0
         self._server: aio.Server | None = None
+        self._saver: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._stopping = False
+
+    def _spec_for(self, model: str, dimensions: int) -> EmbedderSpec:
+        return EmbedderSpec(
+            model,
+            dimensions,
+            base_url=self.settings.openai_base_url or None,
+            api_key=self.settings.openai_api_key or None,
+        )
 
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
@@ -82,21 +131,26 @@ class QuiverServer:
             await self.health.set(name, status)
 
     async def start(self) -> int:
+        started = time.perf_counter()
+        await self.pool.start()
         options = [
             ("grpc.max_receive_message_length", self.settings.max_message_bytes),
             ("grpc.max_send_message_length", self.settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        server = aio.server(interceptors=[QuiverInterceptor(self.keys)], options=options)
+        server = aio.server(interceptors=[self.interceptor], options=options)
         files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(self.files), server)
         vector_stores_pb2_grpc.add_VectorStoreServiceServicer_to_server(
-            VectorStoreServicer(self.stores), server
+            VectorStoreServicer(self.stores, self.store_files, self.batches), server
+        )
+        file_batches_pb2_grpc.add_FileBatchServiceServicer_to_server(
+            FileBatchServicer(self.batches), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_health(Serving.NOT_SERVING)
         self.port = server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise ConfigError(f"cannot listen on {self.settings.listen}")
@@ -107,18 +161,54 @@ class QuiverServer:
                 "no API keys configured: serving OPEN (no authentication) on loopback only",
                 extra={"listen": self.settings.listen},
             )
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"listen": self.settings.listen, "port": self.port})
+        await self._recover()
+        self.scheduler.start()
+        self._saver = asyncio.create_task(self._save_periodically(), name="index-saver")
+        self.interceptor.closed_reason = None
+        await self._set_health(Serving.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "listen": self.settings.listen,
+                "port": self.port,
+                "startup_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
         return self.port
+
+    async def _recover(self) -> None:
+        """Takes up unfinished files and reconciles every index before SERVING."""
+        self.interceptor.closed_reason = "the server is starting (recovering unfinished work)"
+        jobs = self.processing.recover()
+        await asyncio.to_thread(self.processing.reconcile_indexes)
+        self.scheduler.enqueue(jobs)
+        if jobs:
+            log.info("resuming unfinished files", extra={"files": len(jobs)})
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.index_save_interval)
+            for index in self.indexes.dirty():
+                await asyncio.to_thread(index.save)
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new RPCs, let in-flight ones finish, close storage."""
-        if self._server is None or self._stopped.is_set():
+        if self._server is None or self._stopping:
+            await self._stopped.wait()
             return
+        self._stopping = True
         grace = self.settings.grace_period if grace is None else grace
         log.info("draining", extra={"grace_s": grace})
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_health(Serving.NOT_SERVING)
+        self.interceptor.closed_reason = "the server is shutting down"
         await self._server.stop(grace)
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+        await self.scheduler.stop()  # unfinished files resume at the next start
+        self.pool.close()
+        self.indexes.save_all()
         self.db.close()
         self._stopped.set()
         log.info("stopped")

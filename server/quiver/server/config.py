@@ -25,6 +25,7 @@ class Settings:
     max_queued_files: int = 100_000
     file_timeout: float = 300.0
     embedding_dimensions: int = 512
+    index_save_interval: float = 30.0
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 100
@@ -47,6 +48,7 @@ _HELP: dict[str, str] = {
     "RESOURCE_EXHAUSTED",
     "file_timeout": "seconds one file may take in a worker before it fails with server_error",
     "embedding_dimensions": "default vector dimension of the 'hash' embedder",
+    "index_save_interval": "seconds between saves of changed indexes (also saved at stop)",
     "hnsw_m": "hnswlib M (graph degree) for new indexes",
     "hnsw_ef_construction": "hnswlib ef_construction for new indexes",
     "hnsw_ef_search": "hnswlib ef used for queries (raised as needed for k and filters)",

@@ -17,7 +17,7 @@ from grpc import aio
 from quiver.server.api.context import principal_var, request_id_var
 from quiver.server.api.errors import status_code_of, to_status
 from quiver.server.auth.keys import KeyRing
-from quiver.server.core.errors import QuiverError, Unauthenticated
+from quiver.server.core.errors import QuiverError, Unauthenticated, Unavailable
 from quiver.server.core.principal import Principal
 
 log = logging.getLogger("quiver.rpc")
@@ -46,6 +46,8 @@ class _Call:
 class QuiverInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, keys: KeyRing) -> None:
         self._keys = keys
+        # Why RPCs are refused right now (starting up, draining), or None when serving.
+        self.closed_reason: str | None = "the server is starting"
 
     async def intercept_service(
         self,
@@ -59,6 +61,11 @@ class QuiverInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return _wrap(handler, method, self._authenticate)
 
     def _authenticate(self, metadata: dict[str, str]) -> Principal:
+        if self.closed_reason is not None:
+            raise Unavailable(
+                f"{self.closed_reason}; retry shortly (watch grpc.health.v1)",
+                reason="NOT_SERVING",
+            )
         subject = metadata.get("x-on-behalf-of", "")
         if len(subject) > MAX_ON_BEHALF_OF or not subject.isprintable():
             raise Unauthenticated(

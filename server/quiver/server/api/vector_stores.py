@@ -7,8 +7,10 @@ from typing import Any
 from grpc import aio
 from quiver.server.api import convert
 from quiver.server.api.context import current_principal
+from quiver.server.core.batches import BatchFileSpec, FileBatches
 from quiver.server.core.errors import FieldViolation, InvalidArgument, Unimplemented
 from quiver.server.core.models import ExpiresAfter
+from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.validation import check_id, check_list_params, raise_if
 from quiver.server.core.vector_stores import StoreUpdate, VectorStores
 from quiver.v1 import vector_stores_pb2 as pb
@@ -23,31 +25,49 @@ def _store_id(request: Any) -> str:
     return str(request.vector_store_id)
 
 
+def _store_file_ids(request: Any) -> tuple[str, str]:
+    raise_if(
+        check_id(request.vector_store_id, "vector_store_id", "vs_")
+        + check_id(request.file_id, "file_id", "file-")
+    )
+    return str(request.vector_store_id), str(request.file_id)
+
+
 class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
-    def __init__(self, stores: VectorStores) -> None:
+    def __init__(self, stores: VectorStores, files: StoreFiles, batches: FileBatches) -> None:
         self._stores = stores
+        self._files = files
+        self._batches = batches
 
     async def CreateVectorStore(
         self, request: pb.CreateVectorStoreRequest, context: Ctx
     ) -> pb.CreateVectorStoreResponse:
+        principal = current_principal()
+        specs: list[BatchFileSpec] = []
         if request.file_ids:
-            raise Unimplemented(
-                "attaching files at creation (file_ids) is not available yet; "
-                "create the store, then use FileBatchService/CreateFileBatch"
+            chunking, bad = convert.chunking_in(
+                request.chunking_strategy if request.HasField("chunking_strategy") else None
             )
+            raise_if(bad)
+            specs = [BatchFileSpec(f, {}, chunking) for f in request.file_ids]
+            self._batches.check_files(specs)
+            self._batches.require_files(principal, list(request.file_ids))
         expires = (
             ExpiresAfter(request.expires_after.anchor, request.expires_after.days)
             if request.HasField("expires_after")
             else None
         )
         store = self._stores.create(
-            current_principal(),
+            principal,
             name=request.name,
             metadata=dict(request.metadata),
             expires_after=expires,
             embedding_model=request.embedding_model,
             embedding_dimensions=request.embedding_dimensions,
         )
+        if specs:  # processed like a batch; the store's file_counts follow it
+            self._batches.create(principal, store.id, specs)
+            store = self._stores.get(principal, store.id)
         return pb.CreateVectorStoreResponse(vector_store=convert.store_out(store))
 
     async def GetVectorStore(
@@ -122,29 +142,58 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
     async def CreateVectorStoreFile(
         self, request: pb.CreateVectorStoreFileRequest, context: Ctx
     ) -> pb.CreateVectorStoreFileResponse:
-        raise Unimplemented("store files are not available yet (they come with file batches)")
+        store_id, file_id = _store_file_ids(request)
+        attributes, bad = convert.attributes_in(request.attributes)
+        chunking, more = convert.chunking_in(
+            request.chunking_strategy if request.HasField("chunking_strategy") else None
+        )
+        raise_if(bad + more)
+        file = self._files.create(current_principal(), store_id, file_id, attributes, chunking)
+        return pb.CreateVectorStoreFileResponse(vector_store_file=convert.store_file_out(file))
 
     async def GetVectorStoreFile(
         self, request: pb.GetVectorStoreFileRequest, context: Ctx
     ) -> pb.GetVectorStoreFileResponse:
-        raise Unimplemented("store files are not available yet (they come with file batches)")
+        file = self._files.get(current_principal(), *_store_file_ids(request))
+        return pb.GetVectorStoreFileResponse(vector_store_file=convert.store_file_out(file))
 
     async def ListVectorStoreFiles(
         self, request: pb.ListVectorStoreFilesRequest, context: Ctx
     ) -> pb.ListVectorStoreFilesResponse:
-        raise Unimplemented("store files are not available yet (they come with file batches)")
+        store_id = _store_id(request)
+        params = check_list_params(request.limit, request.order, request.after, request.before)
+        status, bad = convert.file_status_in(request.filter)
+        raise_if(bad)
+        page = self._files.list(current_principal(), store_id, params, status)
+        return pb.ListVectorStoreFilesResponse(
+            data=[convert.store_file_out(f) for f in page.data],
+            **convert.page_fields(page, [f.id for f in page.data]),
+        )
 
     async def UpdateVectorStoreFile(
         self, request: pb.UpdateVectorStoreFileRequest, context: Ctx
     ) -> pb.UpdateVectorStoreFileResponse:
-        raise Unimplemented("store files are not available yet (they come with file batches)")
+        store_id, file_id = _store_file_ids(request)
+        attributes, bad = convert.attributes_in(request.attributes)
+        raise_if(bad)
+        file = self._files.update(current_principal(), store_id, file_id, attributes)
+        return pb.UpdateVectorStoreFileResponse(vector_store_file=convert.store_file_out(file))
 
     async def DeleteVectorStoreFile(
         self, request: pb.DeleteVectorStoreFileRequest, context: Ctx
     ) -> pb.DeleteVectorStoreFileResponse:
-        raise Unimplemented("store files are not available yet (they come with file batches)")
+        store_id, file_id = _store_file_ids(request)
+        self._files.delete(current_principal(), store_id, file_id)
+        return pb.DeleteVectorStoreFileResponse(
+            id=file_id, object="vector_store.file.deleted", deleted=True
+        )
 
     async def GetVectorStoreFileContent(
         self, request: pb.GetVectorStoreFileContentRequest, context: Ctx
     ) -> pb.GetVectorStoreFileContentResponse:
-        raise Unimplemented("store files are not available yet (they come with file batches)")
+        texts = self._files.content(current_principal(), *_store_file_ids(request))
+        return pb.GetVectorStoreFileContentResponse(
+            object="vector_store.file_content.page",
+            data=[pb.SearchResultContent(type="text", text=t) for t in texts],
+            has_more=False,
+        )

@@ -41,8 +41,9 @@ def new_key() -> str:
 
 
 def parse_entries(text: str, source: str) -> list[KeyEntry]:
+    """One entry per line; ``number`` in errors is the line (or, inline, the entry) number."""
     entries: list[KeyEntry] = []
-    for number, raw in enumerate(text.replace(",", "\n").splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -72,7 +73,8 @@ class KeyRing:
                 raise KeyConfigError(f"cannot read API keys file {file}: {exc}") from exc
             entries += parse_entries(text, str(file))
         if env_value:
-            entries += parse_entries(env_value, "QUIVER_API_KEYS")
+            # Inline keys are comma separated; in a file a comma may appear in a comment.
+            entries += parse_entries(env_value.replace(",", "\n"), "QUIVER_API_KEYS")
         return cls(entries)
 
     @property

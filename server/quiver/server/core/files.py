@@ -20,7 +20,7 @@ from quiver.server.storage.pagination import fetch_page
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 FileDetacher = Callable[[Principal, str], None]
-"""Called inside the delete transaction to detach a file from every store it is in."""
+"""Called before a file is deleted, to detach it from every store it is in."""
 
 
 def _to_file(row: sqlite3.Row) -> StoredFile:
@@ -162,9 +162,9 @@ class FileStore:
 
     def delete(self, principal: Principal, file_id: str) -> None:
         file = self.get(principal, file_id)
+        for detach in self.detachers:  # each in its own transaction; safe to repeat
+            detach(principal, file_id)
         with self.db.transaction() as conn:
-            for detach in self.detachers:
-                detach(principal, file_id)
             conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
             still_used = conn.execute(
                 "SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (file.sha256,)

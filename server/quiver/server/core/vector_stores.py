@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from quiver.server.core import ids
@@ -33,8 +34,8 @@ DAY = 86_400
 EmbedderResolver = Callable[[str, int], tuple[str, int]]
 """(requested model, requested dimensions) → (model, dimensions); raises InvalidArgument."""
 
-StoreDeleted = Callable[[str], None]
-"""Called inside the delete transaction with the store id (indexes, batches, chunks)."""
+StoreDeleted = Callable[[sqlite3.Connection, str], None]
+"""Called inside the delete transaction with the store id (batches, queue, index)."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,12 @@ class VectorStores:
         self.resolve_embedder = resolve_embedder
         self.clock = clock
         self.deleted_hooks: list[StoreDeleted] = []
+        # The app swaps in the status book's transaction, so watchers hear of ended batches.
+        self.transaction: Callable[[], AbstractContextManager[sqlite3.Connection]] = db.transaction
 
     # -- reading -------------------------------------------------------------------------
 
-    def _row(self, principal: Principal, store_id: str) -> sqlite3.Row:
+    def get_row(self, principal: Principal, store_id: str) -> sqlite3.Row:
         row: sqlite3.Row | None = self.db.execute(
             "SELECT * FROM vector_stores WHERE id = ? AND tenant = ? AND subject = ?",
             (store_id, principal.tenant, principal.subject),
@@ -123,7 +126,7 @@ class VectorStores:
         )
 
     def get(self, principal: Principal, store_id: str) -> VectorStore:
-        return self._to_store(self._row(principal, store_id))
+        return self._to_store(self.get_row(principal, store_id))
 
     def list(self, principal: Principal, page: ListParams) -> Page[VectorStore]:
         return fetch_page(
@@ -137,7 +140,7 @@ class VectorStores:
 
     def require_writable(self, principal: Principal, store_id: str) -> sqlite3.Row:
         """The store's row, or FAILED_PRECONDITION when it has expired."""
-        row = self._row(principal, store_id)
+        row = self.get_row(principal, store_id)
         if self._is_expired(row):
             raise FailedPrecondition(
                 f"vector store {store_id} expired at {self._expires_at(row)} "
@@ -145,6 +148,12 @@ class VectorStores:
                 reason="VECTOR_STORE_EXPIRED",
             )
         return row
+
+    def is_expired(self, store_id: str) -> bool:
+        row = self.db.execute(
+            "SELECT last_active_at, expires_days FROM vector_stores WHERE id = ?", (store_id,)
+        ).fetchone()
+        return row is not None and self._is_expired(row)
 
     def touch(self, store_id: str) -> None:
         """Marks activity now (the expiry anchor)."""
@@ -229,10 +238,10 @@ class VectorStores:
         return self.get(principal, store_id)
 
     def delete(self, principal: Principal, store_id: str) -> None:
-        self._row(principal, store_id)
-        with self.db.transaction() as conn:
+        self.get_row(principal, store_id)
+        with self.transaction() as conn:
             for hook in self.deleted_hooks:
-                hook(store_id)
+                hook(conn, store_id)
             conn.execute("DELETE FROM chunks WHERE vector_store_id = ?", (store_id,))
             conn.execute("DELETE FROM vector_store_files WHERE vector_store_id = ?", (store_id,))
             conn.execute("DELETE FROM file_batches WHERE vector_store_id = ?", (store_id,))

@@ -23,11 +23,13 @@ def fetch_page(
     convert: Callable[[sqlite3.Row], T],
     id_col: str = "id",
     columns: str = "*",
+    table_params: tuple[object, ...] = (),
 ) -> Page[T]:
     """Rows of ``table`` matching ``where``, ordered by insertion (``seq``).
 
     ``after``/``before`` are ids of rows in the same scope; an unknown id is INVALID_ARGUMENT.
     ``has_more`` says whether more rows follow in the direction of travel.
+    ``table`` may be a parenthesised subquery whose placeholders take ``table_params``.
     """
     conds = [where]
     args = list(params)
@@ -36,7 +38,8 @@ def fetch_page(
         if cursor is None:
             continue
         row = db.execute(
-            f"SELECT seq FROM {table} WHERE {where} AND {id_col} = ?", (*params, cursor)
+            f"SELECT seq FROM {table} WHERE {where} AND {id_col} = ?",
+            (*table_params, *params, cursor),
         ).fetchone()
         if row is None:
             raise InvalidArgument.one(field, f"no object with id {cursor[:80]!r} in this list")
@@ -48,7 +51,7 @@ def fetch_page(
     rows = db.execute(
         f"SELECT {columns} FROM {table} WHERE {' AND '.join(conds)} "
         f"ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?",
-        (*args, page.limit + 1),
+        (*table_params, *args, page.limit + 1),
     ).fetchall()
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]

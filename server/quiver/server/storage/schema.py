@@ -35,9 +35,7 @@ CREATE TABLE IF NOT EXISTS vector_stores (
     expires_days INTEGER,
     metadata TEXT NOT NULL DEFAULT '{}',
     embedding_model TEXT NOT NULL,
-    embedding_dimensions INTEGER NOT NULL,
-    -- Highest chunk id whose vector is known to be in the saved index file.
-    index_high_water INTEGER NOT NULL DEFAULT 0
+    embedding_dimensions INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS vector_stores_by_owner ON vector_stores (tenant, subject, seq);
 
@@ -98,9 +96,9 @@ CREATE TABLE IF NOT EXISTS batch_files (
 );
 CREATE INDEX IF NOT EXISTS batch_files_by_status ON batch_files (batch_id, status);
 
--- Chunks: id is the label in the store's hnswlib index. vector: float32 bytes.
+-- Chunks: id is the label in the store's hnswlib index (never reused), vector: float32 bytes.
 CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     vector_store_id TEXT NOT NULL,
     file_id TEXT NOT NULL,
     tenant TEXT NOT NULL,
@@ -111,6 +109,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     vector BLOB NOT NULL,
     UNIQUE (vector_store_id, file_id, chunk_index)
 );
+CREATE INDEX IF NOT EXISTS chunks_by_store ON chunks (vector_store_id, id);
 
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
     text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2'

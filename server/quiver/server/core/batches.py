@@ -1,0 +1,274 @@
+"""File batches: create (validated, idempotent), read, cancel, list files, and watch."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from quiver.server.core import ids
+from quiver.server.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from quiver.server.core.models import (
+    AttributeValue,
+    BatchStatus,
+    Chunking,
+    FileBatch,
+    FileStatus,
+    LastError,
+    ListParams,
+    Page,
+    VectorStoreFile,
+)
+from quiver.server.core.principal import Principal
+from quiver.server.core.scheduler import Job
+from quiver.server.core.status_book import StatusBook, batch_from_row
+from quiver.server.core.store_files import StoreFiles, store_file_from_row
+from quiver.server.core.watch import FileUpdate, WatchHub, WatchMessage, is_terminal
+from quiver.server.storage.pagination import fetch_page
+
+MAX_BATCH_FILES = 2000
+MAX_REQUEST_ID = 128
+
+
+@dataclass(frozen=True)
+class BatchFileSpec:
+    """One file of a new batch, with validated attributes and chunking."""
+
+    file_id: str
+    attributes: Mapping[str, AttributeValue]
+    chunking: Chunking
+
+
+class FileBatches:
+    def __init__(self, book: StatusBook, store_files: StoreFiles, hub: WatchHub) -> None:
+        self.book = book
+        self.db = book.db
+        self.store_files = store_files
+        self.stores = store_files.stores
+        self.scheduler = store_files.scheduler
+        self.hub = hub
+
+    # -- creating ------------------------------------------------------------------------------
+
+    def create(
+        self,
+        principal: Principal,
+        store_id: str,
+        files: list[BatchFileSpec],
+        request_id: str = "",
+    ) -> FileBatch:
+        self.check_files(files, request_id)
+        store = self.stores.require_writable(principal, store_id)
+        if request_id:
+            existing = self.db.execute(
+                "SELECT id, vector_store_id FROM file_batches "
+                "WHERE tenant = ? AND subject = ? AND request_id = ?",
+                (principal.tenant, principal.subject, request_id),
+            ).fetchone()
+            if existing is not None:
+                if existing["vector_store_id"] != store_id:
+                    raise AlreadyExists(
+                        f"request_id {request_id!r} already created batch {existing['id']} "
+                        f"on vector store {existing['vector_store_id']}",
+                        reason="REQUEST_ID_REUSED",
+                    )
+                return self.get(principal, store_id, existing["id"])
+        self.require_files(principal, [f.file_id for f in files])
+        self.scheduler.check_room(len(files))
+        batch_id = ids.new_id(ids.FILE_BATCH)
+        now = int(self.stores.clock())
+        jobs: list[Job] = []
+        stale: list[int] = []
+        with self.book.transaction() as conn:
+            conn.execute(
+                "INSERT INTO file_batches (id, vector_store_id, tenant, subject, created_at, "
+                "status, request_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    batch_id,
+                    store_id,
+                    principal.tenant,
+                    principal.subject,
+                    now,
+                    BatchStatus.IN_PROGRESS.value,
+                    request_id or None,
+                ),
+            )
+            for spec in files:
+                job, old_chunks = self.store_files.attach(
+                    conn,
+                    principal,
+                    store,
+                    spec.file_id,
+                    spec.attributes,
+                    spec.chunking,
+                    batch_id,
+                    now,
+                )
+                jobs.append(job)
+                stale += old_chunks
+            conn.executemany(
+                "INSERT INTO batch_files (batch_id, file_id, status) VALUES (?, ?, ?)",
+                [(batch_id, f.file_id, FileStatus.IN_PROGRESS.value) for f in files],
+            )
+            self.stores.touch(store_id)
+        self.store_files.drop_from_index(store, stale)
+        keys = {j.key for j in jobs}
+        self.scheduler.remove(lambda j: j.key in keys)  # superseded attachments
+        self.scheduler.enqueue(jobs)
+        return self.get(principal, store_id, batch_id)
+
+    def check_files(self, files: list[BatchFileSpec], request_id: str = "") -> None:
+        violations: list[FieldViolation] = []
+        if not 1 <= len(files) <= MAX_BATCH_FILES:
+            violations.append(
+                FieldViolation("file_ids", f"must name 1…{MAX_BATCH_FILES} files, not {len(files)}")
+            )
+        seen: set[str] = set()
+        for i, spec in enumerate(files):
+            if not spec.file_id:
+                violations.append(FieldViolation(f"file_ids[{i}]", "must not be empty"))
+            elif spec.file_id in seen:
+                violations.append(
+                    FieldViolation(f"file_ids[{i}]", f"{spec.file_id[:80]!r} is listed twice")
+                )
+            seen.add(spec.file_id)
+        if len(request_id) > MAX_REQUEST_ID:
+            violations.append(
+                FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+            )
+        if violations:
+            raise InvalidArgument(violations[:50])
+
+    def require_files(self, principal: Principal, file_ids: list[str]) -> None:
+        found: set[str] = set()
+        for start in range(0, len(file_ids), 500):
+            part = file_ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found.update(
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT id FROM files WHERE tenant = ? AND subject = ? AND id IN ({marks})",
+                    (principal.tenant, principal.subject, *part),
+                )
+            )
+        missing = [f for f in file_ids if f not in found]
+        if missing:
+            shown = ", ".join(m[:80] for m in missing[:20])
+            more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+            raise NotFound(
+                f"{len(missing)} file(s) not found: {shown}{more}; no batch was created",
+                reason="FILE_NOT_FOUND",
+            )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _row(self, principal: Principal, store_id: str, batch_id: str) -> sqlite3.Row:
+        self.stores.get_row(principal, store_id)
+        row: sqlite3.Row | None = self.db.execute(
+            "SELECT * FROM file_batches WHERE id = ? AND vector_store_id = ?",
+            (batch_id, store_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound(
+                f"no file batch with id {batch_id[:80]!r} in vector store {store_id}",
+                reason="FILE_BATCH_NOT_FOUND",
+            )
+        return row
+
+    def get(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
+        row = self._row(principal, store_id, batch_id)
+        return batch_from_row(row, self.book.batch_counts(batch_id))
+
+    def list_files(
+        self,
+        principal: Principal,
+        store_id: str,
+        batch_id: str,
+        page: ListParams,
+        status: FileStatus | None,
+    ) -> Page[VectorStoreFile]:
+        """The batch's files as store files, with the status the batch recorded for each."""
+        self._row(principal, store_id, batch_id)
+        where = "b.batch_id = ?"
+        params: tuple[object, ...] = (batch_id,)
+        if status is not None:
+            where += " AND b.status = ?"
+            params += (status.value,)
+        table = (
+            "(SELECT b.seq AS seq, b.file_id AS id, b.batch_id AS batch_id, "
+            "b.status AS status, b.last_error_code AS last_error_code, "
+            "b.last_error_message AS last_error_message, f.vector_store_id, f.file_id, "
+            "f.created_at, f.chunk_max_tokens, f.chunk_overlap_tokens, f.chunk_auto, "
+            "f.attributes, CASE WHEN f.batch_id = b.batch_id THEN f.usage_bytes ELSE 0 END "
+            "AS usage_bytes FROM batch_files b JOIN vector_store_files f "
+            f"ON f.file_id = b.file_id AND f.vector_store_id = ? WHERE {where})"
+        )
+        return fetch_page(
+            self.db,
+            table=table,
+            where="1 = 1",
+            params=(),
+            page=page,
+            convert=store_file_from_row,
+            table_params=(store_id, *params),
+        )
+
+    # -- cancelling ----------------------------------------------------------------------------
+
+    def cancel(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
+        row = self._row(principal, store_id, batch_id)
+        if row["status"] != BatchStatus.IN_PROGRESS:
+            raise FailedPrecondition(
+                f"file batch {batch_id} has already ended ({row['status']}); "
+                "only an in-progress batch can be cancelled",
+                reason="FILE_BATCH_ENDED",
+            )
+        self.scheduler.remove(lambda j: j.queue == batch_id)
+        with self.book.transaction() as conn:
+            conn.execute("UPDATE file_batches SET cancel_requested = 1 WHERE id = ?", (batch_id,))
+            for file in conn.execute(
+                "SELECT file_id FROM batch_files WHERE batch_id = ? AND status = ?",
+                (batch_id, FileStatus.IN_PROGRESS.value),
+            ).fetchall():
+                if self.scheduler.is_in_flight(store_id, file["file_id"]):
+                    continue  # stops at its next step: its result is dropped as cancelled
+                self.book.set_file(conn, store_id, file["file_id"], FileStatus.CANCELLED)
+        return self.get(principal, store_id, batch_id)
+
+    # -- watching ------------------------------------------------------------------------------
+
+    async def watch(
+        self, principal: Principal, store_id: str, batch_id: str, after_sequence: int
+    ) -> AsyncIterator[WatchMessage]:
+        row = self._row(principal, store_id, batch_id)
+        batch = batch_from_row(row, self.book.batch_counts(batch_id))
+        sequence = int(row["sequence"])
+        files = [
+            FileUpdate(
+                r["file_id"],
+                FileStatus(r["status"]),
+                LastError(r["last_error_code"], r["last_error_message"])
+                if r["last_error_code"]
+                else None,
+            )
+            for r in self.db.execute(
+                "SELECT file_id, status, last_error_code, last_error_message FROM batch_files "
+                "WHERE batch_id = ? AND changed_at_sequence > ? ORDER BY seq",
+                (batch_id, after_sequence if after_sequence else -1),
+            )
+        ]
+        follower = None if is_terminal(batch.status) else self.hub.follow(batch, sequence)
+        try:
+            yield WatchMessage(sequence, True, batch, files)
+            if follower is not None:
+                async for message in follower:
+                    yield message
+        finally:
+            if follower is not None:
+                follower.close()

@@ -1,0 +1,293 @@
+"""Turns a queued store file into committed chunks: prepare → worker pool → commit.
+
+The worker parses, chunks and embeds; this process adds the vectors to the store's index
+and commits chunks, vectors, text and the file's new status in one SQLite transaction. A
+result that arrives for a file that was deleted, re-attached or cancelled meanwhile is
+recognised by its generation and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+
+import numpy as np
+from quiver.server.core.models import BatchStatus, FileStatus, LastError
+from quiver.server.core.scheduler import Job, Scheduler, single_queue
+from quiver.server.core.status_book import StatusBook
+from quiver.server.core.vector_stores import VectorStores
+from quiver.server.embedders.registry import EmbedderSpec
+from quiver.server.index.manager import IndexManager
+from quiver.server.ingest.parsing import SERVER_ERROR
+from quiver.server.ingest.pool import FileTimedOut, IngestPool, WorkerCrashed
+from quiver.server.ingest.worker import WorkerInput, WorkerOutput
+from quiver.server.storage.blobs import BlobStore
+from quiver.server.storage.database import Database
+
+log = logging.getLogger("quiver.ingest")
+
+SpecFor = Callable[[str, int], EmbedderSpec]
+"""(store's embedding model, dimensions) → the spec a worker builds its embedder from."""
+
+
+class Processing:
+    def __init__(
+        self,
+        db: Database,
+        book: StatusBook,
+        blobs: BlobStore,
+        stores: VectorStores,
+        indexes: IndexManager,
+        pool: IngestPool,
+        spec_for: SpecFor,
+    ) -> None:
+        self.db = db
+        self.book = book
+        self.blobs = blobs
+        self.stores = stores
+        self.indexes = indexes
+        self.pool = pool
+        self.spec_for = spec_for
+        self.scheduler: Scheduler | None = None  # set by the app (they refer to each other)
+        self.stats = {"files": 0, "chunks": 0, "tokens": 0}
+        self.stage_seconds = {"parse": 0.0, "chunk": 0.0, "embed": 0.0, "commit": 0.0}
+
+    # -- one file ----------------------------------------------------------------------------
+
+    def _current(self, job: Job) -> sqlite3.Row | None:
+        """The file's row if this job is still wanted (in progress, same generation)."""
+        row: sqlite3.Row | None = self.db.execute(
+            "SELECT f.*, s.embedding_model, s.embedding_dimensions, files.sha256, "
+            "files.filename FROM vector_store_files f "
+            "JOIN vector_stores s ON s.id = f.vector_store_id "
+            "JOIN files ON files.id = f.file_id "
+            "WHERE f.vector_store_id = ? AND f.file_id = ?",
+            (job.store_id, job.file_id),
+        ).fetchone()
+        if (
+            row is None
+            or row["status"] != FileStatus.IN_PROGRESS
+            or row["generation"] != job.generation
+        ):
+            return None
+        return row
+
+    async def process(self, job: Job) -> None:
+        row = self._current(job)
+        if row is None:
+            return
+        if self.stores.is_expired(job.store_id):
+            self.fail_store_work(
+                job.store_id, "the vector store expired before this file was processed"
+            )
+            return
+        work = WorkerInput(
+            path=str(self.blobs.path_for(row["sha256"])),
+            filename=row["filename"],
+            max_tokens=row["chunk_max_tokens"],
+            overlap_tokens=row["chunk_overlap_tokens"],
+            embedder=self.spec_for(row["embedding_model"], row["embedding_dimensions"]),
+        )
+        try:
+            output = await self.pool.run(work)
+        except FileTimedOut as exc:
+            self._settle(job, LastError(SERVER_ERROR, str(exc)))
+            return
+        except WorkerCrashed as exc:
+            if job.suspect or self.scheduler is None:
+                self._settle(
+                    job, LastError(SERVER_ERROR, f"{exc} (twice); the file was not processed")
+                )
+            else:
+                log.warning("worker died with %s in flight: retrying it alone", job.file_id)
+                self.scheduler.requeue_suspect(job)
+            return
+        except Exception as exc:
+            log.exception("unexpected failure processing %s", job.file_id)
+            self._settle(job, LastError(SERVER_ERROR, f"internal error: {type(exc).__name__}"))
+            return
+        self._commit(job, output)
+
+    def _settle(self, job: Job, error: LastError) -> None:
+        with self.book.transaction() as conn:
+            if self._current(job) is None:
+                return
+            cancelled = self._cancel_requested(conn, job)
+            self.book.set_file(
+                conn,
+                job.store_id,
+                job.file_id,
+                FileStatus.CANCELLED if cancelled else FileStatus.FAILED,
+                None if cancelled else error,
+            )
+
+    def _cancel_requested(self, conn: sqlite3.Connection, job: Job) -> bool:
+        row = conn.execute(
+            "SELECT cancel_requested FROM file_batches WHERE id = ?", (job.queue,)
+        ).fetchone()
+        return bool(row and row["cancel_requested"])
+
+    def _commit(self, job: Job, output: WorkerOutput) -> None:
+        if output.error is not None:
+            self._settle(job, LastError(*output.error))
+            return
+        assert output.vectors is not None
+        started = time.perf_counter()
+        try:
+            with self.book.transaction() as conn:
+                row = self._current(job)
+                if row is None:
+                    return
+                if self._cancel_requested(conn, job):
+                    self.book.set_file(conn, job.store_id, job.file_id, FileStatus.CANCELLED)
+                    return
+                ids = np.empty(len(output.texts), dtype=np.int64)
+                usage = output.vectors.nbytes
+                for i, (text, tokens) in enumerate(
+                    zip(output.texts, output.token_counts, strict=True)
+                ):
+                    ids[i] = conn.execute(
+                        "INSERT INTO chunks (vector_store_id, file_id, tenant, subject, "
+                        "chunk_index, token_count, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                        "RETURNING id",
+                        (
+                            job.store_id,
+                            job.file_id,
+                            row["tenant"],
+                            row["subject"],
+                            i,
+                            tokens,
+                            text,
+                            output.vectors[i].tobytes(),
+                        ),
+                    ).fetchone()[0]
+                    usage += len(text.encode("utf-8"))
+                # In memory only; if the commit below fails, start-up reconciliation drops them.
+                self.indexes.add(job.store_id, row["embedding_dimensions"], ids, output.vectors)
+                self.book.set_file(
+                    conn, job.store_id, job.file_id, FileStatus.COMPLETED, usage_bytes=usage
+                )
+                self.stores.touch(job.store_id)
+        except (ValueError, RuntimeError, sqlite3.Error) as exc:
+            log.exception("committing %s failed", job.file_id)
+            self._settle(job, LastError(SERVER_ERROR, f"storing the chunks failed: {exc}"))
+            return
+        self.stats["files"] += 1
+        self.stats["chunks"] += len(output.texts)
+        self.stats["tokens"] += sum(output.token_counts)
+        for stage, seconds in output.seconds.items():
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+        self.stage_seconds["commit"] += time.perf_counter() - started
+
+    # -- whole stores ------------------------------------------------------------------------
+
+    def fail_store_work(self, store_id: str, reason: str) -> None:
+        """The store can take no more work (expired): its running batches end ``failed``."""
+        if self.scheduler is not None:
+            self.scheduler.remove(lambda j: j.store_id == store_id)
+        with self.book.transaction() as conn:
+            for row in conn.execute(
+                "SELECT file_id FROM vector_store_files WHERE vector_store_id = ? AND status = ?",
+                (store_id, FileStatus.IN_PROGRESS.value),
+            ).fetchall():
+                if self.scheduler is None or not self.scheduler.is_in_flight(store_id, row[0]):
+                    self.book.set_file(
+                        conn, store_id, row[0], FileStatus.FAILED, LastError(SERVER_ERROR, reason)
+                    )
+            for (batch_id,) in conn.execute(
+                "SELECT id FROM file_batches WHERE vector_store_id = ? AND status = ?",
+                (store_id, BatchStatus.IN_PROGRESS.value),
+            ).fetchall():
+                self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
+
+    def on_store_deleted(self, conn: sqlite3.Connection, store_id: str) -> None:
+        """Inside the store's delete transaction: its running batches end ``failed``."""
+        if self.scheduler is not None:
+            self.scheduler.remove(lambda j: j.store_id == store_id)
+        for (batch_id,) in conn.execute(
+            "SELECT id FROM file_batches WHERE vector_store_id = ? AND status = ?",
+            (store_id, BatchStatus.IN_PROGRESS.value),
+        ).fetchall():
+            self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
+        self.indexes.drop(store_id)
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def recover(self) -> list[Job]:
+        """Takes up every file left in progress, without duplicate chunks; returns the jobs."""
+        jobs: list[Job] = []
+        with self.book.transaction() as conn:
+            # Cancelled batches: their unfinished files are cancelled now.
+            for row in conn.execute(
+                "SELECT f.vector_store_id, f.file_id FROM vector_store_files f "
+                "JOIN file_batches b ON b.id = f.batch_id "
+                "WHERE f.status = ? AND b.cancel_requested = 1",
+                (FileStatus.IN_PROGRESS.value,),
+            ).fetchall():
+                self.book.set_file(conn, row[0], row[1], FileStatus.CANCELLED)
+            for row in conn.execute(
+                "UPDATE vector_store_files SET generation = generation + 1 WHERE status = ? "
+                "RETURNING vector_store_id, file_id, generation, batch_id, seq",
+                (FileStatus.IN_PROGRESS.value,),
+            ).fetchall():
+                # Chunks are only written with `completed`, but be sure: never twice.
+                conn.execute(
+                    "DELETE FROM chunks WHERE vector_store_id = ? AND file_id = ?",
+                    (row["vector_store_id"], row["file_id"]),
+                )
+                jobs.append(
+                    Job(
+                        row["vector_store_id"],
+                        row["file_id"],
+                        row["generation"],
+                        row["batch_id"] or single_queue(row["vector_store_id"], row["file_id"]),
+                    )
+                )
+        return jobs
+
+    def reconcile_indexes(self) -> None:
+        for store in self.db.execute(
+            "SELECT id, embedding_dimensions FROM vector_stores"
+        ).fetchall():
+            store_id, dim = store["id"], store["embedding_dimensions"]
+            stored = np.fromiter(
+                (
+                    r[0]
+                    for r in self.db.execute(
+                        "SELECT id FROM chunks WHERE vector_store_id = ? ORDER BY id", (store_id,)
+                    )
+                ),
+                dtype=np.int64,
+            )
+            report = self.indexes.reconcile(store_id, dim, stored, self._vector_loader(dim))
+            if report.added or report.removed or report.rebuilt:
+                log.info(
+                    "reconciled index",
+                    extra={
+                        "store": store_id,
+                        "added": report.added,
+                        "removed": report.removed,
+                        "rebuilt": report.rebuilt,
+                    },
+                )
+        self.indexes.save_all()
+
+    def _vector_loader(self, dim: int) -> Callable[[np.ndarray], np.ndarray]:
+        def load(ids: np.ndarray) -> np.ndarray:
+            out = np.empty((len(ids), dim), dtype=np.float32)
+            for start in range(0, len(ids), 500):
+                part = [int(i) for i in ids[start : start + 500]]
+                marks = ",".join("?" * len(part))
+                found = {
+                    r[0]: r[1]
+                    for r in self.db.execute(
+                        f"SELECT id, vector FROM chunks WHERE id IN ({marks})", tuple(part)
+                    )
+                }
+                for j, chunk_id in enumerate(part):
+                    out[start + j] = np.frombuffer(found[chunk_id], dtype=np.float32)
+            return out
+
+        return load

@@ -1,0 +1,164 @@
+"""The ingest queue: bounded in-flight work, batches served round-robin.
+
+Each batch (or single store file) has its own queue; the scheduler takes one file from each
+queue in turn, so a 2,000-file batch never starves a 1-file batch. A file that was in the
+pool when a worker died is a *suspect*: it runs again alone, so a second crash is surely
+its own fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from quiver.server.core.errors import ResourceExhausted
+
+log = logging.getLogger("quiver.scheduler")
+
+
+@dataclass(frozen=True)
+class Job:
+    store_id: str
+    file_id: str
+    generation: int
+    queue: str
+    """The batch id, or ``file:<store>:<file>`` for a file attached on its own."""
+    suspect: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.store_id, self.file_id
+
+
+def single_queue(store_id: str, file_id: str) -> str:
+    return f"file:{store_id}:{file_id}"
+
+
+class Scheduler:
+    def __init__(
+        self,
+        process: Callable[[Job], Awaitable[None]],
+        *,
+        max_in_flight: int,
+        max_queued: int,
+    ) -> None:
+        self._process = process
+        self.max_in_flight = max_in_flight
+        self.max_queued = max_queued
+        self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
+        self._suspects: deque[Job] = deque()
+        self._queued = 0
+        self._in_flight: dict[tuple[str, str], Job] = {}
+        self._exclusive = False
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return self._queued + len(self._suspects)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def is_in_flight(self, store_id: str, file_id: str) -> bool:
+        return (store_id, file_id) in self._in_flight
+
+    def check_room(self, files: int) -> None:
+        if self.queued + files > self.max_queued:
+            raise ResourceExhausted(
+                f"the ingest queue holds {self.queued} files and this request adds {files}; "
+                f"the server's limit is {self.max_queued} (--max-queued-files). "
+                "Retry when running batches have progressed.",
+                reason="INGEST_QUEUE_FULL",
+            )
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def enqueue(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._queues.setdefault(job.queue, deque()).append(job)
+        self._queued += len(jobs)
+        self._wake.set()
+
+    def requeue_suspect(self, job: Job) -> None:
+        self._suspects.append(replace(job, suspect=True))
+        self._wake.set()
+
+    def remove(self, match: Callable[[Job], bool]) -> list[Job]:
+        """Takes queued (not in-flight) jobs out; returns them."""
+        removed: list[Job] = []
+        for name in list(self._queues):
+            queue = self._queues[name]
+            kept = deque(j for j in queue if not match(j))
+            removed += [j for j in queue if match(j)]
+            if kept:
+                self._queues[name] = kept
+            else:
+                del self._queues[name]
+        self._queued -= len(removed)
+        suspects = [j for j in self._suspects if match(j)]
+        self._suspects = deque(j for j in self._suspects if not match(j))
+        return removed + suspects
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _next(self) -> Job | None:
+        if self._exclusive:
+            return None
+        if self._suspects:
+            if self._in_flight:
+                return None  # let the pool drain, then run the suspect alone
+            self._exclusive = True
+            return self._suspects.popleft()
+        if len(self._in_flight) >= self.max_in_flight or not self._queues:
+            return None
+        name, queue = next(iter(self._queues.items()))
+        job = queue.popleft()
+        self._queued -= 1
+        if queue:
+            self._queues.move_to_end(name)
+        else:
+            del self._queues[name]
+        return job
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run(), name="ingest-scheduler")
+
+    async def _run(self) -> None:
+        while True:
+            job = self._next()
+            if job is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._in_flight[job.key] = job
+            task = asyncio.create_task(self._one(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _one(self, job: Job) -> None:
+        try:
+            await self._process(job)
+        except Exception:
+            log.exception("processing %s in %s failed unexpectedly", job.file_id, job.store_id)
+        finally:
+            self._in_flight.pop(job.key, None)
+            if job.suspect:
+                self._exclusive = False
+            self._wake.set()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
