@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import time
@@ -23,11 +24,13 @@ from quiver.server.core.embedder_choice import EmbedderChoice
 from quiver.server.core.files import FileStore
 from quiver.server.core.processing import Processing
 from quiver.server.core.scheduler import Scheduler
+from quiver.server.core.search import Searcher
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.core.watch import WatchHub
-from quiver.server.embedders.registry import EmbedderSpec
+from quiver.server.embedders.base import Embedder
+from quiver.server.embedders.registry import EmbedderSpec, make_embedder
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.pool import IngestPool
 from quiver.server.storage.blobs import BlobStore
@@ -106,6 +109,12 @@ class QuiverServer:
         self.processing.scheduler = self.scheduler
         self.store_files = StoreFiles(self.book, self.stores, self.indexes, self.scheduler)
         self.batches = FileBatches(self.book, self.store_files, self.hub)
+        self.searcher = Searcher(
+            self.stores,
+            self.indexes,
+            self._embedder_for,
+            exact_max_chunks=settings.exact_search_max_chunks,
+        )
         self.files.detachers.append(self.store_files.detach_everywhere)
         self.stores.deleted_hooks.append(self.processing.on_store_deleted)
         self.health = health_aio.HealthServicer()
@@ -115,6 +124,10 @@ class QuiverServer:
         self._saver: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one server, a few embedders, kept for life
+    def _embedder_for(self, model: str, dimensions: int) -> Embedder:
+        return make_embedder(self._spec_for(model, dimensions))
 
     def _spec_for(self, model: str, dimensions: int) -> EmbedderSpec:
         return EmbedderSpec(
@@ -141,7 +154,7 @@ class QuiverServer:
         server = aio.server(interceptors=[self.interceptor], options=options)
         files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(self.files), server)
         vector_stores_pb2_grpc.add_VectorStoreServiceServicer_to_server(
-            VectorStoreServicer(self.stores, self.store_files, self.batches), server
+            VectorStoreServicer(self.stores, self.store_files, self.batches, self.searcher), server
         )
         file_batches_pb2_grpc.add_FileBatchServiceServicer_to_server(
             FileBatchServicer(self.batches), server

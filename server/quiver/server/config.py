@@ -26,6 +26,7 @@ class Settings:
     file_timeout: float = 300.0
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0
+    exact_search_max_chunks: int = 2000
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 100
@@ -49,6 +50,8 @@ _HELP: dict[str, str] = {
     "file_timeout": "seconds one file may take in a worker before it fails with server_error",
     "embedding_dimensions": "default vector dimension of the 'hash' embedder",
     "index_save_interval": "seconds between saves of changed indexes (also saved at stop)",
+    "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "
+    "is exact (numpy) instead of approximate (hnswlib)",
     "hnsw_m": "hnswlib M (graph degree) for new indexes",
     "hnsw_ef_construction": "hnswlib ef_construction for new indexes",
     "hnsw_ef_search": "hnswlib ef used for queries (raised as needed for k and filters)",

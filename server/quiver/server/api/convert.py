@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 from quiver.server.core import models
 from quiver.server.core.errors import FieldViolation
+from quiver.server.core.filters import RawFilter
 from quiver.server.core.validation import check_attributes, check_chunking
 from quiver.v1 import common_pb2, file_batches_pb2, files_pb2, vector_stores_pb2
 
@@ -67,6 +68,17 @@ def chunking_in(
             field,
         )
     return check_chunking(message.type, None, None, field)
+
+
+def filter_in(message: vector_stores_pb2.Filter) -> RawFilter:
+    """The message as plain data; `parse_filter` validates it and names bad paths."""
+    return RawFilter(
+        type=message.type,
+        key=message.key,
+        value=value_to_python(message.value),
+        has_value=message.HasField("value"),
+        filters=[filter_in(f) for f in message.filters],
+    )
 
 
 def file_status_in(

@@ -50,6 +50,10 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
                 raise InvalidArgument.one(
                     "filename", "is required in the first message (the stream was empty)"
                 )
+            # grpc.aio ends the request stream of a cancelled call (client cancel, deadline,
+            # end of the shutdown grace period) just like one the client finished. A cancelled
+            # call can no longer send anything, so try: it fails, and nothing is committed.
+            await context.send_initial_metadata(())
             stored = upload.finish()
             finished = True
             return files_pb2.UploadFileResponse(file=convert.file_out(stored))

@@ -8,8 +8,10 @@ from grpc import aio
 from quiver.server.api import convert
 from quiver.server.api.context import current_principal
 from quiver.server.core.batches import BatchFileSpec, FileBatches
-from quiver.server.core.errors import FieldViolation, InvalidArgument, Unimplemented
+from quiver.server.core.errors import FieldViolation, InvalidArgument
+from quiver.server.core.filters import parse_filter
 from quiver.server.core.models import ExpiresAfter
+from quiver.server.core.search import Searcher, check_search
 from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.validation import check_id, check_list_params, raise_if
 from quiver.server.core.vector_stores import StoreUpdate, VectorStores
@@ -34,10 +36,13 @@ def _store_file_ids(request: Any) -> tuple[str, str]:
 
 
 class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
-    def __init__(self, stores: VectorStores, files: StoreFiles, batches: FileBatches) -> None:
+    def __init__(
+        self, stores: VectorStores, files: StoreFiles, batches: FileBatches, searcher: Searcher
+    ) -> None:
         self._stores = stores
         self._files = files
         self._batches = batches
+        self._searcher = searcher
 
     async def CreateVectorStore(
         self, request: pb.CreateVectorStoreRequest, context: Ctx
@@ -135,8 +140,35 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
     async def SearchVectorStore(
         self, request: pb.SearchVectorStoreRequest, context: Ctx
     ) -> pb.SearchVectorStoreResponse:
-        raise Unimplemented(
-            "SearchVectorStore is not available yet (it comes with the search release)"
+        store_id = _store_id(request)
+        options = request.ranking_options
+        filter = (
+            parse_filter(convert.filter_in(request.filters))
+            if request.HasField("filters")
+            else None
+        )
+        search = check_search(
+            list(request.query),
+            request.max_num_results,
+            filter,
+            options.ranker,
+            options.score_threshold,
+        )
+        hits = await self._searcher.search(current_principal(), store_id, search)
+        return pb.SearchVectorStoreResponse(
+            object="vector_store.search_results.page",
+            search_query=search.queries,
+            data=[
+                pb.SearchResult(
+                    file_id=hit.file_id,
+                    filename=hit.filename,
+                    score=hit.score,
+                    attributes={k: convert.python_to_value(v) for k, v in hit.attributes.items()},
+                    content=[pb.SearchResultContent(type="text", text=hit.text)],
+                )
+                for hit in hits
+            ],
+            has_more=False,
         )
 
     async def CreateVectorStoreFile(

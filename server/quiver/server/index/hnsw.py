@@ -316,6 +316,14 @@ class VectorIndex:
         labels, distances = self._index.knn_query(queries, k=k, num_threads=1, filter=filter)
         return labels.astype(np.int64), distances.astype(np.float32, copy=False)
 
+    def vectors(self, labels: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """The stored (unit-length) vectors of live labels, in the order given."""
+        ids = np.asarray(labels, dtype=np.int64)
+        if ids.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock.read():
+            return np.asarray(self._index.get_items(ids), dtype=np.float32)
+
     # -- persistence -----------------------------------------------------------------------
 
     def save(self) -> None:

@@ -1,0 +1,177 @@
+"""Search filters on file attributes, in OpenAI's flat shape: parsing, validation, evaluation.
+
+Comparison: ``eq ne gt gte lt lte in nin`` on a key; compound: ``and or`` over sub-filters,
+nested freely (depth ≤ 16, ≤ 256 nodes). Evaluation: a missing key or a value of another
+type makes every comparison false except ``ne`` and ``nin``, which are then true.
+``gt/gte/lt/lte`` compare numbers with numbers and strings with strings (lexicographically).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from quiver.server.core.errors import FieldViolation, InvalidArgument
+from quiver.server.core.models import AttributeValue
+
+COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
+COMPOUNDS = ("and", "or")
+MAX_DEPTH = 16
+MAX_NODES = 256
+MAX_CHILDREN = 64
+MAX_LIST = 256
+
+
+@dataclass(frozen=True)
+class Comparison:
+    op: str
+    key: str
+    value: AttributeValue | tuple[AttributeValue, ...]
+
+
+@dataclass(frozen=True)
+class Compound:
+    op: str
+    filters: tuple[Filter, ...]
+
+
+Filter = Comparison | Compound
+
+
+@dataclass(frozen=True)
+class RawFilter:
+    """What the edge hands over: the message's fields, values already made Python."""
+
+    type: str
+    key: str
+    value: Any
+    has_value: bool
+    filters: list[RawFilter]
+
+
+def _scalar(value: Any) -> bool:
+    if isinstance(value, bool | str):
+        return True
+    return isinstance(value, float | int) and math.isfinite(value)
+
+
+def parse_filter(raw: RawFilter, path: str = "filters") -> Filter:
+    nodes = [0]
+    violations: list[FieldViolation] = []
+    parsed = _parse(raw, path, 1, nodes, violations)
+    if violations:
+        raise InvalidArgument(violations[:20])
+    assert parsed is not None
+    return parsed
+
+
+def _parse(
+    raw: RawFilter, path: str, depth: int, nodes: list[int], out: list[FieldViolation]
+) -> Filter | None:
+    nodes[0] += 1
+    if nodes[0] > MAX_NODES:
+        if nodes[0] == MAX_NODES + 1:
+            out.append(FieldViolation(path, f"a filter may have at most {MAX_NODES} nodes"))
+        return None
+    if depth > MAX_DEPTH:
+        out.append(FieldViolation(path, f"filters nest at most {MAX_DEPTH} levels deep"))
+        return None
+    if raw.type in COMPOUNDS:
+        if raw.key or raw.has_value:
+            out.append(FieldViolation(path, f'"{raw.type}" takes filters, not key or value'))
+        if not 1 <= len(raw.filters) <= MAX_CHILDREN:
+            out.append(
+                FieldViolation(
+                    f"{path}.filters", f"must hold 1…{MAX_CHILDREN} filters, not {len(raw.filters)}"
+                )
+            )
+            return None
+        children = [
+            _parse(child, f"{path}.filters[{i}]", depth + 1, nodes, out)
+            for i, child in enumerate(raw.filters)
+        ]
+        if any(c is None for c in children):
+            return None
+        return Compound(raw.type, tuple(c for c in children if c is not None))
+    if raw.type not in COMPARISONS:
+        allowed = ", ".join(COMPARISONS + COMPOUNDS)
+        out.append(
+            FieldViolation(f"{path}.type", f"must be one of {allowed}; not {raw.type[:40]!r}")
+        )
+        return None
+    if raw.filters:
+        out.append(
+            FieldViolation(f"{path}.filters", f'"{raw.type}" takes key and value, not filters')
+        )
+    if not raw.key:
+        out.append(FieldViolation(f"{path}.key", "is required for a comparison"))
+        return None
+    if not raw.has_value:
+        out.append(FieldViolation(f"{path}.value", "is required for a comparison"))
+        return None
+    value = raw.value
+    where = f"{path}.value"
+    if raw.type in ("in", "nin"):
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_LIST:
+            out.append(FieldViolation(where, f'"{raw.type}" needs a list of 1…{MAX_LIST} values'))
+            return None
+        bad = [i for i, v in enumerate(value) if not _scalar(v)]
+        if bad:
+            out.append(
+                FieldViolation(
+                    f"{where}[{bad[0]}]", "must be a string, a finite number or a boolean"
+                )
+            )
+            return None
+        return Comparison(raw.type, raw.key, tuple(_clean(v) for v in value))
+    if not _scalar(value):
+        out.append(FieldViolation(where, "must be a string, a finite number or a boolean"))
+        return None
+    if raw.type in ("gt", "gte", "lt", "lte") and isinstance(value, bool):
+        out.append(FieldViolation(where, f'"{raw.type}" compares numbers or strings, not booleans'))
+        return None
+    return Comparison(raw.type, raw.key, _clean(value))
+
+
+def _clean(value: Any) -> AttributeValue:
+    if isinstance(value, bool | str):
+        return value
+    return float(value)
+
+
+def _same_kind(a: AttributeValue, b: AttributeValue) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool)
+    return isinstance(a, str) == isinstance(b, str)
+
+
+def matches(filter: Filter, attributes: Mapping[str, AttributeValue]) -> bool:
+    if isinstance(filter, Compound):
+        results = (matches(f, attributes) for f in filter.filters)
+        return all(results) if filter.op == "and" else any(results)
+    present = filter.key in attributes
+    actual = attributes.get(filter.key)
+    if filter.op in ("in", "nin"):
+        assert isinstance(filter.value, tuple)
+        found = present and any(
+            actual is not None and _same_kind(actual, v) and actual == v for v in filter.value
+        )
+        return found if filter.op == "in" else not found
+    assert not isinstance(filter.value, tuple)
+    expected = filter.value
+    if not present or actual is None or not _same_kind(actual, expected):
+        return filter.op == "ne"
+    if filter.op == "eq":
+        return actual == expected
+    if filter.op == "ne":
+        return actual != expected
+    ordered: Any = actual
+    if filter.op == "gt":
+        return bool(ordered > expected)
+    if filter.op == "gte":
+        return bool(ordered >= expected)
+    if filter.op == "lt":
+        return bool(ordered < expected)
+    return bool(ordered <= expected)

@@ -1,0 +1,318 @@
+"""SearchVectorStore: embed the query, k-NN in the store's index (or exact search when a
+filter leaves few chunks), optionally fused with an FTS5 keyword ranking.
+
+Scores, always in [0, 1], higher is better:
+
+- ranker ``none``: the cosine similarity of query and chunk, clipped to [0, 1].
+- ranker ``auto`` (and dated aliases such as ``default-2024-11-15``): reciprocal rank
+  fusion of the vector ranking and the BM25 keyword ranking, ``Σ 1/(60 + rank)`` over the
+  rankings that returned anything, divided by its best possible value. So 1.0 means "first
+  in every ranking", 0.5 "first in one of two rankings and absent from the other".
+
+``score_threshold`` drops results scoring below it, on that same scale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from quiver.server.core.errors import FailedPrecondition, FieldViolation
+from quiver.server.core.filters import Filter, matches
+from quiver.server.core.models import AttributeValue, FileStatus
+from quiver.server.core.principal import Principal
+from quiver.server.core.validation import raise_if
+from quiver.server.core.vector_stores import VectorStores
+from quiver.server.embedders.base import Embedder
+from quiver.server.index.manager import IndexManager
+
+RRF_K = 60
+MAX_QUERIES = 10
+MAX_QUERY_CHARS = 4096
+MAX_RESULTS = 50
+DEFAULT_RESULTS = 10
+FUSION_CANDIDATES = 50
+MAX_KEYWORDS = 64
+_DATED_DEFAULT = re.compile(r"^default-\d{4}-\d{2}-\d{2}$")
+_WORD = re.compile(r"\w+")
+
+EmbedderFor = Callable[[str, int], Embedder]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    queries: list[str]
+    max_results: int
+    filter: Filter | None
+    hybrid: bool
+    score_threshold: float
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    chunk_id: int
+    file_id: str
+    filename: str
+    score: float
+    attributes: dict[str, AttributeValue]
+    text: str
+
+
+def check_search(
+    queries: list[str],
+    max_results: int,
+    filter: Filter | None,
+    ranker: str,
+    score_threshold: float,
+) -> SearchRequest:
+    out: list[FieldViolation] = []
+    if not 1 <= len(queries) <= MAX_QUERIES:
+        out.append(
+            FieldViolation("query", f"must hold 1…{MAX_QUERIES} strings, not {len(queries)}")
+        )
+    for i, query in enumerate(queries):
+        if not query.strip():
+            out.append(FieldViolation(f"query[{i}]", "must not be empty"))
+        elif len(query) > MAX_QUERY_CHARS:
+            out.append(
+                FieldViolation(f"query[{i}]", f"is longer than {MAX_QUERY_CHARS} characters")
+            )
+    if max_results == 0:
+        max_results = DEFAULT_RESULTS
+    elif not 1 <= max_results <= MAX_RESULTS:
+        out.append(FieldViolation("max_num_results", f"must be 1…{MAX_RESULTS}, not {max_results}"))
+    ranker = ranker or "auto"
+    if ranker not in ("auto", "none") and not _DATED_DEFAULT.match(ranker):
+        out.append(
+            FieldViolation(
+                "ranking_options.ranker",
+                f'must be "auto", "none" or a dated default such as "default-2024-11-15"; '
+                f"not {ranker[:40]!r}",
+            )
+        )
+    if not (math.isfinite(score_threshold) and 0.0 <= score_threshold <= 1.0):
+        out.append(
+            FieldViolation("ranking_options.score_threshold", f"must be 0…1, not {score_threshold}")
+        )
+    raise_if(out)
+    return SearchRequest(queries, max_results, filter, ranker != "none", score_threshold)
+
+
+class Searcher:
+    def __init__(
+        self,
+        stores: VectorStores,
+        indexes: IndexManager,
+        embedder_for: EmbedderFor,
+        *,
+        exact_max_chunks: int,
+    ) -> None:
+        self.stores = stores
+        self.db = stores.db
+        self.indexes = indexes
+        self.embedder_for = embedder_for
+        self.exact_max_chunks = exact_max_chunks
+
+    async def search(
+        self, principal: Principal, store_id: str, request: SearchRequest
+    ) -> list[SearchHit]:
+        store = self.stores.get_row(principal, store_id)
+        if self.stores.is_expired(store_id):
+            raise FailedPrecondition(
+                f"vector store {store_id} has expired and can no longer be searched",
+                reason="VECTOR_STORE_EXPIRED",
+            )
+        self.stores.touch(store_id)
+        dim = int(store["embedding_dimensions"])
+        embedder = self.embedder_for(store["embedding_model"], dim)
+        embedded = await asyncio.to_thread(embedder.embed, request.queries)
+        query = _unit(embedded.sum(axis=0))
+        wanted = (
+            max(FUSION_CANDIDATES, 4 * request.max_results)
+            if request.hybrid
+            else request.max_results
+        )
+        allowed = self._allowed_chunks(store_id, request.filter)
+        if allowed is not None and len(allowed) <= self.exact_max_chunks:
+            vector_ranking = self._exact(store_id, dim, query, allowed, wanted)
+        else:
+            vector_ranking = await asyncio.to_thread(
+                self._approximate, store_id, dim, query, allowed, wanted
+            )
+        if request.hybrid:
+            keyword = self._keywords(store_id, request.queries, wanted, allowed)
+            scored = _fuse([[c for c, _ in vector_ranking], keyword])
+        else:
+            scored = [(c, max(0.0, min(1.0, s))) for c, s in vector_ranking]
+        scored = [(c, s) for c, s in scored if s >= request.score_threshold]
+        return self._hits(store_id, scored, request.max_results)
+
+    # -- which chunks may match --------------------------------------------------------------
+
+    def _allowed_chunks(self, store_id: str, filter: Filter | None) -> npt.NDArray[np.int64] | None:
+        if filter is None:
+            return None
+        files = [
+            row[0]
+            for row in self.db.execute(
+                "SELECT file_id, attributes FROM vector_store_files "
+                "WHERE vector_store_id = ? AND status = ?",
+                (store_id, FileStatus.COMPLETED.value),
+            )
+            if matches(filter, json.loads(row[1]))
+        ]
+        ids: list[int] = []
+        for start in range(0, len(files), 500):
+            part = files[start : start + 500]
+            marks = ",".join("?" * len(part))
+            ids += [
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT id FROM chunks WHERE vector_store_id = ? AND file_id IN ({marks})",
+                    (store_id, *part),
+                )
+            ]
+        return np.asarray(ids, dtype=np.int64)
+
+    # -- vector rankings -----------------------------------------------------------------------
+
+    def _exact(
+        self,
+        store_id: str,
+        dim: int,
+        query: npt.NDArray[np.float32],
+        allowed: npt.NDArray[np.int64],
+        k: int,
+    ) -> list[tuple[int, float]]:
+        """Brute force over few chunks, on the event loop: consistent with SQLite by design."""
+        if len(allowed) == 0:
+            return []
+        vectors = self.indexes.get(store_id, dim).vectors(allowed)
+        similarity = vectors @ query
+        top = np.argsort(-similarity, kind="stable")[:k]
+        return [(int(allowed[i]), float(similarity[i])) for i in top]
+
+    def _approximate(
+        self,
+        store_id: str,
+        dim: int,
+        query: npt.NDArray[np.float32],
+        allowed: npt.NDArray[np.int64] | None,
+        k: int,
+    ) -> list[tuple[int, float]]:
+        index = self.indexes.get(store_id, dim)
+        if allowed is None:
+            labels, distances = index.knn(query, k)
+        else:
+            members = set(allowed.tolist())
+            labels, distances = index.knn(query, k, filter=members.__contains__)
+        return [
+            (int(label), 1.0 - float(distance))
+            for label, distance in zip(labels[0], distances[0], strict=True)
+            if label >= 0
+        ]
+
+    # -- keyword ranking -------------------------------------------------------------------------
+
+    def _keywords(
+        self,
+        store_id: str,
+        queries: list[str],
+        k: int,
+        allowed: npt.NDArray[np.int64] | None,
+    ) -> list[int]:
+        """BM25 over FTS5: chunks holding a query's exact phrase first, then any of its words."""
+        words: list[str] = []
+        phrases: list[str] = []
+        for query in queries:
+            terms = _WORD.findall(query.lower())
+            if len(terms) > 1:
+                phrases.append('"' + " ".join(terms[:MAX_KEYWORDS]) + '"')
+            words += terms
+        unique = list(dict.fromkeys(words))[:MAX_KEYWORDS]
+        if not unique:
+            return []
+        members = None if allowed is None else set(allowed.tolist())
+        ranking: list[int] = []
+        seen: set[int] = set()
+        matches_ = [" OR ".join(phrases)] if phrases else []
+        matches_.append(" OR ".join(f'"{w}"' for w in unique))
+        limit = k if members is None else k * 8
+        for expression in matches_:
+            try:
+                rows = self.db.execute(
+                    "SELECT c.id FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
+                    "WHERE chunks_fts MATCH ? AND c.vector_store_id = ? "
+                    "ORDER BY bm25(chunks_fts) LIMIT ?",
+                    (expression, store_id, limit),
+                ).fetchall()
+            except sqlite3.OperationalError:
+                continue  # an expression FTS5 cannot parse: the vector ranking still stands
+            for (chunk_id,) in rows:
+                if chunk_id in seen or (members is not None and chunk_id not in members):
+                    continue
+                seen.add(chunk_id)
+                ranking.append(chunk_id)
+                if len(ranking) >= k:
+                    return ranking
+        return ranking
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def _hits(self, store_id: str, scored: list[tuple[int, float]], limit: int) -> list[SearchHit]:
+        """Rows for the best chunks that still exist (a file deleted meanwhile drops out)."""
+        if not scored:
+            return []
+        top = scored[: limit * 2]
+        marks = ",".join("?" * len(top))
+        rows = {
+            r["id"]: r
+            for r in self.db.execute(
+                "SELECT c.id, c.file_id, c.text, f.attributes, files.filename FROM chunks c "
+                "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id "
+                "AND f.file_id = c.file_id AND f.status = 'completed' "
+                "JOIN files ON files.id = c.file_id "
+                f"WHERE c.vector_store_id = ? AND c.id IN ({marks})",
+                (store_id, *[c for c, _ in top]),
+            )
+        }
+        hits = [
+            SearchHit(
+                chunk_id=chunk_id,
+                file_id=rows[chunk_id]["file_id"],
+                filename=rows[chunk_id]["filename"],
+                score=score,
+                attributes=json.loads(rows[chunk_id]["attributes"]),
+                text=rows[chunk_id]["text"],
+            )
+            for chunk_id, score in top
+            if chunk_id in rows
+        ]
+        return hits[:limit]
+
+
+def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norm = float(np.linalg.norm(vector))
+    out = vector / norm if norm > 0 else vector
+    return np.asarray(out, dtype=np.float32)
+
+
+def _fuse(rankings: list[list[int]]) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion, scaled so that first place in every ranking scores 1.0."""
+    used = [r for r in rankings if r]
+    if not used:
+        return []
+    scores: dict[int, float] = {}
+    for ranking in used:
+        for rank, chunk_id in enumerate(ranking, start=1):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    best = len(used) / (RRF_K + 1)
+    fused = sorted(scores.items(), key=lambda item: -item[1])
+    return [(chunk_id, min(1.0, score / best)) for chunk_id, score in fused]
