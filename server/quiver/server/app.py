@@ -12,10 +12,10 @@ import time
 from grpc import aio
 from grpc_health.v1 import _async as health_aio  # what health.aio refers to
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from quiver.server.api.file_batches import FileBatchServicer
 from quiver.server.api.files import FileServicer
 from quiver.server.api.interceptor import QuiverInterceptor
+from quiver.server.api.reflection_v1 import enable_reflection
 from quiver.server.api.vector_stores import VectorStoreServicer
 from quiver.server.auth.keys import KeyRing
 from quiver.server.config import Settings
@@ -160,9 +160,7 @@ class QuiverServer:
             FileBatchServicer(self.batches), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
         await self._set_health(Serving.NOT_SERVING)
         self.port = server.add_insecure_port(self.settings.listen)
         if self.port == 0:
