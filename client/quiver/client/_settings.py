@@ -1,0 +1,73 @@
+"""Connection settings shared by Client and AsyncClient, with environment defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+@dataclass(frozen=True)
+class Settings:
+    target: str
+    api_key: str | None
+    on_behalf_of: str | None
+    tls: bool
+    root_certificates: bytes | None
+    timeout: float | None
+    max_retries: int
+    retry_backoff: float
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        target: str | None,
+        api_key: str | None,
+        on_behalf_of: str | None,
+        tls: bool | None,
+        root_certificates: bytes | str | Path | None,
+        timeout: float | None,
+        max_retries: int,
+        retry_backoff: float,
+    ) -> Settings:
+        """Arguments win; then QUIVER_TARGET / QUIVER_API_KEY / QUIVER_ON_BEHALF_OF."""
+        if isinstance(root_certificates, str | Path):
+            root_certificates = Path(root_certificates).read_bytes()
+        return cls(
+            target=target or os.environ.get("QUIVER_TARGET") or DEFAULT_TARGET,
+            api_key=api_key if api_key is not None else os.environ.get("QUIVER_API_KEY"),
+            on_behalf_of=on_behalf_of or os.environ.get("QUIVER_ON_BEHALF_OF") or None,
+            tls=bool(tls) or root_certificates is not None,
+            root_certificates=root_certificates,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+        )
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        out: list[tuple[str, str]] = []
+        if self.api_key:
+            out.append(("authorization", f"Bearer {self.api_key}"))
+        if self.on_behalf_of:
+            out.append(("x-on-behalf-of", self.on_behalf_of))
+        return tuple(out)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.tls:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+
+    def backoff(self, attempt: int) -> float:
+        return float(min(self.retry_backoff * (2**attempt), 5.0))
+
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+]
