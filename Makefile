@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test lint typecheck buf-lint proto proto-check pytest bench soak clean
+.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check pytest node-deps bench soak clean
 
 $(VENV)/.runtime: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ dev: $(VENV)/.dev
 serve: install
 	$(VENV)/bin/quiver serve
 
-test: dev lint typecheck buf-lint proto-check pytest
+test: dev lint typecheck buf-lint buf-breaking proto-check node-deps pytest
 
 lint: dev
 	$(VENV)/bin/ruff check .
@@ -36,6 +36,21 @@ typecheck: dev
 
 buf-lint: dev
 	$(VENV)/bin/buf lint
+
+# A shipped field is never broken by accident: compare with the first commit that had the
+# protos (the contract as first released).
+PROTO_BASE = $(shell git log --diff-filter=A --format=%H -- protos/quiver/v1/files.proto 2>/dev/null | tail -1)
+buf-breaking: dev
+	@if [ -n "$(PROTO_BASE)" ]; then \
+		echo "buf breaking against $(PROTO_BASE)"; \
+		$(VENV)/bin/buf breaking --against ".git#ref=$(PROTO_BASE)"; \
+	else echo "buf breaking: skipped (no git history with the protos)"; fi
+
+# The Node client's dependencies (from package-lock.json), when Node is on this machine.
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		cd clients/node && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "node-deps: skipped (no Node.js on this machine; the Node client test will skip)"; fi
 
 # Regenerate the committed stubs (python + .pyi + grpc + typed grpc stubs).
 proto: dev
