@@ -438,7 +438,9 @@ class ListFileBatchFilesResponse(_message.Message):
     last_id: _builtins.str
     """Id of the last file of this page, empty if none."""
     has_more: _builtins.bool
-    """Whether more files follow in `order`."""
+    """Whether more files follow in the direction of travel: after `last_id` when paging
+    forward (or with no cursor), before `first_id` when paging with `before`.
+    """
     @_builtins.property
     def data(self) -> _containers.RepeatedCompositeFieldContainer[_vector_stores_pb2.VectorStoreFile]:
         """The files of this page."""

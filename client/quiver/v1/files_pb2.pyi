@@ -226,7 +226,9 @@ class ListFilesResponse(_message.Message):
     last_id: _builtins.str
     """Id of the last file of this page, empty if none; pass it as `after` for the next page."""
     has_more: _builtins.bool
-    """Whether more files follow in `order`."""
+    """Whether more files follow in the direction of travel: after `last_id` when paging
+    forward (or with no cursor), before `first_id` when paging with `before`.
+    """
     @_builtins.property
     def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___File]:
         """The files of this page."""

@@ -453,7 +453,9 @@ class ListVectorStoresResponse(_message.Message):
     last_id: _builtins.str
     """Id of the last store of this page, empty if none."""
     has_more: _builtins.bool
-    """Whether more stores follow in `order`."""
+    """Whether more stores follow in the direction of travel: after `last_id` when paging
+    forward (or with no cursor), before `first_id` when paging with `before`.
+    """
     @_builtins.property
     def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___VectorStore]:
         """The stores of this page."""
@@ -1058,7 +1060,9 @@ class ListVectorStoreFilesResponse(_message.Message):
     last_id: _builtins.str
     """Id of the last file of this page, empty if none."""
     has_more: _builtins.bool
-    """Whether more files follow in `order`."""
+    """Whether more files follow in the direction of travel: after `last_id` when paging
+    forward (or with no cursor), before `first_id` when paging with `before`.
+    """
     @_builtins.property
     def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___VectorStoreFile]:
         """The files of this page."""

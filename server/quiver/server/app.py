@@ -162,9 +162,16 @@ class QuiverServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
         await self._set_health(Serving.NOT_SERVING)
-        self.port = server.add_insecure_port(self.settings.listen)
+        try:
+            self.port = server.add_insecure_port(self.settings.listen)
+        except RuntimeError as exc:  # grpc raises for a busy or invalid address
+            self.port = 0
+            reason = f": {exc}"
+        else:
+            reason = ""
         if self.port == 0:
-            raise ConfigError(f"cannot listen on {self.settings.listen}")
+            self._close_storage()
+            raise ConfigError(f"cannot listen on {self.settings.listen}{reason}")
         await server.start()
         self._server = server
         if self.keys.open:
@@ -204,13 +211,18 @@ class QuiverServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new RPCs, let in-flight ones finish, close storage."""
-        if self._server is None or self._stopping:
+        if self._server is None:  # never started (or failed to): close what __init__ opened
+            self._close_storage()
+            return
+        if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
         grace = self.settings.grace_period if grace is None else grace
         log.info("draining", extra={"grace_s": grace})
         await self._set_health(Serving.NOT_SERVING)
+        if self.settings.drain_delay > 0:  # let load balancers see NOT_SERVING and move away
+            await asyncio.sleep(self.settings.drain_delay)
         self.interceptor.closed_reason = "the server is shutting down"
         await self._server.stop(grace)
         if self._saver is not None:
@@ -218,11 +230,16 @@ class QuiverServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._saver
         await self.scheduler.stop()  # unfinished files resume at the next start
+        self._close_storage()
+        log.info("stopped")
+
+    def _close_storage(self) -> None:
+        if self._stopped.is_set():
+            return
         self.pool.close()
         self.indexes.save_all()
         self.db.close()
         self._stopped.set()
-        log.info("stopped")
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

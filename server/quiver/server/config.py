@@ -20,6 +20,7 @@ class Settings:
     max_file_bytes: int = 512 * MiB
     max_message_bytes: int = 16 * MiB
     grace_period: float = 10.0
+    drain_delay: float = 0.0
     log_level: str = "info"
     ingest_workers: int = max(1, (os.cpu_count() or 2))
     max_queued_files: int = 100_000
@@ -43,6 +44,8 @@ _HELP: dict[str, str] = {
     "max_file_bytes": "largest file UploadFile accepts, in bytes",
     "max_message_bytes": "largest single gRPC message accepted, in bytes",
     "grace_period": "seconds in-flight RPCs get to finish on SIGTERM/SIGINT",
+    "drain_delay": "seconds health reports NOT_SERVING before the server stops accepting "
+    "RPCs, so load balancers move away first (set it to your probe interval)",
     "log_level": "debug, info, warning or error",
     "ingest_workers": "worker processes that parse, chunk and embed files",
     "max_queued_files": "files waiting for ingest before CreateFileBatch answers "

@@ -10,7 +10,7 @@ from quiver.server.api import convert
 from quiver.server.api.context import current_principal
 from quiver.server.core.errors import InvalidArgument
 from quiver.server.core.files import FileStore, Upload
-from quiver.server.core.validation import check_id, check_list_params, raise_if
+from quiver.server.core.validation import check_id, check_list_params, check_purpose, raise_if
 from quiver.v1 import files_pb2, files_pb2_grpc
 
 DOWNLOAD_PIECE = 64 * 1024
@@ -72,6 +72,8 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         self, request: files_pb2.ListFilesRequest, context: Ctx
     ) -> files_pb2.ListFilesResponse:
         params = check_list_params(request.limit, request.order, request.after, request.before)
+        if request.purpose:
+            raise_if(check_purpose(request.purpose)[1])
         page = self._files.list(current_principal(), params, request.purpose)
         return files_pb2.ListFilesResponse(
             data=[convert.file_out(f) for f in page.data],

@@ -6,6 +6,7 @@ errors and never see metadata.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -149,7 +150,10 @@ def _wrap(handler: Handler, method: str, auth: Authenticate) -> Handler:
                 return await inner_unary(request, context)
             except aio.AbortError:
                 raise
-            except Exception as exc:
+            except asyncio.CancelledError:  # the caller went away or the server is stopping
+                call.code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:  # every other error becomes a status
                 await _fail(call, context, exc)
             finally:
                 _finish(call, context)
@@ -168,7 +172,10 @@ def _wrap(handler: Handler, method: str, auth: Authenticate) -> Handler:
                 yield response
         except aio.AbortError:
             raise
-        except Exception as exc:
+        except asyncio.CancelledError:  # the caller went away or the server is stopping
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # every other error becomes a status
             await _fail(call, context, exc)
         finally:
             _finish(call, context)

@@ -61,6 +61,14 @@ class KeyRing:
     """The configured keys. Empty means the server runs open (loopback only)."""
 
     def __init__(self, entries: list[KeyEntry]) -> None:
+        owners: dict[bytes, str] = {}
+        for entry in entries:
+            other = owners.setdefault(entry.digest, entry.tenant)
+            if other != entry.tenant:
+                raise KeyConfigError(
+                    f"the same key is listed for tenants {other!r} and {entry.tenant!r}; "
+                    "a key must belong to one tenant"
+                )
         self._entries = entries
 
     @classmethod

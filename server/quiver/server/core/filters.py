@@ -79,8 +79,11 @@ def _parse(
         out.append(FieldViolation(path, f"filters nest at most {MAX_DEPTH} levels deep"))
         return None
     if raw.type in COMPOUNDS:
-        if raw.key or raw.has_value:
-            out.append(FieldViolation(path, f'"{raw.type}" takes filters, not key or value'))
+        # Name the offending field, as for a comparison given `filters` (`{path}.filters`).
+        if raw.key:
+            out.append(FieldViolation(f"{path}.key", f'"{raw.type}" takes filters, not a key'))
+        if raw.has_value:
+            out.append(FieldViolation(f"{path}.value", f'"{raw.type}" takes filters, not a value'))
         if not 1 <= len(raw.filters) <= MAX_CHILDREN:
             out.append(
                 FieldViolation(

@@ -206,8 +206,10 @@ def check_filename(filename: str, field: str = "filename") -> list[FieldViolatio
                 field, f"is {len(filename)} characters; at most {MAX_FILENAME} are allowed"
             )
         ]
-    if "/" in filename or "\x00" in filename or filename in (".", ".."):
-        return [FieldViolation(field, 'must not contain "/" or NUL, nor be "." or ".."')]
+    if "/" in filename or filename in (".", ".."):
+        return [FieldViolation(field, 'must not contain "/", nor be "." or ".."')]
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in filename):
+        return [FieldViolation(field, "must not contain control characters (NUL, newline …)")]
     if any(0xD800 <= ord(c) <= 0xDFFF for c in filename):
         return [FieldViolation(field, "must be valid Unicode text")]
     return []
