@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import tiktoken
 import tiktoken.registry
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from quiver.server.ingest import chunking
 from quiver.server.ingest.chunking import (
     AUTO,
     ChunkingParams,
@@ -203,3 +204,30 @@ def test_exactly_max_tokens_is_one_chunk() -> None:
 def test_empty_text_has_no_chunks() -> None:
     assert chunk_text("", AUTO) == []
     assert chunk_text("", STATIC_100_50) == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.from_regex(r"[ab.é😀1][ab \t.é😀1]{0,6}", fullmatch=True),
+        min_size=1,
+        max_size=80,
+    )
+)
+def test_segmented_encoding_matches_whole_text(lines: list[str]) -> None:
+    """Cutting long texts into segments (at newlines followed by text) never changes their
+    tokens. Lines are shorter than half a segment, so such a cut point always exists."""
+    text = "\n".join(lines)
+    old = chunking.SEGMENT_CHARS
+    chunking.SEGMENT_CHARS = 16
+    try:
+        assert chunking.encode(text) == chunking.get_encoding().encode_ordinary(text)
+    finally:
+        chunking.SEGMENT_CHARS = old
+
+
+def test_one_giant_line_is_cut_and_still_encoded() -> None:
+    text = "a" * (3 * chunking.SEGMENT_CHARS + 5)
+    assert len(chunking._segments(text)) == 4
+    assert sum(len(s) for s in chunking._segments(text)) == len(text)
+    assert chunking.count_tokens(text) > 0

@@ -39,9 +39,42 @@ class Chunk:
     token_count: int
 
 
+SEGMENT_CHARS = 1 << 20
+
+
+def _segments(text: str) -> list[str]:
+    """Pieces of at most ~1 Mi characters, cut right after a newline that is followed by a
+    non-space character. cl100k_base's pre-tokenizer never joins across such a point, so the
+    tokens are exactly those of the whole text; the tokenizer just never sees a huge input at
+    once. A piece with no such point (one giant line) is cut at the size limit."""
+    if len(text) <= SEGMENT_CHARS:
+        return [text]
+    pieces: list[str] = []
+    start = 0
+    while len(text) - start > SEGMENT_CHARS:
+        limit = start + SEGMENT_CHARS
+        cut = text.rfind("\n", start + SEGMENT_CHARS // 2, limit)
+        while cut != -1 and text[cut + 1 : cut + 2].isspace():
+            cut = text.rfind("\n", start + SEGMENT_CHARS // 2, cut)
+        end = cut + 1 if cut != -1 else limit
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
+def encode(text: str) -> list[int]:
+    """cl100k_base tokens of `text`; special-token strings count as plain text."""
+    encoding = get_encoding()
+    tokens: list[int] = []
+    for piece in _segments(text):
+        tokens += encoding.encode_ordinary(piece)
+    return tokens
+
+
 def count_tokens(text: str) -> int:
     """Number of cl100k_base tokens in `text` (special-token strings count as plain text)."""
-    return len(get_encoding().encode_ordinary(text))
+    return len(encode(text))
 
 
 def token_windows(n_tokens: int, params: ChunkingParams) -> list[tuple[int, int]]:
@@ -63,7 +96,7 @@ def token_windows(n_tokens: int, params: ChunkingParams) -> list[tuple[int, int]
 def chunk_text(text: str, params: ChunkingParams) -> list[Chunk]:
     """Encode once, then decode each token window (broken UTF-8 at edges is replaced)."""
     encoding = get_encoding()
-    tokens = encoding.encode_ordinary(text)
+    tokens = encode(text)
     return [
         Chunk(
             index=index,

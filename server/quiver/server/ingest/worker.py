@@ -24,6 +24,10 @@ from quiver.server.ingest.parsing import (
 )
 
 
+MAX_TEXT_CHARS = 64_000_000
+"""Above this a file's chunks, tokens and vectors would take gigabytes in one worker."""
+
+
 @dataclass(frozen=True)
 class WorkerInput:
     path: str
@@ -63,6 +67,16 @@ def process(job: WorkerInput) -> WorkerOutput:
         with open(job.path, "rb") as f:
             data = f.read()
         text = parse_document(data, job.filename)
+        del data
+        if len(text) > MAX_TEXT_CHARS:
+            return WorkerOutput(
+                error=(
+                    INVALID_FILE,
+                    f"the file's text is {len(text):,} characters; the server indexes at most "
+                    f"{MAX_TEXT_CHARS:,} per file (split it into several files)",
+                ),
+                seconds=seconds,
+            )
         seconds["parse"] = time.perf_counter() - started
         mark = time.perf_counter()
         chunks = chunk_text(text, ChunkingParams(job.max_tokens, job.overlap_tokens))
