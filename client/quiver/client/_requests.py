@@ -188,8 +188,18 @@ def upload_messages(
     file: FileInput, *, filename: str | None, purpose: str
 ) -> Iterator[files_pb2.UploadFileRequest]:
     """The upload stream: the first message names the file (and its sha256 when the input
-    can be read twice), then 1 MiB pieces."""
+    can be read twice), then 1 MiB pieces.
+
+    The file is opened here, before the call starts: a missing path raises its OSError to
+    the caller instead of failing inside gRPC's request iterator (where the sync client saw
+    UNKNOWN "Exception iterating requests!" and the async one asyncio.CancelledError)."""
     name, stream, owned = _open(file)
+    return _upload_stream(name, stream, owned, filename=filename, purpose=purpose)
+
+
+def _upload_stream(
+    name: str, stream: BinaryIO, owned: bool, *, filename: str | None, purpose: str
+) -> Iterator[files_pb2.UploadFileRequest]:
     try:
         digest = ""
         if stream.seekable():

@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from quiver.client._settings import DEFAULT_TARGET
 from quiver.client._sync import Client
 from quiver.client.errors import QuiverError, UnavailableError
 from quiver.client.types import BatchUpdate, ChunkingStrategy, ExpiresAfter, FileBatch, LastError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -29,13 +32,19 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _usage(message: str) -> SystemExit:
+    """A usage error: the message on stderr, exit code 2 (like argparse's own)."""
+    err.print(message, soft_wrap=True, markup=False, highlight=False)
+    return SystemExit(USAGE)
+
+
 def _kv(pairs: Sequence[str] | None, *, typed: bool) -> dict[str, Any]:
     """k=v pairs; with ``typed``, values that parse as JSON numbers or booleans are those."""
     result: dict[str, Any] = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"quiver: expected KEY=VALUE, got {pair!r}")
+            raise _usage(f"quiver: expected KEY=VALUE, got {pair!r}")
         parsed: Any = value
         if typed:
             try:
@@ -66,11 +75,12 @@ def _json(value: Any) -> None:
 
 
 def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    table = Table(title=title)
+    """Cells are data, not rich markup: a filename or query with [brackets] prints as is."""
+    table = Table(title=escape(title))
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(cell) for cell in row))
+        table.add_row(*(escape(str(cell)) for cell in row))
     out.print(table)
 
 
@@ -154,9 +164,22 @@ def stores_command(client: Client, args: argparse.Namespace) -> int:
 # -- batches ----------------------------------------------------------------------------------
 
 
-def _follow(client: Client, batch: FileBatch, *, as_json: bool) -> int:
+def _filename(client: Client, file_id: str, names: dict[str, str]) -> str:
+    if file_id not in names:
+        try:
+            names[file_id] = client.files.retrieve(file_id).filename
+        except QuiverError:
+            names[file_id] = ""
+    return names[file_id]
+
+
+def _follow(
+    client: Client, batch: FileBatch, *, as_json: bool, names: dict[str, str] | None = None
+) -> int:
     """Watches a batch to its end with a progress bar (or a line per update when not on a
-    terminal), then prints a summary with each failed file's reason."""
+    terminal), then prints a summary naming each file that did not complete and why.
+    ``names`` maps file ids to filenames already known; others are looked up."""
+    names = dict(names or {})
     failures: dict[str, LastError | None] = {}
     final = batch
 
@@ -207,16 +230,23 @@ def _follow(client: Client, batch: FileBatch, *, as_json: bool) -> int:
                 flush=True,
             )
     c = final.file_counts
-    out.print(
+    out.print(  # one line, whatever the width: scripts grep it
         f"batch {final.id} {final.status}: {c.completed} completed, {c.failed} failed, "
-        f"{c.cancelled} cancelled of {c.total}"
+        f"{c.cancelled} cancelled of {c.total}",
+        soft_wrap=True,
+        highlight=False,
     )
     if failures:
-        _table(
-            "files that did not complete",
-            ("file", "reason"),
-            ((fid, f"{e.code}: {e.message}" if e else "cancelled") for fid, e in failures.items()),
-        )
+        rows = [
+            (fid, _filename(client, fid, names), f"{e.code}: {e.message}" if e else "cancelled")
+            for fid, e in failures.items()
+        ]
+        if out.is_terminal:
+            _table("files that did not complete", ("file", "filename", "reason"), rows)
+        else:
+            print("files that did not complete:")
+            for fid, name, reason in rows:
+                print(f"  {fid} {name or '?'}: {reason}", flush=True)
     return _exit_for(final)
 
 
@@ -229,9 +259,13 @@ def batches_command(client: Client, args: argparse.Namespace) -> int:
     batches = client.vector_stores.file_batches
     if args.action == "create":
         ids = list(args.file_id or [])
-        ids += [client.files.upload(path).id for path in args.paths]
+        names: dict[str, str] = {}
+        for path in args.paths:
+            uploaded = client.files.upload(path)
+            ids.append(uploaded.id)
+            names[uploaded.id] = uploaded.filename
         if not ids:
-            raise SystemExit("quiver batches create: give file paths and/or --file-id")
+            raise _usage("quiver batches create: give file paths and/or --file-id")
         batch = batches.create(
             vector_store_id=args.vector_store_id,
             file_ids=ids,
@@ -239,7 +273,7 @@ def batches_command(client: Client, args: argparse.Namespace) -> int:
             chunking_strategy=_chunking(args),
         )
         if args.watch:
-            return _follow(client, batch, as_json=args.json)
+            return _follow(client, batch, as_json=args.json, names=names)
         _show(args, batch)
         return OK
     if args.action == "watch":
@@ -375,6 +409,10 @@ HANDLERS = {
 }
 
 
+def _target(args: argparse.Namespace) -> str:
+    return str(args.target or os.environ.get("QUIVER_TARGET") or DEFAULT_TARGET)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SERVER_COMMANDS:
@@ -393,15 +431,19 @@ def main(argv: list[str] | None = None) -> int:
             return HANDLERS[args.command](client, args)
     except UnavailableError as exc:
         err.print(
-            f"[red]quiver: cannot reach the server at {args.target or 'QUIVER_TARGET'}: "
-            f"{exc.message}"
+            f"[red]quiver: cannot reach the server at {escape(_target(args))}: "
+            f"{escape(exc.message)}",
+            soft_wrap=True,
         )
         return UNREACHABLE
     except QuiverError as exc:
-        err.print(f"[red]quiver: {exc}")
+        err.print(f"[red]quiver: {escape(str(exc))}", soft_wrap=True)
         for violation in exc.field_violations:
-            err.print(f"  {violation.field}: {violation.description}")
+            err.print(f"  {violation.field}: {violation.description}", soft_wrap=True, markup=False)
         return API_ERROR
+    except OSError as exc:  # a path given on the command line cannot be read
+        err.print(f"quiver: {exc}", soft_wrap=True, markup=False, highlight=False)
+        return USAGE
     except KeyboardInterrupt:
         return INTERRUPTED
 
