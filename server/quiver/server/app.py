@@ -33,6 +33,7 @@ from quiver.server.embedders.base import Embedder
 from quiver.server.embedders.registry import EmbedderSpec, make_embedder
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.pool import IngestPool
+from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
 from quiver.v1 import (
@@ -98,8 +99,16 @@ class QuiverServer:
         )
         # Created before the gRPC server: workers are separate spawned interpreters.
         self.pool = IngestPool(settings.ingest_workers, settings.file_timeout)
+        self.metrics = Metrics()
         self.processing = Processing(
-            self.db, self.book, self.blobs, self.stores, self.indexes, self.pool, self._spec_for
+            self.db,
+            self.book,
+            self.blobs,
+            self.stores,
+            self.indexes,
+            self.pool,
+            self._spec_for,
+            self.metrics,
         )
         self.scheduler = Scheduler(
             self.processing.process,
@@ -117,8 +126,17 @@ class QuiverServer:
         )
         self.files.detachers.append(self.store_files.detach_everywhere)
         self.stores.deleted_hooks.append(self.processing.on_store_deleted)
+        self.metrics.watch_gauges(
+            queue_depth=lambda: self.scheduler.queued,
+            in_flight=lambda: self.scheduler.in_flight,
+            watchers=lambda: self.hub.watcher_count,
+            index_vectors=self.indexes.live_vectors,
+            indexes_open=lambda: self.indexes.open_count,
+            pool_restarts=lambda: self.pool.restarts,
+        )
+        self.metrics_port = 0
         self.health = health_aio.HealthServicer()
-        self.interceptor = QuiverInterceptor(self.keys)
+        self.interceptor = QuiverInterceptor(self.keys, self.metrics)
         self.port = 0
         self._server: aio.Server | None = None
         self._saver: asyncio.Task[None] | None = None
@@ -180,6 +198,8 @@ class QuiverServer:
                 extra={"listen": self.settings.listen},
             )
         await self._recover()
+        if self.settings.metrics_listen:
+            self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
         self.scheduler.start()
         self._saver = asyncio.create_task(self._save_periodically(), name="index-saver")
         self.interceptor.closed_reason = None
@@ -236,6 +256,7 @@ class QuiverServer:
     def _close_storage(self) -> None:
         if self._stopped.is_set():
             return
+        self.metrics.close()
         self.pool.close()
         self.indexes.save_all()
         self.db.close()

@@ -31,6 +31,7 @@ class Settings:
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 100
+    metrics_listen: str = ""
     openai_base_url: str = ""
     openai_api_key: str = ""
 
@@ -58,6 +59,8 @@ _HELP: dict[str, str] = {
     "hnsw_m": "hnswlib M (graph degree) for new indexes",
     "hnsw_ef_construction": "hnswlib ef_construction for new indexes",
     "hnsw_ef_search": "hnswlib ef used for queries (raised as needed for k and filters)",
+    "metrics_listen": "host:port for a Prometheus /metrics endpoint (off when empty), "
+    "e.g. 127.0.0.1:9464",
     "openai_base_url": "OpenAI-compatible endpoint for 'openai:<model>' stores, "
     "e.g. http://127.0.0.1:8000/v1",
     "openai_api_key": "API key sent to that endpoint",

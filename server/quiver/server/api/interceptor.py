@@ -20,6 +20,7 @@ from quiver.server.api.errors import status_code_of, to_status
 from quiver.server.auth.keys import KeyRing
 from quiver.server.core.errors import QuiverError, Unauthenticated, Unavailable
 from quiver.server.core.principal import Principal
+from quiver.server.metrics import Metrics
 
 log = logging.getLogger("quiver.rpc")
 if TYPE_CHECKING:
@@ -45,8 +46,9 @@ class _Call:
 
 
 class QuiverInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, keys: KeyRing) -> None:
+    def __init__(self, keys: KeyRing, metrics: Metrics) -> None:
         self._keys = keys
+        self._metrics = metrics
         # Why RPCs are refused right now (starting up, draining), or None when serving.
         self.closed_reason: str | None = "the server is starting"
 
@@ -59,7 +61,7 @@ class QuiverInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
-        return _wrap(handler, method, self._authenticate)
+        return _wrap(handler, method, self._authenticate, self._metrics)
 
     def _authenticate(self, metadata: dict[str, str]) -> Principal:
         if self.closed_reason is not None:
@@ -121,21 +123,25 @@ async def _fail(call: _Call, context: aio.ServicerContext[Any, Any], exc: BaseEx
     )
 
 
-def _finish(call: _Call, context: aio.ServicerContext[Any, Any]) -> None:
+def _finish(call: _Call, context: aio.ServicerContext[Any, Any], metrics: Metrics) -> None:
     if call.code == grpc.StatusCode.OK and context.cancelled():
         call.code = grpc.StatusCode.CANCELLED
+    seconds = time.perf_counter() - call.started
+    name = call.method.rsplit("/", 1)[-1]
+    metrics.rpcs.labels(name, call.code.name).inc()
+    metrics.rpc_seconds.labels(name).observe(seconds)
     log.info(
         "rpc",
         extra={
             "method": call.method,
             "code": call.code.name,
-            "duration_ms": round((time.perf_counter() - call.started) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
             "tenant": call.tenant,
         },
     )
 
 
-def _wrap(handler: Handler, method: str, auth: Authenticate) -> Handler:
+def _wrap(handler: Handler, method: str, auth: Authenticate, metrics: Metrics) -> Handler:
     ser = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
@@ -156,7 +162,7 @@ def _wrap(handler: Handler, method: str, auth: Authenticate) -> Handler:
             except Exception as exc:  # every other error becomes a status
                 await _fail(call, context, exc)
             finally:
-                _finish(call, context)
+                _finish(call, context, metrics)
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(unary, **ser)
@@ -178,7 +184,7 @@ def _wrap(handler: Handler, method: str, auth: Authenticate) -> Handler:
         except Exception as exc:  # every other error becomes a status
             await _fail(call, context, exc)
         finally:
-            _finish(call, context)
+            _finish(call, context, metrics)
 
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(streaming, **ser)

@@ -72,6 +72,13 @@ class IndexManager:
         self._dirty.discard(store_id)
         self.path_for(store_id).unlink(missing_ok=True)
 
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def live_vectors(self) -> int:
+        return sum(index.live_count for index in list(self._open.values()))
+
     def dirty(self) -> list[VectorIndex]:
         """The indexes changed since their last save (and forgets that they were)."""
         out = [self._open[s] for s in self._dirty if s in self._open]
