@@ -23,6 +23,7 @@ from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.parsing import SERVER_ERROR
 from quiver.server.ingest.pool import FileTimedOut, IngestPool, WorkerCrashed
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
+from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
 
@@ -42,6 +43,7 @@ class Processing:
         indexes: IndexManager,
         pool: IngestPool,
         spec_for: SpecFor,
+        metrics: Metrics,
     ) -> None:
         self.db = db
         self.book = book
@@ -51,8 +53,7 @@ class Processing:
         self.pool = pool
         self.spec_for = spec_for
         self.scheduler: Scheduler | None = None  # set by the app (they refer to each other)
-        self.stats = {"files": 0, "chunks": 0, "tokens": 0}
-        self.stage_seconds = {"parse": 0.0, "chunk": 0.0, "embed": 0.0, "commit": 0.0}
+        self.metrics = metrics
 
     # -- one file ----------------------------------------------------------------------------
 
@@ -79,9 +80,7 @@ class Processing:
         if row is None:
             return
         if self.stores.is_expired(job.store_id):
-            self.fail_store_work(
-                job.store_id, "the vector store expired before this file was processed"
-            )
+            self._fail_expired(job, "the vector store expired before this file was processed")
             return
         work = WorkerInput(
             path=str(self.blobs.path_for(row["sha256"])),
@@ -115,13 +114,11 @@ class Processing:
             if self._current(job) is None:
                 return
             cancelled = self._cancel_requested(conn, job)
+            status = FileStatus.CANCELLED if cancelled else FileStatus.FAILED
             self.book.set_file(
-                conn,
-                job.store_id,
-                job.file_id,
-                FileStatus.CANCELLED if cancelled else FileStatus.FAILED,
-                None if cancelled else error,
+                conn, job.store_id, job.file_id, status, None if cancelled else error
             )
+        self.metrics.files.labels(status.value).inc()
 
     def _cancel_requested(self, conn: sqlite3.Connection, job: Job) -> bool:
         row = conn.execute(
@@ -142,6 +139,13 @@ class Processing:
                     return
                 if self._cancel_requested(conn, job):
                     self.book.set_file(conn, job.store_id, job.file_id, FileStatus.CANCELLED)
+                    return
+                if self.stores.is_expired(job.store_id):
+                    # Not written: an expired store refuses writes (and `touch` below would
+                    # make it look active again).
+                    self._fail_expired(
+                        job, "the vector store expired while this file was being processed"
+                    )
                     return
                 ids = np.empty(len(output.texts), dtype=np.int64)
                 usage = output.vectors.nbytes
@@ -165,7 +169,9 @@ class Processing:
                     ).fetchone()[0]
                     usage += len(text.encode("utf-8"))
                 # In memory only; if the commit below fails, start-up reconciliation drops them.
+                indexing = time.perf_counter()
                 self.indexes.add(job.store_id, row["embedding_dimensions"], ids, output.vectors)
+                index_seconds = time.perf_counter() - indexing
                 self.book.set_file(
                     conn, job.store_id, job.file_id, FileStatus.COMPLETED, usage_bytes=usage
                 )
@@ -174,20 +180,35 @@ class Processing:
             log.exception("committing %s failed", job.file_id)
             self._settle(job, LastError(SERVER_ERROR, f"storing the chunks failed: {exc}"))
             return
-        self.stats["files"] += 1
-        self.stats["chunks"] += len(output.texts)
-        self.stats["tokens"] += sum(output.token_counts)
+        m = self.metrics
+        m.files.labels(FileStatus.COMPLETED.value).inc()
+        m.chunks.inc(len(output.texts))
+        m.tokens.inc(sum(output.token_counts))
         for stage, seconds in output.seconds.items():
-            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
-        self.stage_seconds["commit"] += time.perf_counter() - started
+            m.stage_seconds.labels(stage).observe(seconds)
+        m.stage_seconds.labels("index").observe(index_seconds)
+        m.stage_seconds.labels("commit").observe(time.perf_counter() - started - index_seconds)
 
     # -- whole stores ------------------------------------------------------------------------
+
+    def _fail_expired(self, job: Job, reason: str) -> None:
+        """``job``'s store expired: the job (in flight, so ``fail_store_work`` leaves it alone)
+        and the store's other unfinished work fail, in one transaction."""
+        with self.book.transaction():
+            self.fail_store_work(job.store_id, reason)
+            self._settle(job, LastError(SERVER_ERROR, reason))
 
     def fail_store_work(self, store_id: str, reason: str) -> None:
         """The store can take no more work (expired): its running batches end ``failed``."""
         if self.scheduler is not None:
             self.scheduler.remove(lambda j: j.store_id == store_id)
         with self.book.transaction() as conn:
+            # Batches first: once their last file settles they would end ``completed``.
+            for (batch_id,) in conn.execute(
+                "SELECT id FROM file_batches WHERE vector_store_id = ? AND status = ?",
+                (store_id, BatchStatus.IN_PROGRESS.value),
+            ).fetchall():
+                self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
             for row in conn.execute(
                 "SELECT file_id FROM vector_store_files WHERE vector_store_id = ? AND status = ?",
                 (store_id, FileStatus.IN_PROGRESS.value),
@@ -196,11 +217,6 @@ class Processing:
                     self.book.set_file(
                         conn, store_id, row[0], FileStatus.FAILED, LastError(SERVER_ERROR, reason)
                     )
-            for (batch_id,) in conn.execute(
-                "SELECT id FROM file_batches WHERE vector_store_id = ? AND status = ?",
-                (store_id, BatchStatus.IN_PROGRESS.value),
-            ).fetchall():
-                self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
 
     def on_store_deleted(self, conn: sqlite3.Connection, store_id: str) -> None:
         """Inside the store's delete transaction: its running batches end ``failed``."""
