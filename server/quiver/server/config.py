@@ -30,7 +30,7 @@ class Settings:
     exact_search_max_chunks: int = 2000
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 100
+    hnsw_ef_search: int = 256
     metrics_listen: str = ""
     openai_base_url: str = ""
     openai_api_key: str = ""

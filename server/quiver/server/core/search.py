@@ -5,9 +5,13 @@ Scores, always in [0, 1], higher is better:
 
 - ranker ``none``: the cosine similarity of query and chunk, clipped to [0, 1].
 - ranker ``auto`` (and dated aliases such as ``default-2024-11-15``): reciprocal rank
-  fusion of the vector ranking and the BM25 keyword ranking, ``Σ 1/(60 + rank)`` over the
-  rankings that returned anything, divided by its best possible value. So 1.0 means "first
-  in every ranking", 0.5 "first in one of two rankings and absent from the other".
+  fusion of the vector ranking, the BM25 keyword ranking and, when a query of several words
+  occurs as an exact phrase, the ranking of the chunks holding it: ``Σ 1/(60 + rank)`` over
+  the rankings that returned anything, divided by its best possible value. So 1.0 means
+  "first in every ranking", 0.5 "first in one of two rankings and absent from the other".
+  The phrase ranking makes an exact phrase match count twice (it also heads the keyword
+  ranking), so the best chunk holding the phrase always comes before chunks that merely
+  share its words, however high the vector ranking puts those.
 
 ``score_threshold`` drops results scoring below it, on that same scale.
 """
@@ -42,6 +46,14 @@ FUSION_CANDIDATES = 50
 MAX_KEYWORDS = 64
 _DATED_DEFAULT = re.compile(r"^default-\d{4}-\d{2}-\d{2}$")
 _WORD = re.compile(r"\w+")
+# Left out of the keyword OR-query (not of phrases): they match most chunks and make BM25
+# sort tens of thousands of rows while adding almost nothing to the ranking.
+_STOP_WORDS = (
+    "a an and are as at be but by do does for from has have how i if in into is it its of "
+    "on or so that the their then there these they this to was we were what when where "
+    "which who why will with you your"
+)
+STOP_WORDS = frozenset(_STOP_WORDS.split())
 
 EmbedderFor = Callable[[str, int], Embedder]
 
@@ -139,16 +151,24 @@ class Searcher:
             if request.hybrid
             else request.max_results
         )
-        allowed = self._allowed_chunks(store_id, request.filter)
+        files, allowed = self._allowed(store_id, request.filter)
+        # The keyword ranking reads SQLite on a thread of its own, beside the vector search.
+        keywords = (
+            asyncio.create_task(
+                asyncio.to_thread(self._keywords, store_id, request.queries, wanted, files)
+            )
+            if request.hybrid
+            else None
+        )
         if allowed is not None and len(allowed) <= self.exact_max_chunks:
             vector_ranking = self._exact(store_id, dim, query, allowed, wanted)
         else:
             vector_ranking = await asyncio.to_thread(
                 self._approximate, store_id, dim, query, allowed, wanted
             )
-        if request.hybrid:
-            keyword = self._keywords(store_id, request.queries, wanted, allowed)
-            scored = _fuse([[c for c, _ in vector_ranking], keyword])
+        if keywords is not None:
+            keyword, phrase = await keywords
+            scored = _fuse([[c for c, _ in vector_ranking], keyword, phrase])
         else:
             scored = [(c, max(0.0, min(1.0, s))) for c, s in vector_ranking]
         scored = [(c, s) for c, s in scored if s >= request.score_threshold]
@@ -156,9 +176,12 @@ class Searcher:
 
     # -- which chunks may match --------------------------------------------------------------
 
-    def _allowed_chunks(self, store_id: str, filter: Filter | None) -> npt.NDArray[np.int64] | None:
+    def _allowed(
+        self, store_id: str, filter: Filter | None
+    ) -> tuple[list[str] | None, npt.NDArray[np.int64] | None]:
+        """With a filter: the completed files it matches, and their chunk ids."""
         if filter is None:
-            return None
+            return None, None
         files = [
             row[0]
             for row in self.db.execute(
@@ -168,18 +191,15 @@ class Searcher:
             )
             if matches(filter, json.loads(row[1]))
         ]
-        ids: list[int] = []
-        for start in range(0, len(files), 500):
-            part = files[start : start + 500]
-            marks = ",".join("?" * len(part))
-            ids += [
-                r[0]
-                for r in self.db.execute(
-                    f"SELECT id FROM chunks WHERE vector_store_id = ? AND file_id IN ({marks})",
-                    (store_id, *part),
-                )
-            ]
-        return np.asarray(ids, dtype=np.int64)
+        ids = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT id FROM chunks WHERE vector_store_id = ? "
+                "AND file_id IN (SELECT value FROM json_each(?))",
+                (store_id, json.dumps(files)),
+            )
+        ]
+        return files, np.asarray(ids, dtype=np.int64)
 
     # -- vector rankings -----------------------------------------------------------------------
 
@@ -226,9 +246,12 @@ class Searcher:
         store_id: str,
         queries: list[str],
         k: int,
-        allowed: npt.NDArray[np.int64] | None,
-    ) -> list[int]:
-        """BM25 over FTS5: chunks holding a query's exact phrase first, then any of its words."""
+        files: list[str] | None,
+    ) -> tuple[list[int], list[int]]:
+        """BM25 over FTS5, on a read-only connection of the calling thread: chunks holding a
+        query's exact phrase first, then those holding any of its words (stop words left out
+        unless nothing else is left); and, apart, the chunks holding an exact phrase.
+        ``files`` limits both to the files a filter matched."""
         words: list[str] = []
         phrases: list[str] = []
         for query in queries:
@@ -236,33 +259,39 @@ class Searcher:
             if len(terms) > 1:
                 phrases.append('"' + " ".join(terms[:MAX_KEYWORDS]) + '"')
             words += terms
-        unique = list(dict.fromkeys(words))[:MAX_KEYWORDS]
-        if not unique:
-            return []
-        members = None if allowed is None else set(allowed.tolist())
+        unique = list(dict.fromkeys(words))
+        meaningful = [w for w in unique if w not in STOP_WORDS] or unique
+        if not meaningful:
+            return [], []
+        expressions = [" OR ".join(phrases)] if phrases else []
+        expressions.append(" OR ".join(f'"{w}"' for w in meaningful[:MAX_KEYWORDS]))
+        sql = (
+            "SELECT c.id FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
+            "WHERE chunks_fts MATCH ? AND c.vector_store_id = ?"
+        )
+        params: tuple[object, ...] = (store_id,)
+        if files is not None:
+            sql += " AND c.file_id IN (SELECT value FROM json_each(?))"
+            params += (json.dumps(files),)
+        sql += " ORDER BY bm25(chunks_fts) LIMIT ?"
+        reader = self.db.reader()
         ranking: list[int] = []
+        phrased: list[int] = []
         seen: set[int] = set()
-        matches_ = [" OR ".join(phrases)] if phrases else []
-        matches_.append(" OR ".join(f'"{w}"' for w in unique))
-        limit = k if members is None else k * 8
-        for expression in matches_:
+        for n, expression in enumerate(expressions):
             try:
-                rows = self.db.execute(
-                    "SELECT c.id FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
-                    "WHERE chunks_fts MATCH ? AND c.vector_store_id = ? "
-                    "ORDER BY bm25(chunks_fts) LIMIT ?",
-                    (expression, store_id, limit),
-                ).fetchall()
+                rows = reader.execute(sql, (expression, *params, k)).fetchall()
             except sqlite3.OperationalError:
                 continue  # an expression FTS5 cannot parse: the vector ranking still stands
             for (chunk_id,) in rows:
-                if chunk_id in seen or (members is not None and chunk_id not in members):
-                    continue
-                seen.add(chunk_id)
-                ranking.append(chunk_id)
-                if len(ranking) >= k:
-                    return ranking
-        return ranking
+                if chunk_id not in seen and len(ranking) < k:
+                    seen.add(chunk_id)
+                    ranking.append(chunk_id)
+            if phrases and n == 0:
+                phrased = list(ranking)
+            if len(ranking) >= k:
+                break
+        return ranking, phrased
 
     # -- results ---------------------------------------------------------------------------------
 
