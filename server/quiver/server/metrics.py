@@ -10,7 +10,14 @@ import threading
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 log = logging.getLogger("quiver.metrics")
 
@@ -81,6 +88,13 @@ class Metrics:
             "quiver_index_vectors", "Live vectors in the open hnswlib indexes", registry=r
         )
         self.indexes_open = Gauge("quiver_indexes_open", "hnswlib indexes in memory", registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
+        self.peak_rss = Gauge(
+            "quiver_process_peak_rss_bytes",
+            "Peak resident memory of the server process (VmHWM), not counting workers",
+            registry=r,
+        )
+        self.peak_rss.set_function(_peak_rss)
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -115,3 +129,14 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+def _peak_rss() -> float:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0.0
