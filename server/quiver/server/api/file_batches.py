@@ -79,7 +79,11 @@ class FileBatchServicer(file_batches_pb2_grpc.FileBatchServiceServicer):
     ) -> pb.CreateFileBatchResponse:
         raise_if(check_id(request.vector_store_id, "vector_store_id", "vs_"))
         batch = self._batches.create(
-            current_principal(), request.vector_store_id, _specs(request), request.request_id
+            current_principal(),
+            request.vector_store_id,
+            _specs(request),
+            request.request_id,
+            listed_in="files" if request.files else "file_ids",
         )
         return pb.CreateFileBatchResponse(file_batch=convert.batch_out(batch))
 

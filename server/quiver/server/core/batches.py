@@ -62,8 +62,9 @@ class FileBatches:
         store_id: str,
         files: list[BatchFileSpec],
         request_id: str = "",
+        listed_in: str = "file_ids",
     ) -> FileBatch:
-        self.check_files(files, request_id)
+        self.check_files(files, request_id, listed_in)
         store = self.stores.require_writable(principal, store_id)
         if request_id:
             existing = self.db.execute(
@@ -123,20 +124,25 @@ class FileBatches:
         self.scheduler.enqueue(jobs)
         return self.get(principal, store_id, batch_id)
 
-    def check_files(self, files: list[BatchFileSpec], request_id: str = "") -> None:
+    def check_files(
+        self, files: list[BatchFileSpec], request_id: str = "", listed_in: str = "file_ids"
+    ) -> None:
+        """``listed_in``: the request field the files came in, "file_ids" or "files"."""
+
+        def item(i: int) -> str:
+            return f"files[{i}].file_id" if listed_in == "files" else f"{listed_in}[{i}]"
+
         violations: list[FieldViolation] = []
         if not 1 <= len(files) <= MAX_BATCH_FILES:
             violations.append(
-                FieldViolation("file_ids", f"must name 1…{MAX_BATCH_FILES} files, not {len(files)}")
+                FieldViolation(listed_in, f"must name 1…{MAX_BATCH_FILES} files, not {len(files)}")
             )
         seen: set[str] = set()
         for i, spec in enumerate(files):
             if not spec.file_id:
-                violations.append(FieldViolation(f"file_ids[{i}]", "must not be empty"))
+                violations.append(FieldViolation(item(i), "must not be empty"))
             elif spec.file_id in seen:
-                violations.append(
-                    FieldViolation(f"file_ids[{i}]", f"{spec.file_id[:80]!r} is listed twice")
-                )
+                violations.append(FieldViolation(item(i), f"{spec.file_id[:80]!r} is listed twice"))
             seen.add(spec.file_id)
         if len(request_id) > MAX_REQUEST_ID:
             violations.append(

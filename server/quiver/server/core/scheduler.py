@@ -51,7 +51,9 @@ class Scheduler:
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
         self._suspects: deque[Job] = deque()
         self._queued = 0
-        self._in_flight: dict[tuple[str, str], Job] = {}
+        # Jobs, not keys: a file re-attached while its old job is still in the pool has two
+        # jobs in flight for a while, and each must count (and be released) on its own.
+        self._in_flight: set[Job] = set()
         self._exclusive = False
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,7 +70,7 @@ class Scheduler:
         return len(self._in_flight)
 
     def is_in_flight(self, store_id: str, file_id: str) -> bool:
-        return (store_id, file_id) in self._in_flight
+        return any(job.key == (store_id, file_id) for job in self._in_flight)
 
     def check_room(self, files: int) -> None:
         if self.queued + files > self.max_queued:
@@ -138,7 +140,7 @@ class Scheduler:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self._in_flight[job.key] = job
+            self._in_flight.add(job)
             task = asyncio.create_task(self._one(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -149,7 +151,7 @@ class Scheduler:
         except Exception:
             log.exception("processing %s in %s failed unexpectedly", job.file_id, job.store_id)
         finally:
-            self._in_flight.pop(job.key, None)
+            self._in_flight.discard(job)
             if job.suspect:
                 self._exclusive = False
             self._wake.set()

@@ -23,7 +23,6 @@ from quiver.server.ingest.parsing import (
     parse_document,
 )
 
-
 MAX_TEXT_CHARS = 64_000_000
 """Above this a file's chunks, tokens and vectors would take gigabytes in one worker."""
 
