@@ -201,16 +201,25 @@ async def get_file(
 
 
 async def content(tenant: Tenant, store_id: str, file_id: str) -> list[str]:
-    reply = await tenant.stores.GetVectorStoreFileContent(
-        vector_stores_pb2.GetVectorStoreFileContentRequest(
-            vector_store_id=store_id, file_id=file_id
-        ),
-        metadata=tenant.metadata,
-    )
-    assert reply.object == "vector_store.file_content.page"
-    assert not reply.has_more
-    assert all(part.type == "text" for part in reply.data)
-    return [part.text for part in reply.data]
+    """Every chunk's text, following next_page; each page fits a default 4 MiB client."""
+    texts: list[str] = []
+    page = ""
+    while True:
+        reply = await tenant.stores.GetVectorStoreFileContent(
+            vector_stores_pb2.GetVectorStoreFileContentRequest(
+                vector_store_id=store_id, file_id=file_id, page=page
+            ),
+            metadata=tenant.metadata,
+        )
+        assert reply.object == "vector_store.file_content.page"
+        assert reply.data, "a page always holds at least one chunk"
+        assert reply.ByteSize() < 4 * 1024 * 1024
+        assert all(part.type == "text" for part in reply.data)
+        texts += [part.text for part in reply.data]
+        assert reply.has_more == bool(reply.next_page)
+        if not reply.has_more:
+            return texts
+        page = reply.next_page
 
 
 async def list_store_files(

@@ -208,12 +208,18 @@ class VectorStoreFiles:
         return Deleted(reply.id, reply.object, reply.deleted)
 
     def content(self, file_id: str, *, vector_store_id: str) -> builtins.list[str]:
-        """The parsed text, one string per chunk."""
-        request = vs.GetVectorStoreFileContentRequest(
-            vector_store_id=vector_store_id, file_id=file_id
-        )
-        reply = self._t.call(self._t.stores.GetVectorStoreFileContent, request, idempotent=True)
-        return [part.text for part in reply.data]
+        """The parsed text, one string per chunk (all pages)."""
+        texts: builtins.list[str] = []
+        page = ""
+        while True:
+            request = vs.GetVectorStoreFileContentRequest(
+                vector_store_id=vector_store_id, file_id=file_id, page=page
+            )
+            reply = self._t.call(self._t.stores.GetVectorStoreFileContent, request, idempotent=True)
+            texts += [part.text for part in reply.data]
+            if not reply.has_more:
+                return texts
+            page = reply.next_page
 
 
 class FileBatches:

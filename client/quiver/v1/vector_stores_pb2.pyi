@@ -1227,19 +1227,23 @@ class GetVectorStoreFileContentRequest(_message.Message):
 
     VECTOR_STORE_ID_FIELD_NUMBER: _builtins.int
     FILE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
     vector_store_id: _builtins.str
     """"vs_…"."""
     file_id: _builtins.str
     """"file-…"."""
+    page: _builtins.str
+    """Optional: the `next_page` of the previous response, to read the following page."""
     def __init__(
         self,
         *,
         vector_store_id: _builtins.str = ...,
         file_id: _builtins.str = ...,
+        page: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "vector_store_id", b"vector_store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "page", b"page", "vector_store_id", b"vector_store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1247,17 +1251,22 @@ Global___GetVectorStoreFileContentRequest: _TypeAlias = GetVectorStoreFileConten
 
 @_typing.final
 class GetVectorStoreFileContentResponse(_message.Message):
-    """The parsed text of a store file, one part per chunk, in order."""
+    """The parsed text of a store file, one part per chunk, in order. A page holds whole chunks
+    up to about 3 MiB of text (at least one chunk), so it fits gRPC's default 4 MiB limit.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OBJECT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     HAS_MORE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_FIELD_NUMBER: _builtins.int
     object: _builtins.str
     """Always "vector_store.file_content.page"."""
     has_more: _builtins.bool
-    """Always false: the whole content fits one page."""
+    """Whether more chunks follow; pass `next_page` as `page` to get them."""
+    next_page: _builtins.str
+    """The token for the next page; empty on the last page."""
     @_builtins.property
     def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchResultContent]:
         """One part per chunk, in chunk order."""
@@ -1268,10 +1277,11 @@ class GetVectorStoreFileContentResponse(_message.Message):
         object: _builtins.str = ...,
         data: _abc.Iterable[Global___SearchResultContent] | None = ...,
         has_more: _builtins.bool = ...,
+        next_page: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "has_more", b"has_more", "object", b"object"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "has_more", b"has_more", "next_page", b"next_page", "object", b"object"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -182,7 +182,8 @@ class VectorStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetVectorStoreFileContent(self, request, context):
-        """The parsed text of a completed store file, one part per chunk, in order.
+        """The parsed text of a completed store file, one part per chunk, in order, in pages of at
+        most about 3 MiB (follow `next_page`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,7 +60,9 @@ class VectorStoreServiceStub:
     DeleteVectorStoreFile: _grpc.UnaryUnaryMultiCallable[_vector_stores_pb2.DeleteVectorStoreFileRequest, _vector_stores_pb2.DeleteVectorStoreFileResponse]
     """Detaches a file from the store: its chunks leave the index, counts and `usage_bytes`."""
     GetVectorStoreFileContent: _grpc.UnaryUnaryMultiCallable[_vector_stores_pb2.GetVectorStoreFileContentRequest, _vector_stores_pb2.GetVectorStoreFileContentResponse]
-    """The parsed text of a completed store file, one part per chunk, in order."""
+    """The parsed text of a completed store file, one part per chunk, in order, in pages of at
+    most about 3 MiB (follow `next_page`).
+    """
 
 @_typing.type_check_only
 class VectorStoreServiceAsyncStub(VectorStoreServiceStub):
@@ -94,7 +96,9 @@ class VectorStoreServiceAsyncStub(VectorStoreServiceStub):
     DeleteVectorStoreFile: _aio.UnaryUnaryMultiCallable[_vector_stores_pb2.DeleteVectorStoreFileRequest, _vector_stores_pb2.DeleteVectorStoreFileResponse]  # type: ignore[assignment]
     """Detaches a file from the store: its chunks leave the index, counts and `usage_bytes`."""
     GetVectorStoreFileContent: _aio.UnaryUnaryMultiCallable[_vector_stores_pb2.GetVectorStoreFileContentRequest, _vector_stores_pb2.GetVectorStoreFileContentResponse]  # type: ignore[assignment]
-    """The parsed text of a completed store file, one part per chunk, in order."""
+    """The parsed text of a completed store file, one part per chunk, in order, in pages of at
+    most about 3 MiB (follow `next_page`).
+    """
 
 class VectorStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """Vector stores, the files attached to them, and search.
@@ -197,6 +201,8 @@ class VectorStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vector_stores_pb2.GetVectorStoreFileContentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vector_stores_pb2.GetVectorStoreFileContentResponse, _abc.Awaitable[_vector_stores_pb2.GetVectorStoreFileContentResponse]]:
-        """The parsed text of a completed store file, one part per chunk, in order."""
+        """The parsed text of a completed store file, one part per chunk, in order, in pages of at
+        most about 3 MiB (follow `next_page`).
+        """
 
 def add_VectorStoreServiceServicer_to_server(servicer: VectorStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

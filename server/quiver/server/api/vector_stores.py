@@ -223,9 +223,12 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
     async def GetVectorStoreFileContent(
         self, request: pb.GetVectorStoreFileContentRequest, context: Ctx
     ) -> pb.GetVectorStoreFileContentResponse:
-        texts = self._files.content(current_principal(), *_store_file_ids(request))
+        texts, next_page = self._files.content(
+            current_principal(), *_store_file_ids(request), request.page
+        )
         return pb.GetVectorStoreFileContentResponse(
             object="vector_store.file_content.page",
             data=[pb.SearchResultContent(type="text", text=t) for t in texts],
-            has_more=False,
+            has_more=bool(next_page),
+            next_page=next_page,
         )

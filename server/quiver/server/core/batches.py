@@ -65,8 +65,8 @@ class FileBatches:
         listed_in: str = "file_ids",
     ) -> FileBatch:
         self.check_files(files, request_id, listed_in)
-        store = self.stores.require_writable(principal, store_id)
-        if request_id:
+        self.stores.get_row(principal, store_id)
+        if request_id:  # a retry gets its batch back, even once the store has expired
             existing = self.db.execute(
                 "SELECT id, vector_store_id FROM file_batches "
                 "WHERE tenant = ? AND subject = ? AND request_id = ?",
@@ -80,6 +80,7 @@ class FileBatches:
                         reason="REQUEST_ID_REUSED",
                     )
                 return self.get(principal, store_id, existing["id"])
+        store = self.stores.require_writable(principal, store_id)
         self.require_files(principal, [f.file_id for f in files])
         self.scheduler.check_room(len(files))
         batch_id = ids.new_id(ids.FILE_BATCH)
@@ -206,14 +207,23 @@ class FileBatches:
         if status is not None:
             where += " AND b.status = ?"
             params += (status.value,)
+        # LEFT JOIN: a file detached from the store since keeps its place in the batch's list
+        # (the batch's counts include it), with the status the batch recorded for it.
         table = (
             "(SELECT b.seq AS seq, b.file_id AS id, b.batch_id AS batch_id, "
             "b.status AS status, b.last_error_code AS last_error_code, "
-            "b.last_error_message AS last_error_message, f.vector_store_id, f.file_id, "
-            "f.created_at, f.chunk_max_tokens, f.chunk_overlap_tokens, f.chunk_auto, "
-            "f.attributes, CASE WHEN f.batch_id = b.batch_id THEN f.usage_bytes ELSE 0 END "
-            "AS usage_bytes FROM batch_files b JOIN vector_store_files f "
-            f"ON f.file_id = b.file_id AND f.vector_store_id = ? WHERE {where})"
+            "b.last_error_message AS last_error_message, "
+            "fb.vector_store_id AS vector_store_id, b.file_id AS file_id, "
+            "COALESCE(f.created_at, fb.created_at) AS created_at, "
+            "COALESCE(f.chunk_max_tokens, 800) AS chunk_max_tokens, "
+            "COALESCE(f.chunk_overlap_tokens, 400) AS chunk_overlap_tokens, "
+            "COALESCE(f.chunk_auto, 1) AS chunk_auto, "
+            "COALESCE(f.attributes, '{}') AS attributes, "
+            "CASE WHEN f.batch_id = b.batch_id THEN f.usage_bytes ELSE 0 END AS usage_bytes "
+            "FROM batch_files b JOIN file_batches fb ON fb.id = b.batch_id "
+            "LEFT JOIN vector_store_files f "
+            "ON f.file_id = b.file_id AND f.vector_store_id = fb.vector_store_id "
+            f"WHERE {where})"
         )
         return fetch_page(
             self.db,
@@ -222,7 +232,7 @@ class FileBatches:
             params=(),
             page=page,
             convert=store_file_from_row,
-            table_params=(store_id, *params),
+            table_params=params,
         )
 
     # -- cancelling ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Mapping
 
 import numpy as np
-from quiver.server.core.errors import FailedPrecondition, NotFound
+from quiver.server.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from quiver.server.core.models import (
     AttributeValue,
     Chunking,
@@ -24,6 +24,9 @@ from quiver.server.core.status_book import StatusBook
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.index.manager import IndexManager
 from quiver.server.storage.pagination import fetch_page
+
+CONTENT_PAGE_BYTES = 3 * 1024 * 1024
+"""Text per GetVectorStoreFileContent page: under gRPC's default 4 MiB receive limit."""
 
 
 def store_file_from_row(row: sqlite3.Row) -> VectorStoreFile:
@@ -202,21 +205,31 @@ class StoreFiles:
             id_col="file_id",
         )
 
-    def content(self, principal: Principal, store_id: str, file_id: str) -> builtins.list[str]:
+    def content(
+        self, principal: Principal, store_id: str, file_id: str, page: str = ""
+    ) -> tuple[builtins.list[str], str]:
+        """One page of the file's chunk texts (whole chunks, about ``CONTENT_PAGE_BYTES`` at
+        most, at least one) and the token of the next page ("" on the last page)."""
         row = self._row(principal, store_id, file_id)
         if row["status"] != FileStatus.COMPLETED:
             raise FailedPrecondition(
                 f"file {file_id} is {row['status']}; its content is available once completed",
                 reason="FILE_NOT_COMPLETED",
             )
-        return [
-            r[0]
-            for r in self.db.execute(
-                "SELECT text FROM chunks WHERE vector_store_id = ? AND file_id = ? "
-                "ORDER BY chunk_index",
-                (store_id, file_id),
-            )
-        ]
+        if page and not page.isdigit():
+            raise InvalidArgument.one("page", "must be a next_page token from a previous reply")
+        texts: builtins.list[str] = []
+        size = 0
+        for index, text in self.db.execute(
+            "SELECT chunk_index, text FROM chunks WHERE vector_store_id = ? AND file_id = ? "
+            "AND chunk_index >= ? ORDER BY chunk_index",
+            (store_id, file_id, int(page or 0)),
+        ):
+            size += len(text.encode("utf-8")) + 8
+            if texts and size > CONTENT_PAGE_BYTES:
+                return texts, str(index)
+            texts.append(text)
+        return texts, ""
 
     # -- changing ------------------------------------------------------------------------------
 
