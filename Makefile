@@ -73,5 +73,23 @@ proto-check: dev
 pytest: dev
 	$(PY) -m pytest -q
 
+# Every benchmark: prints its figures, writes bench/results/*.json and docs/img/*.png.
+# The ingest corpus wants Debian's linux-doc-6.1 (the kernel's documentation, ~31 MB of text).
+bench: dev
+	@test -d /usr/share/doc/linux-doc-6.1/html/_sources \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+			&& apt-get update -qq && apt-get install -y -qq linux-doc-6.1 >/dev/null; } \
+		|| echo "linux-doc-6.1 is not installed: the ingest corpus will be under 50 MB"
+	$(PY) -m bench.ingest --mb 50
+	$(PY) -m bench.search --chunks 100000
+	$(PY) -m bench.watchers --watchers 1000 --files 500
+	$(PY) -m bench.load --clients 32 --seconds 180
+	$(PY) -m bench.search_scale --sizes 10000,100000,1000000
+	$(PY) -m bench.charts
+
+# Crash loop: SIGKILL the server 20 times under load, then check nothing confirmed was lost.
+soak: dev
+	$(PY) -m bench.soak --kills 20
+
 clean:
 	rm -rf $(VENV) .proto-check .mypy_cache .ruff_cache .pytest_cache

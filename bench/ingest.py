@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import hnswlib
@@ -37,6 +37,7 @@ from quiver.v1 import (
 )
 
 from bench.corpus import corpus_files
+from bench.results import RESULTS_DIR, save_results
 
 DIMENSIONS = 512
 
@@ -187,6 +188,16 @@ def main() -> None:
         f"upload of the corpus through UploadFile: {upload:.2f} s ({size / 1e6 / upload:.1f} MB/s)"
     )
     print(f"service / bare pipeline (tokens/s): {bare.seconds / served.seconds:.2f}")
+    save_results(
+        RESULTS_DIR / "ingest.json",
+        {
+            "benchmark": "ingest",
+            "corpus": {"files": len(paths), "bytes": size, "mb": args.mb},
+            "workers": args.workers,
+            "upload_seconds": upload,
+            "runs": {"bare": asdict(bare), "service": asdict(served)},
+        },
+    )
 
 
 if __name__ == "__main__":

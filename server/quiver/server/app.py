@@ -116,7 +116,9 @@ class QuiverServer:
             max_queued=settings.max_queued_files,
         )
         self.processing.scheduler = self.scheduler
-        self.store_files = StoreFiles(self.book, self.stores, self.indexes, self.scheduler)
+        self.store_files = StoreFiles(
+            self.book, self.stores, self.indexes, self.scheduler, self.files
+        )
         self.batches = FileBatches(self.book, self.store_files, self.hub)
         self.searcher = Searcher(
             self.stores,

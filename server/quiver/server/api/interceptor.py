@@ -7,6 +7,7 @@ errors and never see metadata.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -141,6 +142,27 @@ def _finish(call: _Call, context: aio.ServicerContext[Any, Any], metrics: Metric
     )
 
 
+@contextlib.asynccontextmanager
+async def _guarded(
+    method: str, context: aio.ServicerContext[Any, Any], auth: Authenticate, metrics: Metrics
+) -> AsyncIterator[None]:
+    """Around one RPC: request id and caller first; every error becomes a status; one log
+    line and the metrics at the end."""
+    call = _Call(method)
+    try:
+        _begin(call, context, auth)
+        yield
+    except aio.AbortError:
+        raise
+    except asyncio.CancelledError:  # the caller went away or the server is stopping
+        call.code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as exc:  # every other error becomes a status
+        await _fail(call, context, exc)
+    finally:
+        _finish(call, context, metrics)
+
+
 def _wrap(handler: Handler, method: str, auth: Authenticate, metrics: Metrics) -> Handler:
     ser = {
         "request_deserializer": handler.request_deserializer,
@@ -150,19 +172,9 @@ def _wrap(handler: Handler, method: str, auth: Authenticate, metrics: Metrics) -
         inner_unary: Any = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            call = _Call(method)
-            try:
-                _begin(call, context, auth)
+            async with _guarded(method, context, auth, metrics):
                 return await inner_unary(request, context)
-            except aio.AbortError:
-                raise
-            except asyncio.CancelledError:  # the caller went away or the server is stopping
-                call.code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as exc:  # every other error becomes a status
-                await _fail(call, context, exc)
-            finally:
-                _finish(call, context, metrics)
+            raise AssertionError("unreachable: errors end in an abort")
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(unary, **ser)
@@ -171,20 +183,9 @@ def _wrap(handler: Handler, method: str, auth: Authenticate, metrics: Metrics) -
     inner_stream: Any = handler.unary_stream or handler.stream_stream
 
     async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        call = _Call(method)
-        try:
-            _begin(call, context, auth)
+        async with _guarded(method, context, auth, metrics):
             async for response in inner_stream(request, context):
                 yield response
-        except aio.AbortError:
-            raise
-        except asyncio.CancelledError:  # the caller went away or the server is stopping
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:  # every other error becomes a status
-            await _fail(call, context, exc)
-        finally:
-            _finish(call, context, metrics)
 
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(streaming, **ser)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from quiver.server.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from quiver.server.core.files import FileStore
 from quiver.server.core.models import (
     AttributeValue,
     Chunking,
@@ -49,6 +50,18 @@ def store_file_from_row(row: sqlite3.Row) -> VectorStoreFile:
     )
 
 
+def _delete_chunks(conn: sqlite3.Connection, store_id: str, file_id: str) -> list[int]:
+    """Deletes a store file's chunks (the FTS trigger follows); returns their ids, which the
+    caller then drops from the index once the transaction has committed."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "DELETE FROM chunks WHERE vector_store_id = ? AND file_id = ? RETURNING id",
+            (store_id, file_id),
+        )
+    ]
+
+
 class StoreFiles:
     def __init__(
         self,
@@ -56,12 +69,14 @@ class StoreFiles:
         stores: VectorStores,
         indexes: IndexManager,
         scheduler: Scheduler,
+        files: FileStore,
     ) -> None:
         self.book = book
         self.db = book.db
         self.stores = stores
         self.indexes = indexes
         self.scheduler = scheduler
+        self.files = files
 
     # -- attaching -----------------------------------------------------------------------------
 
@@ -88,13 +103,7 @@ class StoreFiles:
             if old["batch_id"] and old["status"] == FileStatus.IN_PROGRESS:
                 # A newer batch takes the file over; the old batch records it as cancelled.
                 self.book.set_batch_file(conn, old["batch_id"], file_id, FileStatus.CANCELLED)
-            stale = [
-                r[0]
-                for r in conn.execute(
-                    "DELETE FROM chunks WHERE vector_store_id = ? AND file_id = ? RETURNING id",
-                    (store_id, file_id),
-                )
-            ]
+            stale = _delete_chunks(conn, store_id, file_id)
         row = conn.execute(
             "INSERT INTO vector_store_files (vector_store_id, file_id, tenant, subject, "
             "created_at, status, chunk_max_tokens, chunk_overlap_tokens, chunk_auto, "
@@ -137,7 +146,7 @@ class StoreFiles:
         chunking: Chunking,
     ) -> VectorStoreFile:
         store = self.stores.require_writable(principal, store_id)
-        self._require_file(principal, file_id)
+        self.files.get(principal, file_id)  # NOT_FOUND for another caller's or no file
         self.scheduler.check_room(1)
         with self.book.transaction() as conn:
             job, stale = self.attach(
@@ -155,14 +164,6 @@ class StoreFiles:
         self.scheduler.remove(lambda j: j.key == job.key)
         self.scheduler.enqueue([job])
         return self.get(principal, store_id, file_id)
-
-    def _require_file(self, principal: Principal, file_id: str) -> None:
-        row = self.db.execute(
-            "SELECT 1 FROM files WHERE id = ? AND tenant = ? AND subject = ?",
-            (file_id, principal.tenant, principal.subject),
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"no file with id {file_id[:80]!r}", reason="FILE_NOT_FOUND")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -269,13 +270,7 @@ class StoreFiles:
                 return
             if row["batch_id"] and row["status"] == FileStatus.IN_PROGRESS:
                 self.book.set_batch_file(conn, row["batch_id"], file_id, FileStatus.CANCELLED)
-            stale = [
-                r[0]
-                for r in conn.execute(
-                    "DELETE FROM chunks WHERE vector_store_id = ? AND file_id = ? RETURNING id",
-                    (store_id, file_id),
-                )
-            ]
+            stale = _delete_chunks(conn, store_id, file_id)
             conn.execute(
                 "DELETE FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?",
                 (store_id, file_id),
