@@ -17,9 +17,14 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 import grpc
 from grpc import aio
 from quiver.server.api.context import principal_var, request_id_var
-from quiver.server.api.errors import status_code_of, to_status
+from quiver.server.api.errors import status_code_of, to_status, undecodable_request
 from quiver.server.auth.keys import KeyRing
-from quiver.server.core.errors import QuiverError, Unauthenticated, Unavailable
+from quiver.server.core.errors import (
+    InvalidArgument,
+    QuiverError,
+    Unauthenticated,
+    Unavailable,
+)
 from quiver.server.core.principal import Principal
 from quiver.server.metrics import Metrics
 
@@ -163,17 +168,52 @@ async def _guarded(
         _finish(call, context, metrics)
 
 
+class _Undecodable:
+    """Stands in for request bytes that do not decode, until the RPC's guard (after
+    authentication) answers INVALID_ARGUMENT for them. Left to grpc, a decode error answers
+    UNKNOWN (unary) or INTERNAL (inside a request stream)."""
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Any, method: str) -> Any:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # invalid UTF-8, nesting past the limit, corrupt bytes
+            return _Undecodable(undecodable_request(method, data, exc))
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise request.error
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
+
+
 def _wrap(handler: Handler, method: str, auth: Authenticate, metrics: Metrics) -> Handler:
     ser = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _lenient(handler.request_deserializer, method),
         "response_serializer": handler.response_serializer,
     }
+    streamed = handler.stream_unary is not None or handler.stream_stream is not None
+    decode: Callable[[Any], Any] = _decoded_stream if streamed else _decoded
     if handler.unary_unary or handler.stream_unary:
         inner_unary: Any = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             async with _guarded(method, context, auth, metrics):
-                return await inner_unary(request, context)
+                return await inner_unary(decode(request), context)
             raise AssertionError("unreachable: errors end in an abort")
 
         if handler.unary_unary:
@@ -184,7 +224,7 @@ def _wrap(handler: Handler, method: str, auth: Authenticate, metrics: Metrics) -
 
     async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         async with _guarded(method, context, auth, metrics):
-            async for response in inner_stream(request, context):
+            async for response in inner_stream(decode(request), context):
                 yield response
 
     if handler.unary_stream:

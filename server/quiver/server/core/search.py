@@ -23,6 +23,7 @@ import json
 import math
 import re
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +55,28 @@ _STOP_WORDS = (
     "which who why will with you your"
 )
 STOP_WORDS = frozenset(_STOP_WORDS.split())
+COMMON_TERM_SHARE = 0.05
+"""A word found in more than this share of all chunks is left out of the keyword OR-query
+(its IDF is near zero, yet BM25 would score and sort every chunk holding it)."""
+MIN_CHUNKS_FOR_PRUNING = 2000
+_TOKENIZER = "porter unicode61 remove_diacritics 2"  # the same as chunks_fts's
+_stemmers = threading.local()
+
+
+def _stems(words: list[str]) -> list[str]:
+    """Each word as chunks_fts stores it (lower-cased, diacritics removed, Porter-stemmed),
+    by running it through an in-memory FTS5 table with the same tokenizer."""
+    conn: sqlite3.Connection | None = getattr(_stemmers, "conn", None)
+    if conn is None:
+        conn = sqlite3.connect(":memory:")
+        conn.execute(f"CREATE VIRTUAL TABLE words USING fts5(word, tokenize='{_TOKENIZER}')")
+        conn.execute("CREATE VIRTUAL TABLE stems USING fts5vocab(words, instance)")
+        _stemmers.conn = conn
+    conn.execute("DELETE FROM words")
+    conn.executemany("INSERT INTO words (rowid, word) VALUES (?, ?)", enumerate(words))
+    found = dict((doc, term) for term, doc in conn.execute("SELECT term, doc FROM stems"))
+    return [found.get(i, word) for i, word in enumerate(words)]
+
 
 EmbedderFor = Callable[[str, int], Embedder]
 
@@ -263,8 +286,10 @@ class Searcher:
         meaningful = [w for w in unique if w not in STOP_WORDS] or unique
         if not meaningful:
             return [], []
+        reader = self.db.reader()
+        meaningful = _without_common(reader, meaningful[:MAX_KEYWORDS])
         expressions = [" OR ".join(phrases)] if phrases else []
-        expressions.append(" OR ".join(f'"{w}"' for w in meaningful[:MAX_KEYWORDS]))
+        expressions.append(" OR ".join(f'"{w}"' for w in meaningful))
         sql = (
             "SELECT c.id FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
             "WHERE chunks_fts MATCH ? AND c.vector_store_id = ?"
@@ -274,7 +299,6 @@ class Searcher:
             sql += " AND c.file_id IN (SELECT value FROM json_each(?))"
             params += (json.dumps(files),)
         sql += " ORDER BY bm25(chunks_fts) LIMIT ?"
-        reader = self.db.reader()
         ranking: list[int] = []
         phrased: list[int] = []
         seen: set[int] = set()
@@ -325,6 +349,23 @@ class Searcher:
             if chunk_id in rows
         ]
         return hits[:limit]
+
+
+def _without_common(reader: sqlite3.Connection, words: list[str]) -> list[str]:
+    """``words`` less those found in more than COMMON_TERM_SHARE of all chunks (counted over
+    the whole database); the rarest word stays if every one is common."""
+    row = reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
+    chunks = int(row[0]) if row else 0
+    if chunks < MIN_CHUNKS_FOR_PRUNING or not words:
+        return words
+    stems = _stems(words)
+    marks = ",".join("?" * len(stems))
+    frequency = dict(
+        reader.execute(f"SELECT term, doc FROM chunks_vocab WHERE term IN ({marks})", stems)
+    )
+    counts = [int(frequency.get(stem, 0)) for stem in stems]
+    kept = [w for w, n in zip(words, counts, strict=True) if n <= COMMON_TERM_SHARE * chunks]
+    return kept or [words[counts.index(min(counts))]]
 
 
 def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

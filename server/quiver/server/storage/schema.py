@@ -115,6 +115,8 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
     text, content='chunks', content_rowid='id',
     tokenize='porter unicode61 remove_diacritics 2'
 );
+-- Document frequency of each (stemmed) term, for leaving very common words out of queries.
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vocab USING fts5vocab (chunks_fts, row);
 CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN
     INSERT INTO chunks_fts (rowid, text) VALUES (new.id, new.text);
 END;
