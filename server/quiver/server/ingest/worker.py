@@ -5,8 +5,10 @@ Everything here is picklable and free of protobuf, SQLite and the event loop.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,6 +25,7 @@ from quiver.server.ingest.parsing import (
     parse_document,
 )
 
+PR_SET_PDEATHSIG = 1
 MAX_TEXT_CHARS = 64_000_000
 """Above this a file's chunks, tokens and vectors would take gigabytes in one worker."""
 
@@ -47,8 +50,22 @@ class WorkerOutput:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel SIGKILLs this worker when the server process dies, even by SIGKILL,
+    so no orphaned worker outlives it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def warm_up() -> int:
-    """Loads the tokenizer (pool initializer and first task), so files don't pay for it."""
+    """Pool initializer (and first task): ties the worker's life to the server's and loads
+    the tokenizer, so files don't pay for it."""
+    _die_with_parent()
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     get_encoding()
     return os.getpid()
