@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 from quiver.server.core.models import BatchStatus, FileStatus, LastError
 from quiver.server.core.scheduler import Job, Scheduler, single_queue
 from quiver.server.core.status_book import StatusBook
@@ -147,27 +148,8 @@ class Processing:
                         job, "the vector store expired while this file was being processed"
                     )
                     return
-                ids = np.empty(len(output.texts), dtype=np.int64)
-                usage = output.vectors.nbytes
-                for i, (text, tokens) in enumerate(
-                    zip(output.texts, output.token_counts, strict=True)
-                ):
-                    ids[i] = conn.execute(
-                        "INSERT INTO chunks (vector_store_id, file_id, tenant, subject, "
-                        "chunk_index, token_count, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                        "RETURNING id",
-                        (
-                            job.store_id,
-                            job.file_id,
-                            row["tenant"],
-                            row["subject"],
-                            i,
-                            tokens,
-                            text,
-                            output.vectors[i].tobytes(),
-                        ),
-                    ).fetchone()[0]
-                    usage += len(text.encode("utf-8"))
+                ids = self._insert_chunks(conn, job, row, output)
+                usage = output.vectors.nbytes + sum(len(t.encode("utf-8")) for t in output.texts)
                 # In memory only; if the commit below fails, start-up reconciliation drops them.
                 indexing = time.perf_counter()
                 self.indexes.add(job.store_id, row["embedding_dimensions"], ids, output.vectors)
@@ -188,6 +170,40 @@ class Processing:
             m.stage_seconds.labels(stage).observe(seconds)
         m.stage_seconds.labels("index").observe(index_seconds)
         m.stage_seconds.labels("commit").observe(time.perf_counter() - started - index_seconds)
+
+    def _insert_chunks(
+        self, conn: sqlite3.Connection, job: Job, row: sqlite3.Row, output: WorkerOutput
+    ) -> npt.NDArray[np.int64]:
+        """One executemany for the file's chunks; their ids follow the table's AUTOINCREMENT
+        sequence, which nobody else can move inside this (BEGIN IMMEDIATE) transaction."""
+        assert output.vectors is not None
+        before = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
+        start = int(before[0]) if before else 0
+        conn.executemany(
+            "INSERT INTO chunks (vector_store_id, file_id, tenant, subject, chunk_index, "
+            "token_count, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    job.store_id,
+                    job.file_id,
+                    row["tenant"],
+                    row["subject"],
+                    i,
+                    tokens,
+                    text,
+                    output.vectors[i].tobytes(),
+                )
+                for i, (text, tokens) in enumerate(
+                    zip(output.texts, output.token_counts, strict=True)
+                )
+            ],
+        )
+        after = int(
+            conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()[0]
+        )
+        if after - start != len(output.texts):
+            raise RuntimeError(f"chunk ids are not contiguous ({start}..{after})")
+        return np.arange(start + 1, after + 1, dtype=np.int64)
 
     # -- whole stores ------------------------------------------------------------------------
 

@@ -190,7 +190,11 @@ class VectorIndex:
             except BaseException:
                 self._resync()
                 raise
-            self._all = np.union1d(self._all, new)
+            if new.size and (self._all.size == 0 or new.min() > self._all[-1]):
+                # The usual case (chunk ids only grow): append, no O(n log n) union per add.
+                self._all = np.concatenate((self._all, np.sort(new)))
+            elif new.size:
+                self._all = np.union1d(self._all, new)
             self._deleted.difference_update(ids.tolist())
 
     def mark_deleted(self, labels: npt.ArrayLike) -> None:
