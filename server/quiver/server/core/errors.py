@@ -62,7 +62,3 @@ class Unauthenticated(QuiverError):
 
 class Unavailable(QuiverError):
     reason = "UNAVAILABLE"
-
-
-class Unimplemented(QuiverError):
-    reason = "UNIMPLEMENTED"

@@ -15,13 +15,3 @@ FILE_BATCH = "vsfb_"
 
 def new_id(prefix: str) -> str:
     return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(_LENGTH))
-
-
-def looks_like(prefix: str, value: str) -> bool:
-    """Whether ``value`` has the shape of an id with ``prefix`` (no database lookup)."""
-    body = value[len(prefix) :]
-    return (
-        value.startswith(prefix)
-        and 1 <= len(body) <= 64
-        and all(c in _ALPHABET or c in "-_" for c in body)
-    )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from quiver.server.core.errors import FailedPrecondition, FieldViolation
+from quiver.server.core.errors import FieldViolation
 from quiver.server.core.filters import Filter, matches
 from quiver.server.core.models import AttributeValue, FileStatus
 from quiver.server.core.principal import Principal
@@ -158,12 +158,9 @@ class Searcher:
     async def search(
         self, principal: Principal, store_id: str, request: SearchRequest
     ) -> list[SearchHit]:
-        store = self.stores.get_row(principal, store_id)
-        if self.stores.is_expired(store_id):
-            raise FailedPrecondition(
-                f"vector store {store_id} has expired and can no longer be searched",
-                reason="VECTOR_STORE_EXPIRED",
-            )
+        store = self.stores.require_writable(
+            principal, store_id, refused="can no longer be searched"
+        )
         self.stores.touch(store_id)
         dim = int(store["embedding_dimensions"])
         embedder = self.embedder_for(store["embedding_model"], dim)

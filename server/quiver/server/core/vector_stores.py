@@ -138,13 +138,15 @@ class VectorStores:
             convert=self._to_store,
         )
 
-    def require_writable(self, principal: Principal, store_id: str) -> sqlite3.Row:
-        """The store's row, or FAILED_PRECONDITION when it has expired."""
+    def require_writable(
+        self, principal: Principal, store_id: str, refused: str = "no longer accepts changes"
+    ) -> sqlite3.Row:
+        """The store's row, or FAILED_PRECONDITION (saying what is ``refused``) once expired."""
         row = self.get_row(principal, store_id)
         if self._is_expired(row):
             raise FailedPrecondition(
                 f"vector store {store_id} expired at {self._expires_at(row)} "
-                "(unix seconds) and no longer accepts changes",
+                f"(unix seconds) and {refused}",
                 reason="VECTOR_STORE_EXPIRED",
             )
         return row

@@ -80,10 +80,6 @@ class Database:
                 self._readers.append(conn)
         return conn
 
-    def integrity_check(self) -> str:
-        row = self.conn.execute("PRAGMA integrity_check").fetchone()
-        return str(row[0])
-
     def close(self) -> None:
         with self._readers_lock:
             for reader in self._readers:
