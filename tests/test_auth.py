@@ -252,9 +252,15 @@ def test_open_mode_refuses_a_public_address(tmp_path: Path, listen: str) -> None
     assert not (tmp_path / "data").exists()  # refused before touching the disk
 
 
-def test_keyed_server_may_listen_publicly(tmp_path: Path) -> None:
+def test_keyed_server_may_listen_publicly_when_told_keys_may_travel_in_clear(
+    tmp_path: Path,
+) -> None:
+    """Without TLS only with --insecure (tests/test_tls.py has the rest of that rule)."""
     settings = Settings(
-        listen="0.0.0.0:0", data_dir=tmp_path / "data", api_keys=f"acme sha256:{'0' * 64}"
+        listen="0.0.0.0:0",
+        data_dir=tmp_path / "data",
+        api_keys=f"acme sha256:{'0' * 64}",
+        insecure=True,
     )
     server = QuiverServer(settings)  # constructed, never started
     close_unstarted(server)

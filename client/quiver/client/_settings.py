@@ -18,6 +18,8 @@ class Settings:
     on_behalf_of: str | None
     tls: bool
     root_certificates: bytes | None
+    certificate_chain: bytes | None
+    private_key: bytes | None
     timeout: float | None
     max_retries: int
     retry_backoff: float
@@ -34,16 +36,27 @@ class Settings:
         timeout: float | None,
         max_retries: int,
         retry_backoff: float,
+        certificate_chain: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
     ) -> Settings:
-        """Arguments win; then QUIVER_TARGET / QUIVER_API_KEY / QUIVER_ON_BEHALF_OF."""
-        if isinstance(root_certificates, str | Path):
-            root_certificates = Path(root_certificates).read_bytes()
+        """Arguments win; then QUIVER_TARGET / QUIVER_API_KEY / QUIVER_ON_BEHALF_OF and, for
+        TLS, QUIVER_TLS_CA / QUIVER_TLS_CERT / QUIVER_TLS_KEY (PEM file paths)."""
+        root_certificates = _pem(root_certificates, "QUIVER_TLS_CA")
+        certificate_chain = _pem(certificate_chain, "QUIVER_TLS_CERT")
+        private_key = _pem(private_key, "QUIVER_TLS_KEY")
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError(
+                "a client certificate needs both certificate_chain and private_key "
+                "(QUIVER_TLS_CERT and QUIVER_TLS_KEY)"
+            )
         return cls(
             target=target or os.environ.get("QUIVER_TARGET") or DEFAULT_TARGET,
             api_key=api_key if api_key is not None else os.environ.get("QUIVER_API_KEY"),
             on_behalf_of=on_behalf_of or os.environ.get("QUIVER_ON_BEHALF_OF") or None,
-            tls=bool(tls) or root_certificates is not None,
+            tls=bool(tls) or root_certificates is not None or certificate_chain is not None,
             root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
             timeout=timeout,
             max_retries=max_retries,
             retry_backoff=retry_backoff,
@@ -60,10 +73,23 @@ class Settings:
     def credentials(self) -> grpc.ChannelCredentials | None:
         if not self.tls:
             return None
-        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
 
     def backoff(self, attempt: int) -> float:
         return float(min(self.retry_backoff * (2**attempt), 5.0))
+
+
+def _pem(value: bytes | str | Path | None, env: str) -> bytes | None:
+    """PEM bytes given as such, as a file path, or named by the environment variable."""
+    if value is None:
+        value = os.environ.get(env) or None
+    if isinstance(value, str | Path):
+        return Path(value).read_bytes()
+    return value
 
 
 CHANNEL_OPTIONS = [

@@ -460,7 +460,10 @@ class Client:
     ``target``, ``api_key`` and ``on_behalf_of`` default to ``QUIVER_TARGET`` (else
     localhost:50051), ``QUIVER_API_KEY`` and ``QUIVER_ON_BEHALF_OF``. ``timeout`` is the
     default per-call deadline in seconds (None: no deadline); idempotent calls are retried
-    ``max_retries`` times on UNAVAILABLE with exponential backoff.
+    ``max_retries`` times on UNAVAILABLE with exponential backoff. TLS: ``tls=True`` uses the
+    system's roots, ``root_certificates`` (PEM bytes or a path; env ``QUIVER_TLS_CA``) a CA of
+    your own, and ``certificate_chain`` + ``private_key`` (env ``QUIVER_TLS_CERT``,
+    ``QUIVER_TLS_KEY``) present a client certificate to a server that requires one (mTLS).
     """
 
     def __init__(
@@ -471,6 +474,8 @@ class Client:
         on_behalf_of: str | None = None,
         tls: bool | None = None,
         root_certificates: bytes | str | Path | None = None,
+        certificate_chain: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
         timeout: float | None = 60.0,
         max_retries: int = 3,
         retry_backoff: float = 0.2,
@@ -481,6 +486,8 @@ class Client:
             on_behalf_of=on_behalf_of,
             tls=tls,
             root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
             timeout=timeout,
             max_retries=max_retries,
             retry_backoff=retry_backoff,

@@ -339,7 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", help="host:port of the server (env QUIVER_TARGET)")
     parser.add_argument("--api-key", help="API key (env QUIVER_API_KEY)")
     parser.add_argument("--on-behalf-of", help="narrow to an end user (env QUIVER_ON_BEHALF_OF)")
-    parser.add_argument("--tls", action="store_true", help="use TLS")
+    parser.add_argument("--tls", action="store_true", help="use TLS (the system's CA roots)")
+    parser.add_argument("--tls-ca", help="PEM CA to trust; implies --tls (env QUIVER_TLS_CA)")
+    parser.add_argument(
+        "--tls-cert", help="PEM client certificate for mTLS; implies --tls (env QUIVER_TLS_CERT)"
+    )
+    parser.add_argument("--tls-key", help="PEM key of --tls-cert (env QUIVER_TLS_KEY)")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, seconds")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON, for scripts")
@@ -426,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
             api_key=args.api_key,
             on_behalf_of=args.on_behalf_of,
             tls=args.tls or None,
+            root_certificates=args.tls_ca,
+            certificate_chain=args.tls_cert,
+            private_key=args.tls_key,
             timeout=args.timeout,
         ) as client:
             return HANDLERS[args.command](client, args)
@@ -441,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         for violation in exc.field_violations:
             err.print(f"  {violation.field}: {violation.description}", soft_wrap=True, markup=False)
         return API_ERROR
-    except OSError as exc:  # a path given on the command line cannot be read
+    except (OSError, ValueError) as exc:  # a path cannot be read; a half TLS setting
         err.print(f"quiver: {exc}", soft_wrap=True, markup=False, highlight=False)
         return USAGE
     except KeyboardInterrupt:

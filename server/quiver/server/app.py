@@ -17,7 +17,7 @@ from quiver.server.api.files import FileServicer
 from quiver.server.api.interceptor import QuiverInterceptor
 from quiver.server.api.reflection_v1 import enable_reflection
 from quiver.server.api.vector_stores import VectorStoreServicer
-from quiver.server.auth.keys import KeyRing
+from quiver.server.auth.keys import KeyConfigError, KeyRing
 from quiver.server.config import Settings
 from quiver.server.core.batches import FileBatches
 from quiver.server.core.embedder_choice import EmbedderChoice
@@ -36,6 +36,7 @@ from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
+from quiver.server.tls import CertificateFiles, TlsConfigError, check_settings
 from quiver.v1 import (
     file_batches_pb2,
     file_batches_pb2_grpc,
@@ -80,6 +81,22 @@ class QuiverServer:
                 f"no API keys are configured, so the server may only listen on loopback, "
                 f"not {settings.listen}; add keys with 'quiver keys add TENANT --file FILE' "
                 "and pass --api-keys-file FILE"
+            )
+        try:
+            tls = check_settings(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            self.certificates = (
+                CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+                if tls and settings.tls_cert is not None and settings.tls_key is not None
+                else None
+            )
+        except TlsConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+        plaintext_keys = not self.keys.open and not tls and not settings.insecure
+        if plaintext_keys and not is_loopback(settings.listen):
+            raise ConfigError(
+                f"API keys would travel in clear text to {settings.listen}: serve TLS "
+                "with --tls-cert and --tls-key, listen on loopback, or pass --insecure "
+                "(e.g. behind a TLS-terminating proxy)"
             )
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
@@ -142,19 +159,21 @@ class QuiverServer:
         self.port = 0
         self._server: aio.Server | None = None
         self._saver: asyncio.Task[None] | None = None
+        self._config_watcher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one server, a few embedders, kept for life
-    def _embedder_for(self, model: str, dimensions: int) -> Embedder:
-        return make_embedder(self._spec_for(model, dimensions))
+    def _embedder_for(self, model: str, dimensions: int, send_dimensions: bool) -> Embedder:
+        return make_embedder(self._spec_for(model, dimensions, send_dimensions))
 
-    def _spec_for(self, model: str, dimensions: int) -> EmbedderSpec:
+    def _spec_for(self, model: str, dimensions: int, send_dimensions: bool) -> EmbedderSpec:
         return EmbedderSpec(
             model,
             dimensions,
             base_url=self.settings.openai_base_url or None,
             api_key=self.settings.openai_api_key or None,
+            send_dimensions=send_dimensions,
         )
 
     async def _set_health(
@@ -183,7 +202,12 @@ class QuiverServer:
         enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
         await self._set_health(Serving.NOT_SERVING)
         try:
-            self.port = server.add_insecure_port(self.settings.listen)
+            if self.certificates is None:
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = server.add_secure_port(
+                    self.settings.listen, self.certificates.credentials()
+                )
         except RuntimeError as exc:  # grpc raises for a busy or invalid address
             self.port = 0
             reason = f": {exc}"
@@ -204,6 +228,10 @@ class QuiverServer:
             self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
         self.scheduler.start()
         self._saver = asyncio.create_task(self._save_periodically(), name="index-saver")
+        if self.settings.reload_interval > 0 and self.keys.file is not None and not self.keys.open:
+            self._config_watcher = asyncio.create_task(
+                self._watch_keys_file(), name="keys-file-watcher"
+            )
         self.interceptor.closed_reason = None
         await self._set_health(Serving.SERVING)
         log.info(
@@ -211,6 +239,9 @@ class QuiverServer:
             extra={
                 "listen": self.settings.listen,
                 "port": self.port,
+                "tls": "off"
+                if self.certificates is None
+                else ("mutual" if self.certificates.mutual else "on"),
                 "startup_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
@@ -231,6 +262,28 @@ class QuiverServer:
             for index in self.indexes.dirty():
                 await asyncio.to_thread(index.save)
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the API keys file and the TLS files (at the next handshake)."""
+        if self.certificates is not None:
+            self.certificates.request_reload()
+        self._reload_keys()
+
+    def _reload_keys(self) -> None:
+        if self.keys.open or self.keys.file is None:
+            return
+        try:
+            self.keys.reload()
+        except KeyConfigError as exc:
+            log.warning("API keys file not reloaded, keeping the current keys: %s", exc)
+        else:
+            log.info("API keys reloaded", extra={"keys": len(self.keys)})
+
+    async def _watch_keys_file(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval)
+            if self.keys.changed():
+                await asyncio.to_thread(self._reload_keys)
+
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new RPCs, let in-flight ones finish, close storage."""
         if self._server is None:  # never started (or failed to): close what __init__ opened
@@ -247,10 +300,11 @@ class QuiverServer:
             await asyncio.sleep(self.settings.drain_delay)
         self.interceptor.closed_reason = "the server is shutting down"
         await self._server.stop(grace)
-        if self._saver is not None:
-            self._saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._saver
+        for task in (self._saver, self._config_watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.scheduler.stop()  # unfinished files resume at the next start
         self._close_storage()
         log.info("stopped")

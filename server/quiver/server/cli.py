@@ -10,7 +10,13 @@ from pathlib import Path
 
 from quiver.server import config, logs
 from quiver.server.app import ConfigError, QuiverServer
-from quiver.server.auth.keys import KeyConfigError, append_key
+from quiver.server.auth.keys import (
+    KeyConfigError,
+    append_key,
+    fingerprint,
+    list_keys,
+    revoke_keys,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("tenant")
     add.add_argument("--file", type=Path, required=True, help="the API keys file")
+    listed = key_commands.add_parser(
+        "list", help="list the keys in FILE: tenant and fingerprint (the keys are not stored)"
+    )
+    listed.add_argument("--file", type=Path, required=True, help="the API keys file")
+    revoke = key_commands.add_parser(
+        "revoke",
+        help="remove a key (the key itself, or its fingerprint from 'keys list') or every key "
+        "of --tenant from FILE; a running server notices within --reload-interval or on SIGHUP",
+    )
+    revoke.add_argument("key", nargs="?", default="", help="the key, or its fingerprint")
+    revoke.add_argument("--tenant", default="", help="revoke every key of this tenant")
+    revoke.add_argument("--file", type=Path, required=True, help="the API keys file")
     return parser
 
 
@@ -42,8 +60,28 @@ async def _serve(settings: config.Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     await stop.wait()
     await server.stop()
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "list":
+        for entry in list_keys(args.file):
+            print(f"{entry.tenant}\t{fingerprint(entry.digest)}")
+        return 0
+    if args.keys_command == "revoke":
+        removed = revoke_keys(args.file, key_or_fingerprint=args.key, tenant=args.tenant)
+        for entry in removed:
+            print(f"revoked {entry.tenant}\t{fingerprint(entry.digest)}")
+        return 0
+    key = append_key(args.file, args.tenant)
+    print(key)
+    print(
+        f"(added for tenant {args.tenant!r} to {args.file}; it is not shown again)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -51,16 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         try:
-            key = append_key(args.file, args.tenant)
+            return _keys(args)
         except KeyConfigError as exc:
-            print(f"quiver keys add: {exc}", file=sys.stderr)
+            print(f"quiver keys {args.keys_command}: {exc}", file=sys.stderr)
             return 2
-        print(key)
-        print(
-            f"(added for tenant {args.tenant!r} to {args.file}; it is not shown again)",
-            file=sys.stderr,
-        )
-        return 0
     settings = config.from_namespace(args)
     logs.configure(settings.log_level)
     try:

@@ -34,6 +34,11 @@ class Settings:
     metrics_listen: str = ""
     openai_base_url: str = ""
     openai_api_key: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    reload_interval: float = 2.0
 
 
 _HELP: dict[str, str] = {
@@ -64,7 +69,27 @@ _HELP: dict[str, str] = {
     "openai_base_url": "OpenAI-compatible endpoint for 'openai:<model>' stores, "
     "e.g. http://127.0.0.1:8000/v1",
     "openai_api_key": "API key sent to that endpoint",
+    "tls_cert": "PEM certificate chain to serve TLS with (with --tls-key); re-read when the "
+    "file changes or on SIGHUP",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "reload_interval": "seconds between checks of the API keys file for changes (0: only on "
+    "SIGHUP); TLS files are checked at each new connection",
+    "insecure": "allow API keys over plaintext on a non-loopback address (keys then travel "
+    "in clear text: only behind a TLS-terminating proxy or on a trusted network)",
 }
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag_value(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SystemExit(f"quiver serve: {name} must be one of 1/true/yes/on or 0/false/no/off")
 
 
 def env_name(field: str) -> str:
@@ -74,10 +99,19 @@ def env_name(field: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         default: Any = f.default
+        env = os.environ.get(env_name(f.name))
+        if isinstance(default, bool):
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_true",
+                default=_flag_value(env_name(f.name), env) if env is not None else default,
+                help=f"{_HELP[f.name]} (env {env_name(f.name)}=1; default off)",
+            )
+            continue
         kind = type(default) if default is not None else Path
         if f.name == "api_keys_file":
             kind = Path
-        env = os.environ.get(env_name(f.name))
         value = kind(env) if env is not None and env != "" else default
         shown = "none" if default is None or default == "" else default
         parser.add_argument(
