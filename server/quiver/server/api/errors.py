@@ -20,6 +20,7 @@ MAX_MESSAGE_BYTES = 768
 MAX_FIELD_BYTES = 384
 MAX_DESCRIPTION_BYTES = 384
 MAX_VIOLATIONS_BYTES = 1536
+MAX_RESOURCES_BYTES = 1536
 
 _CODES: dict[type[errors.QuiverError], tuple[grpc.StatusCode, int]] = {
     errors.InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT),
@@ -68,6 +69,24 @@ def _violations(error: errors.InvalidArgument) -> list[error_details_pb2.BadRequ
     return kept
 
 
+def _resources(error: errors.NotFound) -> list[error_details_pb2.ResourceInfo]:
+    """One ResourceInfo per missing resource, as many as fit MAX_RESOURCES_BYTES."""
+    kept: list[error_details_pb2.ResourceInfo] = []
+    used = 0
+    for r in error.resources:
+        info = error_details_pb2.ResourceInfo(
+            resource_type=clip(r.type, MAX_FIELD_BYTES),
+            resource_name=clip(r.name, MAX_FIELD_BYTES),
+            description="not found",
+        )
+        size = info.ByteSize() + 60  # the Any's type URL
+        if kept and used + size > MAX_RESOURCES_BYTES:
+            break
+        kept.append(info)
+        used += size
+    return kept
+
+
 def to_status(error: errors.QuiverError, request_id: str = "") -> grpc.Status:
     number = _codes(error)[1]
     message = clip(error.message, MAX_MESSAGE_BYTES)
@@ -83,6 +102,11 @@ def to_status(error: errors.QuiverError, request_id: str = "") -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
+    if isinstance(error, errors.NotFound):
+        for resource in _resources(error):
+            packed = any_pb2.Any()
+            packed.Pack(resource)
+            details.append(packed)
     return rpc_status.to_status(status_pb2.Status(code=number, message=message, details=details))
 
 

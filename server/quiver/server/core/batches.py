@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ from quiver.server.core.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Resource,
 )
 from quiver.server.core.models import (
     AttributeValue,
@@ -45,6 +49,47 @@ class BatchFileSpec:
     chunking: Chunking
 
 
+PARTS = ("file_ids", "attributes", "chunking_strategy")
+
+
+def request_digest(store_id: str, files: list[BatchFileSpec]) -> str:
+    """What a retry must repeat, as JSON of a short sha256 per part: the set of files, the
+    set of attribute values and of chunking strategies used, and (``files``) which file got
+    which. Order does not matter; a reused request_id with another digest is another
+    request."""
+
+    def sha(value: object) -> str:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+    def distinct(values: list[object]) -> list[str]:
+        return sorted({json.dumps(v, sort_keys=True) for v in values})
+
+    ordered = sorted(files, key=lambda f: f.file_id)
+    return json.dumps(
+        {
+            "file_ids": sha([f.file_id for f in ordered]),
+            "attributes": sha(distinct([dict(f.attributes) for f in ordered])),
+            "chunking_strategy": sha(distinct([dataclasses.astuple(f.chunking) for f in ordered])),
+            "files": sha(
+                [[f.file_id, dict(f.attributes), dataclasses.astuple(f.chunking)] for f in ordered]
+            ),
+        },
+        sort_keys=True,
+    )
+
+
+def differences(stored: str | None, digest: str) -> list[str]:
+    """The request fields that differ; none when the stored batch predates digests."""
+    if not stored:
+        return []
+    old, new = json.loads(stored), json.loads(digest)
+    differ = [part for part in PARTS if old.get(part) != new[part]]
+    if not differ and old.get("files") != new["files"]:
+        differ = ["files (which file has which attributes or chunking_strategy)"]
+    return differ
+
+
 class FileBatches:
     def __init__(self, book: StatusBook, store_files: StoreFiles, hub: WatchHub) -> None:
         self.book = book
@@ -66,17 +111,23 @@ class FileBatches:
     ) -> FileBatch:
         self.check_files(files, request_id, listed_in)
         self.stores.get_row(principal, store_id)
+        digest = request_digest(store_id, files)
         if request_id:  # a retry gets its batch back, even once the store has expired
             existing = self.db.execute(
-                "SELECT id, vector_store_id FROM file_batches "
+                "SELECT id, vector_store_id, request_digest FROM file_batches "
                 "WHERE tenant = ? AND subject = ? AND request_id = ?",
                 (principal.tenant, principal.subject, request_id),
             ).fetchone()
             if existing is not None:
-                if existing["vector_store_id"] != store_id:
+                differ = differences(existing["request_digest"], digest)
+                if existing["vector_store_id"] != store_id or differ:
+                    if existing["vector_store_id"] != store_id:
+                        differ = ["vector_store_id", *differ]
                     raise AlreadyExists(
                         f"request_id {request_id!r} already created batch {existing['id']} "
-                        f"on vector store {existing['vector_store_id']}",
+                        f"on vector store {existing['vector_store_id']} with a different "
+                        f"request: {', '.join(differ)} differ; a retry must send the same "
+                        "body, a new request a new request_id",
                         reason="REQUEST_ID_REUSED",
                     )
                 return self.get(principal, store_id, existing["id"])
@@ -90,7 +141,7 @@ class FileBatches:
         with self.book.transaction() as conn:
             conn.execute(
                 "INSERT INTO file_batches (id, vector_store_id, tenant, subject, created_at, "
-                "status, request_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "status, request_id, request_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     batch_id,
                     store_id,
@@ -99,6 +150,7 @@ class FileBatches:
                     now,
                     BatchStatus.IN_PROGRESS.value,
                     request_id or None,
+                    digest if request_id else None,
                 ),
             )
             for spec in files:
@@ -171,6 +223,7 @@ class FileBatches:
             raise NotFound(
                 f"{len(missing)} file(s) not found: {shown}{more}; no batch was created",
                 reason="FILE_NOT_FOUND",
+                resources=[Resource("file", m) for m in missing],
             )
 
     # -- reading -------------------------------------------------------------------------------

@@ -1,13 +1,24 @@
-"""Which embedder a new store gets: validates `embedding_model` / `embedding_dimensions`."""
+"""Which embedder a new store gets: validates `embedding_model` / `embedding_dimensions`.
+
+The model name is checked by embedders/model_names.py, the parser every later use of the
+name goes through, so a store that was created can always be searched and filled.
+"""
 
 from __future__ import annotations
 
-from quiver.server.core.errors import FailedPrecondition, InvalidArgument
+from typing import NamedTuple
 
-HASH = "hash"
-OPENAI_PREFIX = "openai:"
+from quiver.server.core.errors import FailedPrecondition, InvalidArgument
+from quiver.server.embedders.model_names import HASH, BadModelName, parse_model_name
+
 MIN_DIMENSIONS = 8
 MAX_DIMENSIONS = 4096
+
+
+class Choice(NamedTuple):
+    model: str
+    dimensions: int  # 0: learned from the endpoint's first response
+    send_dimensions: bool  # whether requests to the endpoint carry `dimensions`
 
 
 class EmbedderChoice:
@@ -15,28 +26,26 @@ class EmbedderChoice:
         self.default_dimensions = default_dimensions
         self.openai_base_url = openai_base_url
 
-    def resolve(self, model: str, dimensions: int) -> tuple[str, int]:
+    def resolve(self, model: str, dimensions: int) -> Choice:
         model = model or HASH
-        if model == HASH:
+        try:
+            name = parse_model_name(model)
+        except BadModelName as exc:
+            raise InvalidArgument.one("embedding_model", str(exc)) from exc
+        if name.provider == HASH:
             dims = dimensions or self.default_dimensions
-        elif model.startswith(OPENAI_PREFIX) and len(model) > len(OPENAI_PREFIX):
+        else:
             if not self.openai_base_url:
                 raise FailedPrecondition(
                     "this server has no OpenAI-compatible endpoint configured "
                     "(--openai-base-url), so 'openai:' embedding models are unavailable",
                     reason="EMBEDDER_NOT_CONFIGURED",
                 )
-            if not dimensions:
-                raise InvalidArgument.one(
-                    "embedding_dimensions", "is required with an 'openai:<model>' embedder"
-                )
+            if not dimensions:  # not sent: the store learns it from the first response
+                return Choice(model, 0, False)
             dims = dimensions
-        else:
-            raise InvalidArgument.one(
-                "embedding_model", f"must be 'hash' or 'openai:<model>', not {model[:80]!r}"
-            )
         if not MIN_DIMENSIONS <= dims <= MAX_DIMENSIONS:
             raise InvalidArgument.one(
                 "embedding_dimensions", f"must be {MIN_DIMENSIONS}…{MAX_DIMENSIONS}, not {dims}"
             )
-        return model, dims
+        return Choice(model, dims, True)

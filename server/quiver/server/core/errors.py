@@ -40,8 +40,22 @@ class InvalidArgument(QuiverError):
         return cls([FieldViolation(field, description)])
 
 
+@dataclass(frozen=True)
+class Resource:
+    """A resource a NOT_FOUND error names: its type (e.g. ``file``) and id."""
+
+    type: str
+    name: str
+
+
 class NotFound(QuiverError):
     reason = "NOT_FOUND"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, resources: list[Resource] | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.resources = resources or []
 
 
 class FailedPrecondition(QuiverError):

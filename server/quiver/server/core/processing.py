@@ -30,7 +30,7 @@ from quiver.server.storage.database import Database
 
 log = logging.getLogger("quiver.ingest")
 
-SpecFor = Callable[[str, int], EmbedderSpec]
+SpecFor = Callable[[str, int, bool], EmbedderSpec]
 """(store's embedding model, dimensions) → the spec a worker builds its embedder from."""
 
 
@@ -61,7 +61,8 @@ class Processing:
     def _current(self, job: Job) -> sqlite3.Row | None:
         """The file's row if this job is still wanted (in progress, same generation)."""
         row: sqlite3.Row | None = self.db.execute(
-            "SELECT f.*, s.embedding_model, s.embedding_dimensions, files.sha256, "
+            "SELECT f.*, s.embedding_model, s.embedding_dimensions, s.dimensions_sent, "
+            "files.sha256, "
             "files.filename FROM vector_store_files f "
             "JOIN vector_stores s ON s.id = f.vector_store_id "
             "JOIN files ON files.id = f.file_id "
@@ -88,7 +89,9 @@ class Processing:
             filename=row["filename"],
             max_tokens=row["chunk_max_tokens"],
             overlap_tokens=row["chunk_overlap_tokens"],
-            embedder=self.spec_for(row["embedding_model"], row["embedding_dimensions"]),
+            embedder=self.spec_for(
+                row["embedding_model"], row["embedding_dimensions"], bool(row["dimensions_sent"])
+            ),
         )
         try:
             output = await self.pool.run(work)
@@ -148,11 +151,12 @@ class Processing:
                         job, "the vector store expired while this file was being processed"
                     )
                     return
+                dim = self.stores.learn_dimensions(conn, job.store_id, output.vectors.shape[1])
                 ids = self._insert_chunks(conn, job, row, output)
                 usage = output.vectors.nbytes + sum(len(t.encode("utf-8")) for t in output.texts)
                 # In memory only; if the commit below fails, start-up reconciliation drops them.
                 indexing = time.perf_counter()
-                self.indexes.add(job.store_id, row["embedding_dimensions"], ids, output.vectors)
+                self.indexes.add(job.store_id, dim, ids, output.vectors)
                 index_seconds = time.perf_counter() - indexing
                 self.book.set_file(
                     conn, job.store_id, job.file_id, FileStatus.COMPLETED, usage_bytes=usage
@@ -281,7 +285,7 @@ class Processing:
 
     def reconcile_indexes(self) -> None:
         for store in self.db.execute(
-            "SELECT id, embedding_dimensions FROM vector_stores"
+            "SELECT id, embedding_dimensions FROM vector_stores WHERE embedding_dimensions > 0"
         ).fetchall():
             store_id, dim = store["id"], store["embedding_dimensions"]
             stored = np.fromiter(

@@ -78,7 +78,7 @@ def _stems(words: list[str]) -> list[str]:
     return [found.get(i, word) for i, word in enumerate(words)]
 
 
-EmbedderFor = Callable[[str, int], Embedder]
+EmbedderFor = Callable[[str, int, bool], Embedder]
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,9 @@ class Searcher:
         )
         self.stores.touch(store_id)
         dim = int(store["embedding_dimensions"])
-        embedder = self.embedder_for(store["embedding_model"], dim)
+        if dim == 0:  # learned from the embedder's first vectors: none were stored yet
+            return []
+        embedder = self.embedder_for(store["embedding_model"], dim, bool(store["dimensions_sent"]))
         embedded = await asyncio.to_thread(embedder.embed, request.queries)
         query = _unit(embedded.sum(axis=0))
         wanted = (

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from quiver.server.core import ids
 from quiver.server.core.clock import Clock, system_clock
+from quiver.server.core.embedder_choice import Choice
 from quiver.server.core.errors import FailedPrecondition, FieldViolation, NotFound
 from quiver.server.core.models import (
     ExpiresAfter,
@@ -31,7 +32,7 @@ from quiver.server.storage.pagination import fetch_page
 
 DAY = 86_400
 
-EmbedderResolver = Callable[[str, int], tuple[str, int]]
+EmbedderResolver = Callable[[str, int], Choice]
 """(requested model, requested dimensions) → (model, dimensions); raises InvalidArgument."""
 
 StoreDeleted = Callable[[sqlite3.Connection, str], None]
@@ -157,6 +158,25 @@ class VectorStores:
         ).fetchone()
         return row is not None and self._is_expired(row)
 
+    def learn_dimensions(self, conn: sqlite3.Connection, store_id: str, width: int) -> int:
+        """The store's vector dimension, recorded from ``width`` (the first vectors' length)
+        when it was not known yet. ValueError when vectors of another length arrive."""
+        row = conn.execute(
+            "SELECT embedding_dimensions FROM vector_stores WHERE id = ?", (store_id,)
+        ).fetchone()
+        known = int(row[0]) if row is not None else 0
+        if known == 0:
+            conn.execute(
+                "UPDATE vector_stores SET embedding_dimensions = ? WHERE id = ?",
+                (width, store_id),
+            )
+            return width
+        if known != width:
+            raise ValueError(
+                f"the embedder returned {width}-dimensional vectors; this store holds {known}"
+            )
+        return known
+
     def touch(self, store_id: str) -> None:
         """Marks activity now (the expiry anchor)."""
         self.db.execute(
@@ -181,14 +201,15 @@ class VectorStores:
             expires_after, more = check_expires_after(expires_after.anchor, expires_after.days)
             violations += more
         raise_if(violations)
-        model, dims = self.resolve_embedder(embedding_model, embedding_dimensions)
+        choice = self.resolve_embedder(embedding_model, embedding_dimensions)
         now = int(self.clock())
         store_id = ids.new_id(ids.VECTOR_STORE)
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO vector_stores (id, tenant, subject, name, created_at, "
                 "last_active_at, expires_anchor, expires_days, metadata, embedding_model, "
-                "embedding_dimensions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "embedding_dimensions, dimensions_sent) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     store_id,
                     principal.tenant,
@@ -199,8 +220,9 @@ class VectorStores:
                     expires_after.anchor if expires_after else None,
                     expires_after.days if expires_after else None,
                     json.dumps(dict(metadata), sort_keys=True),
-                    model,
-                    dims,
+                    choice.model,
+                    choice.dimensions,
+                    int(choice.send_dimensions),
                 ),
             )
         return self.get(principal, store_id)

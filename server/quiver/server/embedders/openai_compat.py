@@ -37,7 +37,8 @@ class OpenAIEmbedder:
 
     ``model`` is the provider's model name (``text-embedding-3-small``); the ``model``
     property reports it as ``openai:<model>``. When ``dimensions`` is given it is sent in
-    every request and every response is checked against it; when it is None the dimension
+    every request (unless ``send_dimensions`` is False) and every response is checked
+    against it; when it is None the dimension
     is learned from the first response (``probe_dimensions()`` embeds one short text to
     learn it, and reading ``dimensions`` before any response does the same).
     """
@@ -48,6 +49,7 @@ class OpenAIEmbedder:
         model: str,
         api_key: str | None = None,
         dimensions: int | None = None,
+        send_dimensions: bool = True,
         batch_size: int = 64,
         timeout_s: float = 30.0,
         max_retries: int = 5,
@@ -73,7 +75,7 @@ class OpenAIEmbedder:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._api_key = api_key
-        self._requested_dimensions = dimensions
+        self._requested_dimensions = dimensions if send_dimensions else None
         self._dimensions = dimensions
         self._sleep = sleep
         self._random = random.Random()

@@ -1,8 +1,6 @@
 """Build an embedder from the model name recorded on a vector store.
 
-Model names: ``hash`` (the built-in feature-hashing embedder) or ``openai:<model>`` (any
-OpenAI-compatible endpoint; ``<model>`` may itself contain colons, e.g. Ollama's
-``openai:nomic-embed-text:latest``).
+Model names follow embedders/model_names.py, the grammar store creation checks too.
 """
 
 from __future__ import annotations
@@ -11,10 +9,9 @@ from dataclasses import dataclass
 
 from quiver.server.embedders.base import Embedder
 from quiver.server.embedders.hashing import HashEmbedder
+from quiver.server.embedders.model_names import HASH, parse_model_name
 from quiver.server.embedders.openai_compat import OpenAIEmbedder
 
-HASH = "hash"
-OPENAI = "openai"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -23,46 +20,35 @@ class EmbedderSpec:
     """Everything needed to build a store's embedder; picklable, sent to worker processes.
 
     ``base_url`` and ``api_key`` apply to ``openai:`` models only; ``base_url`` None means
-    ``https://api.openai.com/v1``.
+    ``https://api.openai.com/v1``. ``dimensions`` 0: not known yet (learned from the first
+    response). ``send_dimensions`` False: the endpoint is never sent ``dimensions`` (models
+    such as text-embedding-ada-002 reject it); a known ``dimensions`` is still checked.
     """
 
     model: str
     dimensions: int
     base_url: str | None = None
     api_key: str | None = None
+    send_dimensions: bool = True
 
     def __repr__(self) -> str:  # never print the key
         key = None if self.api_key is None else "***"
         return (
             f"EmbedderSpec(model={self.model!r}, dimensions={self.dimensions}, "
-            f"base_url={self.base_url!r}, api_key={key!r})"
+            f"base_url={self.base_url!r}, api_key={key!r}, "
+            f"send_dimensions={self.send_dimensions})"
         )
 
 
-def parse_model_name(name: str) -> tuple[str, str]:
-    """Split a model name into ``(provider, model)``: ``hash`` -> ``("hash", "")``,
-    ``openai:text-embedding-3-small`` -> ``("openai", "text-embedding-3-small")``.
-
-    Raises ValueError for an unknown provider or a missing model name.
-    """
-    if name == HASH:
-        return HASH, ""
-    provider, sep, model = name.partition(":")
-    if provider == OPENAI and sep:
-        if not model.strip():
-            raise ValueError(f"embedding model {name!r} has an empty model name after 'openai:'")
-        return OPENAI, model
-    raise ValueError(f"unknown embedding model {name!r}: expected 'hash' or 'openai:<model name>'")
-
-
 def make_embedder(spec: EmbedderSpec) -> Embedder:
-    """Build the embedder for ``spec`` (ValueError for an unknown model name)."""
-    provider, model = parse_model_name(spec.model)
-    if provider == HASH:
+    """Build the embedder for ``spec`` (BadModelName, a ValueError, for a bad model name)."""
+    name = parse_model_name(spec.model)
+    if name.provider == HASH:
         return HashEmbedder(spec.dimensions)
     return OpenAIEmbedder(
         base_url=spec.base_url or DEFAULT_OPENAI_BASE_URL,
-        model=model,
+        model=name.model,
         api_key=spec.api_key,
-        dimensions=spec.dimensions,
+        dimensions=spec.dimensions or None,
+        send_dimensions=spec.send_dimensions,
     )

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from quiver.server.storage.schema import SCHEMA, SCHEMA_VERSION
+from quiver.server.storage.schema import ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION
 
 
 class Database:
@@ -35,6 +35,10 @@ class Database:
 
     def _migrate(self) -> None:
         self.conn.executescript(SCHEMA)
+        for table, column, definition in ADDED_COLUMNS:
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         with self.transaction():
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",

@@ -35,7 +35,10 @@ CREATE TABLE IF NOT EXISTS vector_stores (
     expires_days INTEGER,
     metadata TEXT NOT NULL DEFAULT '{}',
     embedding_model TEXT NOT NULL,
-    embedding_dimensions INTEGER NOT NULL
+    -- 0 until the first vectors arrive when the embedder's dimension is learned.
+    embedding_dimensions INTEGER NOT NULL,
+    -- 1: requests to the embedder carry `dimensions`; 0: never (learned from a response).
+    dimensions_sent INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS vector_stores_by_owner ON vector_stores (tenant, subject, seq);
 
@@ -76,7 +79,9 @@ CREATE TABLE IF NOT EXISTS file_batches (
     status TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     request_id TEXT,
-    sequence INTEGER NOT NULL DEFAULT 0
+    sequence INTEGER NOT NULL DEFAULT 0,
+    -- What a retry with the same request_id must repeat (core/batches.request_digest).
+    request_digest TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS file_batches_by_request
     ON file_batches (tenant, subject, request_id) WHERE request_id IS NOT NULL;
@@ -124,3 +129,11 @@ CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
 END;
 """
+
+
+# Columns added after a table first shipped: (table, column, definition). CREATE TABLE IF NOT
+# EXISTS does not add them to an existing database; Database._migrate does.
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("vector_stores", "dimensions_sent", "INTEGER NOT NULL DEFAULT 1"),
+    ("file_batches", "request_digest", "TEXT"),
+]

@@ -1,0 +1,46 @@
+"""The grammar of ``embedding_model``: the one parser that store creation, search and the
+ingest workers all use, so a name accepted at creation always builds an embedder later.
+
+``hash`` (the built-in feature-hashing embedder) or ``openai:<model>`` (any OpenAI-compatible
+endpoint; ``<model>`` may itself contain colons, e.g. Ollama's ``nomic-embed-text:latest``).
+The model part is 1…256 printable characters without surrounding whitespace.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+HASH = "hash"
+OPENAI = "openai"
+OPENAI_PREFIX = "openai:"
+MAX_MODEL_CHARS = 256
+
+
+class ModelName(NamedTuple):
+    provider: str  # HASH or OPENAI
+    model: str  # the provider's model name; "" for hash
+
+
+class BadModelName(ValueError):
+    """The name does not follow the grammar; the message says what is wrong."""
+
+
+def parse_model_name(name: str) -> ModelName:
+    """``hash`` -> ModelName("hash", ""); ``openai:text-embedding-3-small`` ->
+    ModelName("openai", "text-embedding-3-small"). Raises BadModelName otherwise."""
+    if name == HASH:
+        return ModelName(HASH, "")
+    if name.startswith(OPENAI_PREFIX):
+        model = name[len(OPENAI_PREFIX) :]
+        if not model.strip():
+            raise BadModelName("needs a model name after 'openai:', e.g. 'openai:<model>'")
+        if model != model.strip():
+            raise BadModelName(f"model name {model[:80]!r} has leading or trailing whitespace")
+        if len(model) > MAX_MODEL_CHARS:
+            raise BadModelName(f"model name is longer than {MAX_MODEL_CHARS} characters")
+        if not model.isprintable():
+            raise BadModelName("model name has control characters")
+        return ModelName(OPENAI, model)
+    raise BadModelName(
+        f"unknown embedding model {name[:80]!r}: expected 'hash' or 'openai:<model>'"
+    )
