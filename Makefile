@@ -37,9 +37,11 @@ typecheck: dev
 buf-lint: dev
 	$(VENV)/bin/buf lint
 
-# A shipped field is never broken by accident: compare with the first commit that had the
-# protos (the contract as first released).
-PROTO_BASE = $(shell git log --diff-filter=A --format=%H -- protos/quiver/v1/files.proto 2>/dev/null | tail -1)
+# A shipped field is never broken by accident: compare with the newest release tag (v*), or,
+# in a clone without tags, the first commit that had the protos.
+PROTO_TAG = $(shell git tag --list 'v*' --sort=-v:refname 2>/dev/null | head -1)
+PROTO_FIRST = $(shell git log --diff-filter=A --format=%H -- protos/quiver/v1/files.proto 2>/dev/null | tail -1)
+PROTO_BASE = $(or $(PROTO_TAG),$(PROTO_FIRST))
 buf-breaking: dev
 	@if [ -n "$(PROTO_BASE)" ]; then \
 		echo "buf breaking against $(PROTO_BASE)"; \
@@ -52,19 +54,22 @@ node-deps:
 		cd clients/node && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "node-deps: skipped (no Node.js on this machine; the Node client test will skip)"; fi
 
-# Regenerate the committed stubs (python + .pyi + grpc + typed grpc stubs).
+# Regenerate the committed stubs (python + .pyi + grpc + typed grpc stubs) and the descriptor
+# set with the protos' comments that server reflection serves (descriptors.binpb).
+# Other languages need no flags: every proto sets go_package, java_package ...; the google.rpc
+# status and error-detail protos are under protos/google/rpc for their generators.
+PROTOC_OUT = --python_out=$(1) --mypy_out=$(1) --grpc_python_out=$(1) --mypy_grpc_out=$(1) \
+	--include_source_info --descriptor_set_out=$(1)/quiver/v1/descriptors.binpb
 proto: dev
 	rm -f $(GEN_DIR)/quiver/v1/*_pb2*.py $(GEN_DIR)/quiver/v1/*_pb2*.pyi
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=$(GEN_DIR) --mypy_out=$(GEN_DIR) \
-		--grpc_python_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) $(PROTOS)
+		$(call PROTOC_OUT,$(GEN_DIR)) $(PROTOS)
 
-# Fails when the committed stubs differ from what the protos generate.
+# Fails when the committed stubs or descriptor set differ from what the protos generate.
 proto-check: dev
-	rm -rf .proto-check && mkdir -p .proto-check
+	rm -rf .proto-check && mkdir -p .proto-check/quiver/v1
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=.proto-check --mypy_out=.proto-check \
-		--grpc_python_out=.proto-check --mypy_grpc_out=.proto-check $(PROTOS) >/dev/null
+		$(call PROTOC_OUT,.proto-check) $(PROTOS) >/dev/null
 	cp $(GEN_DIR)/quiver/v1/__init__.py .proto-check/quiver/v1/
 	diff -r -x __pycache__ -x py.typed .proto-check/quiver/v1 $(GEN_DIR)/quiver/v1 \
 		|| (echo "committed stubs are stale: run 'make proto'" && exit 1)

@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16quiver/v1/common.proto\x12\tquiver.v1\"f\n\nFileCounts\x12\x13\n\x0bin_progress\x18\x01 \x01(\x03\x12\x11\n\tcompleted\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\"S\n\x10\x43hunkingStrategy\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x31\n\x06static\x18\x02 \x01(\x0b\x32!.quiver.v1.StaticChunkingStrategy\"U\n\x16StaticChunkingStrategy\x12\x1d\n\x15max_chunk_size_tokens\x18\x01 \x01(\x05\x12\x1c\n\x14\x63hunk_overlap_tokens\x18\x02 \x01(\x05\"*\n\tLastError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t*\xe0\x01\n\x15VectorStoreFileStatus\x12(\n$VECTOR_STORE_FILE_STATUS_UNSPECIFIED\x10\x00\x12(\n$VECTOR_STORE_FILE_STATUS_IN_PROGRESS\x10\x01\x12&\n\"VECTOR_STORE_FILE_STATUS_COMPLETED\x10\x02\x12&\n\"VECTOR_STORE_FILE_STATUS_CANCELLED\x10\x03\x12#\n\x1fVECTOR_STORE_FILE_STATUS_FAILED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16quiver/v1/common.proto\x12\tquiver.v1\"f\n\nFileCounts\x12\x13\n\x0bin_progress\x18\x01 \x01(\x03\x12\x11\n\tcompleted\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\"S\n\x10\x43hunkingStrategy\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x31\n\x06static\x18\x02 \x01(\x0b\x32!.quiver.v1.StaticChunkingStrategy\"U\n\x16StaticChunkingStrategy\x12\x1d\n\x15max_chunk_size_tokens\x18\x01 \x01(\x05\x12\x1c\n\x14\x63hunk_overlap_tokens\x18\x02 \x01(\x05\"*\n\tLastError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t*\xe0\x01\n\x15VectorStoreFileStatus\x12(\n$VECTOR_STORE_FILE_STATUS_UNSPECIFIED\x10\x00\x12(\n$VECTOR_STORE_FILE_STATUS_IN_PROGRESS\x10\x01\x12&\n\"VECTOR_STORE_FILE_STATUS_COMPLETED\x10\x02\x12&\n\"VECTOR_STORE_FILE_STATUS_CANCELLED\x10\x03\x12#\n\x1fVECTOR_STORE_FILE_STATUS_FAILED\x10\x04\x42^\n\rcom.quiver.v1P\x01Z quiver/gen/go/quiver/v1;quiverv1\xa2\x02\x03QXX\xaa\x02\tQuiver.V1\xca\x02\tQuiver\\V1\xea\x02\nQuiver::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quiver.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rcom.quiver.v1P\001Z quiver/gen/go/quiver/v1;quiverv1\242\002\003QXX\252\002\tQuiver.V1\312\002\tQuiver\\V1\352\002\nQuiver::V1'
   _globals['_VECTORSTOREFILESTATUS']._serialized_start=358
   _globals['_VECTORSTOREFILESTATUS']._serialized_end=582
   _globals['_FILECOUNTS']._serialized_start=37

@@ -213,8 +213,12 @@ class CreateFileBatchRequest(_message.Message):
     vector_store_id: _builtins.str
     """"vs_…"."""
     request_id: _builtins.str
-    """Optional idempotency key, 1…128 characters: a retry with the same key (and the same
-    caller) returns the batch the first call created instead of creating another.
+    """Optional idempotency key, 1…128 characters, scoped to the caller (its tenant and
+    x-on-behalf-of). A retry with the same key and the same body returns the batch the first
+    call created instead of creating another, even once that batch has ended. The same key
+    with another body (another vector_store_id, other files, attributes or
+    chunking_strategy; the order of the files does not matter) answers ALREADY_EXISTS
+    naming what differs, and creates nothing.
     """
     @_builtins.property
     def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -69,8 +69,10 @@ class FileBatchServiceServicer:
     """
 
     def CreateFileBatch(self, request, context):
-        """Creates a batch and queues its files. Unknown file ids answer NOT_FOUND naming them,
-        and nothing is created. RESOURCE_EXHAUSTED when the ingest queue is full.
+        """Creates a batch and queues its files. Unknown file ids answer NOT_FOUND naming them in
+        the message and in one google.rpc.ResourceInfo detail each (resource_type "file"), and
+        nothing is created. RESOURCE_EXHAUSTED when the ingest queue is full. A reused
+        `request_id` with another body answers ALREADY_EXISTS (see `request_id`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,8 +36,10 @@ class FileBatchServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FileBatchServiceAsyncStub: ...
     CreateFileBatch: _grpc.UnaryUnaryMultiCallable[_file_batches_pb2.CreateFileBatchRequest, _file_batches_pb2.CreateFileBatchResponse]
-    """Creates a batch and queues its files. Unknown file ids answer NOT_FOUND naming them,
-    and nothing is created. RESOURCE_EXHAUSTED when the ingest queue is full.
+    """Creates a batch and queues its files. Unknown file ids answer NOT_FOUND naming them in
+    the message and in one google.rpc.ResourceInfo detail each (resource_type "file"), and
+    nothing is created. RESOURCE_EXHAUSTED when the ingest queue is full. A reused
+    `request_id` with another body answers ALREADY_EXISTS (see `request_id`).
     """
     GetFileBatch: _grpc.UnaryUnaryMultiCallable[_file_batches_pb2.GetFileBatchRequest, _file_batches_pb2.GetFileBatchResponse]
     """One batch, with exact `file_counts`."""
@@ -63,8 +65,10 @@ class FileBatchServiceAsyncStub(FileBatchServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateFileBatch: _aio.UnaryUnaryMultiCallable[_file_batches_pb2.CreateFileBatchRequest, _file_batches_pb2.CreateFileBatchResponse]  # type: ignore[assignment]
-    """Creates a batch and queues its files. Unknown file ids answer NOT_FOUND naming them,
-    and nothing is created. RESOURCE_EXHAUSTED when the ingest queue is full.
+    """Creates a batch and queues its files. Unknown file ids answer NOT_FOUND naming them in
+    the message and in one google.rpc.ResourceInfo detail each (resource_type "file"), and
+    nothing is created. RESOURCE_EXHAUSTED when the ingest queue is full. A reused
+    `request_id` with another body answers ALREADY_EXISTS (see `request_id`).
     """
     GetFileBatch: _aio.UnaryUnaryMultiCallable[_file_batches_pb2.GetFileBatchRequest, _file_batches_pb2.GetFileBatchResponse]  # type: ignore[assignment]
     """One batch, with exact `file_counts`."""
@@ -93,8 +97,10 @@ class FileBatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _file_batches_pb2.CreateFileBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_file_batches_pb2.CreateFileBatchResponse, _abc.Awaitable[_file_batches_pb2.CreateFileBatchResponse]]:
-        """Creates a batch and queues its files. Unknown file ids answer NOT_FOUND naming them,
-        and nothing is created. RESOURCE_EXHAUSTED when the ingest queue is full.
+        """Creates a batch and queues its files. Unknown file ids answer NOT_FOUND naming them in
+        the message and in one google.rpc.ResourceInfo detail each (resource_type "file"), and
+        nothing is created. RESOURCE_EXHAUSTED when the ingest queue is full. A reused
+        `request_id` with another body answers ALREADY_EXISTS (see `request_id`).
         """
 
     @_abc_1.abstractmethod

@@ -136,7 +136,9 @@ class VectorStore(_message.Message):
     (the server's OpenAI-compatible endpoint with that model).
     """
     embedding_dimensions: _builtins.int
-    """Dimension of the store's vectors."""
+    """Dimension of the store's vectors. 0 for an "openai:" store created without one, until
+    its first file is embedded (the dimension is then learned from the model's response).
+    """
     @_builtins.property
     def file_counts(self) -> _common_pb2.FileCounts:
         """Exact counts of the store's files by status."""
@@ -295,7 +297,10 @@ class CreateVectorStoreRequest(_message.Message):
     embedding_model: _builtins.str
     """"hash" (default when empty) or "openai:<model>" (needs the server's --openai-base-url)."""
     embedding_dimensions: _builtins.int
-    """Vector dimension. hash: 8…4096, default 512. openai: default the model's own."""
+    """Vector dimension. hash: 8…4096, default 512. openai: 8…4096, sent to the endpoint as
+    `dimensions`; when 0 nothing is sent and the store learns the model's own dimension from
+    its first response (text-embedding-ada-002 and many vLLM/TEI models reject `dimensions`).
+    """
     @_builtins.property
     def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Files to attach at once, processed like a batch; 0…2000 distinct ids."""
