@@ -93,6 +93,8 @@ def test_node_example_runs_a_batch_and_searches(tmp_path: Path) -> None:
         assert summary["completed"] == 3, summary
         assert summary["top_result"] == "octopus.txt", summary
         assert summary["vector_store_id"].startswith("vs_")
+        # The BadRequest detail, decoded from grpc-status-details-bin by the Node client.
+        assert summary["bad_request_fields"] == ["metadata['k']"], summary
         assert any(line.startswith("#") for line in lines), "watch updates were printed"
     finally:
         server.terminate()

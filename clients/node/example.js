@@ -3,7 +3,7 @@
 //   QUIVER_TARGET=localhost:50051 node example.js
 "use strict";
 
-const { QuiverClient } = require("./quiver");
+const { QuiverClient, errorDetails } = require("./quiver");
 
 async function main() {
   const client = new QuiverClient();
@@ -38,12 +38,21 @@ async function main() {
       filters: { type: "eq", key: "batch_id", value: { stringValue: "import-2024-01" } },
     });
     for (const hit of results.data) console.log(`${hit.score.toFixed(3)} ${hit.filename}`);
+    // A bad field answers INVALID_ARGUMENT with a google.rpc.BadRequest naming it.
+    let violations = [];
+    try {
+      await client.unary(client.stores, "CreateVectorStore", { name: "x", metadata: { k: "v".repeat(513) } });
+    } catch (error) {
+      violations = errorDetails(error).badRequest;
+      for (const v of violations) console.log(`invalid ${v.field}: ${v.description}`);
+    }
     console.log(
       JSON.stringify({
         vector_store_id: store.id,
         batch_status: last.file_batch.status,
         completed: last.file_batch.file_counts.completed,
         top_result: results.data.length ? results.data[0].filename : null,
+        bad_request_fields: violations.map((v) => v.field),
       }),
     );
   } finally {

@@ -4,6 +4,7 @@
 const path = require("node:path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
+const protobuf = require("protobufjs");
 
 const PROTO_ROOT = path.resolve(__dirname, "..", "..", "protos");
 const FILES = ["files.proto", "vector_stores.proto", "file_batches.proto"].map((f) =>
@@ -20,6 +21,47 @@ function loadQuiver() {
     oneofs: true,
   });
   return grpc.loadPackageDefinition(definition).quiver.v1;
+}
+
+let rpcTypes;
+function googleRpc() {
+  // google/rpc/status.proto and error_details.proto, vendored under protos/google/rpc.
+  if (!rpcTypes) {
+    const root = new protobuf.Root();
+    root.resolvePath = (_origin, target) =>
+      target.startsWith("google/protobuf/") ? target : path.join(PROTO_ROOT, target);
+    root.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
+    rpcTypes = root;
+  }
+  return rpcTypes;
+}
+
+/**
+ * The google.rpc.Status details of a failed call (the grpc-status-details-bin trailer):
+ * { badRequest: [{field, description}], errorInfo: {reason, domain, metadata} | null,
+ *   resources: [{resource_type, resource_name}] }. Empty when the server sent none.
+ */
+function errorDetails(error) {
+  const out = { badRequest: [], errorInfo: null, resources: [] };
+  const raw = error && error.metadata && error.metadata.get("grpc-status-details-bin")[0];
+  if (!raw) return out;
+  const root = googleRpc();
+  const status = root.lookupType("google.rpc.Status").decode(raw);
+  const types = {
+    "type.googleapis.com/google.rpc.BadRequest": "google.rpc.BadRequest",
+    "type.googleapis.com/google.rpc.ErrorInfo": "google.rpc.ErrorInfo",
+    "type.googleapis.com/google.rpc.ResourceInfo": "google.rpc.ResourceInfo",
+  };
+  for (const any of status.details) {
+    const name = types[any.type_url];
+    if (!name) continue;
+    const type = root.lookupType(name);
+    const detail = type.toObject(type.decode(any.value), { defaults: true });
+    if (name === "google.rpc.BadRequest") out.badRequest.push(...detail.field_violations);
+    else if (name === "google.rpc.ErrorInfo") out.errorInfo = detail;
+    else out.resources.push(detail);
+  }
+  return out;
 }
 
 /** Promisified unary calls, a readable upload and an async-iterable watch. */
@@ -65,4 +107,4 @@ class QuiverClient {
   }
 }
 
-module.exports = { QuiverClient, loadQuiver };
+module.exports = { QuiverClient, loadQuiver, errorDetails };
