@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check pytest node-deps bench soak clean
+.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check pytest node-deps go-deps go-client bench soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -31,7 +31,7 @@ serve: install
 	@echo "==> quiver serve $(ARGS)  (Ctrl-C stops it; 'quiver serve --help' lists every setting)"
 	$(VENV)/bin/quiver serve $(ARGS)
 
-test: dev lint typecheck buf-lint buf-breaking proto-check node-deps pytest
+test: dev lint typecheck buf-lint buf-breaking proto-check node-deps go-client pytest
 
 lint: dev
 	$(VENV)/bin/ruff check .
@@ -59,6 +59,35 @@ node-deps:
 	@if command -v npm >/dev/null 2>&1; then \
 		cd clients/node && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "node-deps: skipped (no Node.js on this machine; the Node client test will skip)"; fi
+
+# Go, offline: Debian's Go toolchain and its grpc/protobuf source packages in GOPATH mode.
+# `go-client` generates the Go stubs from the protos (into .go/, not committed) and builds
+# clients/go, which tests/test_go_client.py runs against a live server (it skips without Go).
+GO_PATH := $(abspath .go)
+GO_ENV := GOPATH=$(GO_PATH):/usr/share/gocode GO111MODULE=off GOFLAGS= GOCACHE=$(GO_PATH)/cache
+GO_DEBS := golang-go golang-google-grpc-dev golang-google-protobuf-dev \
+	golang-github-golang-protobuf-1-5-dev protoc-gen-go \
+	protoc-gen-go-grpc protobuf-compiler
+GO_READY := command -v go >/dev/null && command -v protoc-gen-go-grpc >/dev/null \
+	&& dpkg -s $(GO_DEBS) >/dev/null 2>&1
+go-deps:
+	@if ! { $(GO_READY); }; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "==> installing Go and its gRPC packages from Debian"; \
+			{ apt-get install -y -qq --no-install-recommends $(GO_DEBS) >/dev/null 2>&1 \
+				|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+					$(GO_DEBS) >/dev/null; }; } \
+				|| echo "go-deps: could not install Go; the Go client test will skip"; \
+		else echo "go-deps: skipped (no Go here and no root apt-get; the Go client test will skip)"; fi; \
+	fi
+
+go-client: go-deps
+	@if $(GO_READY); then \
+		rm -rf $(GO_PATH)/src/quiver && mkdir -p $(GO_PATH)/src $(GO_PATH)/bin && \
+		protoc -Iprotos --go_out=$(GO_PATH)/src --go-grpc_out=$(GO_PATH)/src $(PROTOS) && \
+		echo "==> building clients/go (the first build compiles grpc-go: a minute or two)" && \
+		cd clients/go && $(GO_ENV) go build -o $(GO_PATH)/bin/quiver-example . ; \
+	else echo "go-client: skipped (needs: $(GO_DEBS))"; fi
 
 # Regenerate the committed stubs (python + .pyi + grpc + typed grpc stubs) and the descriptor
 # set with the protos' comments that server reflection serves (descriptors.binpb).
@@ -103,4 +132,4 @@ soak: dev
 	$(PY) -m bench.soak --kills 20
 
 clean:
-	rm -rf $(VENV) .proto-check .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .proto-check .mypy_cache .ruff_cache .pytest_cache .go
