@@ -1,5 +1,6 @@
-"""The README's TLS section, run as pasted: its openssl commands, its `quiver serve` line and
-its grpcurl, `quiver` and Python calls (only the port is changed, to a free one)."""
+"""The README, run as pasted: the TLS section (its openssl commands, its `quiver serve` line
+and its grpcurl, `quiver` and Python calls; only the port is changed, to a free one), and the
+grpcurl session's upload helper with a file past what a command line can carry."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_e2e_grpcurl import clean_env, free_port
+from tests.test_e2e_grpcurl import clean_env, free_port, kill_quietly, start_serve, wait_serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -77,3 +78,26 @@ def test_the_readme_tls_section_works_as_pasted(tmp_path: Path) -> None:
             server.wait(timeout=5)
         log.close()
     assert os.path.exists(tmp_path / "data" / "quiver.sqlite3")
+
+
+def upload_helper() -> str:
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"^upload\(\) \{\n.*?^\}\n", readme, flags=re.S | re.M)
+    assert found is not None, "the README's upload() helper"
+    return found.group(0)
+
+
+def test_the_readme_upload_helper_sends_a_large_file(tmp_path: Path) -> None:
+    served = start_serve(tmp_path / "data", tmp_path / "serve.log")
+    try:
+        wait_serving(served, timeout=60)
+        big = tmp_path / "big.txt"
+        big.write_text("lorem ipsum dolor sit amet " * 20_000)  # 540 KB, 720 KB in base64
+        script = upload_helper().replace("localhost:50051", served.address)
+        env = {**clean_env(), "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}"}
+        done = bash(f"{script}\nupload {big}", tmp_path, env)
+        assert done.returncode == 0, done.stderr
+        file_id = done.stdout.strip()
+        assert file_id.startswith("file-"), done.stdout
+    finally:
+        kill_quietly(served)
