@@ -30,8 +30,19 @@ DESCRIPTOR_SET = Path(quiver.v1.__file__).with_name("descriptors.binpb")
 
 @cache
 def documented_files() -> dict[str, bytes]:
-    """File name -> serialized FileDescriptorProto with source info, from DESCRIPTOR_SET."""
+    """File name -> serialized FileDescriptorProto with source info, from DESCRIPTOR_SET.
+
+    protoc writes each field's ``json_name`` (lowerCamelCase) into the set; the stubs'
+    descriptors leave it unset, and so must these: grpcurl then prints and reads the proto
+    field names (``vector_store_id``), as in OpenAI's JSON, whichever descriptor it got."""
     files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
+    for file in files.file:
+        stack = list(file.message_type)
+        while stack:
+            message = stack.pop()
+            for field in (*message.field, *message.extension):
+                field.ClearField("json_name")
+            stack += message.nested_type
     return {f.name: f.SerializeToString() for f in files.file}
 
 
