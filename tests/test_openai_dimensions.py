@@ -201,3 +201,18 @@ def test_an_older_database_gets_the_new_column(tmp_path: Path) -> None:
         assert tuple(row.fetchone()) == (1,)  # stores made before it always sent dimensions
     finally:
         db.close()
+
+
+async def test_a_store_saved_with_a_bad_model_name_answers_failed_precondition(
+    running: Running,
+) -> None:
+    """Stores created before the grammar was shared may hold a name like 'openai: ': search
+    says so instead of INTERNAL."""
+    store = await create_store(running.alice)
+    running.server.db.execute(
+        "UPDATE vector_stores SET embedding_model = 'openai: ' WHERE id = ?", (store.id,)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await search(running, store.id, "anything")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "embedding_model 'openai: '" in (caught.value.details() or "")

@@ -21,6 +21,7 @@ from quiver.server.auth.keys import KeyConfigError, KeyRing
 from quiver.server.config import Settings
 from quiver.server.core.batches import FileBatches
 from quiver.server.core.embedder_choice import EmbedderChoice
+from quiver.server.core.errors import FailedPrecondition
 from quiver.server.core.files import FileStore
 from quiver.server.core.processing import Processing
 from quiver.server.core.scheduler import Scheduler
@@ -30,6 +31,7 @@ from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.core.watch import WatchHub
 from quiver.server.embedders.base import Embedder
+from quiver.server.embedders.model_names import BadModelName
 from quiver.server.embedders.registry import EmbedderSpec, make_embedder
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.pool import IngestPool
@@ -165,7 +167,14 @@ class QuiverServer:
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one server, a few embedders, kept for life
     def _embedder_for(self, model: str, dimensions: int, send_dimensions: bool) -> Embedder:
-        return make_embedder(self._spec_for(model, dimensions, send_dimensions))
+        try:
+            return make_embedder(self._spec_for(model, dimensions, send_dimensions))
+        except BadModelName as exc:  # a store made before creation checked the grammar
+            raise FailedPrecondition(
+                f"this vector store's embedding_model {model[:80]!r} is not valid ({exc}); "
+                "create a new store with a valid one",
+                reason="EMBEDDING_MODEL_INVALID",
+            ) from exc
 
     def _spec_for(self, model: str, dimensions: int, send_dimensions: bool) -> EmbedderSpec:
         return EmbedderSpec(
