@@ -3,6 +3,7 @@ the plaintext rule for API keys, and certificates reloaded while serving."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -18,8 +19,10 @@ import grpc
 import pytest
 from quiver.client import Client
 from quiver.client.errors import UnavailableError
+from quiver.server import config
 from quiver.server.app import ConfigError, QuiverServer
 from quiver.server.config import Settings
+from quiver.server.tls import CertificateFiles
 
 from tests.certs import Authority, Pem
 from tests.conftest import keyed
@@ -373,3 +376,40 @@ async def test_replaced_certificate_files_are_served_to_new_connections(
         assert await creates(pki.other_ca.cert_bytes, "after-broken")
     finally:
         await server.stop(grace=1.0)
+
+
+def test_sighup_rereads_unchanged_files_and_a_change_is_noticed(pki: Pki, tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    files = _copy(pki.server, live)
+    certificates = CertificateFiles(files.cert, files.key)
+    assert certificates.fetch() is None  # nothing changed: grpc keeps what it has
+    certificates.request_reload()  # SIGHUP
+    assert certificates.fetch() is not None
+    assert certificates.fetch() is None
+    assert certificates.reloads == 1
+
+
+def test_tls_flags_and_their_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUIVER_TLS_CERT", "/etc/quiver/tls.crt")
+    monkeypatch.setenv("QUIVER_INSECURE", "yes")
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    settings = config.from_namespace(parser.parse_args(["--tls-key", "/etc/quiver/tls.key"]))
+    assert settings.tls_cert == Path("/etc/quiver/tls.crt")
+    assert settings.tls_key == Path("/etc/quiver/tls.key")
+    assert settings.tls_client_ca is None and settings.insecure is True
+    monkeypatch.setenv("QUIVER_INSECURE", "0")
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    assert config.from_namespace(parser.parse_args([])).insecure is False
+    assert config.from_namespace(parser.parse_args(["--insecure"])).insecure is True
+    monkeypatch.setenv("QUIVER_INSECURE", "maybe")
+    with pytest.raises(SystemExit, match="QUIVER_INSECURE must be one of"):
+        config.add_arguments(argparse.ArgumentParser())
+    help_text = argparse.ArgumentParser()
+    monkeypatch.delenv("QUIVER_INSECURE")
+    config.add_arguments(help_text)
+    shown = help_text.format_help()
+    for flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--insecure", "--reload-interval"):
+        assert flag in shown
