@@ -228,8 +228,7 @@ class QuiverServer:
     async def _save_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.settings.index_save_interval)
-            for index in self.indexes.dirty():
-                await asyncio.to_thread(index.save)
+            await asyncio.to_thread(self.indexes.save_all)
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new RPCs, let in-flight ones finish, close storage."""
