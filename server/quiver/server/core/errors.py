@@ -62,3 +62,9 @@ class Unauthenticated(QuiverError):
 
 class Unavailable(QuiverError):
     reason = "UNAVAILABLE"
+
+
+class DataLoss(QuiverError):
+    """Stored bytes are missing or damaged (they no longer match their checksum)."""
+
+    reason = "DATA_LOSS"
