@@ -1,13 +1,19 @@
-"""A damaged index file never crashes or blocks `quiver serve`: it is refused before hnswlib
-reads it and rebuilt from SQLite, and searches answer as they did before the damage."""
+"""A damaged data directory never crashes `quiver serve` with a traceback. A damaged index
+file is refused before hnswlib reads it and rebuilt from SQLite, and searches answer as they
+did before the damage; a damaged database stops the server with one line naming it."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from grpc import aio
+from quiver.server.cli import DATABASE_FILE
+from quiver.server.storage.database import Database
 from quiver.v1 import vector_stores_pb2
 
 from tests.batch_helpers import (
@@ -107,3 +113,40 @@ async def test_damaged_index_files_are_rebuilt_at_start(
         assert "rebuilding it from SQLite" in proc.log(), name
         # The rebuilt index was saved with a sidecar that vouches for it.
         assert sidecar.exists(), name
+
+
+def _damaged_database(path: Path, how: str) -> None:
+    if how == "random-bytes":
+        path.write_bytes(np.random.default_rng(3).bytes(64 * 1024))
+        return
+    db = Database(path)  # a real database, then its schema page overwritten
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[100:4096] = np.random.default_rng(4).bytes(3996)
+    path.write_bytes(bytes(data))
+    for extra in ("-wal", "-shm"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("how", ["random-bytes", "schema-page"])
+def test_a_damaged_database_stops_the_server_with_one_line(tmp_path: Path, how: str) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    database = data_dir / DATABASE_FILE
+    _damaged_database(database, how)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "quiver.server.cli", "serve"),
+            *("--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data_dir)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"quiver serve: the database {database} is unusable")
+    assert "restore it from a backup" in lines[0]
