@@ -24,6 +24,7 @@ from quiver.server.core.errors import (
     QuiverError,
     Unauthenticated,
     Unavailable,
+    disk_full,
 )
 from quiver.server.core.principal import Principal
 from quiver.server.metrics import Metrics
@@ -137,6 +138,11 @@ def _begin(call: _Call, context: aio.ServicerContext[Any, Any], auth: Authentica
 
 async def _fail(call: _Call, context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
     """Aborts the RPC with the status for ``exc`` (raises AbortError, as abort does)."""
+    if not isinstance(exc, QuiverError):
+        full = disk_full(exc)
+        if full is not None:
+            log.warning("disk full in %s: %s", call.method, exc)
+            exc = full
     if isinstance(exc, QuiverError):
         call.code = status_code_of(exc)
         await cast(Any, context).abort_with_status(to_status(exc, call.request_id))
