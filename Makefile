@@ -76,7 +76,8 @@ pytest: dev
 	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
 
 # The randomized search: a fresh seed, FUZZ_SCALE times the examples of every property-based
-# test, each test stopped after FUZZ_TIMEOUT seconds. Add what it finds as an @example.
+# test; the time budget is FUZZ_TIMEOUT seconds per test (one still running then fails: lower
+# FUZZ_SCALE on a slow machine). Add whatever it finds to its test as an @example.
 FUZZ_SCALE ?= 10
 FUZZ_TIMEOUT ?= 900
 FUZZ_TESTS := tests/test_fuzz.py tests/test_filters.py tests/test_chunking.py tests/test_parsing.py
