@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check pytest node-deps go-deps go-client bench soak clean
+.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check pytest fuzz node-deps go-deps go-client bench soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -110,8 +110,20 @@ proto-check: dev
 		|| (echo "committed stubs are stale: run 'make proto'" && exit 1)
 	rm -rf .proto-check
 
+# Hypothesis runs derandomized here (the "ci" profile in tests/conftest.py): the same examples
+# on every run, so a failure comes from the change under test, not from the seed.
 pytest: dev
-	$(PY) -m pytest -q
+	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+
+# The randomized search: a fresh seed, FUZZ_SCALE times the examples of every property-based
+# test; the time budget is FUZZ_TIMEOUT seconds per test (one still running then fails: lower
+# FUZZ_SCALE on a slow machine). Add whatever it finds to its test as an @example.
+FUZZ_SCALE ?= 10
+FUZZ_TIMEOUT ?= 900
+FUZZ_TESTS := tests/test_fuzz.py tests/test_filters.py tests/test_chunking.py tests/test_parsing.py
+fuzz: dev
+	QUIVER_HYPOTHESIS_PROFILE=fuzz QUIVER_FUZZ_SCALE=$(FUZZ_SCALE) \
+		$(PY) -m pytest -q --timeout=$(FUZZ_TIMEOUT) -p no:cacheprovider $(FUZZ_TESTS)
 
 # Every benchmark: prints its figures, writes bench/results/*.json and docs/img/*.png.
 # The ingest corpus wants Debian's linux-doc-6.1 (the kernel's documentation, ~31 MB of text).

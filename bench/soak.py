@@ -34,6 +34,12 @@ workers) outlives it: they die with it (PR_SET_PDEATHSIG).
 The server runs with ``--index-save-interval 2`` (``--index-save-interval``), so kills land
 before, during and after index saves, not only on indexes never saved.
 
+After every third kill (``--damage-every``) one saved index is damaged while the server is
+down, as a failing disk could: neighbour ids pointed out of range (this used to segfault the
+first search), 4 KB of random bytes, a truncated file, or its checksum sidecar removed. The
+restart must refuse it before hnswlib reads it and rebuild it from SQLite; checks (c) then
+find every chunk in the saved index and every file by search.
+
 Prints a summary with PASS/FAIL per check; exits 1 when any check fails.
 """
 
@@ -78,6 +84,7 @@ from quiver.client import (
     VectorStoreFile,
 )
 from quiver.client.types import AttributeValue
+from quiver.server.index import integrity
 from quiver.server.index.hnsw import VectorIndex
 
 from bench.serverproc import free_port
@@ -192,6 +199,7 @@ class Options:
     ingest_workers: int
     log_level: str
     index_save_interval: float
+    damage_every: int
     work_dir: Path | None
     keep: bool
     timeout: float
@@ -878,6 +886,7 @@ class Soak:
     async def chaos(self) -> None:
         """``kills`` SIGKILLs at random moments; returns with the server SERVING again."""
         rng = random.Random(f"{self.options.seed}-chaos")
+        damage_rng = random.Random(f"{self.options.seed}-damage")  # kill times stay as they were
         for i in range(self.options.kills):
             if i > 0 and rng.random() < self.profile.startup_kill_chance:
                 await asyncio.sleep(rng.uniform(0.05, 1.0))  # after the previous start
@@ -887,6 +896,11 @@ class Soak:
                 await asyncio.sleep(rng.uniform(*self.profile.kill_after))
                 moment = await self.pick_moment(rng)
             await self.server.kill(moment, self.in_flight, self.open_batches())
+            every = self.options.damage_every
+            if every and (i + 1) % every == 0:
+                self.server.kills[-1] += "; then " + damage_an_index(
+                    damage_rng, self.server.data_dir / "indexes"
+                )
             self.server.start()
         await self.server.wait_serving(self.profile.start_timeout)
 
@@ -906,6 +920,39 @@ class Soak:
             await asyncio.sleep(rng.uniform(0.0, 0.2))
             return "while batches were processed"
         return "serving"
+
+
+# -- index damage ---------------------------------------------------------------------------------
+
+INDEX_DAMAGE = ("neighbour-ids", "random-4k", "truncated", "no-sidecar")
+
+
+def damage_an_index(rng: random.Random, indexes: Path) -> str:
+    """Damages one saved index while the server is down, as a disk could: the next start must
+    refuse it before hnswlib reads it (damaged links used to segfault the first search) and
+    rebuild it from SQLite; the end checks then find every chunk in it and every file."""
+    saved = sorted(indexes.glob("*.hnsw")) if indexes.exists() else []
+    if not saved:
+        return "no index saved yet to damage"
+    path = rng.choice(saved)
+    how = rng.choice(INDEX_DAMAGE)
+    data = bytearray(path.read_bytes())
+    if how == "neighbour-ids" and len(data) >= integrity.HEADER.size:
+        count, per_element = integrity.HEADER.unpack_from(data)[2:4]
+        for element in range(count):
+            base = integrity.HEADER.size + element * per_element
+            links = int.from_bytes(data[base : base + 2], "little")
+            for j in range(min(links, 64)):
+                at = base + 4 + 4 * j
+                data[at : at + 4] = (0x7FFFFFF0 ^ j).to_bytes(4, "little")
+        path.write_bytes(bytes(data))
+    elif how == "random-4k":
+        path.write_bytes(rng.randbytes(4096))
+    elif how == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        integrity.sidecar_path(path).unlink(missing_ok=True)
+    return f"damaged index {path.name} ({how})"
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -1533,6 +1580,13 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="the server's --index-save-interval: short, so kills land before, during and "
         "after index saves (default 2)",
     )
+    parser.add_argument(
+        "--damage-every",
+        type=int,
+        default=3,
+        help="damage a saved index (flipped links, random bytes, truncation, no sidecar) "
+        "after every Nth kill, before the restart; 0: never (default 3)",
+    )
     parser.add_argument("--work-dir", type=Path, help="where the data dir and log go")
     parser.add_argument("--keep", action="store_true", help="keep the data dir even on PASS")
     parser.add_argument(
@@ -1549,6 +1603,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         ingest_workers=args.ingest_workers,
         log_level=args.log_level,
         index_save_interval=args.index_save_interval,
+        damage_every=args.damage_every,
         work_dir=args.work_dir,
         keep=args.keep,
         timeout=timeout,

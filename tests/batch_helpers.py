@@ -360,6 +360,7 @@ def check_stream(
     sequences = [m.sequence for m in messages]
     assert all(a < b for a, b in itertools.pairwise(sequences)), sequences
     assert messages[-1].file_batch.status in TERMINAL
+    assert messages[-1].file_batch.file_counts.in_progress == 0, "ended with files in progress"
     assert all(m.file_batch.status == B_IN_PROGRESS for m in messages[:-1])
     for m in messages:
         c = m.file_batch.file_counts

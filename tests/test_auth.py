@@ -89,6 +89,36 @@ async def test_bad_on_behalf_of(running: Running) -> None:
     await ok.files.ListFiles(files_pb2.ListFilesRequest(), metadata=ok.metadata)
 
 
+async def test_duplicate_identity_headers_are_refused(running: Running) -> None:
+    """Two authorization or x-on-behalf-of headers: refused, whichever order and even when
+    both copies are valid (before, the last one won: a proxy adding its own header could be
+    overridden by the caller's)."""
+    alice, bob = running.alice.key, running.bob.key
+    cases = [
+        (("authorization", f"Bearer {alice}"), ("authorization", f"Bearer {bob}")),
+        (("authorization", f"Bearer {bob}"), ("authorization", f"Bearer {alice}")),
+        (("authorization", f"Bearer {alice}"), ("authorization", f"Bearer {alice}")),
+        (("authorization", f"Bearer {alice}"), ("authorization", "Bearer qv_nope")),
+        (
+            ("authorization", f"Bearer {alice}"),
+            ("x-on-behalf-of", "user-1"),
+            ("x-on-behalf-of", "user-2"),
+        ),
+    ]
+    for metadata in cases:
+        who = caller(running, metadata)
+        with pytest.raises(aio.AioRpcError) as err:
+            await who.files.ListFiles(files_pb2.ListFilesRequest(), metadata=who.metadata)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+        assert error_info(err.value).reason == "DUPLICATE_METADATA"
+        assert "sent more than once" in (err.value.details() or "")
+        with pytest.raises(aio.AioRpcError) as err:
+            await upload(who, "twice.txt", b"x")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert await list_file_ids(running.alice) == []
+    assert await list_file_ids(running.bob) == []
+
+
 # -- tenancy -------------------------------------------------------------------------------
 
 

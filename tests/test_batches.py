@@ -784,19 +784,29 @@ async def test_deleting_the_store_fails_its_running_batch(running: Running) -> N
     ids = await upload_all(a, docs)
     batch = await create_batch(a, store.id, ids)
     watchers = [start_watch(a, store.id, batch.id) for _ in range(2)]
+    snapshots = []
     for call in watchers:  # both are following before the store goes
         first = await read_message(call)
         assert first is not None and first.type == file_batches_pb2.WATCH_EVENT_TYPE_SNAPSHOT
+        snapshots.append(first)
     await wait_for(lambda: running.server.scheduler.in_flight == 1, within=10)
     deleted = await a.stores.DeleteVectorStore(
         vector_stores_pb2.DeleteVectorStoreRequest(vector_store_id=store.id), metadata=a.metadata
     )
     assert deleted.deleted
-    for call in watchers:
+    for first, call in zip(snapshots, watchers, strict=True):
         rest = await read_to_end(call)
         assert rest, "the watcher got no terminal message"
+        check_stream([first, *rest])
         assert rest[-1].file_batch.status == B_FAILED
-        assert all(m.file_batch.status == B_IN_PROGRESS for m in rest[:-1])
+        # The unfinished files end failed with the batch: none is left counted in progress.
+        assert counts(rest[-1].file_batch.file_counts) == (0, 0, 11, 0, 11)
+        final = final_statuses([first, *rest])
+        assert sorted(final) == sorted(ids)
+        for update in final.values():
+            assert update.status == F_FAILED
+            assert update.last_error.code == "server_error"
+            assert "deleted" in update.last_error.message
     # The in-flight file's result is dropped: no chunks, no index, nothing left behind.
     await wait_for(lambda: running.server.scheduler.in_flight == 0, within=20)
     assert chunk_rows(running.server.settings.data_dir, store.id) == {}

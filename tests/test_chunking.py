@@ -23,6 +23,8 @@ from quiver.server.ingest.chunking import (
     token_windows,
 )
 
+from tests.conftest import examples
+
 STATIC_100_50 = ChunkingParams(max_tokens=100, overlap_tokens=50)
 # Common English words that are one cl100k token both with and without a leading space, so a
 # text of N of them joined by spaces is exactly N tokens.
@@ -104,6 +106,7 @@ def test_token_windows_examples(
     assert token_windows(n, params) == expected
 
 
+@settings(max_examples=examples(100))
 @given(
     n=st.integers(min_value=0, max_value=50_000),
     max_tokens=st.integers(min_value=100, max_value=4096),
@@ -206,7 +209,7 @@ def test_empty_text_has_no_chunks() -> None:
     assert chunk_text("", STATIC_100_50) == []
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(
     st.lists(
         st.from_regex(r"[ab.é😀1][ab \t.é😀1]{0,6}", fullmatch=True),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from tests.rpc_helpers import (
     check_cursor_pagination,
     check_envelope,
     download,
+    error_info,
     error_reason,
     field_violations,
     iter_async,
@@ -425,3 +426,44 @@ async def test_purpose_filter(running: Running) -> None:
     assert (page.ids, page.has_more) == ([made["b1"]], True)
     page = await files_page_lister(a, "batch")(1, "asc", made["b1"], "")
     assert (page.ids, page.has_more) == ([made["b2"]], False)
+
+
+# -- damaged or missing content ------------------------------------------------------------
+
+
+def _blob_path(running: Running, sha256: str) -> Path:
+    return running.server.settings.data_dir / "blobs" / sha256[:2] / sha256
+
+
+async def test_download_checks_the_stored_bytes(running: Running) -> None:
+    """A blob changed on disk (one flipped bit, cut short, grown) or gone: DownloadFile ends
+    with DATA_LOSS naming the file, never INTERNAL and never a clean end over bad bytes."""
+    a = running.alice
+    data = os.urandom(300_000)  # several download pieces
+    damages: dict[str, Callable[[bytes], bytes]] = {
+        "bit-flip": lambda b: b[:200_000] + bytes([b[200_000] ^ 0x01]) + b[200_001:],
+        "first-byte": lambda b: bytes([b[0] ^ 0x80]) + b[1:],
+        "truncated": lambda b: b[:100_000],
+        "grown": lambda b: b + b"x",
+        "empty": lambda b: b"",
+    }
+    for name, damage in damages.items():
+        file = await upload(a, f"{name}.bin", data + name.encode())
+        path = _blob_path(running, file.sha256)
+        path.write_bytes(damage(path.read_bytes()))
+        with pytest.raises(aio.AioRpcError) as err:
+            await download(a, file.id)
+        assert err.value.code() == grpc.StatusCode.DATA_LOSS, name
+        assert file.id in (err.value.details() or ""), name
+        assert error_info(err.value).reason == "CONTENT_DAMAGED", name
+
+    file = await upload(a, "gone.bin", data)
+    _blob_path(running, file.sha256).unlink()
+    with pytest.raises(aio.AioRpcError) as err:
+        await download(a, file.id)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert error_info(err.value).reason == "CONTENT_MISSING"
+    assert "missing" in (err.value.details() or "")
+
+    good = await upload(a, "good.bin", data + b"good")
+    assert (await download(a, good.id))[1] == data + b"good"

@@ -24,7 +24,7 @@ from quiver.server.core.errors import InvalidArgument
 from quiver.server.core.filters import RawFilter, matches, parse_filter
 from quiver.v1 import file_batches_pb2, vector_stores_pb2
 
-from tests.conftest import Running, Tenant
+from tests.conftest import Running, Tenant, examples
 from tests.rpc_helpers import upload, violated_fields
 
 Scalar: TypeAlias = str | float | int | bool
@@ -175,14 +175,14 @@ unit_filters = trees(comparisons((*UNIT_KEYS, "zz"), scalars), depth=4)
 # -- unit: evaluation ----------------------------------------------------------------------
 
 
-@hypothesis_settings(max_examples=1500, deadline=None)
+@hypothesis_settings(max_examples=examples(1500), deadline=None)
 @given(unit_filters, unit_attributes)
 def test_matches_equals_reference(node: FilterDict, attributes: dict[str, Scalar]) -> None:
     parsed = parse_filter(raw(node))
     assert matches(parsed, attributes) == reference(node, attributes)
 
 
-@hypothesis_settings(max_examples=300, deadline=None)
+@hypothesis_settings(max_examples=examples(300), deadline=None)
 @given(unit_filters, st.lists(unit_attributes, min_size=1, max_size=5))
 def test_compounds_combine_their_children(node: FilterDict, many: list[dict[str, Scalar]]) -> None:
     """``and`` of a tree with itself, and ``or`` of the tree alone, agree with the tree."""
@@ -479,7 +479,7 @@ async def test_search_results_satisfy_random_filters(running: Running) -> None:
         return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=60)
 
     @hypothesis_settings(
-        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow]
     )
     @given(server_filters)
     def check(node: FilterDict) -> None:

@@ -48,13 +48,14 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc import aio
-from hypothesis import HealthCheck, Phase, given
+from hypothesis import HealthCheck, Phase, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from quiver.server.config import Settings
 from quiver.v1 import common_pb2, file_batches_pb2, files_pb2, vector_stores_pb2
 
-from tests.conftest import Running, Tenant
+from tests.batch_helpers import poll_batch
+from tests.conftest import PROFILE, Running, Tenant, examples
 from tests.docgen import make_docx, make_pdf
 from tests.rpc_helpers import error_reason, field_violations, upload
 
@@ -93,9 +94,9 @@ TERMINAL_BATCH = frozenset(
 )
 
 # Budgets: the whole module runs in well under 3 minutes on 2 cores.
-STRUCTURED_EXAMPLES = 120
-RAW_EXAMPLES = 100
-FILE_EXAMPLES = 100
+STRUCTURED_EXAMPLES = examples(120)
+RAW_EXAMPLES = examples(100)
+FILE_EXAMPLES = examples(100)
 MEMORY_ROUNDS = 3
 
 WORKER_PEAK_BOUND = 2 * 1024 * MiB
@@ -159,7 +160,7 @@ def fuzz_settings(examples: int, *, shrink: bool = True) -> hypothesis_settings:
         max_examples=examples,
         deadline=None,
         database=None,
-        phases=(Phase.generate, Phase.shrink) if shrink else (Phase.generate,),
+        phases=(Phase.explicit, Phase.generate, *([Phase.shrink] if shrink else [])),
         suppress_health_check=[
             HealthCheck.function_scoped_fixture,
             HealthCheck.too_slow,
@@ -1063,6 +1064,102 @@ async def test_raw_wire_requests_to_every_rpc(running: Running) -> None:
         problem = judge("raw", rpc, code, error, alice, sent)
         assert not problem, f"{problem}\n    sent: {sent!r}"
     await _fuzz_rpcs(running, "raw", RAW_EXAMPLES, raw_st)
+
+
+# -- what the fuzzers found, kept as explicit examples --------------------------------------
+#
+# A randomized run (`make fuzz`) that finds a failing request adds it here as an @example of
+# a test over the field it broke, so every `make test` checks it again, whatever the seed.
+
+FIELD_RPCS = {r.name: r for r in RPCS}
+
+
+def test_make_test_runs_hypothesis_derandomized() -> None:
+    """`make test` (profile "ci"): fixed examples, no database carried between runs; a
+    failure prints its replay blob. The found examples below run in every profile."""
+    if PROFILE != "ci":
+        pytest.skip(f"the {PROFILE!r} profile is randomized on purpose")
+    current = hypothesis_settings.default
+    assert current is not None
+    assert current.derandomize and current.database is None and current.print_blob
+    assert Phase.explicit in fuzz_settings(1).phases
+
+
+async def _call_field(
+    running: Running, world: World, rpc_name: str, message: Message
+) -> tuple[grpc.StatusCode, list[str]]:
+    rpc = FIELD_RPCS[rpc_name]
+    alice = world.callers[0]
+    sent = sent_message(message)
+    code, error = await invoke(running.channel, rpc, sent, alice.metadata)
+    problem = judge("found", rpc, code, error, alice, sent)
+    assert not problem, f"{problem}\n    sent: {sent!r}"
+    fields = [f for f, _ in field_violations(error)] if error is not None else []
+    return code, fields
+
+
+async def _completed_world(running: Running) -> World:
+    world = await World.create(running)
+    a = world.alice
+    assert (await poll_batch(running.alice, a.store, a.batch)).status == B_COMPLETED
+    return world
+
+
+async def test_found_after_sequence_past_int64(running: Running) -> None:
+    """WatchFileBatch with ``after_sequence`` ≥ 2^63 answered INTERNAL (SQLite integers are
+    signed 64-bit): INVALID_ARGUMENT naming the field."""
+    world = await _completed_world(running)
+    run = on_loop(asyncio.get_running_loop())
+    a = world.alice
+
+    @fuzz_settings(examples(25))
+    @given(after_sequence=st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 10)))
+    @example(after_sequence=2**63)
+    @example(after_sequence=2**64 - 1)
+    @example(after_sequence=2**63 - 1)
+    @example(after_sequence=0)
+    def check(after_sequence: int) -> None:
+        request = file_batches_pb2.WatchFileBatchRequest(
+            vector_store_id=a.store, batch_id=a.batch, after_sequence=after_sequence
+        )
+        code, fields = run(_call_field(running, world, "WatchFileBatch", request))
+        if after_sequence < 2**63:
+            assert code == grpc.StatusCode.OK
+        else:
+            assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["after_sequence"])
+
+    await asyncio.to_thread(check)
+
+
+async def test_found_content_page_tokens(running: Running) -> None:
+    """GetVectorStoreFileContent with ``page`` "9"*30, 2^63 or "²" (a digit to str.isdigit,
+    not to int) answered INTERNAL: INVALID_ARGUMENT naming the field; a page past the end of
+    the file is an empty page."""
+    world = await _completed_world(running)
+    run = on_loop(asyncio.get_running_loop())
+    a = world.alice
+
+    @fuzz_settings(examples(25))
+    @given(page=st.one_of(TEXT, st.integers(0, 2**70).map(str)))
+    @example(page="9" * 30)
+    @example(page=str(2**63))
+    @example(page="²")
+    @example(page="٣")
+    @example(page="-1")
+    @example(page=str(2**63 - 1))
+    @example(page="0")
+    @example(page="")
+    def check(page: str) -> None:
+        request = vector_stores_pb2.GetVectorStoreFileContentRequest(
+            vector_store_id=a.store, file_id=a.file, page=page
+        )
+        code, fields = run(_call_field(running, world, "GetVectorStoreFileContent", request))
+        if page == "" or (page.isascii() and page.isdigit() and int(page) < 2**63):
+            assert code == grpc.StatusCode.OK
+        else:
+            assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["page"])
+
+    await asyncio.to_thread(check)
 
 
 # -- 2. adversarial files through the pipeline ---------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
 import time
 from pathlib import Path
@@ -13,6 +15,10 @@ import numpy.typing as npt
 import pytest
 from quiver.server.index import RWLock, VectorIndex
 from quiver.server.index.hnsw import INITIAL_CAPACITY
+from quiver.server.index.integrity import HEADER, CorruptIndex, sidecar_path
+from quiver.server.index.manager import IndexManager
+
+from tests.tmpfs import fill, small_tmpfs
 
 DIM = 64
 Matrix = npt.NDArray[np.float32]
@@ -75,7 +81,8 @@ def test_save_and_reopen(full_index: VectorIndex, queries: Matrix, tmp_path: Pat
     full_index.mark_deleted([3, 4])
     before = full_index.knn(queries, 10)
     full_index.save()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.hnsw"]  # no .tmp left
+    # No .tmp left; the sidecar vouches for the file.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.hnsw", "store.hnsw.json"]
 
     reopened = VectorIndex.open(tmp_path / "store.hnsw", DIM, ef_search=200)
     assert reopened.ef_search == 200
@@ -89,11 +96,9 @@ def test_save_and_reopen(full_index: VectorIndex, queries: Matrix, tmp_path: Pat
 
 def test_hnswlib_resets_ef_on_load(tmp_path: Path) -> None:
     """Why ``open`` sets ef again: hnswlib's ``load_index`` forgets it."""
-    raw = hnswlib.Index(space="cosine", dim=8)
-    raw.init_index(max_elements=10)
-    raw.add_items(unit_vectors(5, 8), np.arange(5))
-    raw.set_ef(77)
-    raw.save_index(str(tmp_path / "raw.bin"))
+    saved = VectorIndex.open(tmp_path / "raw.bin", 8, ef_search=77)
+    saved.add(np.arange(5), unit_vectors(5, 8))
+    saved.save()
     loaded = hnswlib.Index(space="cosine", dim=8)
     loaded.load_index(str(tmp_path / "raw.bin"))
     assert loaded.ef == 10
@@ -114,17 +119,131 @@ def test_open_rejects_wrong_dimension_and_clears_stale_tmp(tmp_path: Path) -> No
     assert VectorIndex.open(path, 16).labels().tolist() == [1]
 
 
-def test_open_rejects_damaged_files(tmp_path: Path) -> None:
-    index = VectorIndex.open(tmp_path / "good.hnsw", 16)
-    index.add(np.arange(200), unit_vectors(200, 16))
+def small_saved_index(path: Path, n: int = 200, dim: int = 16) -> VectorIndex:
+    index = VectorIndex.open(path, dim)
+    index.add(np.arange(n), unit_vectors(n, dim))
+    index.mark_deleted([7])
     index.save()
-    data = (tmp_path / "good.hnsw").read_bytes()
-    (tmp_path / "truncated.hnsw").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RuntimeError, match="corrupted"):
-        VectorIndex.open(tmp_path / "truncated.hnsw", 16)
-    (tmp_path / "short.hnsw").write_bytes(data[:20])
-    with pytest.raises(ValueError, match="too short"):
-        VectorIndex.open(tmp_path / "short.hnsw", 16)
+    return index
+
+
+def break_links(data: bytes) -> bytes:
+    """Every level-0 neighbour id pointed far past the last element: hnswlib loads the file
+    and its first search reads outside its memory (a segfault)."""
+    out = bytearray(data)
+    (_, _, count, per_element, *_rest) = HEADER.unpack_from(out)
+    for element in range(count):
+        base = HEADER.size + element * per_element
+        (links,) = struct.unpack_from("<H", out, base)
+        for j in range(links):
+            struct.pack_into("<I", out, base + 4 + 4 * j, 0x7FFFFFF0 ^ j)
+    return bytes(out)
+
+
+def break_link_counts(data: bytes) -> bytes:
+    out = bytearray(data)
+    (_, _, count, per_element, *_rest) = HEADER.unpack_from(out)
+    for element in range(count):
+        struct.pack_into("<H", out, HEADER.size + element * per_element, 0xFFFF)
+    return bytes(out)
+
+
+DAMAGE = {
+    "neighbour-ids": (break_links, "sha256"),
+    "link-counts": (break_link_counts, "sha256"),
+    "random-4k": (lambda data: np.random.default_rng(9).bytes(4096), "bytes"),
+    "truncated": (lambda data: data[: len(data) // 2], "bytes"),
+    "header-only": (lambda data: data[:20], "bytes"),
+    "empty": (lambda data: b"", "bytes"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_open_refuses_a_damaged_file_before_hnswlib_reads_it(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "store.hnsw"
+    small_saved_index(path)
+    change, message = DAMAGE[damage]
+    path.write_bytes(change(path.read_bytes()))
+    with pytest.raises(CorruptIndex, match=message):
+        VectorIndex.open(path, 16)
+
+
+def test_open_refuses_an_index_without_its_sidecar(tmp_path: Path) -> None:
+    """An index saved by an older version (no sidecar) is not trusted: it is rebuilt."""
+    path = tmp_path / "store.hnsw"
+    small_saved_index(path)
+    sidecar_path(path).unlink()
+    with pytest.raises(CorruptIndex, match="no checksum file"):
+        VectorIndex.open(path, 16)
+    path.write_bytes(b"")
+    sidecar_path(path).write_text("{not json")
+    with pytest.raises(CorruptIndex, match="unreadable"):
+        VectorIndex.open(path, 16)
+
+
+def test_open_checks_the_labels_against_the_sidecar(tmp_path: Path) -> None:
+    path = tmp_path / "store.hnsw"
+    small_saved_index(path)
+    sidecar = json.loads(sidecar_path(path).read_text())
+    sidecar_path(path).write_text(json.dumps({**sidecar, "labels_sha256": "0" * 64}))
+    with pytest.raises(CorruptIndex, match="labels"):
+        VectorIndex.open(path, 16)
+    sidecar_path(path).write_text(json.dumps({**sidecar, "deleted_count": 0}))
+    with pytest.raises(CorruptIndex, match="deleted"):
+        VectorIndex.open(path, 16)
+    sidecar_path(path).write_text(json.dumps(sidecar))
+    assert VectorIndex.open(path, 16).live_count == 199
+
+
+def test_a_save_on_a_full_disk_keeps_the_previous_index(tmp_path: Path) -> None:
+    """hnswlib writes a truncated file on a full disk and says nothing: the save checks what
+    was written and refuses to rename it over the good index."""
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        path = disk / "store.hnsw"
+        index = small_saved_index(path, n=100, dim=64)
+        before = index.knn(unit_vectors(3, 64, seed=5), 5)
+        saved = (path.read_bytes(), sidecar_path(path).read_bytes())
+        index.add(np.arange(100, 1100), unit_vectors(1000, 64, seed=3))  # ~0.5 MB more
+        fill(disk, leave=64 * 1024)
+        with pytest.raises((CorruptIndex, OSError)):
+            index.save()
+        assert (path.read_bytes(), sidecar_path(path).read_bytes()) == saved
+        assert sorted(p.name for p in disk.iterdir()) == [
+            "ballast",
+            "store.hnsw",
+            "store.hnsw.json",
+        ]
+        reopened = VectorIndex.open(path, 64)
+        assert reopened.live_count == 99
+        after = reopened.knn(unit_vectors(3, 64, seed=5), 5)
+        np.testing.assert_array_equal(after[0], before[0])
+        (disk / "ballast").unlink()
+        index.save()  # space is back: the next save goes through
+        assert VectorIndex.open(path, 64).live_count == 1099
+
+
+def test_reconcile_rebuilds_a_damaged_index_from_the_stored_vectors(tmp_path: Path) -> None:
+    vectors = unit_vectors(300, 16, seed=4)
+    stored = np.arange(300, dtype=np.int64)
+    manager = IndexManager(tmp_path, m=16, ef_construction=200, ef_search=400)
+    manager.reconcile("vs_a", 16, stored, lambda ids: vectors[ids])
+    assert manager.save_all() == 0
+    queries = unit_vectors(5, 16, seed=6)
+    before = manager.get("vs_a", 16).knn(queries, 10)
+    for change, _ in DAMAGE.values():
+        path = manager.path_for("vs_a")
+        path.write_bytes(change(path.read_bytes()))
+        again = IndexManager(tmp_path, m=16, ef_construction=200, ef_search=400)
+        report = again.reconcile("vs_a", 16, stored, lambda ids: vectors[ids])
+        assert report.rebuilt and report.added == 300
+        after = again.get("vs_a", 16).knn(queries, 10)
+        np.testing.assert_array_equal(after[0], before[0])
+        assert again.save_all() == 0
+    sidecar_path(manager.path_for("vs_a")).unlink()  # as an older version left it
+    again = IndexManager(tmp_path, m=16, ef_construction=200, ef_search=400)
+    assert again.reconcile("vs_a", 16, stored, lambda ids: vectors[ids]).rebuilt
+    again.drop("vs_a")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_open_missing_file_gives_empty_index(tmp_path: Path) -> None:

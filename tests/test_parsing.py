@@ -21,6 +21,7 @@ from quiver.server.ingest.parsing import (
     parse_document,
 )
 
+from tests.conftest import examples
 from tests.docgen import make_docx, make_pdf
 
 
@@ -351,7 +352,7 @@ def test_text_starting_like_a_magic_is_still_text() -> None:
 # --- robustness -----------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     data=st.one_of(
         st.binary(max_size=2048),

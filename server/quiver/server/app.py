@@ -268,8 +268,7 @@ class QuiverServer:
     async def _save_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.settings.index_save_interval)
-            for index in self.indexes.dirty():
-                await asyncio.to_thread(index.save)
+            await asyncio.to_thread(self.indexes.save_all)
 
     def reload(self) -> None:
         """SIGHUP: re-read the API keys file and the TLS files (at the next handshake)."""

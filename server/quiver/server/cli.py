@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -53,9 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DATABASE_FILE = "quiver.sqlite3"
+"""The database in the data directory (as QuiverServer opens it), named when it is damaged."""
+
+
 async def _serve(settings: config.Settings) -> int:
     server = QuiverServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the start's error is the one to report
+            await server.stop(grace=0)  # closes the worker pool and storage
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeyConfigError) as exc:
         print(f"quiver serve: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.DatabaseError as exc:  # a damaged file, or not SQLite at all
+        print(
+            f"quiver serve: the database {settings.data_dir / DATABASE_FILE} is unusable "
+            f"({exc}); restore it from a backup, or move it away to start with an empty one",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

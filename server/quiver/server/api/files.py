@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -91,8 +92,9 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         self, request: files_pb2.DownloadFileRequest, context: Ctx
     ) -> AsyncIterator[files_pb2.DownloadFileResponse]:
         raise_if(check_id(request.file_id, "file_id", "file-"))
-        file, content = self._files.open_content(current_principal(), request.file_id)
+        content = self._files.open_content(current_principal(), request.file_id)
         with content:
-            yield files_pb2.DownloadFileResponse(file=convert.file_out(file))
-            while piece := content.read(DOWNLOAD_PIECE):
+            yield files_pb2.DownloadFileResponse(file=convert.file_out(content.file))
+            # Read and hashed off the loop; damaged bytes end the stream with DATA_LOSS.
+            while piece := await asyncio.to_thread(content.read, DOWNLOAD_PIECE):
                 yield files_pb2.DownloadFileResponse(data=piece)

@@ -24,6 +24,7 @@ from quiver.server.core.errors import (
     QuiverError,
     Unauthenticated,
     Unavailable,
+    disk_full,
 )
 from quiver.server.core.principal import Principal
 from quiver.server.metrics import Metrics
@@ -36,6 +37,7 @@ else:
 
 OPEN_TENANT = "default"
 MAX_ON_BEHALF_OF = 256
+SINGLE_HEADERS = frozenset({"authorization", "x-on-behalf-of"})
 # Health and reflection expose no tenant data and answer without a key.
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -102,15 +104,33 @@ class QuiverInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 Authenticate = Callable[[dict[str, str]], Principal]
 
 
+def _metadata(context: aio.ServicerContext[Any, Any]) -> tuple[dict[str, str], list[str]]:
+    """The call's text metadata by lower-case key, and the keys among SINGLE_HEADERS sent
+    more than once."""
+    metadata: dict[str, str] = {}
+    repeated: list[str] = []
+    for key, value in context.invocation_metadata() or ():
+        if not isinstance(value, str):
+            continue
+        name = key.lower()
+        if name in metadata and name in SINGLE_HEADERS and name not in repeated:
+            repeated.append(name)
+        metadata[name] = value
+    return metadata, repeated
+
+
 def _begin(call: _Call, context: aio.ServicerContext[Any, Any], auth: Authenticate) -> None:
-    metadata = {
-        k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
-    }
+    metadata, repeated = _metadata(context)
     supplied = metadata.get("x-request-id", "")
     call.request_id = (
         supplied if 0 < len(supplied) <= 128 and supplied.isprintable() else secrets.token_hex(8)
     )
     request_id_var.set(call.request_id)
+    if repeated:  # which copy would win is an accident of ordering: refuse the call
+        raise Unauthenticated(
+            f"'{repeated[0]}' metadata was sent more than once; send it exactly once",
+            reason="DUPLICATE_METADATA",
+        )
     principal = auth(metadata)
     call.tenant = principal.describe()
     principal_var.set(principal)
@@ -118,6 +138,11 @@ def _begin(call: _Call, context: aio.ServicerContext[Any, Any], auth: Authentica
 
 async def _fail(call: _Call, context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
     """Aborts the RPC with the status for ``exc`` (raises AbortError, as abort does)."""
+    if not isinstance(exc, QuiverError):
+        full = disk_full(exc)
+        if full is not None:
+            log.warning("disk full in %s: %s", call.method, exc)
+            exc = full
     if isinstance(exc, QuiverError):
         call.code = status_code_of(exc)
         await cast(Any, context).abort_with_status(to_status(exc, call.request_id))

@@ -33,6 +33,7 @@ from quiver.server.core.principal import Principal
 from quiver.server.core.scheduler import Job
 from quiver.server.core.status_book import StatusBook, batch_from_row
 from quiver.server.core.store_files import StoreFiles, store_file_from_row
+from quiver.server.core.validation import check_sequence
 from quiver.server.core.watch import FileUpdate, WatchHub, WatchMessage, is_terminal
 from quiver.server.storage.pagination import fetch_page
 
@@ -315,6 +316,7 @@ class FileBatches:
     async def watch(
         self, principal: Principal, store_id: str, batch_id: str, after_sequence: int
     ) -> AsyncIterator[WatchMessage]:
+        check_sequence(after_sequence)
         row = self._row(principal, store_id, batch_id)
         batch = batch_from_row(row, self.book.batch_counts(batch_id))
         sequence = int(row["sequence"])

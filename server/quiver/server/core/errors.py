@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from dataclasses import dataclass
 
 
@@ -76,3 +78,33 @@ class Unauthenticated(QuiverError):
 
 class Unavailable(QuiverError):
     reason = "UNAVAILABLE"
+
+
+class DataLoss(QuiverError):
+    """Stored bytes are missing or damaged (they no longer match their checksum)."""
+
+    reason = "DATA_LOSS"
+
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> ResourceExhausted | None:
+    """RESOURCE_EXHAUSTED for an error caused by a full disk (SQLite's SQLITE_FULL "database or
+    disk is full", or OSError ENOSPC/EDQUOT, anywhere in its cause or context), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        full = (
+            isinstance(current, sqlite3.Error)
+            and getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        ) or (isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS)
+        if full:
+            return ResourceExhausted(
+                "the disk holding the server's data directory is full "
+                f"({current}); retry once an operator has freed space",
+                reason="DISK_FULL",
+            )
+        current = current.__cause__ or current.__context__
+    return None

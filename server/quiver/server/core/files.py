@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Callable
-from typing import BinaryIO
 
 from quiver.server.core import ids
 from quiver.server.core.clock import Clock, system_clock
@@ -13,6 +12,7 @@ from quiver.server.core.errors import FieldViolation, InvalidArgument, NotFound,
 from quiver.server.core.models import ListParams, Page, StoredFile
 from quiver.server.core.principal import Principal
 from quiver.server.core.validation import check_filename, check_purpose, raise_if
+from quiver.server.core.verified_content import VerifiedContent, missing
 from quiver.server.storage.blobs import BlobStore, BlobWriter
 from quiver.server.storage.database import Database
 from quiver.server.storage.pagination import fetch_page
@@ -172,6 +172,10 @@ class FileStore:
         if still_used is None:
             self.blobs.delete(file.sha256)
 
-    def open_content(self, principal: Principal, file_id: str) -> tuple[StoredFile, BinaryIO]:
+    def open_content(self, principal: Principal, file_id: str) -> VerifiedContent:
+        """The file's bytes, checked against its size and sha256 as they are read."""
         file = self.get(principal, file_id)
-        return file, self.blobs.open(file.sha256)
+        try:
+            return VerifiedContent(file, self.blobs.open(file.sha256))
+        except FileNotFoundError:
+            raise missing(file) from None

@@ -161,7 +161,7 @@ class Searcher:
         store = self.stores.require_writable(
             principal, store_id, refused="can no longer be searched"
         )
-        self.stores.touch(store_id)
+        self.stores.touch_if_possible(store_id)
         dim = int(store["embedding_dimensions"])
         if dim == 0:  # learned from the embedder's first vectors: none were stored yet
             return []

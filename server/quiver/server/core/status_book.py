@@ -14,6 +14,11 @@ from quiver.server.core.models import BatchStatus, FileBatch, FileCounts, FileSt
 from quiver.server.core.watch import FileUpdate, WatchHub
 from quiver.server.storage.database import Database
 
+BATCH_ENDED = LastError(
+    "server_error",
+    "the batch ended (its vector store was deleted or expired) before this file was processed",
+)
+
 
 def batch_from_row(row: sqlite3.Row, counts: FileCounts) -> FileBatch:
     return FileBatch(
@@ -152,15 +157,41 @@ class StatusBook:
             ),
         )
 
-    def end_batch(self, conn: sqlite3.Connection, batch_id: str, status: BatchStatus) -> None:
-        """Ends a batch that cannot go on (store deleted or expired): a change of its own."""
-        row = conn.execute(
-            "UPDATE file_batches SET status = ?, sequence = sequence + 1 WHERE id = ? RETURNING *",
+    def end_batch(
+        self,
+        conn: sqlite3.Connection,
+        batch_id: str,
+        status: BatchStatus,
+        error: LastError = BATCH_ENDED,
+    ) -> None:
+        """Ends a batch that cannot go on (store deleted or expired): a change of its own.
+
+        Its files still in progress are recorded ``failed`` with ``error`` in the same change,
+        so the terminal message and every later GetFileBatch count none in progress (a file
+        in flight may still settle in its store; the batch's record of it is final).
+        """
+        sequence = conn.execute(
+            "UPDATE file_batches SET status = ?, sequence = sequence + 1 WHERE id = ? "
+            "RETURNING sequence",
             (status.value, batch_id),
         ).fetchone()
-        if row is not None:
-            self._final[batch_id] = (
-                batch_from_row(row, self.batch_counts(batch_id)),
-                row["sequence"],
-            )
-            self._touched.add(batch_id)
+        if sequence is None:
+            return
+        unfinished = conn.execute(
+            "UPDATE batch_files SET status = ?, last_error_code = ?, last_error_message = ?, "
+            "changed_at_sequence = ? WHERE batch_id = ? AND status = ? RETURNING file_id",
+            (
+                FileStatus.FAILED.value,
+                error.code,
+                error.message,
+                sequence[0],
+                batch_id,
+                FileStatus.IN_PROGRESS.value,
+            ),
+        ).fetchall()
+        self._changes.setdefault(batch_id, []).extend(
+            (sequence[0], FileUpdate(r[0], FileStatus.FAILED, error)) for r in unfinished
+        )
+        row = conn.execute("SELECT * FROM file_batches WHERE id = ?", (batch_id,)).fetchone()
+        self._final[batch_id] = (batch_from_row(row, self.batch_counts(batch_id)), sequence[0])
+        self._touched.add(batch_id)

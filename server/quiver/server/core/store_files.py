@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Mapping
 
 import numpy as np
-from quiver.server.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from quiver.server.core.errors import FailedPrecondition, NotFound
 from quiver.server.core.files import FileStore
 from quiver.server.core.models import (
     AttributeValue,
@@ -22,6 +22,7 @@ from quiver.server.core.models import (
 from quiver.server.core.principal import Principal
 from quiver.server.core.scheduler import Job, Scheduler, single_queue
 from quiver.server.core.status_book import StatusBook
+from quiver.server.core.validation import check_page_token
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.index.manager import IndexManager
 from quiver.server.storage.pagination import fetch_page
@@ -211,20 +212,19 @@ class StoreFiles:
     ) -> tuple[builtins.list[str], str]:
         """One page of the file's chunk texts (whole chunks, about ``CONTENT_PAGE_BYTES`` at
         most, at least one) and the token of the next page ("" on the last page)."""
+        start = check_page_token(page)
         row = self._row(principal, store_id, file_id)
         if row["status"] != FileStatus.COMPLETED:
             raise FailedPrecondition(
                 f"file {file_id} is {row['status']}; its content is available once completed",
                 reason="FILE_NOT_COMPLETED",
             )
-        if page and not page.isdigit():
-            raise InvalidArgument.one("page", "must be a next_page token from a previous reply")
         texts: builtins.list[str] = []
         size = 0
         for index, text in self.db.execute(
             "SELECT chunk_index, text FROM chunks WHERE vector_store_id = ? AND file_id = ? "
             "AND chunk_index >= ? ORDER BY chunk_index",
-            (store_id, file_id, int(page or 0)),
+            (store_id, file_id, start),
         ):
             size += len(text.encode("utf-8")) + 8
             if texts and size > CONTENT_PAGE_BYTES:

@@ -234,3 +234,27 @@ def check_id(value: str, field: str, prefix: str) -> list[FieldViolation]:
     if len(value) > 128:
         return [FieldViolation(field, "is longer than 128 characters")]
     return []
+
+
+MAX_SEQUENCE = 2**63 - 1
+"""Sequences and page tokens are SQLite integers (signed 64-bit)."""
+
+
+def check_sequence(value: int, field: str = "after_sequence") -> int:
+    """A sequence from a client (uint64 on the wire), within what the database can hold."""
+    if not 0 <= value <= MAX_SEQUENCE:
+        raise InvalidArgument.one(
+            field, f"must be a sequence from a previous message (0…{MAX_SEQUENCE}), not {value}"
+        )
+    return value
+
+
+def check_page_token(page: str, field: str = "page") -> int:
+    """A ``next_page`` token from a previous reply: "" or a chunk position (ASCII digits)."""
+    if not page:
+        return 0
+    if len(page) > 19 or not (page.isascii() and page.isdigit()) or int(page) > MAX_SEQUENCE:
+        raise InvalidArgument.one(
+            field, f"must be a next_page token from a previous reply, not {page[:40]!r}"
+        )
+    return int(page)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -29,6 +30,8 @@ from quiver.server.core.validation import (
 )
 from quiver.server.storage.database import Database
 from quiver.server.storage.pagination import fetch_page
+
+log = logging.getLogger("quiver.stores")
 
 DAY = 86_400
 
@@ -183,6 +186,14 @@ class VectorStores:
             "UPDATE vector_stores SET last_active_at = ? WHERE id = ?",
             (int(self.clock()), store_id),
         )
+
+    def touch_if_possible(self, store_id: str) -> None:
+        """``touch`` for reads (search): a timestamp that cannot be written (a full disk, a
+        busy database) is logged and skipped; the read goes on."""
+        try:
+            self.touch(store_id)
+        except sqlite3.Error as exc:
+            log.warning("last_active_at of %s not updated: %s", store_id, exc)
 
     # -- writing -------------------------------------------------------------------------
 

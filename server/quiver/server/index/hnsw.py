@@ -11,6 +11,9 @@ hnswlib 0.8 behaviour this module relies on (checked by tests/test_index.py):
   splitting the ranges that fail.
 - ``load_index`` resets ``ef`` to 10 and does not check the dimension, so ``open`` checks
   the dimension stored in the file header and sets ``ef`` again.
+- ``load_index`` trusts the file (damaged links segfault the first search) and
+  ``save_index`` reports no write error: ``open`` and ``save`` go through ``integrity``
+  (a checksum sidecar beside each index, and a check of what was written).
 - ``knn_query`` raises "Cannot return the results in a contiguous 2D array" when it finds
   fewer than k results. With a filter or deletions, hnswlib keeps searching until it holds
   max(ef, k) results or has visited every reachable node, so a larger ef cannot find
@@ -27,7 +30,6 @@ hnswlib's ef is a property of the whole index.
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 import numpy.typing as npt
+from quiver.server.index import integrity
 from quiver.server.index.rwlock import RWLock
 
 Labels = npt.NDArray[np.int64]
@@ -44,9 +47,6 @@ LabelFilter = Callable[[int], bool]
 INITIAL_CAPACITY = 1024
 GROWTH = 1.5
 _DELETED_SCAN_CHUNK = 1024
-# offsetLevel0, max_elements, cur_element_count, size_data_per_element, label_offset,
-# offsetData: the first fields of an hnswlib index file.
-_HEADER = struct.Struct("<6Q")
 _TOO_FEW = "contiguous 2D array"
 
 
@@ -99,24 +99,23 @@ class VectorIndex:
     ) -> VectorIndex:
         """Load the index saved at ``path``, or make an empty one if there is none."""
         path.with_suffix(".tmp").unlink(missing_ok=True)  # left by an interrupted save
+        integrity.sidecar_tmp_path(path).unlink(missing_ok=True)
         if not path.exists():
+            integrity.sidecar_path(path).unlink(missing_ok=True)
             return cls(path, dim, m, ef_construction, ef_search, add_threads)
         index = cls(path, dim, m, ef_construction, ef_search, add_threads, _loading=True)
         index._load()
         return index
 
     def _load(self) -> None:
-        with self.path.open("rb") as f:
-            header = f.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            raise ValueError(f"{self.path} is not an hnswlib index (too short)")
-        _, max_elements, _, _, label_offset, offset_data = _HEADER.unpack(header)
-        stored_dim = (label_offset - offset_data) // np.dtype(np.float32).itemsize
-        if stored_dim != self.dim:
-            raise ValueError(f"{self.path} holds vectors of dim {stored_dim}, not {self.dim}")
-        self._index.load_index(str(self.path), max_elements=max(max_elements, INITIAL_CAPACITY))
+        """Loads ``path`` once it matches its sidecar (hnswlib trusts whatever it reads)."""
+        sidecar, header = integrity.verify_file(self.path, self.dim)
+        self._index.load_index(
+            str(self.path), max_elements=max(header.max_elements, INITIAL_CAPACITY)
+        )
         self._index.set_ef(self._ef_search)
         self._resync()
+        integrity.verify_labels(self.path, sidecar, self._all, len(self._deleted))
 
     def _resync(self) -> None:
         """Recompute the label and deleted sets from hnswlib."""
@@ -331,14 +330,38 @@ class VectorIndex:
     # -- persistence -----------------------------------------------------------------------
 
     def save(self) -> None:
-        """Write the index to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
+        """Write the index to ``path`` atomically, with its sidecar.
+
+        hnswlib writes a temp file; its length is checked against hnswlib's layout (a full
+        disk leaves it short, silently), it is hashed and fsynced, the sidecar is written and
+        fsynced, then both are renamed into place and the directory is fsynced. A failure
+        leaves the previous index and sidecar as they were and raises (``CorruptIndex`` or
+        ``OSError``). A crash between the two renames leaves a pair that does not match: the
+        next load refuses it and the index is rebuilt from SQLite.
+        """
         tmp = self.path.with_suffix(".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._save_lock, self._lock.read():
-            self._index.save_index(str(tmp))
-            with tmp.open("rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            sidecar_tmp: Path | None = None
+            try:
+                self._index.save_index(str(tmp))
+                size, digest = integrity.check_written(tmp)
+                sidecar = integrity.Sidecar(
+                    format=integrity.FORMAT,
+                    size=size,
+                    sha256=digest,
+                    dim=self.dim,
+                    element_count=int(self._all.size),
+                    deleted_count=len(self._deleted),
+                    labels_sha256=integrity.labels_digest(self._all),
+                )
+                sidecar_tmp = integrity.write_sidecar(self.path, sidecar)
+                os.replace(tmp, self.path)
+                os.replace(sidecar_tmp, integrity.sidecar_path(self.path))
+            finally:
+                tmp.unlink(missing_ok=True)
+                if sidecar_tmp is not None:
+                    sidecar_tmp.unlink(missing_ok=True)
             dir_fd = os.open(self.path.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from quiver.server.index.hnsw import VectorIndex
+from quiver.server.index.integrity import sidecar_path
 
 log = logging.getLogger("quiver.index")
 
@@ -70,7 +71,12 @@ class IndexManager:
     def drop(self, store_id: str) -> None:
         self._open.pop(store_id, None)
         self._dirty.discard(store_id)
-        self.path_for(store_id).unlink(missing_ok=True)
+        self._forget_files(store_id)
+
+    def _forget_files(self, store_id: str) -> None:
+        path = self.path_for(store_id)
+        path.unlink(missing_ok=True)
+        sidecar_path(path).unlink(missing_ok=True)
 
     @property
     def open_count(self) -> int:
@@ -79,29 +85,45 @@ class IndexManager:
     def live_vectors(self) -> int:
         return sum(index.live_count for index in list(self._open.values()))
 
-    def dirty(self) -> list[VectorIndex]:
-        """The indexes changed since their last save (and forgets that they were)."""
-        out = [self._open[s] for s in self._dirty if s in self._open]
-        self._dirty.clear()
-        return out
+    def save_all(self) -> int:
+        """Saves every changed index; returns how many could not be saved.
 
-    def save_all(self) -> None:
-        for index in self.dirty():
-            index.save()
+        A save that fails (a full disk, a write that did not verify) leaves the previous file
+        in place, is logged, and the index stays changed so the next save tries again.
+        """
+        failed = 0
+        for store_id in list(self._dirty):
+            self._dirty.discard(store_id)
+            index = self._open.get(store_id)
+            if index is None:
+                continue
+            try:
+                index.save()
+            except Exception as exc:  # never lose the saver over one index
+                failed += 1
+                self._dirty.add(store_id)
+                log.warning(
+                    "index not saved (the previous one is kept; retried at the next save): %s",
+                    exc,
+                    extra={"store": store_id},
+                )
+        return failed
 
     def reconcile(
         self, store_id: str, dim: int, stored: npt.NDArray[np.int64], load: VectorLoader
     ) -> ReconcileReport:
         """Makes the index hold exactly the chunk ids in SQLite (``stored``).
 
-        A missing or unreadable index file is rebuilt from the stored vectors.
+        A missing index file, or one that fails its checks (damaged, truncated, without a
+        checksum sidecar, of another dimension) or that hnswlib cannot load, is rebuilt from
+        the stored vectors.
         """
         rebuilt = not self.path_for(store_id).exists()
         try:
             index = self.get(store_id, dim)
-        except (ValueError, RuntimeError) as exc:
-            log.warning("index of %s is unreadable (%s): rebuilding it", store_id, exc)
-            self.path_for(store_id).unlink(missing_ok=True)
+        except Exception as exc:  # whatever the file holds, SQLite has the truth
+            log.warning("index of %s is unusable (%s): rebuilding it from SQLite", store_id, exc)
+            self._forget_files(store_id)
             self._open.pop(store_id, None)
             index, rebuilt = self.get(store_id, dim), True
         held = index.labels()

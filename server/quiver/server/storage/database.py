@@ -91,5 +91,7 @@ class Database:
             self._readers.clear()
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            pass  # e.g. a full disk: the WAL is kept and checkpointed at the next start
         finally:
             self.conn.close()
