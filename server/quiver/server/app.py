@@ -114,6 +114,7 @@ class QuiverServer:
             self.processing.process,
             max_in_flight=settings.ingest_workers,
             max_queued=settings.max_queued_files,
+            max_queued_per_tenant=settings.max_queued_files_per_tenant,
         )
         self.processing.scheduler = self.scheduler
         self.store_files = StoreFiles(

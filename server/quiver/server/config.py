@@ -24,6 +24,7 @@ class Settings:
     log_level: str = "info"
     ingest_workers: int = max(1, (os.cpu_count() or 2))
     max_queued_files: int = 100_000
+    max_queued_files_per_tenant: int = 25_000
     file_timeout: float = 300.0
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0
@@ -51,6 +52,8 @@ _HELP: dict[str, str] = {
     "ingest_workers": "worker processes that parse, chunk and embed files",
     "max_queued_files": "files waiting for ingest before CreateFileBatch answers "
     "RESOURCE_EXHAUSTED",
+    "max_queued_files_per_tenant": "files of one tenant waiting for ingest before its "
+    "CreateFileBatch answers RESOURCE_EXHAUSTED (so one tenant cannot fill the whole queue)",
     "file_timeout": "seconds one file may take in a worker before it fails with server_error",
     "embedding_dimensions": "default vector dimension of the 'hash' embedder",
     "index_save_interval": "seconds between saves of changed indexes (also saved at stop)",

@@ -82,7 +82,7 @@ class FileBatches:
                 return self.get(principal, store_id, existing["id"])
         store = self.stores.require_writable(principal, store_id)
         self.require_files(principal, [f.file_id for f in files])
-        self.scheduler.check_room(len(files))
+        self.scheduler.check_room(principal.tenant, len(files))
         batch_id = ids.new_id(ids.FILE_BATCH)
         now = int(self.stores.clock())
         jobs: list[Job] = []
