@@ -27,6 +27,7 @@ from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.store_files import StoreFiles
+from quiver.server.core.upload_slots import UploadSlots
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.core.watch import WatchHub
 from quiver.server.embedders.base import Embedder
@@ -36,6 +37,7 @@ from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
+from quiver.server.transport_options import server_options
 from quiver.v1 import (
     file_batches_pb2,
     file_batches_pb2_grpc,
@@ -88,6 +90,9 @@ class QuiverServer:
         self.hub = WatchHub()
         self.book = StatusBook(self.db, self.hub)
         self.files = FileStore(self.db, self.blobs, max_file_bytes=settings.max_file_bytes)
+        self.uploads = UploadSlots(
+            max_total=settings.max_uploads, max_per_tenant=settings.max_uploads_per_tenant
+        )
         choice = EmbedderChoice(settings.embedding_dimensions, settings.openai_base_url)
         self.stores = VectorStores(self.db, choice.resolve)
         self.stores.transaction = self.book.transaction
@@ -167,13 +172,11 @@ class QuiverServer:
     async def start(self) -> int:
         started = time.perf_counter()
         await self.pool.start()
-        options = [
-            ("grpc.max_receive_message_length", self.settings.max_message_bytes),
-            ("grpc.max_send_message_length", self.settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
+        options = server_options(self.settings)
         server = aio.server(interceptors=[self.interceptor], options=options)
-        files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(self.files), server)
+        files_pb2_grpc.add_FileServiceServicer_to_server(
+            FileServicer(self.files, self.uploads, self.settings.upload_idle_timeout), server
+        )
         vector_stores_pb2_grpc.add_VectorStoreServiceServicer_to_server(
             VectorStoreServicer(self.stores, self.store_files, self.batches, self.searcher), server
         )

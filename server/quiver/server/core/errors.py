@@ -62,3 +62,7 @@ class Unauthenticated(QuiverError):
 
 class Unavailable(QuiverError):
     reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(QuiverError):
+    reason = "DEADLINE_EXCEEDED"
