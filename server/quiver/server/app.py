@@ -87,7 +87,10 @@ class QuiverServer:
         data.mkdir(parents=True, exist_ok=True)
         self.db = Database(data / "quiver.sqlite3")
         self.blobs = BlobStore(data / "blobs")
-        self.hub = WatchHub()
+        self.hub = WatchHub(
+            max_watchers=settings.max_watchers,
+            max_watchers_per_tenant=settings.max_watchers_per_tenant,
+        )
         self.book = StatusBook(self.db, self.hub)
         self.files = FileStore(self.db, self.blobs, max_file_bytes=settings.max_file_bytes)
         self.uploads = UploadSlots(

@@ -23,6 +23,8 @@ class Settings:
     upload_idle_timeout: float = 30.0
     max_uploads: int = 64
     max_uploads_per_tenant: int = 16
+    max_watchers: int = 1000
+    max_watchers_per_tenant: int = 250
     max_concurrent_streams: int = 128
     max_connections: int = 1000
     keepalive_time: float = 60.0
@@ -63,6 +65,10 @@ _HELP: dict[str, str] = {
     "RESOURCE_EXHAUSTED",
     "max_uploads_per_tenant": "UploadFile streams one tenant may have open at once; more answer "
     "RESOURCE_EXHAUSTED",
+    "max_watchers": "WatchFileBatch streams open at once, all tenants together; more answer "
+    "RESOURCE_EXHAUSTED",
+    "max_watchers_per_tenant": "WatchFileBatch streams one tenant may have open at once; more "
+    "answer RESOURCE_EXHAUSTED",
     "max_concurrent_streams": "HTTP/2 streams (calls) one connection may have open at once; "
     "clients queue the rest",
     "max_connections": "client connections open at once; more are closed as they arrive",

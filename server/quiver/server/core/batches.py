@@ -279,7 +279,11 @@ class FileBatches:
                 (batch_id, after_sequence if after_sequence else -1),
             )
         ]
-        follower = None if is_terminal(batch.status) else self.hub.follow(batch, sequence)
+        follower = (
+            None
+            if is_terminal(batch.status)
+            else self.hub.follow(batch, sequence, principal.tenant)
+        )
         try:
             yield WatchMessage(sequence, True, batch, files)
             if follower is not None:
