@@ -202,18 +202,21 @@ async def scenario(name: str, attack: Callable[[ServerProcess, str], Awaitable[s
 
 
 async def run(uploads: int, large: int, large_mib: int, hanging: int, resets: float) -> None:
-    await scenario(
-        f"a: {uploads} stalled uploads",
-        lambda s, k: stalled_uploads(s.target, k, uploads, 1024),
-    )
-    await scenario(
-        f"b: {large} stalled uploads of one {large_mib} MiB message",
-        lambda s, k: stalled_uploads(s.target, k, large, large_mib * MiB),
-    )
-    await scenario(
-        f"c: {hanging} hanging streams, one connection, no key",
-        lambda s, k: hanging_streams(s.port, hanging),
-    )
+    if uploads:
+        await scenario(
+            f"a: {uploads} stalled uploads",
+            lambda s, k: stalled_uploads(s.target, k, uploads, 1024),
+        )
+    if large:
+        await scenario(
+            f"b: {large} stalled uploads of one {large_mib} MiB message",
+            lambda s, k: stalled_uploads(s.target, k, large, large_mib * MiB),
+        )
+    if hanging:
+        await scenario(
+            f"c: {hanging} hanging streams, one connection, no key",
+            lambda s, k: hanging_streams(s.port, hanging),
+        )
     if resets:
         await scenario(
             f"d: rapid resets for {resets:g} s", lambda s, k: rapid_resets(s.port, resets)
