@@ -38,10 +38,15 @@ def _document(i: int, size: int) -> bytes:
 
 
 async def run(watchers: int, files: int, file_bytes: int) -> None:
-    server = ServerProcess.start()
+    # One tenant (open mode) with many watchers: past the default per-tenant cap on purpose.
+    cap = str(max(watchers, 1000))
+    server = ServerProcess.start("--max-watchers", cap, "--max-watchers-per-tenant", cap)
     try:
         baseline_rss = server.peak_rss_mb()
-        channels = [aio.insecure_channel(server.target) for _ in range(8)]
+        # Eight connections (channels to one target otherwise share one, and a connection
+        # carries at most --max-concurrent-streams calls at once).
+        local = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [aio.insecure_channel(server.target, options=local) for _ in range(8)]
         file_stub = files_pb2_grpc.FileServiceStub(channels[0])
         stores = vector_stores_pb2_grpc.VectorStoreServiceStub(channels[0])
         ids = [

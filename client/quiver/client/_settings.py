@@ -92,12 +92,25 @@ def _pem(value: bytes | str | Path | None, env: str) -> bytes | None:
     return value
 
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
-    # Reconnect soon after a server restart, within the client's own retries.
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-]
+KEEPALIVE_TIME_MS = 30_000
+"""The client pings a quiet connection this often. The server accepts pings every 15 s at
+most (its --min-ping-interval), so these never count as abuse (GOAWAY too_many_pings)."""
+
+
+def channel_options(keepalive_time_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        # The server accepts 4 MiB messages by default; uploads go in 1 MiB pieces.
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Keep pinging through a long quiet call (an upload, a watch), not just twice.
+        ("grpc.http2.max_pings_without_data", 0),
+        # Reconnect soon after a server restart, within the client's own retries.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+
+
+CHANNEL_OPTIONS = channel_options()

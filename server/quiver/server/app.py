@@ -28,6 +28,7 @@ from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.store_files import StoreFiles
+from quiver.server.core.upload_slots import UploadSlots
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.core.watch import WatchHub
 from quiver.server.embedders.base import Embedder
@@ -39,6 +40,7 @@ from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
 from quiver.server.tls import CertificateFiles, TlsConfigError, check_settings
+from quiver.server.transport_options import server_options
 from quiver.v1 import (
     file_batches_pb2,
     file_batches_pb2_grpc,
@@ -104,9 +106,15 @@ class QuiverServer:
         data.mkdir(parents=True, exist_ok=True)
         self.db = Database(data / "quiver.sqlite3")
         self.blobs = BlobStore(data / "blobs")
-        self.hub = WatchHub()
+        self.hub = WatchHub(
+            max_watchers=settings.max_watchers,
+            max_watchers_per_tenant=settings.max_watchers_per_tenant,
+        )
         self.book = StatusBook(self.db, self.hub)
         self.files = FileStore(self.db, self.blobs, max_file_bytes=settings.max_file_bytes)
+        self.uploads = UploadSlots(
+            max_total=settings.max_uploads, max_per_tenant=settings.max_uploads_per_tenant
+        )
         choice = EmbedderChoice(settings.embedding_dimensions, settings.openai_base_url)
         self.stores = VectorStores(self.db, choice.resolve)
         self.stores.transaction = self.book.transaction
@@ -133,6 +141,7 @@ class QuiverServer:
             self.processing.process,
             max_in_flight=settings.ingest_workers,
             max_queued=settings.max_queued_files,
+            max_queued_per_tenant=settings.max_queued_files_per_tenant,
         )
         self.processing.scheduler = self.scheduler
         self.store_files = StoreFiles(
@@ -194,13 +203,11 @@ class QuiverServer:
     async def start(self) -> int:
         started = time.perf_counter()
         await self.pool.start()
-        options = [
-            ("grpc.max_receive_message_length", self.settings.max_message_bytes),
-            ("grpc.max_send_message_length", self.settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
+        options = server_options(self.settings)
         server = aio.server(interceptors=[self.interceptor], options=options)
-        files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(self.files), server)
+        files_pb2_grpc.add_FileServiceServicer_to_server(
+            FileServicer(self.files, self.uploads, self.settings.upload_idle_timeout), server
+        )
         vector_stores_pb2_grpc.add_VectorStoreServiceServicer_to_server(
             VectorStoreServicer(self.stores, self.store_files, self.batches, self.searcher), server
         )

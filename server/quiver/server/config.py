@@ -18,12 +18,26 @@ class Settings:
     api_keys_file: Path | None = None
     api_keys: str = ""
     max_file_bytes: int = 512 * MiB
-    max_message_bytes: int = 16 * MiB
+    max_message_bytes: int = 4 * MiB
     grace_period: float = 10.0
+    upload_idle_timeout: float = 30.0
+    max_uploads: int = 64
+    max_uploads_per_tenant: int = 16
+    max_watchers: int = 1000
+    max_watchers_per_tenant: int = 250
+    max_concurrent_streams: int = 128
+    max_connections: int = 1000
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    min_ping_interval: float = 15.0
+    max_connection_idle: float = 300.0
+    max_connection_age: float = 3600.0
+    max_connection_age_grace: float = 600.0
     drain_delay: float = 0.0
     log_level: str = "info"
     ingest_workers: int = max(1, (os.cpu_count() or 2))
     max_queued_files: int = 100_000
+    max_queued_files_per_tenant: int = 25_000
     file_timeout: float = 300.0
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0
@@ -48,7 +62,30 @@ _HELP: dict[str, str] = {
     "loopback only",
     "api_keys": "hashed API keys inline, same format as the file, comma separated",
     "max_file_bytes": "largest file UploadFile accepts, in bytes",
-    "max_message_bytes": "largest single gRPC message accepted, in bytes",
+    "max_message_bytes": "largest single gRPC message accepted, in bytes (the Python client "
+    "uploads in 1 MiB messages)",
+    "upload_idle_timeout": "seconds an UploadFile stream may send nothing before it ends with "
+    "DEADLINE_EXCEEDED and its temp file is removed",
+    "max_uploads": "UploadFile streams open at once, all tenants together; more answer "
+    "RESOURCE_EXHAUSTED",
+    "max_uploads_per_tenant": "UploadFile streams one tenant may have open at once; more answer "
+    "RESOURCE_EXHAUSTED",
+    "max_watchers": "WatchFileBatch streams open at once, all tenants together; more answer "
+    "RESOURCE_EXHAUSTED",
+    "max_watchers_per_tenant": "WatchFileBatch streams one tenant may have open at once; more "
+    "answer RESOURCE_EXHAUSTED",
+    "max_concurrent_streams": "HTTP/2 streams (calls) one connection may have open at once; "
+    "clients queue the rest",
+    "max_connections": "client connections open at once; more are closed as they arrive",
+    "keepalive_time": "seconds of quiet on a connection before the server pings the client",
+    "keepalive_timeout": "seconds the server waits for that ping's answer before closing the "
+    "connection",
+    "min_ping_interval": "least seconds between a client's keepalive pings the server accepts "
+    "(oftener: GOAWAY too_many_pings); the Python client pings every 30 s",
+    "max_connection_idle": "seconds a connection with no calls stays open",
+    "max_connection_age": "seconds after which a connection is asked to go away (clients "
+    "reconnect), so none holds resources for ever",
+    "max_connection_age_grace": "seconds the calls of a connection past its age get to finish",
     "grace_period": "seconds in-flight RPCs get to finish on SIGTERM/SIGINT",
     "drain_delay": "seconds health reports NOT_SERVING before the server stops accepting "
     "RPCs, so load balancers move away first (set it to your probe interval)",
@@ -56,6 +93,8 @@ _HELP: dict[str, str] = {
     "ingest_workers": "worker processes that parse, chunk and embed files",
     "max_queued_files": "files waiting for ingest before CreateFileBatch answers "
     "RESOURCE_EXHAUSTED",
+    "max_queued_files_per_tenant": "files of one tenant waiting for ingest before its "
+    "CreateFileBatch answers RESOURCE_EXHAUSTED (so one tenant cannot fill the whole queue)",
     "file_timeout": "seconds one file may take in a worker before it fails with server_error",
     "embedding_dimensions": "default vector dimension of the 'hash' embedder",
     "index_save_interval": "seconds between saves of changed indexes (also saved at stop)",

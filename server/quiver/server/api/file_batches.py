@@ -73,6 +73,16 @@ def _watch_out(message: WatchMessage) -> pb.WatchFileBatchResponse:
 class FileBatchServicer(file_batches_pb2_grpc.FileBatchServiceServicer):
     def __init__(self, batches: FileBatches) -> None:
         self._batches = batches
+        # Watchers woken together share one message (the hub builds it once): convert it once.
+        self._last_out: tuple[WatchMessage, pb.WatchFileBatchResponse] | None = None
+
+    def _out(self, message: WatchMessage) -> pb.WatchFileBatchResponse:
+        last = self._last_out
+        if last is not None and last[0] is message:
+            return last[1]
+        out = _watch_out(message)
+        self._last_out = (message, out)
+        return out
 
     async def CreateFileBatch(
         self, request: pb.CreateFileBatchRequest, context: Ctx
@@ -121,6 +131,6 @@ class FileBatchServicer(file_batches_pb2_grpc.FileBatchServiceServicer):
         )
         try:
             async for message in stream:
-                yield _watch_out(message)
+                yield self._out(message)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]

@@ -9,8 +9,10 @@ from typing import Any
 from grpc import aio
 from quiver.server.api import convert
 from quiver.server.api.context import current_principal
-from quiver.server.core.errors import InvalidArgument
+from quiver.server.core.errors import DeadlineExceeded, InvalidArgument
 from quiver.server.core.files import FileStore, Upload
+from quiver.server.core.principal import Principal
+from quiver.server.core.upload_slots import UploadSlots
 from quiver.server.core.validation import check_id, check_list_params, check_purpose, raise_if
 from quiver.v1 import files_pb2, files_pb2_grpc
 
@@ -19,17 +21,44 @@ Ctx = aio.ServicerContext[Any, Any]
 
 
 class FileServicer(files_pb2_grpc.FileServiceServicer):
-    def __init__(self, files: FileStore) -> None:
+    def __init__(self, files: FileStore, slots: UploadSlots, idle_timeout: float) -> None:
         self._files = files
+        self._slots = slots
+        self._idle_timeout = idle_timeout
 
     async def UploadFile(
         self, request_iterator: AsyncIterator[files_pb2.UploadFileRequest], context: Ctx
     ) -> files_pb2.UploadFileResponse:
         principal = current_principal()
+        with self._slots.hold(principal.tenant):
+            return await self._upload(principal, request_iterator, context)
+
+    async def _next(
+        self, messages: AsyncIterator[files_pb2.UploadFileRequest]
+    ) -> files_pb2.UploadFileRequest | None:
+        """The next message, None at the end; DEADLINE_EXCEEDED after the idle timeout."""
+        try:
+            return await asyncio.wait_for(anext(messages), self._idle_timeout)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the upload sent nothing for {self._idle_timeout:g} s "
+                "(--upload-idle-timeout); nothing was stored",
+                reason="UPLOAD_IDLE",
+            ) from None
+
+    async def _upload(
+        self,
+        principal: Principal,
+        request_iterator: AsyncIterator[files_pb2.UploadFileRequest],
+        context: Ctx,
+    ) -> files_pb2.UploadFileResponse:
         upload: Upload | None = None
         finished = False
+        messages = aiter(request_iterator)
         try:
-            async for message in request_iterator:
+            while (message := await self._next(messages)) is not None:
                 if upload is None:
                     upload = self._files.begin_upload(
                         principal, message.filename, message.purpose, message.sha256
@@ -45,8 +74,8 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
                     raise InvalidArgument.one(
                         field, "only the first message of the stream may set it"
                     )
-                if message.data:
-                    upload.write(message.data)
+                if message.data:  # hashing and writing a piece: off the event loop
+                    await asyncio.to_thread(upload.write, message.data)
             if upload is None:
                 raise InvalidArgument.one(
                     "filename", "is required in the first message (the stream was empty)"
@@ -55,7 +84,8 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
             # end of the shutdown grace period) just like one the client finished. A cancelled
             # call can no longer send anything, so try: it fails, and nothing is committed.
             await context.send_initial_metadata(())
-            stored = upload.finish()
+            await asyncio.to_thread(upload.seal)  # sha256 check, fsync, rename
+            stored = upload.record()
             finished = True
             return files_pb2.UploadFileResponse(file=convert.file_out(stored))
         finally:

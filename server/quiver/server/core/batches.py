@@ -134,7 +134,7 @@ class FileBatches:
                 return self.get(principal, store_id, existing["id"])
         store = self.stores.require_writable(principal, store_id)
         self.require_files(principal, [f.file_id for f in files])
-        self.scheduler.check_room(len(files))
+        self.scheduler.check_room(principal.tenant, len(files))
         batch_id = ids.new_id(ids.FILE_BATCH)
         now = int(self.stores.clock())
         jobs: list[Job] = []
@@ -334,7 +334,11 @@ class FileBatches:
                 (batch_id, after_sequence if after_sequence else -1),
             )
         ]
-        follower = None if is_terminal(batch.status) else self.hub.follow(batch, sequence)
+        follower = (
+            None
+            if is_terminal(batch.status)
+            else self.hub.follow(batch, sequence, principal.tenant)
+        )
         try:
             yield WatchMessage(sequence, True, batch, files)
             if follower is not None:

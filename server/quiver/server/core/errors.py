@@ -80,6 +80,10 @@ class Unavailable(QuiverError):
     reason = "UNAVAILABLE"
 
 
+class DeadlineExceeded(QuiverError):
+    reason = "DEADLINE_EXCEEDED"
+
+
 class DataLoss(QuiverError):
     """Stored bytes are missing or damaged (they no longer match their checksum)."""
 

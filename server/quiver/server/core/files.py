@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 from collections.abc import Callable
 
 from quiver.server.core import ids
@@ -35,7 +36,11 @@ def _to_file(row: sqlite3.Row) -> StoredFile:
 
 
 class Upload:
-    """One upload in progress. ``write`` enforces the size limit as bytes arrive."""
+    """One upload in progress. ``write`` enforces the size limit as bytes arrive.
+
+    ``write`` and ``seal`` may run in a worker thread (they hash and fsync); ``abort`` may
+    come from the event loop meanwhile (a cancelled call), so the three take a lock.
+    """
 
     def __init__(
         self,
@@ -51,39 +56,62 @@ class Upload:
         self._purpose = purpose
         self._expected = expected_sha256
         self._writer: BlobWriter = files.blobs.writer()
+        self._lock = threading.Lock()
+        self._aborted = False
 
     def write(self, data: bytes) -> None:
         limit = self._files.max_file_bytes
-        if self._writer.size + len(data) > limit:
-            self.abort()
-            raise ResourceExhausted(
-                f"file is larger than the server's upload limit of {limit} bytes "
-                "(--max-file-bytes)",
-                reason="FILE_TOO_LARGE",
-            )
-        self._writer.write(data)
+        with self._lock:
+            if self._aborted:
+                return
+            if self._writer.size + len(data) > limit:
+                self._abort()
+                raise ResourceExhausted(
+                    f"file is larger than the server's upload limit of {limit} bytes "
+                    "(--max-file-bytes)",
+                    reason="FILE_TOO_LARGE",
+                )
+            self._writer.write(data)
 
     def abort(self) -> None:
+        with self._lock:
+            self._abort()
+
+    def _abort(self) -> None:
+        self._aborted = True
         self._writer.abort()
 
-    def finish(self) -> StoredFile:
-        digest = self._writer.sha256
-        if self._expected is not None and digest != self._expected:
-            self.abort()
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "sha256",
-                        f"the received {self._writer.size} bytes hash to {digest}, "
-                        f"not {self._expected}; nothing was stored",
-                    )
-                ],
-                reason="CHECKSUM_MISMATCH",
-            )
-        self._writer.commit()
+    def seal(self) -> None:
+        """Checks the sha256 and moves the bytes into place (fsync)."""
+        with self._lock:
+            digest = self._writer.sha256
+            if self._expected is not None and digest != self._expected:
+                self._abort()
+                raise InvalidArgument(
+                    [
+                        FieldViolation(
+                            "sha256",
+                            f"the received {self._writer.size} bytes hash to {digest}, "
+                            f"not {self._expected}; nothing was stored",
+                        )
+                    ],
+                    reason="CHECKSUM_MISMATCH",
+                )
+            self._writer.commit()
+
+    def record(self) -> StoredFile:
+        """After ``seal``: the file's row."""
         return self._files._insert(
-            self._principal, self._filename, self._purpose, self._writer.size, digest
+            self._principal,
+            self._filename,
+            self._purpose,
+            self._writer.size,
+            self._writer.sha256,
         )
+
+    def finish(self) -> StoredFile:
+        self.seal()
+        return self.record()
 
 
 class FileStore:

@@ -265,7 +265,7 @@ class Processing:
                 self.book.set_file(conn, row[0], row[1], FileStatus.CANCELLED)
             for row in conn.execute(
                 "UPDATE vector_store_files SET generation = generation + 1 WHERE status = ? "
-                "RETURNING vector_store_id, file_id, generation, batch_id, seq",
+                "RETURNING vector_store_id, file_id, generation, batch_id, seq, tenant",
                 (FileStatus.IN_PROGRESS.value,),
             ).fetchall():
                 # Chunks are only written with `completed`, but be sure: never twice.
@@ -279,6 +279,7 @@ class Processing:
                         row["file_id"],
                         row["generation"],
                         row["batch_id"] or single_queue(row["vector_store_id"], row["file_id"]),
+                        row["tenant"],
                     )
                 )
         return jobs

@@ -1,9 +1,12 @@
-"""The ingest queue: bounded in-flight work, batches served round-robin.
+"""The ingest queue: bounded in-flight work, tenants served round-robin, then their batches.
 
-Each batch (or single store file) has its own queue; the scheduler takes one file from each
-queue in turn, so a 2,000-file batch never starves a 1-file batch. A file that was in the
-pool when a worker died is a *suspect*: it runs again alone, so a second crash is surely
-its own fault.
+Each batch (or single store file) has its own queue, and each tenant its ring of queues. The
+scheduler takes one file from the next tenant in turn, from that tenant's next queue: a
+tenant with six slow batches (or a thousand single files) gets one turn in every round, like
+a tenant with one file, and a 2,000-file batch never starves a 1-file batch of the same
+tenant. The queue is bounded globally and per tenant, so one tenant filling it does not get
+every other tenant refused. A file that was in the pool when a worker died is a *suspect*: it
+runs again alone, so a second crash is surely its own fault.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class Job:
     generation: int
     queue: str
     """The batch id, or ``file:<store>:<file>`` for a file attached on its own."""
+    tenant: str
+    """Whose file it is: the unit of fairness and of the per-tenant queue limit."""
     suspect: bool = False
 
     @property
@@ -44,11 +49,17 @@ class Scheduler:
         *,
         max_in_flight: int,
         max_queued: int,
+        max_queued_per_tenant: int | None = None,
     ) -> None:
         self._process = process
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
-        self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
+        self.max_queued_per_tenant = (
+            max_queued if max_queued_per_tenant is None else max_queued_per_tenant
+        )
+        # tenant -> (queue name -> its jobs); both rings turn: the front is served next.
+        self._tenants: OrderedDict[str, OrderedDict[str, deque[Job]]] = OrderedDict()
+        self._tenant_queued: dict[str, int] = {}
         self._suspects: deque[Job] = deque()
         self._queued = 0
         # Jobs, not keys: a file re-attached while its old job is still in the pool has two
@@ -65,6 +76,9 @@ class Scheduler:
     def queued(self) -> int:
         return self._queued + len(self._suspects)
 
+    def queued_for(self, tenant: str) -> int:
+        return self._tenant_queued.get(tenant, 0)
+
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
@@ -72,7 +86,17 @@ class Scheduler:
     def is_in_flight(self, store_id: str, file_id: str) -> bool:
         return any(job.key == (store_id, file_id) for job in self._in_flight)
 
-    def check_room(self, files: int) -> None:
+    def check_room(self, tenant: str, files: int) -> None:
+        """RESOURCE_EXHAUSTED, naming the limit, unless ``files`` more fit in the queue."""
+        mine = self.queued_for(tenant)
+        if mine + files > self.max_queued_per_tenant:
+            raise ResourceExhausted(
+                f"your files waiting for ingest number {mine} and this request adds {files}; "
+                f"the server's limit per tenant is {self.max_queued_per_tenant} "
+                "(--max-queued-files-per-tenant). Retry when your running batches have "
+                "progressed.",
+                reason="TENANT_INGEST_QUEUE_FULL",
+            )
         if self.queued + files > self.max_queued:
             raise ResourceExhausted(
                 f"the ingest queue holds {self.queued} files and this request adds {files}; "
@@ -85,7 +109,9 @@ class Scheduler:
 
     def enqueue(self, jobs: list[Job]) -> None:
         for job in jobs:
-            self._queues.setdefault(job.queue, deque()).append(job)
+            queues = self._tenants.setdefault(job.tenant, OrderedDict())
+            queues.setdefault(job.queue, deque()).append(job)
+            self._tenant_queued[job.tenant] = self._tenant_queued.get(job.tenant, 0) + 1
         self._queued += len(jobs)
         self._wake.set()
 
@@ -96,14 +122,23 @@ class Scheduler:
     def remove(self, match: Callable[[Job], bool]) -> list[Job]:
         """Takes queued (not in-flight) jobs out; returns them."""
         removed: list[Job] = []
-        for name in list(self._queues):
-            queue = self._queues[name]
-            kept = deque(j for j in queue if not match(j))
-            removed += [j for j in queue if match(j)]
-            if kept:
-                self._queues[name] = kept
-            else:
-                del self._queues[name]
+        for tenant in list(self._tenants):
+            queues = self._tenants[tenant]
+            for name in list(queues):
+                queue = queues[name]
+                gone = [j for j in queue if match(j)]
+                if not gone:
+                    continue
+                removed += gone
+                self._tenant_queued[tenant] -= len(gone)
+                kept = deque(j for j in queue if not match(j))
+                if kept:
+                    queues[name] = kept
+                else:
+                    del queues[name]
+            if not queues:
+                del self._tenants[tenant]
+                self._tenant_queued.pop(tenant, None)
         self._queued -= len(removed)
         suspects = [j for j in self._suspects if match(j)]
         self._suspects = deque(j for j in self._suspects if not match(j))
@@ -119,15 +154,22 @@ class Scheduler:
                 return None  # let the pool drain, then run the suspect alone
             self._exclusive = True
             return self._suspects.popleft()
-        if len(self._in_flight) >= self.max_in_flight or not self._queues:
+        if len(self._in_flight) >= self.max_in_flight or not self._tenants:
             return None
-        name, queue = next(iter(self._queues.items()))
+        tenant, queues = next(iter(self._tenants.items()))
+        name, queue = next(iter(queues.items()))
         job = queue.popleft()
         self._queued -= 1
+        self._tenant_queued[tenant] -= 1
         if queue:
-            self._queues.move_to_end(name)
+            queues.move_to_end(name)
         else:
-            del self._queues[name]
+            del queues[name]
+        if queues:
+            self._tenants.move_to_end(tenant)
+        else:
+            del self._tenants[tenant]
+            del self._tenant_queued[tenant]
         return job
 
     def start(self) -> None:

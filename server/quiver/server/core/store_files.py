@@ -130,7 +130,13 @@ class StoreFiles:
                 batch_id,
             ),
         ).fetchone()
-        job = Job(store_id, file_id, row["generation"], batch_id or single_queue(store_id, file_id))
+        job = Job(
+            store_id,
+            file_id,
+            row["generation"],
+            batch_id or single_queue(store_id, file_id),
+            principal.tenant,
+        )
         return job, stale
 
     def drop_from_index(self, store: sqlite3.Row, chunk_ids: list[int]) -> None:
@@ -148,7 +154,7 @@ class StoreFiles:
     ) -> VectorStoreFile:
         store = self.stores.require_writable(principal, store_id)
         self.files.get(principal, file_id)  # NOT_FOUND for another caller's or no file
-        self.scheduler.check_room(1)
+        self.scheduler.check_room(principal.tenant, 1)
         with self.book.transaction() as conn:
             job, stale = self.attach(
                 conn,

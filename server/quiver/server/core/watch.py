@@ -5,6 +5,14 @@ since the feed opened (bounded: a file changes status a few times at most, and a
 at most 2,000 files). A watcher remembers only the last sequence it sent; when it wakes it
 sends every change it has not sent, folded into one message, so a slow reader costs nothing
 but its place in the log and never holds up processing or other watchers.
+
+A change costs no work per watcher: it is logged, and the feed's watchers are woken once the
+feed has been quiet for a moment that grows with the number of watchers (half a millisecond
+per watcher on the server: 1,000 watchers hear of changes at most twice a second, each time
+of all of them at once). They are woken a slice at a time, so other callers' work runs in
+between, and watchers that wake together share one message. Watchers are capped per tenant
+and in all; a caller past a cap gets RESOURCE_EXHAUSTED naming it. Never-read watchers
+(whose HTTP/2 window is full) hold one message each in the transport and wake no more.
 """
 
 from __future__ import annotations
@@ -13,7 +21,11 @@ import asyncio
 import bisect
 from dataclasses import dataclass, field
 
+from quiver.server.core.errors import ResourceExhausted
 from quiver.server.core.models import BatchStatus, FileBatch, FileStatus, LastError
+
+WAKE_SLICE = 64
+"""Watchers woken per turn of the event loop."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,19 @@ class _Feed:
     seqs: list[int] = field(default_factory=list)
     updates: list[FileUpdate] = field(default_factory=list)
     waiters: set[asyncio.Event] = field(default_factory=set)
+    wake: asyncio.TimerHandle | None = None
+    # Watchers that wake together send the same message: built once, for each last sequence.
+    shared_at: int = -1
+    shared: dict[int, WatchMessage] = field(default_factory=dict)
+
+    def message_after(self, sequence: int) -> WatchMessage:
+        if self.shared_at != self.sequence:
+            self.shared_at, self.shared = self.sequence, {}
+        message = self.shared.get(sequence)
+        if message is None:
+            message = WatchMessage(self.sequence, False, self.batch, self.changes_after(sequence))
+            self.shared[sequence] = message
+        return message
 
     def changes_after(self, sequence: int) -> list[FileUpdate]:
         start = bisect.bisect_right(self.seqs, sequence)
@@ -53,17 +78,28 @@ def is_terminal(status: BatchStatus) -> bool:
 
 
 class WatchHub:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_watchers: int = 1000,
+        max_watchers_per_tenant: int = 250,
+        seconds_per_watcher: float = 0.0005,
+    ) -> None:
+        self.max_watchers = max_watchers
+        self.max_watchers_per_tenant = max_watchers_per_tenant
+        self.seconds_per_watcher = seconds_per_watcher
         self._feeds: dict[str, _Feed] = {}
+        self._tenants: dict[str, int] = {}
+        self._count = 0
 
     @property
     def watcher_count(self) -> int:
-        return sum(len(f.waiters) for f in self._feeds.values())
+        return self._count
 
     def publish(
         self, batch: FileBatch, sequence: int, changes: list[tuple[int, FileUpdate]]
     ) -> None:
-        """Records changes (already committed) and wakes the batch's watchers."""
+        """Records changes (already committed); the batch's watchers hear of them soon."""
         feed = self._feeds.get(batch.id)
         if feed is None:
             return  # nobody watches: the database is the record
@@ -73,39 +109,79 @@ class WatchHub:
                 feed.updates.append(update)
         feed.sequence = max(feed.sequence, sequence)
         feed.batch = batch
-        for waiter in feed.waiters:
-            waiter.set()
+        if feed.wake is None:
+            delay = self._count * self.seconds_per_watcher
+            feed.wake = asyncio.get_running_loop().call_later(delay, self._wake, feed)
 
-    def follow(self, batch: FileBatch, sequence: int) -> _Follower:
+    def _wake(self, feed: _Feed) -> None:
+        feed.wake = None
+        self._wake_slice(list(feed.waiters))
+
+    def _wake_slice(self, waiters: list[asyncio.Event]) -> None:
+        for waiter in waiters[:WAKE_SLICE]:
+            waiter.set()
+        if len(waiters) > WAKE_SLICE:
+            asyncio.get_running_loop().call_soon(self._wake_slice, waiters[WAKE_SLICE:])
+
+    def follow(self, batch: FileBatch, sequence: int, tenant: str) -> _Follower:
         """Starts following from ``sequence`` (what the caller's snapshot covered)."""
+        mine = self._tenants.get(tenant, 0)
+        if mine >= self.max_watchers_per_tenant:
+            raise ResourceExhausted(
+                f"you have {mine} WatchFileBatch streams open, the server's limit per tenant "
+                "(--max-watchers-per-tenant); close some, or poll GetFileBatch",
+                reason="TENANT_WATCHERS_EXHAUSTED",
+            )
+        if self._count >= self.max_watchers:
+            raise ResourceExhausted(
+                f"the server has {self._count} WatchFileBatch streams open, its limit "
+                "(--max-watchers); retry shortly, or poll GetFileBatch",
+                reason="WATCHERS_EXHAUSTED",
+            )
         feed = self._feeds.get(batch.id)
         if feed is None:
             feed = self._feeds[batch.id] = _Feed(sequence=sequence, batch=batch)
-        return _Follower(self, batch.id, feed, sequence)
+        self._tenants[tenant] = mine + 1
+        self._count += 1
+        return _Follower(self, batch.id, feed, sequence, tenant)
 
-    def _release(self, batch_id: str, event: asyncio.Event) -> None:
+    def _release(self, batch_id: str, event: asyncio.Event, tenant: str) -> None:
+        self._count -= 1
+        left = self._tenants[tenant] - 1
+        if left:
+            self._tenants[tenant] = left
+        else:
+            del self._tenants[tenant]
         feed = self._feeds.get(batch_id)
         if feed is None:
             return
         feed.waiters.discard(event)
         if not feed.waiters:
+            if feed.wake is not None:
+                feed.wake.cancel()
             del self._feeds[batch_id]
 
 
 class _Follower:
     """One watcher's cursor on a feed. Use as an async iterator; ends after a terminal state."""
 
-    def __init__(self, hub: WatchHub, batch_id: str, feed: _Feed, sequence: int) -> None:
+    def __init__(
+        self, hub: WatchHub, batch_id: str, feed: _Feed, sequence: int, tenant: str
+    ) -> None:
         self._hub = hub
         self._batch_id = batch_id
         self._feed = feed
         self._last = sequence
+        self._tenant = tenant
+        self._closed = False
         self._event = asyncio.Event()
         feed.waiters.add(self._event)
         self._done = is_terminal(feed.batch.status) and feed.sequence <= sequence
 
     def close(self) -> None:
-        self._hub._release(self._batch_id, self._event)
+        if not self._closed:
+            self._closed = True
+            self._hub._release(self._batch_id, self._event, self._tenant)
 
     def __aiter__(self) -> _Follower:
         return self
@@ -113,11 +189,14 @@ class _Follower:
     async def __anext__(self) -> WatchMessage:
         if self._done:
             raise StopAsyncIteration
-        while self._feed.sequence <= self._last:
-            self._event.clear()
+        # Only a wake of the feed sends: a watcher that was busy sending when changes came
+        # still waits for their wake, so changes are folded for every watcher alike.
+        while True:
             await self._event.wait()
-        feed = self._feed
-        message = WatchMessage(feed.sequence, False, feed.batch, feed.changes_after(self._last))
-        self._last = feed.sequence
-        self._done = is_terminal(feed.batch.status)
+            self._event.clear()
+            if self._feed.sequence > self._last:
+                break
+        message = self._feed.message_after(self._last)
+        self._last = message.sequence
+        self._done = is_terminal(message.batch.status)
         return message
