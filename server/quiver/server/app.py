@@ -32,6 +32,7 @@ from quiver.server.core.watch import WatchHub
 from quiver.server.embedders.base import Embedder
 from quiver.server.embedders.registry import EmbedderSpec, make_embedder
 from quiver.server.index.manager import IndexManager
+from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
@@ -98,7 +99,11 @@ class QuiverServer:
             ef_search=settings.hnsw_ef_search,
         )
         # Created before the gRPC server: workers are separate spawned interpreters.
-        self.pool = IngestPool(settings.ingest_workers, settings.file_timeout)
+        limits = WorkerLimits(
+            memory_bytes=worker_memory_bytes(settings.worker_memory, settings.ingest_workers),
+            parse_seconds=settings.file_parse_seconds,
+        )
+        self.pool = IngestPool(settings.ingest_workers, settings.file_timeout, limits)
         self.metrics = Metrics()
         self.processing = Processing(
             self.db,
