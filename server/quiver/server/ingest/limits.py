@@ -34,6 +34,23 @@ MAX_PDF_PAGES = 5_000
 MAX_PDF_OBJECTS = 1_000_000
 
 
+GUARD_MARGIN = 96 * MiB
+"""The worker fails a file itself (MemoryError) once its address space comes this close to
+the limit: native code (tiktoken) aborts the whole process when an allocation fails."""
+
+
+def vm_size_bytes(pid: int | str = "self") -> int:
+    """A process's mapped address space (VmSize), 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def physical_memory() -> int:
     """Bytes of RAM on this machine (0 if unknown)."""
     try:
@@ -91,6 +108,11 @@ class WorkerLimits:
     @property
     def max_pdf_bytes(self) -> int:
         return self.usable_bytes // PDF_BYTES_PER_FILE_BYTE
+
+    def check_memory(self) -> None:
+        """Raises MemoryError when this process is within GUARD_MARGIN of the limit."""
+        if vm_size_bytes() > self.memory_bytes - GUARD_MARGIN:
+            raise MemoryError
 
     def memory_hint(self) -> str:
         return f"the worker memory limit of {self.memory_mib:,} MiB (--worker-memory)"

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from quiver.server.ingest.limits import WorkerLimits
+from quiver.server.ingest.limits import WorkerLimits, vm_size_bytes
 from quiver.server.ingest.transport import recv_output
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput, out_of_memory_message
-from quiver.server.ingest.worker_process import serve, vm_size_bytes
+from quiver.server.ingest.worker_process import serve
 
 log = logging.getLogger("quiver.ingest")
 
@@ -32,8 +32,9 @@ START_TIMEOUT = 120.0
 """Seconds a new worker may take to import and load the tokenizer (a loaded machine)."""
 SAMPLE_INTERVAL = 0.1
 """Seconds between samples of a busy worker's address space (for telling an OOM death)."""
-NEAR_LIMIT = 0.9
-"""A worker that dies with its address space above this share of the limit died of memory."""
+NEAR_LIMIT = 0.8
+"""A worker that dies with its address space above this share of the limit died of memory
+(native code such as tiktoken's aborts when an allocation fails at the limit)."""
 RESPAWN_DELAY = 1.0
 
 

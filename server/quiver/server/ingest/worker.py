@@ -121,7 +121,9 @@ def _process(job: WorkerInput, limits: WorkerLimits, seconds: dict[str, float]) 
     blocks: list[npt.NDArray[np.float32]] = []
     chunk_seconds = embed_seconds = 0.0
     mark = time.perf_counter()
+    limits.check_memory()
     for group in _groups(iter_chunks(text, params), EMBED_GROUP):
+        limits.check_memory()
         now = time.perf_counter()
         chunk_seconds += now - mark
         group_texts = [c.text for c in group]

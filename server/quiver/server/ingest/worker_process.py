@@ -21,7 +21,7 @@ import signal
 from multiprocessing.connection import Connection
 from types import FrameType
 
-from quiver.server.ingest.limits import MiB, WorkerLimits
+from quiver.server.ingest.limits import MiB, WorkerLimits, vm_size_bytes
 from quiver.server.ingest.parsing import INVALID_FILE
 from quiver.server.ingest.transport import send_output
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput, process, warm_up
@@ -67,18 +67,6 @@ def _disarm() -> None:
     _armed = False
     hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
-
-
-def vm_size_bytes(pid: int) -> int:
-    """The process's mapped address space (VmSize), 0 if unknown."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _limit_memory(limits: WorkerLimits) -> str | None:
