@@ -180,6 +180,22 @@ def _child(conn: Connection, path: str, filename: str, memory_mib: int) -> None:
     )
 
 
+def _so_far(pid: int) -> dict[str, Any]:
+    """Peak RSS and CPU of a worker that is still running (read before it is killed)."""
+    found: dict[str, Any] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    found["peak_rss_mib_so_far"] = int(line.split()[1]) / 1024
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        found["cpu_s_so_far"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
 def measure(path: Path, filename: str, timeout: float, memory_mib: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
@@ -191,7 +207,10 @@ def measure(path: Path, filename: str, timeout: float, memory_mib: int) -> dict[
         while True:
             left = timeout - (time.monotonic() - started)
             if left <= 0 or not ours.poll(left):
-                return {"outcome": f"still running after {timeout:g} s: killed"}
+                return {
+                    **_so_far(process.pid or 0),
+                    "outcome": f"still running after {timeout:g} s: killed",
+                }
             message = ours.recv()
             if message[0] == "output":
                 try:  # drain the output (newer code: several messages)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from html.parser import HTMLParser
@@ -193,3 +195,16 @@ def test_worker_memory_setting() -> None:
     if ram:
         assert auto * 2 <= max(ram // 2, 2 * limits_module.MIN_WORKER_MEMORY)
     assert limits_module.worker_memory_bytes(700, 2) == 700 * MiB
+
+
+def test_serve_refuses_a_worker_memory_below_the_floor(tmp_path: Path) -> None:
+    args = ["serve", "--worker-memory", "100", "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(
+        [sys.executable, "-m", "quiver.client.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--worker-memory 100 MiB is too small" in done.stderr
+    assert "Traceback" not in done.stderr
