@@ -94,3 +94,30 @@ def make_pdf_repeating_page(repeats: int) -> bytes:
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1)
     out += b"startxref\n%d\n%%%%EOF\n" % xref
     return bytes(out)
+
+
+def make_docx_with_xml(xml_bytes: int) -> bytes:
+    """A DOCX (python-docx's package) whose word/document.xml is about ``xml_bytes`` of short
+    paragraphs."""
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(make_docx(["x"])))
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:document '
+        'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>'
+    ]
+    size, i = 0, 0
+    while size < xml_bytes:
+        p = f"<w:p><w:r><w:rPr><w:b/></w:rPr><w:t>paragraph number {i} of many</w:t></w:r></w:p>"
+        parts.append(p)
+        size += len(p)
+        i += 1
+    parts.append("<w:sectPr/></w:body></w:document>")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "word/document.xml":
+                data = "".join(parts).encode()
+            target.writestr(item.filename, data)
+    return out.getvalue()

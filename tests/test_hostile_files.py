@@ -32,7 +32,7 @@ from tests.batch_helpers import (
     watch_to_end,
 )
 from tests.conftest import Running
-from tests.docgen import make_pdf, make_pdf_repeating_page
+from tests.docgen import make_docx_with_xml, make_pdf, make_pdf_repeating_page
 
 
 def _error(data: bytes, filename: str) -> FileProcessingError:
@@ -161,6 +161,39 @@ def test_a_file_that_slips_under_the_caps_fails_alone_at_the_limit(tmp_path: Pat
     assert error is not None and error[0] == INVALID_FILE, error
     assert "(--worker-memory)" in error[1] and "MiB" in error[1]
     assert n_chunks == 0
+
+
+def _parse_docx_under_limit(conn: Connection, path: str, headroom: int) -> None:
+    worker.warm_up()
+    limit = vm_size_bytes() + headroom
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    data = Path(path).read_bytes()
+    try:
+        text = parse_document(data, "big.docx", WorkerLimits(memory_bytes=1 << 40))
+    except (FileProcessingError, MemoryError) as exc:
+        conn.send(repr(exc))
+        return
+    conn.send(text.count("\n") + 1)
+
+
+def test_a_docx_with_much_xml_is_read_as_a_stream(tmp_path: Path) -> None:
+    """20 MB of XML within 120 MiB (through python-docx's tree it needed ~170 MiB and 6 times
+    the CPU)."""
+    path = tmp_path / "big.docx"
+    path.write_bytes(make_docx_with_xml(20_000_000))
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    process = ctx.Process(target=_parse_docx_under_limit, args=(theirs, str(path), 120 * MiB))
+    process.start()
+    theirs.close()
+    try:
+        assert ours.poll(240), "the worker did not answer"
+        answer = ours.recv()
+    finally:
+        process.join(30)
+        process.kill()
+    assert isinstance(answer, int), answer
+    assert answer > 200_000  # one line per paragraph
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ The memory limit is the worker's whole address space (RLIMIT_AS), so it includes
 idle worker already maps (Python, numpy, the tokenizer: about 220 MiB). The caps are set so
 that a file under them fits in what is left: the peak of a text file is about
 `TEXT_BYTES_PER_CHAR` bytes per character of text (the text, its overlapping chunks, their
-vectors and the copy sent back to the server), and python-docx's tree takes about
-`DOCX_BYTES_PER_XML_BYTE` bytes per byte of XML.
+vectors), and reading a DOCX's XML as a stream holds at most about
+`DOCX_BYTES_PER_XML_BYTE` bytes per byte of XML (its text and the parser's buffers).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ IDLE_WORKER_BYTES = 256 * MiB
 """Address space a worker maps before it reads a file (measured: ~220 MiB), rounded up."""
 
 TEXT_BYTES_PER_CHAR = 24
-DOCX_BYTES_PER_XML_BYTE = 48
+DOCX_BYTES_PER_XML_BYTE = 4
 PDF_BYTES_PER_FILE_BYTE = 16
 
 MAX_TEXT_CHARS = 64_000_000
