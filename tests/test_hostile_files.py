@@ -127,6 +127,10 @@ def test_size_caps_follow_from_the_memory_limit() -> None:
     assert caught.value.code == INVALID_FILE
     assert "600 MiB (--worker-memory)" in caught.value.message
     assert parse_document(data, "big.txt", large)
+    # The cap counts characters, not bytes: 3-byte characters under it in number pass.
+    wide = "漢字 " * (small.max_text_chars // 3 - 10)
+    assert len(wide.encode()) > small.max_text_chars
+    assert len(parse_document(wide.encode(), "wide.txt", small)) == len(wide)
 
 
 def _process_under_limit(conn: Connection, path: str, headroom: int) -> None:

@@ -118,12 +118,13 @@ def parse_document(data: bytes, filename: str, limits: WorkerLimits = UNLIMITED)
     return text
 
 
-def check_text_size(chars: int, limits: WorkerLimits) -> None:
+def check_text_size(chars: int, limits: WorkerLimits, *, at_least: bool = False) -> None:
     """A file's text above the cap that follows from the worker's memory fails."""
     if chars > limits.max_text_chars:
         raise FileProcessingError(
             INVALID_FILE,
-            f"the file's text is {chars:,} characters; with {limits.memory_hint()} the "
+            f"the file's text is {'at least ' if at_least else ''}{chars:,} characters; "
+            f"with {limits.memory_hint()} the "
             f"server indexes at most {limits.max_text_chars:,} per file "
             "(split it into several files)",
         )
@@ -145,8 +146,9 @@ def _parse(data: bytes, ext: str, limits: WorkerLimits) -> str:
         raise FileProcessingError(
             INVALID_FILE, "file is named .docx but is not a DOCX (not a zip archive)"
         )
-    # UTF-8 has at least one byte per character, UTF-16 two: reject before decoding.
-    check_text_size(len(data) // (2 if _utf16_codec_without_bom(data) else 1), limits)
+    # No encoding takes more than 4 bytes per character: a file that is surely too long is
+    # refused before decoding it.
+    check_text_size(len(data) // 4, limits, at_least=True)
     text = _decode_text(data)
     if ext in HTML_EXTENSIONS or (ext not in TEXT_EXTENSIONS | JSON_EXTENSIONS and _is_html(text)):
         return html_to_text(text)
