@@ -25,7 +25,7 @@ class Settings:
     ingest_workers: int = max(1, (os.cpu_count() or 2))
     max_queued_files: int = 100_000
     file_timeout: float = 300.0
-    file_parse_seconds: float = 120.0
+    file_parse_seconds: float = 60.0
     worker_memory: int = 0
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0

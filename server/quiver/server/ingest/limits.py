@@ -87,7 +87,7 @@ class WorkerLimits:
     """Picklable; sent to each worker when it starts."""
 
     memory_bytes: int = MAX_DEFAULT_WORKER_MEMORY
-    parse_seconds: float = 120.0
+    parse_seconds: float = 60.0
 
     @property
     def memory_mib(self) -> int:
