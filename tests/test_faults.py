@@ -13,12 +13,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from quiver.server.config import Settings
+from quiver.server.embedders.registry import EmbedderSpec
 from quiver.server.ingest.chunking import ChunkingParams, chunk_text
+from quiver.server.ingest.limits import MiB, WorkerLimits, vm_size_bytes
+from quiver.server.ingest.pool import IngestPool, WorkerOutOfMemory
+from quiver.server.ingest.worker import WorkerInput
+from quiver.server.ingest.worker_process import HEADROOM_AFTER_WARM_UP
 
 from tests.batch_helpers import (
     B_COMPLETED,
@@ -228,6 +234,42 @@ async def test_a_file_past_its_cpu_budget_fails_and_its_worker_goes_on(
     # The worker raised it itself: no restart.
     assert running.server.pool.restarts == 0
     assert running.server.pool.worker_pids() == pids
+
+
+async def test_a_worker_killed_near_its_memory_limit_fails_the_file_as_invalid(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    """As the kernel's OOM killer (or native code failing an allocation) would: the worker
+    holding the file dies with its address space near --worker-memory. The file fails with
+    invalid_file naming the limit (no retry: it would die again); the worker is replaced.
+    The limit is set just above what a warmed-up worker maps, so any death counts."""
+    probe = IngestPool(1, file_timeout=60)
+    await probe.start()
+    (pid,) = probe.worker_pids()
+    mapped = vm_size_bytes(pid)
+    probe.close()
+    limit = mapped + HEADROOM_AFTER_WARM_UP + 16 * MiB
+    pool = IngestPool(1, file_timeout=60, limits=WorkerLimits(memory_bytes=limit))
+    await pool.start()
+    hold = endpoint.hold = threading.Event()
+    try:
+        path = tmp_path / "f.txt"
+        path.write_text("some words to embed")
+        spec = EmbedderSpec("openai:fake-embed", 16, base_url=endpoint.base_url)
+        run = asyncio.ensure_future(pool.run(WorkerInput(str(path), "f.txt", 800, 400, spec)))
+        await wait_for(lambda: endpoint.arrived == 1, within=30)
+        await asyncio.sleep(0.3)  # at least one sample of its address space (every 0.1 s)
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerOutOfMemory) as caught:
+            await run
+        assert f"{limit // MiB:,} MiB (--worker-memory)" in str(caught.value)
+        assert pool.restarts == 1
+        await wait_for(lambda: len(pool.worker_pids()) == 1, within=30)
+        assert pid not in pool.worker_pids()
+    finally:
+        hold.set()
+        pool.close()
 
 
 async def kill_worker_in_flight(running: Running, not_pid: int = 0) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from quiver.server.ingest.limits import WorkerLimits, vm_size_bytes
+from quiver.server.ingest.limits import GUARD_MARGIN, WorkerLimits, vm_size_bytes
 from quiver.server.ingest.transport import recv_output
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput, out_of_memory_message
 from quiver.server.ingest.worker_process import serve
@@ -32,9 +32,10 @@ START_TIMEOUT = 120.0
 """Seconds a new worker may take to import and load the tokenizer (a loaded machine)."""
 SAMPLE_INTERVAL = 0.1
 """Seconds between samples of a busy worker's address space (for telling an OOM death)."""
-NEAR_LIMIT = 0.8
-"""A worker that dies with its address space above this share of the limit died of memory
-(native code such as tiktoken's aborts when an allocation fails at the limit)."""
+NEAR_LIMIT = 2 * GUARD_MARGIN
+"""A worker that dies with its address space this close to the limit died of memory (native
+code such as tiktoken's aborts when an allocation fails at the limit; the worker's own guard
+stops files at GUARD_MARGIN)."""
 RESPAWN_DELAY = 1.0
 
 
@@ -137,7 +138,7 @@ class IngestPool:
                 )
             return recv_output(worker.conn)
         except (EOFError, OSError, WorkerStartFailed):
-            died_of_memory = worker.peak_vm >= NEAR_LIMIT * self.limits.memory_bytes
+            died_of_memory = worker.peak_vm >= self.limits.memory_bytes - NEAR_LIMIT
             self._kill(worker)
             if died_of_memory:
                 raise WorkerOutOfMemory(out_of_memory_message(self.limits)) from None
