@@ -72,7 +72,9 @@ class IngestPool:
         self.limits = limits or WorkerLimits()
         self.restarts = 0
         self._context = multiprocessing.get_context("spawn")
-        # One thread per busy worker plus one per worker being replaced.
+        # One thread per busy worker plus one per worker being replaced. Workers are started
+        # from these threads, which live as long as the pool: PR_SET_PDEATHSIG kills a worker
+        # when the thread that started it ends (so at close, or when the server dies).
         self._threads = ThreadPoolExecutor(2 * workers, thread_name_prefix="quiver-ingest-pool")
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._live: set[_Worker] = set()
