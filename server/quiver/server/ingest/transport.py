@@ -1,8 +1,9 @@
 """A `WorkerOutput` over a worker's pipe, in bounded messages.
 
 The texts go in groups of `TEXT_GROUP` (each a small pickle, so the server never spends long
-unpickling with the GIL held), the token counts and vectors as raw array bytes (read straight
-into their arrays: no pickled copy of the biggest part).
+unpickling with the GIL held), the token counts and vectors as raw array bytes (the vectors
+block by block as the worker embedded them, read straight into one array: no pickled or
+concatenated copy of the biggest part).
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ TEXT_GROUP = 256
 
 def send_output(conn: Connection, output: WorkerOutput) -> None:
     n = len(output.texts)
-    dims = 0 if output.vectors is None or n == 0 else int(output.vectors.shape[1])
+    blocks = output.vector_blocks or ([] if output.vectors is None else [output.vectors])
+    dims = int(blocks[0].shape[1]) if blocks and n else 0
     conn.send((output.error, output.seconds, n, dims))
     if n == 0:
         return
     for start in range(0, n, TEXT_GROUP):
         conn.send(output.texts[start : start + TEXT_GROUP])
     conn.send_bytes(np.asarray(output.token_counts, dtype=np.int64).data)
-    assert output.vectors is not None
-    conn.send_bytes(np.ascontiguousarray(output.vectors, dtype=np.float32).data)
+    for block in blocks:
+        conn.send_bytes(np.ascontiguousarray(block, dtype=np.float32).data)
 
 
 def recv_output(conn: Connection) -> WorkerOutput:
@@ -39,7 +41,10 @@ def recv_output(conn: Connection) -> WorkerOutput:
     token_counts = np.empty(n, dtype=np.int64)
     conn.recv_bytes_into(token_counts.data.cast("B"))
     vectors = np.empty((n, dims), dtype=np.float32)
-    conn.recv_bytes_into(vectors.data.cast("B"))
+    buffer = vectors.data.cast("B")
+    filled = 0
+    while filled < len(buffer):
+        filled += conn.recv_bytes_into(buffer, filled)
     return WorkerOutput(
         texts=texts,
         token_counts=token_counts.tolist(),

@@ -1,6 +1,6 @@
 """What a worker process does with one file: parse → chunk → embed, streamed: chunks are
 made from the text a window at a time and embedded 256 at a time, so only the text, the
-chunks' texts and one float32 array of their vectors are held whole.
+chunks' texts and their float32 vectors (in blocks of 256) are held whole.
 
 Everything here is picklable and free of protobuf, SQLite and the event loop.
 """
@@ -50,6 +50,10 @@ class WorkerOutput:
     texts: list[str] = field(default_factory=list)
     token_counts: list[int] = field(default_factory=list)
     vectors: npt.NDArray[np.float32] | None = None
+    vector_blocks: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    """In a worker: the vectors as embedded, a block per group of chunks, sent to the server
+    one by one (no whole-file copy); the server receives them as `vectors`."""
+
     error: tuple[str, str] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -136,10 +140,10 @@ def _process(job: WorkerInput, limits: WorkerLimits, seconds: dict[str, float]) 
     seconds["chunk"] = chunk_seconds
     if not texts:
         return WorkerOutput(error=(INVALID_FILE, "file has no text"), seconds=seconds)
-    vectors = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-    del blocks
     seconds["embed"] = embed_seconds
-    return WorkerOutput(texts=texts, token_counts=token_counts, vectors=vectors, seconds=seconds)
+    return WorkerOutput(
+        texts=texts, token_counts=token_counts, vector_blocks=blocks, seconds=seconds
+    )
 
 
 def _groups(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
