@@ -102,8 +102,8 @@ class IngestPool:
             live = list(self._live)
             self._live.clear()
         for worker in live:
+            # Not its pipe: a pool thread may be polling it; it sees the pipe end and reaps.
             worker.process.kill()
-            worker.conn.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     # -- one file ------------------------------------------------------------------------------
