@@ -234,3 +234,33 @@ def test_one_giant_line_is_cut_and_still_encoded() -> None:
     assert len(chunking._segments(text)) == 4
     assert sum(len(s) for s in chunking._segments(text)) == len(text)
     assert chunking.count_tokens(text) > 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.from_regex(r"[ab.é😀1][ab \t.é😀1]{0,6}", fullmatch=True), min_size=0, max_size=80),
+    st.integers(min_value=1, max_value=40),
+    st.floats(min_value=0, max_value=0.9),
+)
+def test_streamed_chunks_equal_windows_of_the_whole_text(
+    lines: list[str], max_tokens: int, overlap_share: float
+) -> None:
+    """The chunker holds only a window's worth of tokens across segments; its chunks are
+    still exactly the token windows of the whole text, decoded."""
+    text = "\n".join(lines)
+    params = ChunkingParams(max_tokens, min(max_tokens - 1, int(max_tokens * overlap_share)))
+    old = chunking.SEGMENT_CHARS
+    chunking.SEGMENT_CHARS = 16
+    try:
+        tokens = chunking.encode(text)
+        chunks = chunk_text(text, params)
+    finally:
+        chunking.SEGMENT_CHARS = old
+    encoding = get_encoding()
+    windows = token_windows(len(tokens), params)
+    assert [(c.index, c.token_start, c.token_count) for c in chunks] == [
+        (i, start, end - start) for i, (start, end) in enumerate(windows)
+    ]
+    assert [c.text for c in chunks] == [
+        encoding.decode(tokens[start:end], errors="replace") for start, end in windows
+    ]

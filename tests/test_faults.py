@@ -4,6 +4,7 @@ rate-limits or fails."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,12 +13,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from quiver.server.config import Settings
+from quiver.server.embedders.registry import EmbedderSpec
 from quiver.server.ingest.chunking import ChunkingParams, chunk_text
+from quiver.server.ingest.limits import MiB, WorkerLimits, vm_size_bytes
+from quiver.server.ingest.pool import IngestPool, WorkerOutOfMemory
+from quiver.server.ingest.worker import WorkerInput
+from quiver.server.ingest.worker_process import HEADROOM_AFTER_WARM_UP
 
 from tests.batch_helpers import (
     B_COMPLETED,
@@ -53,8 +60,15 @@ class Endpoint:
     retry_after: str | None = None
     requests: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    hold: threading.Event | None = None
+    """When set to an event, every request waits for it before it is answered."""
+    arrived: int = 0
 
     def answer(self, body: dict[str, Any]) -> int:
+        with self.lock:
+            self.arrived += 1
+        if self.hold is not None:
+            self.hold.wait(timeout=60)
         with self.lock:
             if self.always is not None:
                 status = self.always
@@ -135,8 +149,8 @@ def settings(settings: Settings, overrides: dict[str, Any], endpoint: Endpoint) 
 
 @pytest.mark.parametrize("overrides", [{"file_timeout": 1.0, "ingest_workers": 1}])
 async def test_a_file_past_the_timeout_fails_and_others_complete(running: Running) -> None:
-    """One worker: the small files run after the timeout, in the rebuilt pool. (The timeout
-    also covers starting a worker in a rebuilt pool, about 0.3 s here, so it is 1 s.)"""
+    """One worker: the small files run after the timeout, in the replacement worker (whose
+    start-up does not count against their timeout). The file's fault: invalid_file."""
     a = running.alice
     store = await create_store(a)
     huge = (prose(1, 100_000) * 300).encode()  # ~30 MB: some 20 s of work
@@ -149,14 +163,113 @@ async def test_a_file_past_the_timeout_fails_and_others_complete(running: Runnin
     updates = final_statuses(messages)
     huge_update = updates[ids[0]]
     assert huge_update.status == F_FAILED
-    assert huge_update.last_error.code == "server_error"
-    assert "timeout" in huge_update.last_error.message
-    assert "1 s" in huge_update.last_error.message
+    assert huge_update.last_error.code == "invalid_file"
+    assert "took longer than 1 s" in huge_update.last_error.message
+    assert "--file-timeout" in huge_update.last_error.message
     for file_id in ids[1:]:
         assert updates[file_id].status == F_COMPLETED, updates[file_id].last_error
     assert counts(messages[-1].file_batch.file_counts) == (0, 5, 1, 0, 6)
     assert running.server.pool.restarts == 1
     assert (await get_file(a, store.id, ids[0])).last_error == huge_update.last_error
+
+
+@pytest.mark.parametrize("overrides", [{"file_timeout": 6.0, "ingest_workers": 2}])
+async def test_a_timeout_stops_only_the_worker_that_holds_the_file(
+    running: Running, endpoint: Endpoint
+) -> None:
+    """The slow file times out on one worker while another file is in flight on the other
+    (held by the embedding endpoint): only the slow file's worker is replaced; the other
+    file completes, once (not re-run as a suspect), on the same worker process."""
+    a = running.alice
+    server = running.server
+    hold = endpoint.hold = threading.Event()
+    slow_store = await create_store(a)
+    held_store = await openai_store(running)
+    slow_id, held_id = await upload_all(
+        a, [("slow.txt", (prose(1, 100_000) * 300).encode()), ("held.txt", b"held words")]
+    )
+    pids = server.pool.worker_pids()
+    assert len(pids) == 2
+    slow = await create_batch(a, slow_store.id, [slow_id])
+    slow_watch = asyncio.ensure_future(watch_to_end(a, slow_store.id, slow.id, within=60))
+    await wait_for(lambda: server.scheduler.in_flight == 1, within=20)
+    # The held file starts 3 s after the slow one, so its own 6 s timeout is still 3 s away
+    # when the slow file's comes; it is released as soon as the slow file's worker is gone.
+    await asyncio.sleep(3)
+    held = await create_batch(a, held_store, [held_id])
+    await wait_for(lambda: endpoint.arrived == 1, within=20)  # in flight in its worker
+    await wait_for(lambda: server.pool.restarts == 1, within=20)
+    hold.set()
+    messages = await watch_to_end(a, held_store, held.id, within=30)
+    assert final_statuses(messages)[held_id].status == F_COMPLETED
+    slow_update = final_statuses(await slow_watch)[slow_id]
+    assert slow_update.status == F_FAILED
+    assert slow_update.last_error.code == "invalid_file"
+    assert "took longer than 6 s" in slow_update.last_error.message
+    assert endpoint.arrived == 1  # the held file was embedded once: not re-run
+    assert server.pool.restarts == 1
+    survivors = set(pids) & set(server.pool.worker_pids())
+    assert len(survivors) == 1, (pids, server.pool.worker_pids())
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"file_parse_seconds": 1.0, "file_timeout": 300.0, "ingest_workers": 1}]
+)
+async def test_a_file_past_its_cpu_budget_fails_and_its_worker_goes_on(
+    running: Running,
+) -> None:
+    a = running.alice
+    store = await create_store(a)
+    pids = running.server.pool.worker_pids()
+    docs = [("huge.txt", (prose(2, 100_000) * 300).encode()), ("small.txt", b"small words")]
+    ids = await upload_all(a, docs)
+    batch = await create_batch(a, store.id, ids)
+    messages = await watch_to_end(a, store.id, batch.id, within=120)
+    huge = final_statuses(messages)[ids[0]]
+    assert huge.status == F_FAILED
+    assert huge.last_error.code == "invalid_file"
+    assert "took longer than 1 s of CPU" in huge.last_error.message
+    assert "--file-parse-seconds" in huge.last_error.message
+    assert final_statuses(messages)[ids[1]].status == F_COMPLETED
+    # The worker raised it itself: no restart.
+    assert running.server.pool.restarts == 0
+    assert running.server.pool.worker_pids() == pids
+
+
+async def test_a_worker_killed_near_its_memory_limit_fails_the_file_as_invalid(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    """As the kernel's OOM killer (or native code failing an allocation) would: the worker
+    holding the file dies with its address space near --worker-memory. The file fails with
+    invalid_file naming the limit (no retry: it would die again); the worker is replaced.
+    The limit is set just above what a warmed-up worker maps, so any death counts."""
+    probe = IngestPool(1, file_timeout=60)
+    await probe.start()
+    (pid,) = probe.worker_pids()
+    mapped = vm_size_bytes(pid)
+    probe.close()
+    limit = mapped + HEADROOM_AFTER_WARM_UP + 16 * MiB
+    pool = IngestPool(1, file_timeout=60, limits=WorkerLimits(memory_bytes=limit))
+    await pool.start()
+    hold = endpoint.hold = threading.Event()
+    try:
+        path = tmp_path / "f.txt"
+        path.write_text("some words to embed")
+        spec = EmbedderSpec("openai:fake-embed", 16, base_url=endpoint.base_url)
+        run = asyncio.ensure_future(pool.run(WorkerInput(str(path), "f.txt", 800, 400, spec)))
+        await wait_for(lambda: endpoint.arrived == 1, within=30)
+        await asyncio.sleep(0.3)  # at least one sample of its address space (every 0.1 s)
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerOutOfMemory) as caught:
+            await run
+        assert f"{limit // MiB:,} MiB (--worker-memory)" in str(caught.value)
+        assert pool.restarts == 1
+        await wait_for(lambda: len(pool.worker_pids()) == 1, within=30)
+        assert pid not in pool.worker_pids()
+    finally:
+        hold.set()
+        pool.close()
 
 
 async def kill_worker_in_flight(running: Running, not_pid: int = 0) -> int:

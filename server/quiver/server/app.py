@@ -35,7 +35,8 @@ from quiver.server.embedders.base import Embedder
 from quiver.server.embedders.model_names import BadModelName
 from quiver.server.embedders.registry import EmbedderSpec, make_embedder
 from quiver.server.index.manager import IndexManager
-from quiver.server.ingest.pool import IngestPool
+from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
+from quiver.server.ingest.pool import IngestPool, WorkerStartFailed
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
@@ -125,7 +126,12 @@ class QuiverServer:
             ef_search=settings.hnsw_ef_search,
         )
         # Created before the gRPC server: workers are separate spawned interpreters.
-        self.pool = IngestPool(settings.ingest_workers, settings.file_timeout)
+        try:
+            memory = worker_memory_bytes(settings.worker_memory, settings.ingest_workers)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
+        self.pool = IngestPool(settings.ingest_workers, settings.file_timeout, limits)
         self.metrics = Metrics()
         self.processing = Processing(
             self.db,
@@ -202,7 +208,11 @@ class QuiverServer:
 
     async def start(self) -> int:
         started = time.perf_counter()
-        await self.pool.start()
+        try:
+            await self.pool.start()
+        except WorkerStartFailed as exc:
+            self.pool.close()
+            raise ConfigError(f"the ingest workers cannot start: {exc}") from None
         options = server_options(self.settings)
         server = aio.server(interceptors=[self.interceptor], options=options)
         files_pb2_grpc.add_FileServiceServicer_to_server(

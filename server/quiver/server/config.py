@@ -39,6 +39,8 @@ class Settings:
     max_queued_files: int = 100_000
     max_queued_files_per_tenant: int = 25_000
     file_timeout: float = 300.0
+    file_parse_seconds: float = 60.0
+    worker_memory: int = 0
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0
     exact_search_max_chunks: int = 2000
@@ -95,7 +97,13 @@ _HELP: dict[str, str] = {
     "RESOURCE_EXHAUSTED",
     "max_queued_files_per_tenant": "files of one tenant waiting for ingest before its "
     "CreateFileBatch answers RESOURCE_EXHAUSTED (so one tenant cannot fill the whole queue)",
-    "file_timeout": "seconds one file may take in a worker before it fails with server_error",
+    "file_timeout": "seconds (wall clock) one file may take in a worker; past it the worker "
+    "is stopped and replaced, and the file fails with invalid_file",
+    "file_parse_seconds": "CPU seconds one file may use in a worker to parse, chunk and embed "
+    "before it fails with invalid_file",
+    "worker_memory": "MiB of address space each ingest worker may map (0 = min(4096, half of "
+    "physical memory / --ingest-workers)); the parsers' size caps follow from it, and a file "
+    "that needs more fails with invalid_file",
     "embedding_dimensions": "default vector dimension of the 'hash' embedder",
     "index_save_interval": "seconds between saves of changed indexes (also saved at stop)",
     "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "

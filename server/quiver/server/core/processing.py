@@ -21,8 +21,13 @@ from quiver.server.core.status_book import StatusBook
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.registry import EmbedderSpec
 from quiver.server.index.manager import IndexManager
-from quiver.server.ingest.parsing import SERVER_ERROR
-from quiver.server.ingest.pool import FileTimedOut, IngestPool, WorkerCrashed
+from quiver.server.ingest.parsing import INVALID_FILE, SERVER_ERROR
+from quiver.server.ingest.pool import (
+    FileTimedOut,
+    IngestPool,
+    WorkerCrashed,
+    WorkerOutOfMemory,
+)
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
@@ -95,8 +100,8 @@ class Processing:
         )
         try:
             output = await self.pool.run(work)
-        except FileTimedOut as exc:
-            self._settle(job, LastError(SERVER_ERROR, str(exc)))
+        except (FileTimedOut, WorkerOutOfMemory) as exc:  # the file's doing: not retried
+            self._settle(job, LastError(INVALID_FILE, str(exc)))
             return
         except WorkerCrashed as exc:
             if job.suspect or self.scheduler is None:

@@ -15,14 +15,21 @@ import os
 import re
 import zipfile
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from typing import Any
+
+from quiver.server.ingest.limits import (
+    MAX_DOCX_XML_BYTES,
+    MAX_PDF_OBJECTS,
+    MAX_PDF_PAGES,
+    UNLIMITED,
+    WorkerLimits,
+)
 
 INVALID_FILE = "invalid_file"
 UNSUPPORTED_FILE = "unsupported_file"
 SERVER_ERROR = "server_error"
 
-MAX_DOCX_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
+MAX_DOCX_UNCOMPRESSED_BYTES = MAX_DOCX_XML_BYTES
 MAX_DOCX_MEMBERS = 10_000
 # Ratio (uncompressed / compressed) above which a large DOCX is treated as a zip bomb;
 # real Word XML compresses about 5-30x.
@@ -87,34 +94,47 @@ class FileProcessingError(Exception):
         return f"{self.code}: {self.message}"
 
 
-def parse_document(data: bytes, filename: str) -> str:
-    """Return the text of a document; raise FileProcessingError when that is not possible."""
+def parse_document(data: bytes, filename: str, limits: WorkerLimits = UNLIMITED) -> str:
+    """Return the text of a document; raise FileProcessingError when that is not possible.
+
+    ``limits`` are those of the worker that parses: the size caps follow from its memory.
+    MemoryError propagates (the worker reports it, naming its memory limit)."""
     if not data:
         raise FileProcessingError(INVALID_FILE, "file is empty")
     ext = os.path.splitext(filename)[1].lower()
     try:
-        text = _parse(data, ext)
-    except FileProcessingError:
+        text = _parse(data, ext, limits)
+    except (FileProcessingError, MemoryError):
         raise
-    except MemoryError:
-        raise FileProcessingError(
-            SERVER_ERROR, "ran out of memory while parsing the file"
-        ) from None
     except Exception as exc:
         raise FileProcessingError(
             INVALID_FILE, f"could not parse the file: {_describe(exc)}"
         ) from exc
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    check_text_size(len(text), limits)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise FileProcessingError(INVALID_FILE, "file has no text")
     return text
 
 
-def _parse(data: bytes, ext: str) -> str:
+def check_text_size(chars: int, limits: WorkerLimits, *, at_least: bool = False) -> None:
+    """A file's text above the cap that follows from the worker's memory fails."""
+    if chars > limits.max_text_chars:
+        raise FileProcessingError(
+            INVALID_FILE,
+            f"the file's text is {'at least ' if at_least else ''}{chars:,} characters; "
+            f"with {limits.memory_hint()} the "
+            f"server indexes at most {limits.max_text_chars:,} per file "
+            "(split it into several files)",
+        )
+
+
+def _parse(data: bytes, ext: str, limits: WorkerLimits) -> str:
     if data.startswith(b"%PDF-") or (ext == ".pdf" and b"%PDF-" in data[:1024]):
-        return _parse_pdf(data)
+        return _parse_pdf(data, limits)
     if data.startswith(_ZIP_MAGICS):
-        return _parse_zip(data, ext)
+        return _parse_zip(data, ext, limits)
     for magic, kind in _BINARY_MAGICS:
         if data.startswith(magic):
             raise _unsupported_binary(kind)
@@ -126,6 +146,9 @@ def _parse(data: bytes, ext: str) -> str:
         raise FileProcessingError(
             INVALID_FILE, "file is named .docx but is not a DOCX (not a zip archive)"
         )
+    # No encoding takes more than 4 bytes per character: a file that is surely too long is
+    # refused before decoding it.
+    check_text_size(len(data) // 4, limits, at_least=True)
     text = _decode_text(data)
     if ext in HTML_EXTENSIONS or (ext not in TEXT_EXTENSIONS | JSON_EXTENSIONS and _is_html(text)):
         return html_to_text(text)
@@ -243,7 +266,6 @@ def _check_json(text: str) -> None:
 # --- HTML -------------------------------------------------------------------------------
 
 _SKIP_TAGS = frozenset({"script", "style", "head", "noscript", "template"})
-_HEAD_CONTENT_TAGS = frozenset({"title", "meta", "link", "base", "style", "script", "noscript"})
 _BLOCK_TAGS = frozenset(
     {
         "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt",
@@ -255,44 +277,50 @@ _BLOCK_TAGS = frozenset(
 _CELL_TAGS = frozenset({"td", "th"})
 
 
-class _HTMLTextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skipping: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if "head" in self._skipping and tag not in _HEAD_CONTENT_TAGS:
-            self._skipping.clear()  # body content started without </head>
-        if tag in _SKIP_TAGS:
-            self._skipping.append(tag)
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-        elif tag in _CELL_TAGS:
-            self.parts.append(" ")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        # <br/> must break a line once, like <br>; a self-closed <script/> has no content.
-        if tag not in _SKIP_TAGS:
-            self.handle_starttag(tag, attrs)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._skipping:
-            del self._skipping[self._skipping.index(tag) :]
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.parts.append(data)
+_VOID_BLOCK_TAGS = frozenset({"br", "hr"})  # one line break, not one per start and end
 
 
 def html_to_text(html: str) -> str:
-    """Readable text of an HTML document: no scripts, styles or head; blocks on own lines."""
-    extractor = _HTMLTextExtractor()
-    extractor.feed(html)
-    extractor.close()
-    raw_lines = "".join(extractor.parts).split("\n")
+    """Readable text of an HTML document: no scripts, styles or head; blocks on own lines.
+
+    libxml2 (through lxml) parses in time linear in the input, also on hostile markup (runs
+    of unclosed ``<a``, ``<!--``, long attribute lists) that make CPython's
+    ``html.parser`` quadratic. Nesting deeper than libxml2's limit ends the parse; the file
+    then fails instead of losing its text silently.
+    """
+    import lxml.html
+    from lxml import etree
+
+    parser = lxml.html.HTMLParser(
+        remove_comments=True, remove_pis=True, huge_tree=True, no_network=True, encoding="utf-8"
+    )
+    try:
+        root = lxml.html.document_fromstring(html.encode("utf-8"), parser=parser)
+    except etree.ParserError:  # nothing but comments, processing instructions or blanks
+        return ""
+    for error in parser.error_log:
+        if error.level == etree.ErrorLevels.FATAL:
+            raise FileProcessingError(INVALID_FILE, f"HTML could not be read: {error.message}")
+    parts: list[str] = []
+    walker = etree.iterwalk(root, events=("start", "end"))
+    for event, element in walker:
+        tag = element.tag.lower() if isinstance(element.tag, str) else ""
+        if event == "start":
+            if tag in _SKIP_TAGS:
+                walker.skip_subtree()
+                continue
+            if tag in _BLOCK_TAGS:
+                parts.append("\n")
+            elif tag in _CELL_TAGS:
+                parts.append(" ")
+            if element.text:
+                parts.append(element.text)
+        else:
+            if tag in _BLOCK_TAGS and tag not in _VOID_BLOCK_TAGS:
+                parts.append("\n")
+            if element.tail:
+                parts.append(element.tail)
+    raw_lines = "".join(parts).split("\n")
     lines = (re.sub(r"[^\S\n]+", " ", line).strip() for line in raw_lines)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
@@ -305,14 +333,21 @@ def _is_html(text: str) -> bool:
 # --- PDF --------------------------------------------------------------------------------
 
 
-def _parse_pdf(data: bytes) -> str:
+def _parse_pdf(data: bytes, limits: WorkerLimits) -> str:
     from pypdf import PasswordType, PdfReader
 
+    if len(data) > limits.max_pdf_bytes:
+        raise FileProcessingError(
+            INVALID_FILE,
+            f"PDF is {len(data):,} bytes; with {limits.memory_hint()} the server reads PDFs "
+            f"of at most {limits.max_pdf_bytes:,} bytes",
+        )
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
             raise FileProcessingError(INVALID_FILE, "PDF is encrypted (password protected)")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        _check_pdf_objects(reader)
+        pages = [page.extract_text() or "" for page in _pdf_pages(reader)]
     except FileProcessingError:
         raise
     except MemoryError:
@@ -327,12 +362,65 @@ def _parse_pdf(data: bytes) -> str:
     return text
 
 
+def _check_pdf_objects(reader: Any) -> None:
+    objects = len(reader.xref_objStm) + sum(len(table) for table in reader.xref.values())
+    if objects > MAX_PDF_OBJECTS:
+        raise FileProcessingError(
+            INVALID_FILE,
+            f"PDF has {objects:,} objects, more than the limit of {MAX_PDF_OBJECTS:,}",
+        )
+
+
+def _pdf_pages(reader: Any) -> Iterator[Any]:
+    """The pages in order, walking the page tree with caps: at most MAX_PDF_PAGES pages, and
+    no page object listed twice (a tree can repeat one page 100,000 times in a few KB)."""
+    from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
+
+    root = reader.trailer["/Root"].get_object()
+    seen: set[tuple[int, int]] = set()
+    stack: list[Any] = [root.get("/Pages")]
+    count = 0
+    while stack:
+        ref = stack.pop()
+        if isinstance(ref, IndirectObject):
+            key = (ref.idnum, ref.generation)
+            if key in seen:
+                raise FileProcessingError(
+                    INVALID_FILE,
+                    f"PDF page tree lists object {ref.idnum} more than once "
+                    "(a repeated page or a loop)",
+                )
+            seen.add(key)
+        node = ref.get_object() if ref is not None else None
+        if not isinstance(node, DictionaryObject):
+            continue
+        kids = node.get("/Kids")
+        if node.get("/Type") == "/Pages" or kids is not None:
+            kids = kids.get_object() if kids is not None else None
+            if isinstance(kids, ArrayObject):
+                if len(kids) > MAX_PDF_PAGES:
+                    raise _too_many_pages(len(kids))
+                stack.extend(reversed(list(kids)))
+            continue
+        count += 1
+        if count > MAX_PDF_PAGES:
+            raise _too_many_pages(count)
+    # The tree is sound and small: pypdf's own page list (inherited attributes and all).
+    yield from reader.pages
+
+
+def _too_many_pages(count: int) -> FileProcessingError:
+    return FileProcessingError(
+        INVALID_FILE, f"PDF has {count:,} pages or more, above the limit of {MAX_PDF_PAGES:,}"
+    )
+
+
 # --- zip / DOCX -------------------------------------------------------------------------
 
 _OTHER_ZIP_KINDS = (("xl/workbook.xml", "xlsx"), ("ppt/presentation.xml", "pptx"))
 
 
-def _parse_zip(data: bytes, ext: str) -> str:
+def _parse_zip(data: bytes, ext: str, limits: WorkerLimits) -> str:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except Exception as exc:
@@ -350,11 +438,11 @@ def _parse_zip(data: bytes, ext: str) -> str:
                 )
             kind = next((k for name, k in _OTHER_ZIP_KINDS if name in names), "zip")
             raise _unsupported_binary(kind)
-        _check_zip_bomb(archive, len(data))
-    return _parse_docx(data)
+        _check_zip_bomb(archive, len(data), limits)
+        return _parse_docx(archive)
 
 
-def _check_zip_bomb(archive: zipfile.ZipFile, archive_size: int) -> None:
+def _check_zip_bomb(archive: zipfile.ZipFile, archive_size: int, limits: WorkerLimits) -> None:
     """Reject archives that would expand to too much data (zipfile never reads past the
     declared sizes, so checking the declared sizes is enough)."""
     members = archive.infolist()
@@ -370,6 +458,13 @@ def _check_zip_bomb(archive: zipfile.ZipFile, archive_size: int) -> None:
             f"DOCX expands to {total / 1024 / 1024:.0f} MB, more than the {limit_mb} MB limit "
             "(possible zip bomb)",
         )
+    xml = sum(m.file_size for m in members if m.filename.lower().endswith((".xml", ".rels")))
+    if xml > limits.max_docx_xml_bytes:
+        raise FileProcessingError(
+            INVALID_FILE,
+            f"DOCX holds {xml / 1024 / 1024:.1f} MiB of XML; with {limits.memory_hint()} the "
+            f"server reads at most {limits.max_docx_xml_bytes / 1024 / 1024:.1f} MiB of it",
+        )
     ratio = total / max(1, archive_size)
     if total >= _RATIO_CHECK_MIN_BYTES and ratio > MAX_DOCX_COMPRESSION_RATIO:
         raise FileProcessingError(
@@ -379,32 +474,96 @@ def _check_zip_bomb(archive: zipfile.ZipFile, archive_size: int) -> None:
         )
 
 
-def _parse_docx(data: bytes) -> str:
-    import docx
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_W_BODY, _W_P, _W_TBL, _W_TR, _W_TC = (_W + t for t in ("body", "p", "tbl", "tr", "tc"))
+# Run content as python-docx's Run.text reads it.
+_W_RUN_TEXT = {
+    _W + "t": None,
+    _W + "tab": "\t",
+    _W + "ptab": "\t",
+    _W + "cr": "\n",
+    _W + "noBreakHyphen": "-",
+}
+_W_R, _W_BR, _W_TYPE = _W + "r", _W + "br", _W + "type"
+
+
+def _parse_docx(archive: zipfile.ZipFile) -> str:
+    """Paragraph texts and table rows (cells joined by tabs, a cell's paragraphs by spaces)
+    in document order, read from word/document.xml as a stream: each paragraph and row is
+    dropped from the tree once its text is taken, so memory stays that of the text (a DOCX
+    with 60 MB of XML took 2.3 GB through python-docx's object tree)."""
+    from lxml import etree
 
     try:
-        document = docx.Document(io.BytesIO(data))
-        return "\n".join(_docx_blocks(document))
+        with archive.open("word/document.xml") as xml:
+            return "\n".join(
+                _docx_stream(
+                    etree.iterparse(
+                        xml,
+                        events=("start", "end"),
+                        tag=(_W_BODY, _W_P, _W_TBL, _W_TR, _W_TC),
+                        resolve_entities=False,
+                        no_network=True,
+                        huge_tree=True,
+                    )
+                )
+            )
     except MemoryError:
         raise
     except Exception as exc:
         raise FileProcessingError(INVALID_FILE, f"DOCX is corrupt: {_describe(exc)}") from exc
 
 
-def _docx_blocks(container: Any) -> Iterator[str]:
-    """Paragraph texts and table rows (cells joined by tabs) in document order."""
-    from docx.table import Table
-
-    for block in container.iter_inner_content():
-        if isinstance(block, Table):
-            for row in block.rows:
-                seen: list[Any] = []  # a merged cell appears once per grid column it spans
-                cells: list[str] = []
-                for cell in row.cells:
-                    if any(cell._tc is tc for tc in seen):
-                        continue
-                    seen.append(cell._tc)
-                    cells.append(" ".join(_docx_blocks(cell)).strip())
-                yield "\t".join(cells)
+def _docx_stream(events: Any) -> list[str]:
+    body: list[str] = []
+    # Where finished text goes: the body, or the innermost open cell (a list of its parts);
+    # rows collect their cells' texts.
+    containers: list[list[str]] = []
+    rows: list[list[str]] = []
+    in_body = False
+    for event, element in events:
+        tag = element.tag
+        if tag == _W_BODY:
+            in_body = event == "start"
+            containers = [body] if in_body else []
+            continue
+        if not in_body:
+            continue
+        if event == "start":
+            if tag == _W_TR:
+                rows.append([])
+            elif tag == _W_TC:
+                containers.append([])
+            continue
+        if tag == _W_P:
+            containers[-1].append(_docx_paragraph_text(element))
+        elif tag == _W_TC and len(containers) > 1:
+            cell = " ".join(containers.pop()).strip()
+            if rows:
+                rows[-1].append(cell)
+        elif tag == _W_TR and rows:
+            containers[-1].append("\t".join(rows.pop()))
         else:
-            yield str(block.text)
+            continue
+        # Done with it: free it, and at body level its (emptied) earlier siblings too.
+        element.clear()
+        if len(containers) == 1:
+            parent = element.getparent()
+            while element.getprevious() is not None and parent is not None:
+                del parent[0]
+    return body
+
+
+def _docx_paragraph_text(paragraph: Any) -> str:
+    """The text of the paragraph's runs (also those in hyperlinks, insertions, fields);
+    not tab stops or other properties."""
+    parts: list[str] = []
+    for run in paragraph.iter(_W_R):
+        for node in run:
+            if node.tag == _W_BR:
+                if node.get(_W_TYPE, "textWrapping") == "textWrapping":
+                    parts.append("\n")
+            elif node.tag in _W_RUN_TEXT:
+                fixed = _W_RUN_TEXT[node.tag]
+                parts.append(node.text or "" if fixed is None else fixed)
+    return "".join(parts)

@@ -1,4 +1,6 @@
-"""What a worker process does with one file: parse → chunk → embed. Runs in the spawn pool.
+"""What a worker process does with one file: parse → chunk → embed, streamed: chunks are
+made from the text a window at a time and embedded 256 at a time, so only the text, the
+chunks' texts and their float32 vectors (in blocks of 256) are held whole.
 
 Everything here is picklable and free of protobuf, SQLite and the event loop.
 """
@@ -10,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -17,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 from quiver.server.embedders.base import Embedder, EmbeddingError
 from quiver.server.embedders.registry import EmbedderSpec, make_embedder
-from quiver.server.ingest.chunking import ChunkingParams, chunk_text, get_encoding
+from quiver.server.ingest.chunking import Chunk, ChunkingParams, get_encoding, iter_chunks
+from quiver.server.ingest.limits import UNLIMITED, WorkerLimits
 from quiver.server.ingest.parsing import (
     INVALID_FILE,
     SERVER_ERROR,
@@ -26,8 +30,8 @@ from quiver.server.ingest.parsing import (
 )
 
 PR_SET_PDEATHSIG = 1
-MAX_TEXT_CHARS = 64_000_000
-"""Above this a file's chunks, tokens and vectors would take gigabytes in one worker."""
+EMBED_GROUP = 256
+"""Chunks embedded at a time: the embedder's working memory stays that of 256 chunks."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,10 @@ class WorkerOutput:
     texts: list[str] = field(default_factory=list)
     token_counts: list[int] = field(default_factory=list)
     vectors: npt.NDArray[np.float32] | None = None
+    vector_blocks: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    """In a worker: the vectors as embedded, a block per group of chunks, sent to the server
+    one by one (no whole-file copy); the server receives them as `vectors`."""
+
     error: tuple[str, str] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -76,33 +84,12 @@ def _embedder(spec: EmbedderSpec) -> Embedder:
     return make_embedder(spec)
 
 
-def process(job: WorkerInput) -> WorkerOutput:
+def process(job: WorkerInput, limits: WorkerLimits = UNLIMITED) -> WorkerOutput:
+    """Parse, chunk and embed one file. A MemoryError (the worker's address space limit was
+    reached) fails the file alone, naming the limit."""
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
     try:
-        with open(job.path, "rb") as f:
-            data = f.read()
-        text = parse_document(data, job.filename)
-        del data
-        if len(text) > MAX_TEXT_CHARS:
-            return WorkerOutput(
-                error=(
-                    INVALID_FILE,
-                    f"the file's text is {len(text):,} characters; the server indexes at most "
-                    f"{MAX_TEXT_CHARS:,} per file (split it into several files)",
-                ),
-                seconds=seconds,
-            )
-        seconds["parse"] = time.perf_counter() - started
-        mark = time.perf_counter()
-        chunks = chunk_text(text, ChunkingParams(job.max_tokens, job.overlap_tokens))
-        seconds["chunk"] = time.perf_counter() - mark
-        if not chunks:
-            return WorkerOutput(error=(INVALID_FILE, "file has no text"), seconds=seconds)
-        mark = time.perf_counter()
-        texts = [c.text for c in chunks]
-        vectors = _embedder(job.embedder).embed(texts).astype(np.float32, copy=False)
-        seconds["embed"] = time.perf_counter() - mark
+        return _process(job, limits, seconds)
     except FileProcessingError as exc:
         return WorkerOutput(error=(exc.code, exc.message), seconds=seconds)
     except EmbeddingError as exc:
@@ -113,13 +100,58 @@ def process(job: WorkerInput) -> WorkerOutput:
             seconds=seconds,
         )
     except MemoryError:
-        return WorkerOutput(
-            error=(SERVER_ERROR, "the file needed more memory than the worker has"),
-            seconds=seconds,
-        )
-    return WorkerOutput(
-        texts=texts,
-        token_counts=[c.token_count for c in chunks],
-        vectors=vectors,
-        seconds=seconds,
+        pass  # out of the handler first: its traceback holds the frames that hold the memory
+    return WorkerOutput(error=(INVALID_FILE, out_of_memory_message(limits)), seconds=seconds)
+
+
+def out_of_memory_message(limits: WorkerLimits) -> str:
+    return (
+        f"the file needs more memory to process than {limits.memory_hint()} allows "
+        "(split it into smaller files)"
     )
+
+
+def _process(job: WorkerInput, limits: WorkerLimits, seconds: dict[str, float]) -> WorkerOutput:
+    started = time.perf_counter()
+    with open(job.path, "rb") as f:
+        data = f.read()
+    text = parse_document(data, job.filename, limits)
+    del data
+    seconds["parse"] = time.perf_counter() - started
+    embedder = _embedder(job.embedder)
+    params = ChunkingParams(job.max_tokens, job.overlap_tokens)
+    texts: list[str] = []
+    token_counts: list[int] = []
+    blocks: list[npt.NDArray[np.float32]] = []
+    chunk_seconds = embed_seconds = 0.0
+    mark = time.perf_counter()
+    limits.check_memory()
+    for group in _groups(iter_chunks(text, params), EMBED_GROUP):
+        limits.check_memory()
+        now = time.perf_counter()
+        chunk_seconds += now - mark
+        group_texts = [c.text for c in group]
+        blocks.append(embedder.embed(group_texts).astype(np.float32, copy=False))
+        texts += group_texts
+        token_counts += [c.token_count for c in group]
+        mark = time.perf_counter()
+        embed_seconds += mark - now
+    del text
+    seconds["chunk"] = chunk_seconds
+    if not texts:
+        return WorkerOutput(error=(INVALID_FILE, "file has no text"), seconds=seconds)
+    seconds["embed"] = embed_seconds
+    return WorkerOutput(
+        texts=texts, token_counts=token_counts, vector_blocks=blocks, seconds=seconds
+    )
+
+
+def _groups(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
+    group: list[Chunk] = []
+    for chunk in chunks:
+        group.append(chunk)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
