@@ -25,6 +25,8 @@ class Settings:
     ingest_workers: int = max(1, (os.cpu_count() or 2))
     max_queued_files: int = 100_000
     file_timeout: float = 300.0
+    commit_attempts: int = 8
+    commit_retry_delay: float = 1.0
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0
     exact_search_max_chunks: int = 2000
@@ -52,6 +54,9 @@ _HELP: dict[str, str] = {
     "max_queued_files": "files waiting for ingest before CreateFileBatch answers "
     "RESOURCE_EXHAUSTED",
     "file_timeout": "seconds one file may take in a worker before it fails with server_error",
+    "commit_attempts": "times a file's chunks are tried to be stored when the disk is full "
+    "before the file fails with server_error",
+    "commit_retry_delay": "seconds before the first retry on a full disk (doubling, at most 60)",
     "embedding_dimensions": "default vector dimension of the 'hash' embedder",
     "index_save_interval": "seconds between saves of changed indexes (also saved at stop)",
     "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "

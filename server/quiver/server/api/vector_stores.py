@@ -132,7 +132,7 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
         self, request: pb.DeleteVectorStoreRequest, context: Ctx
     ) -> pb.DeleteVectorStoreResponse:
         store_id = _store_id(request)
-        self._stores.delete(current_principal(), store_id)
+        await self._stores.delete(current_principal(), store_id)
         return pb.DeleteVectorStoreResponse(
             id=store_id, object="vector_store.deleted", deleted=True
         )

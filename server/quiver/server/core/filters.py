@@ -9,7 +9,7 @@ type makes every comparison false except ``ne`` and ``nin``, which are then true
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,3 +178,41 @@ def matches(filter: Filter, attributes: Mapping[str, AttributeValue]) -> bool:
     if filter.op == "lt":
         return bool(ordered < expected)
     return bool(ordered <= expected)
+
+
+Matcher = Callable[[Mapping[str, AttributeValue]], bool]
+
+
+def _kind(value: AttributeValue) -> str:
+    """The comparison class of a value: booleans, strings and numbers never compare equal."""
+    if isinstance(value, bool):
+        return "b"
+    return "s" if isinstance(value, str) else "n"
+
+
+def compile_filter(filter: Filter) -> Matcher:
+    """``filter`` as a function of a file's attributes, equal to ``matches`` but with each
+    ``in``/``nin`` list made a set once: a file costs one hash lookup per list, not 256
+    comparisons."""
+    if isinstance(filter, Compound):
+        children = [compile_filter(f) for f in filter.filters]
+        if filter.op == "and":
+            return lambda attributes: all(c(attributes) for c in children)
+        return lambda attributes: any(c(attributes) for c in children)
+    key = filter.key
+    if filter.op in ("in", "nin"):
+        assert isinstance(filter.value, tuple)
+        wanted = frozenset((_kind(v), v) for v in filter.value)
+        if filter.op == "in":
+            return lambda attributes: _member(attributes, key, wanted)
+        return lambda attributes: not _member(attributes, key, wanted)
+    return lambda attributes: matches(filter, attributes)
+
+
+def _member(
+    attributes: Mapping[str, AttributeValue],
+    key: str,
+    wanted: frozenset[tuple[str, AttributeValue]],
+) -> bool:
+    actual = attributes.get(key)
+    return actual is not None and (_kind(actual), actual) in wanted
