@@ -22,11 +22,13 @@ import asyncio
 import contextlib
 import json
 import statistics
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from google.protobuf import struct_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -88,45 +90,53 @@ class Probe:
         }
 
 
-async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
+def _timed(call: Callable[[], object]) -> float:
     """Seconds until ``call`` answered (or failed: a probe past its deadline counts as the
     time it waited)."""
     started = time.perf_counter()
-    with contextlib.suppress(aio.AioRpcError):
-        await call()
+    with contextlib.suppress(grpc.RpcError):
+        call()
     return time.perf_counter() - started
 
 
-async def probe_while(
-    work: Awaitable[Any], health: health_pb2_grpc.HealthStub, other: Caller, store_id: str
-) -> tuple[Probe, float]:
-    """Runs ``work`` while probing; returns the probe and the work's duration in seconds."""
-    probe = Probe()
+def _probe(target: str, other: Caller, store_id: str, probe: Probe, stop: threading.Event) -> None:
+    """The prober: its own thread and channel, so that its clock runs on even while the
+    event loop of an in-process server (and of the test calling it) is blocked."""
     request = vector_stores_pb2.GetVectorStoreRequest(vector_store_id=store_id)
+    check = health_pb2.HealthCheckRequest()
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        stores = vector_stores_pb2_grpc.VectorStoreServiceStub(channel)
+        while not stop.is_set():
+            probe.health.append(_timed(lambda: health.Check(check, timeout=PROBE_DEADLINE)))
+            probe.other.append(
+                _timed(
+                    lambda: stores.GetVectorStore(
+                        request, metadata=other.metadata, timeout=PROBE_DEADLINE
+                    )
+                )
+            )
+            stop.wait(PROBE_EVERY)
 
-    async def one_health() -> None:
-        await health.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_DEADLINE)
 
-    async def one_other() -> None:
-        await other.stores.GetVectorStore(request, metadata=other.metadata, timeout=PROBE_DEADLINE)
-
-    async def prober() -> None:
-        while True:
-            h, o = await asyncio.gather(_timed(one_health), _timed(one_other))
-            probe.health.append(h)
-            probe.other.append(o)
-            await asyncio.sleep(PROBE_EVERY)
-
-    task = asyncio.create_task(prober())
-    await asyncio.sleep(PROBE_EVERY * 2)  # a few probes of the quiet server first
+async def probe_while(
+    work: Awaitable[Any], target: str, other: Caller, store_id: str
+) -> tuple[Probe, float]:
+    """Runs ``work`` while probing the server at ``target``: health, and ``other``'s
+    GetVectorStore of ``store_id``; returns the probe and the work's duration in seconds."""
+    probe = Probe()
+    stop = threading.Event()
+    prober = threading.Thread(target=_probe, args=(target, other, store_id, probe, stop))
+    prober.start()
+    await asyncio.sleep(PROBE_EVERY * 4)  # a few probes of the quiet server first
     started = time.perf_counter()
     try:
         await work
     finally:
         seconds = time.perf_counter() - started
         await asyncio.sleep(PROBE_EVERY * 2)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        stop.set()
+        await asyncio.to_thread(prober.join)
     return probe, seconds
 
 
@@ -260,7 +270,7 @@ def big_text(megabytes: float) -> bytes:
 
 
 async def measure(
-    channel: aio.Channel,
+    target: str,
     heavy: Caller,
     other: Caller,
     *,
@@ -270,7 +280,6 @@ async def measure(
     report: Callable[[str, dict[str, Any]], None] = lambda case, figures: None,
 ) -> dict[str, dict[str, Any]]:
     """The three cases; returns {case: figures}. ``report`` is called after each case."""
-    health = health_pb2_grpc.HealthStub(channel)
     other_store = await create_store(other, "the other tenant's store")
     results: dict[str, dict[str, Any]] = {}
 
@@ -280,14 +289,14 @@ async def measure(
 
     many = await store_of_small_files(heavy, files)
     probe, seconds = await probe_while(
-        filtered_search(heavy, many, searches), health, other, other_store
+        filtered_search(heavy, many, searches), target, other, other_store
     )
     record("filter", probe, seconds, searches=searches, nodes=filter_nodes(heavy_filter()))
 
     big_store = await create_store(heavy, "one big file")
     big_id = await upload(heavy, "big.txt", big_text(big_mb))
     probe, seconds = await probe_while(
-        ingest(heavy, big_store, [big_id]), health, other, other_store
+        ingest(heavy, big_store, [big_id]), target, other, other_store
     )
     record("ingest", probe, seconds, megabytes=big_mb)
 
@@ -296,7 +305,7 @@ async def measure(
             vector_stores_pb2.DeleteVectorStoreRequest(vector_store_id=big_store),
             metadata=heavy.metadata,
         ),
-        health,
+        target,
         other,
         other_store,
     )
@@ -319,7 +328,7 @@ async def main_async(files: int, big_mb: float, searches: int) -> None:
                 print(case, json.dumps(figures), flush=True)
 
             await measure(
-                channel,
+                server.target,
                 Caller.on(channel, keys["heavy"]),
                 Caller.on(channel, keys["other"]),
                 files=files,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from grpc_health.v1 import health_pb2_grpc
 from quiver.v1 import vector_stores_pb2
 
 from bench.loop_latency import (
@@ -47,12 +46,11 @@ def check(case: str, probe: Probe, seconds: float) -> None:
 @pytest.mark.timeout(600)
 async def test_a_heavy_filter_does_not_block_other_callers(running: Running) -> None:
     alice, bob = caller(running.alice), caller(running.bob)
-    health = health_pb2_grpc.HealthStub(running.channel)
     bobs = await create_store(bob, "bob's")
     started = time.perf_counter()
     store = await store_of_small_files(alice, 2000)
     print(f"\n2,000 files stored in {time.perf_counter() - started:.1f} s")
-    probe, seconds = await probe_while(filtered_search(alice, store, 1), health, bob, bobs)
+    probe, seconds = await probe_while(filtered_search(alice, store, 1), running.target, bob, bobs)
     check("filtered search of 2,000 files", probe, seconds)
     assert await filtered_search(alice, store, 1) == 10  # every file matches
 
@@ -62,11 +60,10 @@ async def test_a_large_file_and_deleting_its_store_do_not_block_other_callers(
     running: Running,
 ) -> None:
     alice, bob = caller(running.alice), caller(running.bob)
-    health = health_pb2_grpc.HealthStub(running.channel)
     bobs = await create_store(bob, "bob's")
     store = await create_store(alice, "one big file")
     file_id = await upload(alice, "big.txt", big_text(4))
-    probe, seconds = await probe_while(ingest(alice, store, [file_id]), health, bob, bobs)
+    probe, seconds = await probe_while(ingest(alice, store, [file_id]), running.target, bob, bobs)
     check("ingest of a 4 MB file", probe, seconds)
     with open_db(running.server.settings.data_dir) as db:
         chunks = db.execute("SELECT COUNT(*) FROM chunks WHERE vector_store_id = ?", (store,))
@@ -76,7 +73,7 @@ async def test_a_large_file_and_deleting_its_store_do_not_block_other_callers(
         vector_stores_pb2.DeleteVectorStoreRequest(vector_store_id=store),
         metadata=alice.metadata,
     )
-    probe, seconds = await probe_while(delete, health, bob, bobs)
+    probe, seconds = await probe_while(delete, running.target, bob, bobs)
     check("deleting that store", probe, seconds)
     with open_db(running.server.settings.data_dir) as db:
         left = db.execute("SELECT COUNT(*) FROM chunks WHERE vector_store_id = ?", (store,))

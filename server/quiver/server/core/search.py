@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FieldViolation
-from quiver.server.core.filters import Filter, compile_filter
+from quiver.server.core.filters import AttributeTable, Filter
 from quiver.server.core.models import AttributeValue, FileStatus
 from quiver.server.core.principal import Principal
 from quiver.server.core.validation import raise_if
@@ -209,19 +209,13 @@ class Searcher:
         if filter is None:
             return None, None
         reader = self.db.reader()
-        match = compile_filter(filter)
-        verdicts: dict[str, bool] = {}  # files of one batch often share their attributes
-        files: list[str] = []
-        for file_id, attributes in reader.execute(
+        rows = reader.execute(
             "SELECT file_id, attributes FROM vector_store_files "
             "WHERE vector_store_id = ? AND status = ?",
             (store_id, FileStatus.COMPLETED.value),
-        ):
-            verdict = verdicts.get(attributes)
-            if verdict is None:
-                verdict = verdicts[attributes] = match(json.loads(attributes))
-            if verdict:
-                files.append(file_id)
+        ).fetchall()
+        table = AttributeTable([json.loads(attributes) for _, attributes in rows])
+        files = [rows[i][0] for i in sorted(table.select(filter))]
         ids = [
             r[0]
             for r in reader.execute(
