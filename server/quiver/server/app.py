@@ -122,7 +122,7 @@ class QuiverServer:
         )
         self.processing.scheduler = self.scheduler
         self.store_files = StoreFiles(
-            self.book, self.stores, self.indexes, self.scheduler, self.files
+            self.book, self.stores, self.indexes, self.scheduler, self.files, self.pending
         )
         self.batches = FileBatches(self.book, self.store_files, self.hub)
         self.searcher = Searcher(
