@@ -240,7 +240,7 @@ class Processing:
         if row is None:
             return
         if self.stores.is_expired(job.store_id):
-            self._fail_expired(job, "the vector store expired before its chunks were stored")
+            self._fail_expired(job, "the vector store expired while this file was being processed")
             return
         owner = self._owner(job, row)
         if leftovers:
