@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 from quiver.v1 import vector_stores_pb2
 
@@ -78,3 +79,34 @@ async def test_a_large_file_and_deleting_its_store_do_not_block_other_callers(
     with open_db(running.server.settings.data_dir) as db:
         left = db.execute("SELECT COUNT(*) FROM chunks WHERE vector_store_id = ?", (store,))
         assert left.fetchone()[0] == 0  # gone by the time the RPC answered
+
+
+async def test_chunks_in_the_index_before_their_file_completes_are_not_searched(
+    running: Running,
+) -> None:
+    """The commit adds a file's vectors to the index before the file is ``completed``
+    (``PendingLabels`` marks them meanwhile): an unfiltered search skips them rather than
+    letting them take places among the k nearest and then dropping them."""
+    alice = caller(running.alice)
+    store = await create_store(alice, "pending")
+    ids = [await upload(alice, f"f{i}.txt", f"quiver arrow number {i}".encode()) for i in range(3)]
+    await ingest(alice, store, ids)
+    request = vector_stores_pb2.SearchVectorStoreRequest(
+        vector_store_id=store,
+        query=["quiver arrow"],
+        ranking_options=vector_stores_pb2.RankingOptions(ranker="none"),
+    )
+    before = await alice.stores.SearchVectorStore(request, metadata=alice.metadata)
+    assert len(before.data) == 3
+    with open_db(running.server.settings.data_dir) as db:
+        rows = db.execute(
+            "SELECT id FROM chunks WHERE vector_store_id = ? AND file_id = ?", (store, ids[0])
+        ).fetchall()
+    labels = np.asarray([r[0] for r in rows], dtype=np.int64)
+    pending = running.server.pending
+    pending.add(store, labels)
+    hidden = await alice.stores.SearchVectorStore(request, metadata=alice.metadata)
+    pending.discard(store, labels)
+    assert sorted(hit.file_id for hit in hidden.data) == sorted(ids[1:])
+    index = running.server.indexes.get(store, running.server.settings.embedding_dimensions)
+    assert index.live_count == 3  # still in the index: only searches skip them
