@@ -20,6 +20,7 @@ from quiver.server.api.vector_stores import VectorStoreServicer
 from quiver.server.auth.keys import KeyConfigError, KeyRing
 from quiver.server.config import Settings
 from quiver.server.core.batches import FileBatches
+from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.embedder_choice import EmbedderChoice
 from quiver.server.core.errors import FailedPrecondition
 from quiver.server.core.files import FileStore
@@ -133,6 +134,7 @@ class QuiverServer:
         limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
         self.pool = IngestPool(settings.ingest_workers, settings.file_timeout, limits)
         self.metrics = Metrics()
+        self.pending = PendingLabels()  # chunks in an index before their file completes
         self.processing = Processing(
             self.db,
             self.book,
@@ -142,6 +144,9 @@ class QuiverServer:
             self.pool,
             self._spec_for,
             self.metrics,
+            commit_attempts=settings.commit_attempts,
+            retry_delay=settings.commit_retry_delay,
+            pending=self.pending,
         )
         self.scheduler = Scheduler(
             self.processing.process,
@@ -151,7 +156,7 @@ class QuiverServer:
         )
         self.processing.scheduler = self.scheduler
         self.store_files = StoreFiles(
-            self.book, self.stores, self.indexes, self.scheduler, self.files
+            self.book, self.stores, self.indexes, self.scheduler, self.files, self.pending
         )
         self.batches = FileBatches(self.book, self.store_files, self.hub)
         self.searcher = Searcher(
@@ -159,6 +164,7 @@ class QuiverServer:
             self.indexes,
             self._embedder_for,
             exact_max_chunks=settings.exact_search_max_chunks,
+            pending=self.pending,
         )
         self.files.detachers.append(self.store_files.detach_everywhere)
         self.stores.deleted_hooks.append(self.processing.on_store_deleted)
@@ -277,6 +283,7 @@ class QuiverServer:
         """Takes up unfinished files and reconciles every index before SERVING."""
         self.interceptor.closed_reason = "the server is starting (recovering unfinished work)"
         jobs = self.processing.recover()
+        await asyncio.to_thread(self.processing.delete_leftovers, jobs)
         await asyncio.to_thread(self.processing.reconcile_indexes)
         self.scheduler.enqueue(jobs)
         if jobs:

@@ -41,6 +41,8 @@ class Settings:
     file_timeout: float = 300.0
     file_parse_seconds: float = 60.0
     worker_memory: int = 0
+    commit_attempts: int = 8
+    commit_retry_delay: float = 1.0
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0
     exact_search_max_chunks: int = 2000
@@ -104,6 +106,9 @@ _HELP: dict[str, str] = {
     "worker_memory": "MiB of address space each ingest worker may map (0 = min(4096, half of "
     "physical memory / --ingest-workers)); the parsers' size caps follow from it, and a file "
     "that needs more fails with invalid_file",
+    "commit_attempts": "times a file's chunks are tried to be stored when the disk is full "
+    "before the file fails with server_error",
+    "commit_retry_delay": "seconds before the first retry on a full disk (doubling, at most 60)",
     "embedding_dimensions": "default vector dimension of the 'hash' embedder",
     "index_save_interval": "seconds between saves of changed indexes (also saved at stop)",
     "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "

@@ -132,7 +132,7 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
         self, request: pb.DeleteVectorStoreRequest, context: Ctx
     ) -> pb.DeleteVectorStoreResponse:
         store_id = _store_id(request)
-        self._stores.delete(current_principal(), store_id)
+        await self._stores.delete(current_principal(), store_id)
         return pb.DeleteVectorStoreResponse(
             id=store_id, object="vector_store.deleted", deleted=True
         )
@@ -216,6 +216,7 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
     ) -> pb.DeleteVectorStoreFileResponse:
         store_id, file_id = _store_file_ids(request)
         self._files.delete(current_principal(), store_id, file_id)
+        await self._files.removals.wait()  # its chunks are out of the index when we answer
         return pb.DeleteVectorStoreFileResponse(
             id=file_id, object="vector_store.file.deleted", deleted=True
         )

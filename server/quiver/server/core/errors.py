@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import errno
-import sqlite3
 from dataclasses import dataclass
+
+from quiver.server.storage.database import is_disk_full
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,6 @@ class DataLoss(QuiverError):
     reason = "DATA_LOSS"
 
 
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
 def disk_full(exc: BaseException) -> ResourceExhausted | None:
     """RESOURCE_EXHAUSTED for an error caused by a full disk (SQLite's SQLITE_FULL "database or
     disk is full", or OSError ENOSPC/EDQUOT, anywhere in its cause or context), else None."""
@@ -100,11 +97,7 @@ def disk_full(exc: BaseException) -> ResourceExhausted | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        full = (
-            isinstance(current, sqlite3.Error)
-            and getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-        ) or (isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS)
-        if full:
+        if is_disk_full(current):
             return ResourceExhausted(
                 "the disk holding the server's data directory is full "
                 f"({current}); retry once an operator has freed space",

@@ -178,3 +178,55 @@ def matches(filter: Filter, attributes: Mapping[str, AttributeValue]) -> bool:
     if filter.op == "lt":
         return bool(ordered < expected)
     return bool(ordered <= expected)
+
+
+def _kind(value: AttributeValue) -> str:
+    """The comparison class of a value: booleans, strings and numbers never compare equal."""
+    if isinstance(value, bool):
+        return "b"
+    return "s" if isinstance(value, str) else "n"
+
+
+Posting = dict[tuple[str, AttributeValue], set[int]]
+
+
+class AttributeTable:
+    """The attributes of many files, indexed per key and value, so that a filter is
+    evaluated as set operations over files (C-speed unions and intersections) instead of
+    walking the filter once per file. ``select`` equals ``matches`` applied to each file."""
+
+    def __init__(self, rows: list[Mapping[str, AttributeValue]]) -> None:
+        self.size = len(rows)
+        self.everyone = frozenset(range(self.size))
+        self._by_key: dict[str, Posting] = {}
+        for i, attributes in enumerate(rows):
+            for key, value in attributes.items():
+                if value is None:
+                    continue
+                self._by_key.setdefault(key, {}).setdefault((_kind(value), value), set()).add(i)
+
+    def select(self, filter: Filter) -> frozenset[int]:
+        """The indexes of the rows ``filter`` matches."""
+        if isinstance(filter, Compound):
+            parts = [self.select(f) for f in filter.filters]
+            if filter.op == "and":
+                return frozenset.intersection(*parts)
+            return frozenset().union(*parts)
+        postings = self._by_key.get(filter.key, {})
+        if filter.op in ("in", "nin"):
+            assert isinstance(filter.value, tuple)
+            found: set[int] = set()
+            for value in filter.value:
+                found.update(postings.get((_kind(value), value), ()))
+            return frozenset(found) if filter.op == "in" else self.everyone - found
+        assert not isinstance(filter.value, tuple)
+        expected = filter.value
+        if filter.op in ("eq", "ne"):
+            equal = postings.get((_kind(expected), expected), set())
+            return frozenset(equal) if filter.op == "eq" else self.everyone - equal
+        kind = _kind(expected)
+        hits: set[int] = set()
+        for (value_kind, value), rows in postings.items():
+            if value_kind == kind and matches(filter, {filter.key: value}):
+                hits.update(rows)
+        return frozenset(hits)

@@ -1,13 +1,16 @@
 """Turns a queued store file into committed chunks: prepare → worker pool → commit.
 
-The worker parses, chunks and embeds; this process adds the vectors to the store's index
-and commits chunks, vectors, text and the file's new status in one SQLite transaction. A
-result that arrives for a file that was deleted, re-attached or cancelled meanwhile is
-recognised by its generation and dropped.
+The worker parses, chunks and embeds. Then, off the event loop, the chunks are written to
+SQLite and the vectors added to the store's index, both in bounded slices (``chunk_writer``);
+the file becomes ``completed`` in one short transaction at the end. A result that arrives for
+a file that was deleted, re-attached or cancelled meanwhile is recognised by its generation
+and dropped (with whatever of it was already written). A commit that fails because the disk
+is full is tried again with backoff, then the file fails with ``server_error``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -15,11 +18,19 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.chunk_writer import (
+    ChunkWriter,
+    NotWanted,
+    Owner,
+    PendingLabels,
+    add_to_index,
+)
 from quiver.server.core.models import BatchStatus, FileStatus, LastError
 from quiver.server.core.scheduler import Job, Scheduler, single_queue
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.registry import EmbedderSpec
+from quiver.server.index.hnsw import VectorIndex
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.parsing import INVALID_FILE, SERVER_ERROR
 from quiver.server.ingest.pool import (
@@ -31,9 +42,12 @@ from quiver.server.ingest.pool import (
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
-from quiver.server.storage.database import Database
+from quiver.server.storage.database import Database, is_disk_full
 
 log = logging.getLogger("quiver.ingest")
+
+MAX_RETRY_DELAY = 60.0
+"""Longest wait between two attempts to store a file's chunks on a full disk."""
 
 SpecFor = Callable[[str, int, bool], EmbedderSpec]
 """(store's embedding model, dimensions) → the spec a worker builds its embedder from."""
@@ -50,6 +64,10 @@ class Processing:
         pool: IngestPool,
         spec_for: SpecFor,
         metrics: Metrics,
+        *,
+        commit_attempts: int = 8,
+        retry_delay: float = 1.0,
+        pending: PendingLabels | None = None,
     ) -> None:
         self.db = db
         self.book = book
@@ -60,6 +78,11 @@ class Processing:
         self.spec_for = spec_for
         self.scheduler: Scheduler | None = None  # set by the app (they refer to each other)
         self.metrics = metrics
+        self.writer = ChunkWriter(db)
+        self.pending = pending or PendingLabels()
+        self.commit_attempts = max(1, commit_attempts)
+        self.retry_delay = retry_delay
+        self._later: set[asyncio.Task[None]] = set()
 
     # -- one file ----------------------------------------------------------------------------
 
@@ -116,9 +139,22 @@ class Processing:
             log.exception("unexpected failure processing %s", job.file_id)
             self._settle(job, LastError(SERVER_ERROR, f"internal error: {type(exc).__name__}"))
             return
-        self._commit(job, output)
+        await self._commit(job, output)
 
     def _settle(self, job: Job, error: LastError) -> None:
+        """Ends the job ``failed`` with ``error`` (``cancelled`` if its batch was). If that
+        cannot be written for want of disk space, it is tried again later until it is."""
+        try:
+            self._settle_now(job, error)
+        except (sqlite3.Error, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("disk full: recording %s as failed later (%s)", job.file_id, exc)
+            task = asyncio.get_running_loop().create_task(self._settle_later(job, error))
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+
+    def _settle_now(self, job: Job, error: LastError) -> None:
         with self.book.transaction() as conn:
             if self._current(job) is None:
                 return
@@ -129,48 +165,123 @@ class Processing:
             )
         self.metrics.files.labels(status.value).inc()
 
+    async def _settle_later(self, job: Job, error: LastError, *, now: bool = False) -> None:
+        """Settles the job once the disk has room again (first deleting whatever chunks its
+        failed commits left), trying with backoff until it is written or no longer wanted."""
+        delay = self.retry_delay
+        while True:
+            if not now:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+            now = False
+            row = self._current(job)
+            if row is None:
+                return
+            try:
+                await asyncio.to_thread(self.writer.delete_leftovers, self._owner(job, row))
+                self._settle_now(job, error)
+                return
+            except (sqlite3.Error, OSError) as exc:
+                if not is_disk_full(exc):
+                    log.exception("recording %s as failed failed", job.file_id)
+                    return
+                log.warning("disk still full: %s stays in progress for now", job.file_id)
+
+    @staticmethod
+    def _owner(job: Job, row: sqlite3.Row) -> Owner:
+        return Owner(
+            job.store_id,
+            job.file_id,
+            job.generation,
+            job.queue if row["batch_id"] == job.queue else None,
+            row["tenant"],
+            row["subject"],
+        )
+
     def _cancel_requested(self, conn: sqlite3.Connection, job: Job) -> bool:
         row = conn.execute(
             "SELECT cancel_requested FROM file_batches WHERE id = ?", (job.queue,)
         ).fetchone()
         return bool(row and row["cancel_requested"])
 
-    def _commit(self, job: Job, output: WorkerOutput) -> None:
+    async def _commit(self, job: Job, output: WorkerOutput) -> None:
+        """Stores the worker's output; a commit that fails because the disk is full is tried
+        again with backoff (``commit_attempts`` in all), then the file fails."""
         if output.error is not None:
             self._settle(job, LastError(*output.error))
             return
-        assert output.vectors is not None
-        started = time.perf_counter()
-        try:
-            with self.book.transaction() as conn:
-                row = self._current(job)
-                if row is None:
+        delay = self.retry_delay
+        for attempt in range(1, self.commit_attempts + 1):
+            try:
+                await self._store(job, output, leftovers=attempt > 1)
+                return
+            except (ValueError, RuntimeError, sqlite3.Error, OSError) as exc:
+                if not is_disk_full(exc):
+                    log.exception("committing %s failed", job.file_id)
+                    self._settle(job, LastError(SERVER_ERROR, f"storing the chunks failed: {exc}"))
                     return
-                if self._cancel_requested(conn, job):
-                    self.book.set_file(conn, job.store_id, job.file_id, FileStatus.CANCELLED)
+                if attempt == self.commit_attempts:
+                    log.error("committing %s failed %d times: %s", job.file_id, attempt, exc)
+                    message = f"storing the chunks failed ({attempt} attempts): {exc}"
+                    await self._settle_later(job, LastError(SERVER_ERROR, message), now=True)
                     return
-                if self.stores.is_expired(job.store_id):
-                    # Not written: an expired store refuses writes (and `touch` below would
-                    # make it look active again).
-                    self._fail_expired(
-                        job, "the vector store expired while this file was being processed"
-                    )
-                    return
-                dim = self.stores.learn_dimensions(conn, job.store_id, output.vectors.shape[1])
-                ids = self._insert_chunks(conn, job, row, output)
-                usage = output.vectors.nbytes + sum(len(t.encode("utf-8")) for t in output.texts)
-                # In memory only; if the commit below fails, start-up reconciliation drops them.
-                indexing = time.perf_counter()
-                self.indexes.add(job.store_id, dim, ids, output.vectors)
-                index_seconds = time.perf_counter() - indexing
-                self.book.set_file(
-                    conn, job.store_id, job.file_id, FileStatus.COMPLETED, usage_bytes=usage
+                log.warning(
+                    "disk full committing %s (attempt %d of %d): retrying in %.1f s",
+                    job.file_id,
+                    attempt,
+                    self.commit_attempts,
+                    delay,
                 )
-                self.stores.touch(job.store_id)
-        except (ValueError, RuntimeError, sqlite3.Error) as exc:
-            log.exception("committing %s failed", job.file_id)
-            self._settle(job, LastError(SERVER_ERROR, f"storing the chunks failed: {exc}"))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+            if self._current(job) is None:
+                return
+
+    async def _store(self, job: Job, output: WorkerOutput, *, leftovers: bool) -> None:
+        """Chunks into SQLite and vectors into the index in slices from a thread, then the
+        status flip in one short transaction here. ``leftovers``: first delete the chunks a
+        failed attempt may have left."""
+        assert output.vectors is not None
+        vectors = output.vectors
+        started = time.perf_counter()
+        row = self._current(job)
+        if row is None:
             return
+        if self.stores.is_expired(job.store_id):
+            self._fail_expired(job, "the vector store expired while this file was being processed")
+            return
+        owner = self._owner(job, row)
+        if leftovers:
+            await asyncio.to_thread(self.writer.delete_leftovers, owner)
+        try:
+            ids = await asyncio.to_thread(
+                self.writer.write, owner, output.texts, output.token_counts, vectors
+            )
+        except NotWanted:
+            self._cancel_if_requested(job)
+            return
+        dim = int(row["embedding_dimensions"])
+        if dim != vectors.shape[1]:  # not known yet (an `openai:` store): learnt now
+            with self.book.transaction() as conn:
+                dim = self.stores.learn_dimensions(conn, job.store_id, vectors.shape[1])
+        index = self.indexes.get(job.store_id, dim)
+        indexing = time.perf_counter()
+        self.pending.add(job.store_id, ids)  # in the index, not yet searchable
+        try:
+            try:
+                await asyncio.to_thread(add_to_index, index, ids, vectors)
+                index_seconds = time.perf_counter() - indexing
+                completed = self._complete(job, output)
+            except BaseException:
+                await self._discard(job.store_id, index, ids)
+                raise
+            if not completed:
+                await self._discard(job.store_id, index, ids)
+                return
+        finally:
+            self.pending.discard(job.store_id, ids)
+        self.indexes.changed(job.store_id, index)
+        await asyncio.to_thread(self.db.checkpoint)
         m = self.metrics
         m.files.labels(FileStatus.COMPLETED.value).inc()
         m.chunks.inc(len(output.texts))
@@ -180,39 +291,43 @@ class Processing:
         m.stage_seconds.labels("index").observe(index_seconds)
         m.stage_seconds.labels("commit").observe(time.perf_counter() - started - index_seconds)
 
-    def _insert_chunks(
-        self, conn: sqlite3.Connection, job: Job, row: sqlite3.Row, output: WorkerOutput
-    ) -> npt.NDArray[np.int64]:
-        """One executemany for the file's chunks; their ids follow the table's AUTOINCREMENT
-        sequence, which nobody else can move inside this (BEGIN IMMEDIATE) transaction."""
+    def _complete(self, job: Job, output: WorkerOutput) -> bool:
+        """The short final transaction: ``completed`` if the job is still wanted."""
         assert output.vectors is not None
-        before = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
-        start = int(before[0]) if before else 0
-        conn.executemany(
-            "INSERT INTO chunks (vector_store_id, file_id, tenant, subject, chunk_index, "
-            "token_count, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    job.store_id,
-                    job.file_id,
-                    row["tenant"],
-                    row["subject"],
-                    i,
-                    tokens,
-                    text,
-                    output.vectors[i].tobytes(),
+        with self.book.transaction() as conn:
+            if self._current(job) is None:
+                return False
+            if self._cancel_requested(conn, job):
+                self.book.set_file(conn, job.store_id, job.file_id, FileStatus.CANCELLED)
+                return False
+            if self.stores.is_expired(job.store_id):
+                # Not completed: an expired store refuses writes (and `touch` below would
+                # make it look active again).
+                self._fail_expired(
+                    job, "the vector store expired while this file was being processed"
                 )
-                for i, (text, tokens) in enumerate(
-                    zip(output.texts, output.token_counts, strict=True)
-                )
-            ],
-        )
-        after = int(
-            conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()[0]
-        )
-        if after - start != len(output.texts):
-            raise RuntimeError(f"chunk ids are not contiguous ({start}..{after})")
-        return np.arange(start + 1, after + 1, dtype=np.int64)
+                return False
+            usage = output.vectors.nbytes + sum(len(t.encode("utf-8")) for t in output.texts)
+            self.book.set_file(
+                conn, job.store_id, job.file_id, FileStatus.COMPLETED, usage_bytes=usage
+            )
+            self.stores.touch(job.store_id)
+        return True
+
+    def _cancel_if_requested(self, job: Job) -> None:
+        with self.book.transaction() as conn:
+            if self._current(job) is not None and self._cancel_requested(conn, job):
+                self.book.set_file(conn, job.store_id, job.file_id, FileStatus.CANCELLED)
+
+    async def _discard(self, store_id: str, index: VectorIndex, ids: npt.NDArray[np.int64]) -> None:
+        """Takes chunks that will not complete back out of the index and SQLite."""
+        try:
+            await asyncio.to_thread(index.mark_deleted, ids)
+            self.indexes.changed(store_id, index)
+            await asyncio.to_thread(self.writer.delete, ids)
+        except (sqlite3.Error, OSError) as exc:  # e.g. still no disk space: recovery or the
+            # next attempt (which deletes the file's leftovers first) removes them
+            log.warning("could not remove %d chunks of %s: %s", len(ids), store_id, exc)
 
     # -- whole stores ------------------------------------------------------------------------
 
@@ -273,11 +388,6 @@ class Processing:
                 "RETURNING vector_store_id, file_id, generation, batch_id, seq, tenant",
                 (FileStatus.IN_PROGRESS.value,),
             ).fetchall():
-                # Chunks are only written with `completed`, but be sure: never twice.
-                conn.execute(
-                    "DELETE FROM chunks WHERE vector_store_id = ? AND file_id = ?",
-                    (row["vector_store_id"], row["file_id"]),
-                )
                 jobs.append(
                     Job(
                         row["vector_store_id"],
@@ -288,6 +398,23 @@ class Processing:
                     )
                 )
         return jobs
+
+    def delete_leftovers(self, jobs: list[Job]) -> None:
+        """Blocking (call it from a thread, before ``reconcile_indexes``): deletes the chunks
+        written for files now taken up again (so none is stored twice) and those of stores
+        deleted before their chunks were."""
+        for job in jobs:
+            self.writer.delete_file(job.store_id, job.file_id)
+        for (store_id,) in (
+            self.db.reader()
+            .execute(
+                "SELECT DISTINCT vector_store_id FROM chunks "
+                "WHERE vector_store_id NOT IN (SELECT id FROM vector_stores)"
+            )
+            .fetchall()
+        ):
+            log.info("deleting the chunks of deleted store %s", store_id)
+            self.writer.delete_store(store_id)
 
     def reconcile_indexes(self) -> None:
         for store in self.db.execute(

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FieldViolation
-from quiver.server.core.filters import Filter, matches
+from quiver.server.core.filters import AttributeTable, Filter
 from quiver.server.core.models import AttributeValue, FileStatus
 from quiver.server.core.principal import Principal
 from quiver.server.core.validation import raise_if
@@ -148,12 +149,14 @@ class Searcher:
         embedder_for: EmbedderFor,
         *,
         exact_max_chunks: int,
+        pending: PendingLabels | None = None,
     ) -> None:
         self.stores = stores
         self.db = stores.db
         self.indexes = indexes
         self.embedder_for = embedder_for
         self.exact_max_chunks = exact_max_chunks
+        self.pending = pending or PendingLabels()
 
     async def search(
         self, principal: Principal, store_id: str, request: SearchRequest
@@ -173,7 +176,7 @@ class Searcher:
             if request.hybrid
             else request.max_results
         )
-        files, allowed = self._allowed(store_id, request.filter)
+        files, allowed = await asyncio.to_thread(self._allowed, store_id, request.filter)
         # The keyword ranking reads SQLite on a thread of its own, beside the vector search.
         keywords = (
             asyncio.create_task(
@@ -183,7 +186,9 @@ class Searcher:
             else None
         )
         if allowed is not None and len(allowed) <= self.exact_max_chunks:
-            vector_ranking = self._exact(store_id, dim, query, allowed, wanted)
+            vector_ranking = await asyncio.to_thread(
+                self._exact, store_id, dim, query, allowed, wanted
+            )
         else:
             vector_ranking = await asyncio.to_thread(
                 self._approximate, store_id, dim, query, allowed, wanted
@@ -201,21 +206,21 @@ class Searcher:
     def _allowed(
         self, store_id: str, filter: Filter | None
     ) -> tuple[list[str] | None, npt.NDArray[np.int64] | None]:
-        """With a filter: the completed files it matches, and their chunk ids."""
+        """With a filter: the completed files it matches, and their chunk ids. Blocking (it
+        reads every completed file's attributes): call it from a thread."""
         if filter is None:
             return None, None
-        files = [
-            row[0]
-            for row in self.db.execute(
-                "SELECT file_id, attributes FROM vector_store_files "
-                "WHERE vector_store_id = ? AND status = ?",
-                (store_id, FileStatus.COMPLETED.value),
-            )
-            if matches(filter, json.loads(row[1]))
-        ]
+        reader = self.db.reader()
+        rows = reader.execute(
+            "SELECT file_id, attributes FROM vector_store_files "
+            "WHERE vector_store_id = ? AND status = ?",
+            (store_id, FileStatus.COMPLETED.value),
+        ).fetchall()
+        table = AttributeTable([json.loads(attributes) for _, attributes in rows])
+        files = [rows[i][0] for i in sorted(table.select(filter))]
         ids = [
             r[0]
-            for r in self.db.execute(
+            for r in reader.execute(
                 "SELECT id FROM chunks WHERE vector_store_id = ? "
                 "AND file_id IN (SELECT value FROM json_each(?))",
                 (store_id, json.dumps(files)),
@@ -233,7 +238,7 @@ class Searcher:
         allowed: npt.NDArray[np.int64],
         k: int,
     ) -> list[tuple[int, float]]:
-        """Brute force over few chunks, on the event loop: consistent with SQLite by design."""
+        """Brute force over few chunks (from a thread: it reads the index under its lock)."""
         if len(allowed) == 0:
             return []
         vectors = self.indexes.get(store_id, dim).vectors(allowed)
@@ -250,8 +255,11 @@ class Searcher:
         k: int,
     ) -> list[tuple[int, float]]:
         index = self.indexes.get(store_id, dim)
-        if allowed is None:
+        hidden = self.pending.of(store_id) if allowed is None else frozenset()
+        if allowed is None and not hidden:
             labels, distances = index.knn(query, k)
+        elif allowed is None:  # skip chunks of a file still being committed
+            labels, distances = index.knn(query, k, filter=lambda label: label not in hidden)
         else:
             members = set(allowed.tolist())
             labels, distances = index.knn(query, k, filter=members.__contains__)

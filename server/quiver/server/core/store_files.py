@@ -7,9 +7,10 @@ import json
 import sqlite3
 from collections.abc import Mapping
 
-import numpy as np
+from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FailedPrecondition, NotFound
 from quiver.server.core.files import FileStore
+from quiver.server.core.index_removals import IndexRemovals
 from quiver.server.core.models import (
     AttributeValue,
     Chunking,
@@ -71,6 +72,7 @@ class StoreFiles:
         indexes: IndexManager,
         scheduler: Scheduler,
         files: FileStore,
+        pending: PendingLabels | None = None,
     ) -> None:
         self.book = book
         self.db = book.db
@@ -78,6 +80,7 @@ class StoreFiles:
         self.indexes = indexes
         self.scheduler = scheduler
         self.files = files
+        self.removals = IndexRemovals(indexes, pending or PendingLabels())
 
     # -- attaching -----------------------------------------------------------------------------
 
@@ -140,9 +143,8 @@ class StoreFiles:
         return job, stale
 
     def drop_from_index(self, store: sqlite3.Row, chunk_ids: list[int]) -> None:
-        self.indexes.remove(
-            store["id"], store["embedding_dimensions"], np.asarray(chunk_ids, dtype=np.int64)
-        )
+        """The chunks are gone from SQLite: out of the index too (in a thread)."""
+        self.removals.remove_soon(store["id"], store["embedding_dimensions"], chunk_ids)
 
     def create(
         self,

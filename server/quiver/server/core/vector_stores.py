@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -10,6 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from quiver.server.core import ids
+from quiver.server.core.chunk_writer import ChunkWriter
 from quiver.server.core.clock import Clock, system_clock
 from quiver.server.core.embedder_choice import Choice
 from quiver.server.core.errors import FailedPrecondition, FieldViolation, NotFound
@@ -272,12 +274,15 @@ class VectorStores:
             self.touch(store_id)
         return self.get(principal, store_id)
 
-    def delete(self, principal: Principal, store_id: str) -> None:
+    async def delete(self, principal: Principal, store_id: str) -> None:
+        """Deletes the store's rows in one short transaction; then its chunks (possibly
+        millions of rows with their text index), in slices from a thread. Chunks of a store
+        that no longer exists are never read, and start-up deletes any left by a crash."""
         self.get_row(principal, store_id)
         with self.transaction() as conn:
             for hook in self.deleted_hooks:
                 hook(conn, store_id)
-            conn.execute("DELETE FROM chunks WHERE vector_store_id = ?", (store_id,))
             conn.execute("DELETE FROM vector_store_files WHERE vector_store_id = ?", (store_id,))
             conn.execute("DELETE FROM file_batches WHERE vector_store_id = ?", (store_id,))
             conn.execute("DELETE FROM vector_stores WHERE id = ?", (store_id,))
+        await asyncio.to_thread(ChunkWriter(self.db).delete_store, store_id)

@@ -1,7 +1,14 @@
-"""One SQLite connection in WAL mode, used from the server's event-loop thread."""
+"""SQLite in WAL mode: the event loop's connection, and the writes and reads of threads.
+
+SQLite has one writer at a time. Every write, from the event loop's connection or from a
+thread's, holds ``write_lock`` for the whole transaction, so writers queue on it instead of
+sleeping in SQLite's busy handler. Long writes run in threads as a series of short
+transactions (``slice()``), so the event loop never waits for the lock longer than one slice.
+"""
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -9,28 +16,46 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from quiver.server.storage.schema import ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION
+from quiver.server.storage.write_lock import WriteLock
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full" (SQLITE_FULL) or an OS write's ENOSPC."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, cached_statements=256
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a commit survives a process crash (SIGKILL); only a power cut
+    # can lose the last transactions, never corrupt the database.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
 
 
 class Database:
-    """Owns the connection. ``transaction()`` groups writes; reads may run outside one."""
+    """Owns the connections. ``transaction()`` groups the event loop's writes; reads may run
+    outside one. Threads write with ``slice()`` and read with ``reader()``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, cached_statements=256
-        )
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process crash (SIGKILL); only a power cut
-        # can lose the last transactions, never corrupt the database.
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA busy_timeout=5000")
-        self._depth = 0
+        self.conn = _connect(path)
+        self.write_lock = WriteLock()
+        self._depth = 0  # of the event loop's transaction (only the loop's thread uses it)
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
         self._migrate()
 
     def _migrate(self) -> None:
@@ -47,7 +72,8 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, rolled back on error. Nested calls join the outer one."""
+        """BEGIN IMMEDIATE … COMMIT on the event loop's connection, rolled back on error,
+        under ``write_lock``. Nested calls join the outer one."""
         if self._depth:
             self._depth += 1
             try:
@@ -55,43 +81,97 @@ class Database:
             finally:
                 self._depth -= 1
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        self.write_lock.acquire(urgent=True)
         try:
-            yield self.conn
-        except BaseException:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth = 0
+                self.conn.execute("ROLLBACK")
+                raise
             self._depth = 0
-            self.conn.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # e.g. disk full: SQLite left it open
+                    self.conn.execute("ROLLBACK")
+                raise
+        finally:
+            self.write_lock.release()
 
     def execute(
         self, sql: str, params: tuple[object, ...] | dict[str, object] = ()
     ) -> sqlite3.Cursor:
+        """A statement on the event loop's connection; a write outside a transaction becomes
+        a transaction of its own (so it, too, holds the write lock)."""
+        if not self._depth and sql.lstrip()[:7].upper().startswith(_WRITES):
+            with self.transaction() as conn:
+                return conn.execute(sql, params)
         return self.conn.execute(sql, params)
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def _thread_connection(self, name: str, query_only: bool) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
+        if conn is None:
+            conn = _connect(self.path)
+            if query_only:
+                conn.execute("PRAGMA query_only=1")
+            setattr(self._local, name, conn)
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
 
     def reader(self) -> sqlite3.Connection:
         """A read-only connection for the calling thread (WAL: readers never wait on the
         writer), so slow reads can run off the event loop."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(str(self.path), check_same_thread=False)
-            conn.execute("PRAGMA query_only=1")
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._local.conn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
-        return conn
+        return self._thread_connection("reader", query_only=True)
+
+    @contextmanager
+    def slice(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction from a thread (never the event loop's): keep it to a
+        few milliseconds, since the event loop's writes wait for it."""
+        conn = self._thread_connection("writer", query_only=False)
+        self.write_lock.acquire()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            self.write_lock.release()
+
+    def checkpoint(self) -> None:
+        """Copies the write-ahead log into the database (PASSIVE: never waits for anyone);
+        from a thread, so the event loop's commits need not do it."""
+        self._thread_connection("writer", query_only=False).execute(
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        )
 
     def close(self) -> None:
-        with self._readers_lock:
-            for reader in self._readers:
-                reader.close()
-            self._readers.clear()
+        """Closes every connection; waits for a thread's write slice in progress (a slice
+        started afterwards fails with "closed database" instead of writing)."""
+        self.write_lock.acquire(urgent=True)
         try:
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.OperationalError:
-            pass  # e.g. a full disk: the WAL is kept and checkpointed at the next start
+            with self._connections_lock:
+                for conn in self._connections:
+                    conn.close()
+                self._connections.clear()
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:
+                pass  # e.g. a full disk: the WAL is kept and checkpointed at the next start
+            finally:
+                self.conn.close()
         finally:
-            self.conn.close()
+            self.write_lock.release()
