@@ -6,9 +6,9 @@ Scores, always in [0, 1], higher is better, comparable across rankers:
 - ranker ``none``: the cosine similarity of query and chunk, clipped to [0, 1].
 - ranker ``auto`` (and dated aliases such as ``default-2024-11-15``): a weighted mean of
   that cosine similarity and the chunk's keyword relevance (its BM25 score over the highest
-  the query could reach, raised by a bounded boost when the chunk holds a query as an exact
-  phrase), with weights that depend on the store's embedder: ``core/fusion.py`` has the
-  formula, ``core/keyword_ranking.py`` the keyword side.
+  the query could reach, raised by bounded boosts when the chunk holds a query as an exact
+  phrase or pairs of its adjacent words), with weights that depend on the store's embedder:
+  ``core/fusion.py`` has the formula, ``core/keyword_ranking.py`` the keyword side.
 
 ``score_threshold`` drops results scoring below it, on that same scale.
 """
