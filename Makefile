@@ -134,6 +134,7 @@ bench: dev
 		|| echo "linux-doc-6.1 is not installed: the ingest corpus will be under 50 MB"
 	$(PY) -m bench.ingest --mb 50
 	$(PY) -m bench.search --chunks 100000
+	$(PY) -m bench.quality
 	$(PY) -m bench.watchers --watchers 1000 --files 500
 	$(PY) -m bench.load --clients 32 --seconds 180
 	$(PY) -m bench.search_scale --sizes 10000,100000,1000000

@@ -678,11 +678,26 @@ class RankingOptions(_message.Message):
     RANKER_FIELD_NUMBER: _builtins.int
     SCORE_THRESHOLD_FIELD_NUMBER: _builtins.int
     ranker: _builtins.str
-    """"auto" (default: vector and keyword rankings fused), "none" (vector only), or a dated
+    """"auto" (default: vector and keyword relevance fused), "none" (vector only), or a dated
     name such as "default-2024-11-15" (an alias of the current default).
+
+    Scores, in [0, 1], higher is better, one scale under every ranker:
+      none:  max(0, cosine similarity of query and chunk)
+      auto:  (w * max(0, cosine) + keyword') / (w + 1), where
+        keyword  = bm25 / ((k1 + 1) * sum of the query words' idf): FTS5's BM25 (k1 = 1.2,
+                   b = 0.75) over the highest the query could reach, 0 when no query word
+                   occurs in the chunk (English stop words are left out of the query unless
+                   it has no other word)
+        boost    = min(1, p * [chunk holds a query as an exact phrase]
+                          + q * share of the query's adjacent word pairs the chunk holds)
+        keyword' = keyword + boost * (1 - keyword)
+      w, p, q depend on the store's embedder: hash w = 0.25, p = 0.5, q = 0.15; any other
+      model w = 1, p = 0.5, q = 0.15.
+    So an unrelated query scores low under both rankers, and a chunk better on every signal
+    never scores lower.
     """
     score_threshold: _builtins.float
-    """Results scoring below this are dropped, 0…1. Default 0."""
+    """Results scoring below this are dropped, 0…1 (on the scale above). Default 0."""
     def __init__(
         self,
         *,
@@ -808,7 +823,9 @@ class SearchResult(_message.Message):
     filename: _builtins.str
     """That file's name."""
     score: _builtins.float
-    """Relevance in [0, 1], higher is better, comparable across rankers."""
+    """Relevance in [0, 1], higher is better, on the same scale under every ranker (formula at
+    RankingOptions.ranker); results come best first.
+    """
     @_builtins.property
     def attributes(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
         """The store file's attributes."""

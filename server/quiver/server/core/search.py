@@ -1,17 +1,14 @@
 """SearchVectorStore: embed the query, k-NN in the store's index (or exact search when a
 filter leaves few chunks), optionally fused with an FTS5 keyword ranking.
 
-Scores, always in [0, 1], higher is better:
+Scores, always in [0, 1], higher is better, comparable across rankers:
 
 - ranker ``none``: the cosine similarity of query and chunk, clipped to [0, 1].
-- ranker ``auto`` (and dated aliases such as ``default-2024-11-15``): reciprocal rank
-  fusion of the vector ranking, the BM25 keyword ranking and, when a query of several words
-  occurs as an exact phrase, the ranking of the chunks holding it: ``Σ 1/(60 + rank)`` over
-  the rankings that returned anything, divided by its best possible value. So 1.0 means
-  "first in every ranking", 0.5 "first in one of two rankings and absent from the other".
-  The phrase ranking makes an exact phrase match count twice (it also heads the keyword
-  ranking), so the best chunk holding the phrase always comes before chunks that merely
-  share its words, however high the vector ranking puts those.
+- ranker ``auto`` (and dated aliases such as ``default-2024-11-15``): a weighted mean of
+  that cosine similarity and the chunk's keyword relevance (its BM25 score over the highest
+  the query could reach, raised by bounded boosts when the chunk holds a query as an exact
+  phrase or pairs of its adjacent words), with weights that depend on the store's embedder:
+  ``core/fusion.py`` has the formula, ``core/keyword_ranking.py`` the keyword side.
 
 ``score_threshold`` drops results scoring below it, on that same scale.
 """
@@ -22,8 +19,6 @@ import asyncio
 import json
 import math
 import re
-import sqlite3
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +27,8 @@ import numpy.typing as npt
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FieldViolation
 from quiver.server.core.filters import AttributeTable, Filter
+from quiver.server.core.fusion import fuse, fusion_for
+from quiver.server.core.keyword_ranking import KeywordMatches, keyword_matches
 from quiver.server.core.models import AttributeValue, FileStatus
 from quiver.server.core.principal import Principal
 from quiver.server.core.validation import raise_if
@@ -39,44 +36,12 @@ from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.base import Embedder
 from quiver.server.index.manager import IndexManager
 
-RRF_K = 60
 MAX_QUERIES = 10
 MAX_QUERY_CHARS = 4096
 MAX_RESULTS = 50
 DEFAULT_RESULTS = 10
 FUSION_CANDIDATES = 50
-MAX_KEYWORDS = 64
 _DATED_DEFAULT = re.compile(r"^default-\d{4}-\d{2}-\d{2}$")
-_WORD = re.compile(r"\w+")
-# Left out of the keyword OR-query (not of phrases): they match most chunks and make BM25
-# sort tens of thousands of rows while adding almost nothing to the ranking.
-_STOP_WORDS = (
-    "a an and are as at be but by do does for from has have how i if in into is it its of "
-    "on or so that the their then there these they this to was we were what when where "
-    "which who why will with you your"
-)
-STOP_WORDS = frozenset(_STOP_WORDS.split())
-COMMON_TERM_SHARE = 0.05
-"""A word found in more than this share of all chunks is left out of the keyword OR-query
-(its IDF is near zero, yet BM25 would score and sort every chunk holding it)."""
-MIN_CHUNKS_FOR_PRUNING = 2000
-_TOKENIZER = "porter unicode61 remove_diacritics 2"  # the same as chunks_fts's
-_stemmers = threading.local()
-
-
-def _stems(words: list[str]) -> list[str]:
-    """Each word as chunks_fts stores it (lower-cased, diacritics removed, Porter-stemmed),
-    by running it through an in-memory FTS5 table with the same tokenizer."""
-    conn: sqlite3.Connection | None = getattr(_stemmers, "conn", None)
-    if conn is None:
-        conn = sqlite3.connect(":memory:")
-        conn.execute(f"CREATE VIRTUAL TABLE words USING fts5(word, tokenize='{_TOKENIZER}')")
-        conn.execute("CREATE VIRTUAL TABLE stems USING fts5vocab(words, instance)")
-        _stemmers.conn = conn
-    conn.execute("DELETE FROM words")
-    conn.executemany("INSERT INTO words (rowid, word) VALUES (?, ?)", enumerate(words))
-    found = dict((doc, term) for term, doc in conn.execute("SELECT term, doc FROM stems"))
-    return [found.get(i, word) for i, word in enumerate(words)]
 
 
 EmbedderFor = Callable[[str, int, bool], Embedder]
@@ -180,7 +145,7 @@ class Searcher:
         # The keyword ranking reads SQLite on a thread of its own, beside the vector search.
         keywords = (
             asyncio.create_task(
-                asyncio.to_thread(self._keywords, store_id, request.queries, wanted, files)
+                asyncio.to_thread(self._keywords, store_id, request.queries, wanted, files, query)
             )
             if request.hybrid
             else None
@@ -194,8 +159,9 @@ class Searcher:
                 self._approximate, store_id, dim, query, allowed, wanted
             )
         if keywords is not None:
-            keyword, phrase = await keywords
-            scored = _fuse([[c for c, _ in vector_ranking], keyword, phrase])
+            keyword, cosines = await keywords
+            fusion = fusion_for(store["embedding_model"])
+            scored = fuse(fusion, vector_ranking, keyword, cosines)
         else:
             scored = [(c, max(0.0, min(1.0, s))) for c, s in vector_ranking]
         scored = [(c, s) for c, s in scored if s >= request.score_threshold]
@@ -277,52 +243,24 @@ class Searcher:
         queries: list[str],
         k: int,
         files: list[str] | None,
-    ) -> tuple[list[int], list[int]]:
-        """BM25 over FTS5, on a read-only connection of the calling thread: chunks holding a
-        query's exact phrase first, then those holding any of its words (stop words left out
-        unless nothing else is left); and, apart, the chunks holding an exact phrase.
-        ``files`` limits both to the files a filter matched."""
-        words: list[str] = []
-        phrases: list[str] = []
-        for query in queries:
-            terms = _WORD.findall(query.lower())
-            if len(terms) > 1:
-                phrases.append('"' + " ".join(terms[:MAX_KEYWORDS]) + '"')
-            words += terms
-        unique = list(dict.fromkeys(words))
-        meaningful = [w for w in unique if w not in STOP_WORDS] or unique
-        if not meaningful:
-            return [], []
+        query: npt.NDArray[np.float32],
+    ) -> tuple[KeywordMatches, dict[int, float]]:
+        """The keyword ranking (core/keyword_ranking.py) on a read-only connection of the
+        calling thread, and the cosine similarity of its chunks (their vectors from SQLite)
+        for the fusion."""
         reader = self.db.reader()
-        meaningful = _without_common(reader, meaningful[:MAX_KEYWORDS])
-        expressions = [" OR ".join(phrases)] if phrases else []
-        expressions.append(" OR ".join(f'"{w}"' for w in meaningful))
-        sql = (
-            "SELECT c.id FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
-            "WHERE chunks_fts MATCH ? AND c.vector_store_id = ?"
-        )
-        params: tuple[object, ...] = (store_id,)
-        if files is not None:
-            sql += " AND c.file_id IN (SELECT value FROM json_each(?))"
-            params += (json.dumps(files),)
-        sql += " ORDER BY bm25(chunks_fts) LIMIT ?"
-        ranking: list[int] = []
-        phrased: list[int] = []
-        seen: set[int] = set()
-        for n, expression in enumerate(expressions):
-            try:
-                rows = reader.execute(sql, (expression, *params, k)).fetchall()
-            except sqlite3.OperationalError:
-                continue  # an expression FTS5 cannot parse: the vector ranking still stands
-            for (chunk_id,) in rows:
-                if chunk_id not in seen and len(ranking) < k:
-                    seen.add(chunk_id)
-                    ranking.append(chunk_id)
-            if phrases and n == 0:
-                phrased = list(ranking)
-            if len(ranking) >= k:
-                break
-        return ranking, phrased
+        found = keyword_matches(reader, store_id, queries, k, files)
+        if not found.relevance:
+            return found, {}
+        ids = list(found.relevance)
+        marks = ",".join("?" * len(ids))
+        rows = reader.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", ids)
+        cosines = {
+            int(i): float(np.frombuffer(blob, dtype=np.float32) @ query)
+            for i, blob in rows
+            if len(blob) == 4 * len(query)
+        }
+        return found, cosines
 
     # -- results ---------------------------------------------------------------------------------
 
@@ -358,38 +296,7 @@ class Searcher:
         return hits[:limit]
 
 
-def _without_common(reader: sqlite3.Connection, words: list[str]) -> list[str]:
-    """``words`` less those found in more than COMMON_TERM_SHARE of all chunks (counted over
-    the whole database); the rarest word stays if every one is common."""
-    row = reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
-    chunks = int(row[0]) if row else 0
-    if chunks < MIN_CHUNKS_FOR_PRUNING or not words:
-        return words
-    stems = _stems(words)
-    marks = ",".join("?" * len(stems))
-    frequency = dict(
-        reader.execute(f"SELECT term, doc FROM chunks_vocab WHERE term IN ({marks})", stems)
-    )
-    counts = [int(frequency.get(stem, 0)) for stem in stems]
-    kept = [w for w, n in zip(words, counts, strict=True) if n <= COMMON_TERM_SHARE * chunks]
-    return kept or [words[counts.index(min(counts))]]
-
-
 def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     norm = float(np.linalg.norm(vector))
     out = vector / norm if norm > 0 else vector
     return np.asarray(out, dtype=np.float32)
-
-
-def _fuse(rankings: list[list[int]]) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion, scaled so that first place in every ranking scores 1.0."""
-    used = [r for r in rankings if r]
-    if not used:
-        return []
-    scores: dict[int, float] = {}
-    for ranking in used:
-        for rank, chunk_id in enumerate(ranking, start=1):
-            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
-    best = len(used) / (RRF_K + 1)
-    fused = sorted(scores.items(), key=lambda item: -item[1])
-    return [(chunk_id, min(1.0, score / best)) for chunk_id, score in fused]
