@@ -55,9 +55,12 @@ async def test_a_full_disk_answers_resource_exhausted(
     assert before.data
 
     data_dir = running.server.settings.data_dir
-    # A reader holding its snapshot keeps SQLite from restarting the WAL at its start, so
-    # every write must grow the WAL: on a full disk, every write fails.
+    # An empty WAL (checkpointed and truncated now) and a reader holding its snapshot, which
+    # keeps SQLite from restarting the WAL: every write must grow the WAL file, so on a full
+    # disk every write fails.
     reader = sqlite3.connect(data_dir / "quiver.sqlite3")
+    busy, _, _ = reader.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
     reader.execute("BEGIN")
     reader.execute("SELECT COUNT(*) FROM vector_stores").fetchone()
     ballast = fill(data_dir.parent)
