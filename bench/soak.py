@@ -238,6 +238,8 @@ class Batch:
     watched_final: FileBatch | None = None
     terminal_epoch: int | None = None
     reconnects: int = 0
+    # The CreateFileBatch call as sent (same body, same request id): replayed at the end.
+    create: Callable[[AsyncClient], Awaitable[FileBatch]] | None = None
 
 
 @dataclass
@@ -730,6 +732,7 @@ class Soak:
             chunking=chunkings,
             created_epoch=first_epoch if first_epoch is not None else self.server.epoch,
             reply_lost=lost,
+            create=create,
         )
         if created.id in self.batches:
             self.idempotency.append(f"{request_id}: a new request gave existing {created.id}")
@@ -1092,14 +1095,14 @@ async def check_store_counts(soak: Soak, listed: dict[str, Listed], check: Check
 
 
 async def replay_request_ids(soak: Soak, check: Check) -> None:
-    """Every batch's CreateFileBatch once more, with its request id: the same batch."""
+    """Every batch's CreateFileBatch once more, the same body with the same request id (a
+    different body is refused with ALREADY_EXISTS): the same batch."""
     client = await soak.client()
 
     async def one(b: Batch) -> None:
+        assert b.create is not None
         try:
-            again = await client.vector_stores.file_batches.create(
-                vector_store_id=b.store_id, file_ids=b.file_ids, request_id=b.request_id
-            )
+            again = await b.create(client)
         except QuiverError as exc:
             check.fail(f"{b.request_id}: replaying CreateFileBatch failed: {exc}")
             return
