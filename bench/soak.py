@@ -40,6 +40,15 @@ first search), 4 KB of random bytes, a truncated file, or its checksum sidecar r
 restart must refuse it before hnswlib reads it and rebuild it from SQLite; checks (c) then
 find every chunk in the saved index and every file by search.
 
+Before every third kill (``--disk-full-every``) the disk fills up for a few seconds while
+the load runs: the data dir lives on its own small tmpfs (``--tmpfs-size``, mounted when the
+soak runs as root; otherwise the fault is skipped and the summary says why), and a ballast
+file (``bench/tmpfs.py``) leaves 256 KiB free, filled just after a CreateFileBatch was sent.
+Meanwhile writes must be refused with RESOURCE_EXHAUSTED / DISK_FULL (expected, and a
+refused upload or batch is never counted as confirmed; a refused batch is asked again with
+the same request id), ingest commits are retried, and once the ballast is gone everything
+completes: the checks above hold as for kills, and any other failure is unexpected.
+
 Prints a summary with PASS/FAIL per check; exits 1 when any check fails.
 """
 
@@ -1001,10 +1010,11 @@ class Soak:
         await self.server.wait_serving(self.profile.start_timeout)
 
     async def disk_full_episode(self, rng: random.Random, kill: int) -> None:
-        """Fills the disk for a few seconds while the load runs (preferably while a batch is
-        being processed, so commits meet the full disk too), then gives the space back."""
-        await self.unfinished_batch(timeout=5.0)
-        await asyncio.sleep(rng.uniform(0.0, 0.3))
+        """Fills the disk for a few seconds while the load runs, then gives the space back.
+        It fills just after a CreateFileBatch was sent (when one comes within 5 s), so that
+        batch's files are processed, and their commits retried, on the full disk."""
+        await self.next_rpc("CreateFileBatch", timeout=5.0)
+        await asyncio.sleep(rng.uniform(0.02, 0.2))
         refused_before = sum(self.refused.values())
         seconds = rng.uniform(*self.options.disk_full_seconds)
         open_batches = self.open_batches()
@@ -1785,8 +1795,8 @@ def _tmpfs_size(quick: bool, kills: int) -> str:
     """About 3-5 times what the data dir grows to: a quick soak's grew to 6.2 MiB in 4
     kills (~1.5 MiB a kill)."""
     if quick:
-        return f"{max(32, 8 * kills)}m"
-    return f"{max(256, 48 * kills)}m"  # bigger files, one more client: not yet measured
+        return f"{max(64, 16 * kills)}m"
+    return f"{max(512, 64 * kills)}m"  # bigger files, one more client: not yet measured
 
 
 def main(argv: Sequence[str] | None = None) -> int:
