@@ -1614,7 +1614,8 @@ def check_disk_full(load: Soak, disk: Disk, facts: LogFacts) -> Check:
     the "rpc" check), commits retried; the end checks above show they completed."""
     check = Check("disk full: writes refused with RESOURCE_EXHAUSTED/DISK_FULL, then served")
     if not disk.mounted:
-        check.summary = f"skipped: {disk.why_not}"
+        check.warn_only = True
+        check.fail(f"fault skipped: {disk.why_not}")
         return check
     retries = sum(n for m, n in facts.warnings.items() if m.startswith("disk full committing"))
     check.summary = (
