@@ -1793,11 +1793,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
 
 
 def _tmpfs_size(quick: bool, kills: int) -> str:
-    """About 3-5 times what the data dir grows to: a quick soak's grew to 6.2 MiB in 4
-    kills (~1.5 MiB a kill)."""
+    """About 3-4 times what the data dir grows to (peak, ballast not counted): a quick soak
+    grew 2-4 MiB a kill (7-17 MiB in 4 kills, seed 7), a full one ~13 MiB a kill (40.5 MiB
+    in 3 kills, seed 7)."""
     if quick:
         return f"{max(64, 16 * kills)}m"
-    return f"{max(512, 64 * kills)}m"  # bigger files, one more client: not yet measured
+    return f"{max(256, 48 * kills)}m"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
