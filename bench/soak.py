@@ -40,6 +40,15 @@ first search), 4 KB of random bytes, a truncated file, or its checksum sidecar r
 restart must refuse it before hnswlib reads it and rebuild it from SQLite; checks (c) then
 find every chunk in the saved index and every file by search.
 
+Before every third kill (``--disk-full-every``) the disk fills up for a few seconds while
+the load runs: the data dir lives on its own small tmpfs (``--tmpfs-size``, mounted when the
+soak runs as root; otherwise the fault is skipped and the summary says why), and a ballast
+file (``bench/tmpfs.py``) leaves 256 KiB free, filled just after a CreateFileBatch was sent.
+Meanwhile writes must be refused with RESOURCE_EXHAUSTED / DISK_FULL (expected, and a
+refused upload or batch is never counted as confirmed; a refused batch is asked again with
+the same request id), ingest commits are retried, and once the ballast is gone everything
+completes: the checks above hold as for kills, and any other failure is unexpected.
+
 Prints a summary with PASS/FAIL per check; exits 1 when any check fails.
 """
 
@@ -87,6 +96,7 @@ from quiver.client.types import AttributeValue
 from quiver.server.index import integrity
 from quiver.server.index.hnsw import VectorIndex
 
+from bench import tmpfs
 from bench.serverproc import free_port
 from tests.docgen import make_docx, make_pdf
 
@@ -200,6 +210,9 @@ class Options:
     log_level: str
     index_save_interval: float
     damage_every: int
+    disk_full_every: int
+    disk_full_seconds: tuple[float, float]
+    tmpfs_size: str
     work_dir: Path | None
     keep: bool
     timeout: float
@@ -238,6 +251,8 @@ class Batch:
     watched_final: FileBatch | None = None
     terminal_epoch: int | None = None
     reconnects: int = 0
+    # The CreateFileBatch call as sent (same body, same request id): replayed at the end.
+    create: Callable[[AsyncClient], Awaitable[FileBatch]] | None = None
 
 
 @dataclass
@@ -260,17 +275,72 @@ class InFlight(Exception):
     """An RPC failed because the server was killed while it ran (or was down when sent)."""
 
 
+class Refused(Exception):
+    """A write was refused with RESOURCE_EXHAUSTED / DISK_FULL while the soak had filled the
+    disk: expected, and nothing it asked for counts as confirmed."""
+
+
+DISK_FULL_LEAVE = 256 * 1024  # bytes left free while the disk is "full"
+
+
+class Disk:
+    """The data dir's own small tmpfs, filled with a ballast file now and then."""
+
+    def __init__(self, data_dir: Path, mounted: bool, why_not: str = "") -> None:
+        self.data_dir = data_dir
+        self.mounted = mounted
+        self.why_not = why_not
+        self.full = False  # the ballast is in place
+        self.fills = 0  # episodes started
+        self.free = asyncio.Event()
+        self.free.set()
+        self.events: list[str] = []
+        self.peak_used = 0  # bytes the data dir's filesystem held, ballast not counted
+
+    def note_usage(self) -> None:
+        if self.mounted and not self.full:
+            stat = os.statvfs(self.data_dir)
+            used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+            self.peak_used = max(self.peak_used, used)
+
+    def expects_refusal(self, fills_at_send: int, full_at_send: bool) -> bool:
+        """Whether a DISK_FULL answer fits: the disk was full when the RPC was sent, is full
+        now, or was filled while it ran."""
+        return full_at_send or self.full or self.fills != fills_at_send
+
+    async def fill_for(self, seconds: float) -> tuple[float, int]:
+        """Fills the disk to ``DISK_FULL_LEAVE`` free bytes, holds it ``seconds``, frees it;
+        returns (seconds it took to fill, ballast bytes)."""
+        self.note_usage()
+        started = time.monotonic()
+        self.fills += 1
+        self.full = True
+        self.free.clear()
+        ballast = self.data_dir / "ballast"
+        try:
+            await asyncio.to_thread(tmpfs.fill, self.data_dir, DISK_FULL_LEAVE)
+            filled_in = time.monotonic() - started
+            size = ballast.stat().st_size
+            await asyncio.sleep(seconds)
+        finally:
+            ballast.unlink(missing_ok=True)
+            self.full = False
+            self.free.set()
+        return filled_in, size
+
+
 # -- the server process ---------------------------------------------------------------------------
 
 
 class ServerLoop:
     """``quiver serve`` on one port and data dir, started, SIGKILLed and restarted."""
 
-    def __init__(self, options: Options, run_dir: Path) -> None:
+    def __init__(self, options: Options, run_dir: Path, disk: Disk) -> None:
         self.options = options
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        self.data_dir = run_dir / "data"
+        self.data_dir = disk.data_dir
+        self.disk = disk
         self.log_path = run_dir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
@@ -530,6 +600,8 @@ class Soak:
         self.lost_uploads: Counter[str] = Counter()  # by kind
         self.cut: Counter[str] = Counter()  # "Method CODE" of RPCs cut by a kill
         self.unexpected: list[str] = []
+        self.refused: Counter[str] = Counter()  # by method: DISK_FULL while the disk was full
+        self.disk = server.disk
         self.stream_problems: list[str] = []
         self.idempotency: list[str] = []  # mismatches
         self.idempotency_ok = 0
@@ -585,6 +657,7 @@ class Soak:
         raises InFlight; any other failure is re-raised, and recorded as unexpected unless
         it is one of ``expected``."""
         epoch, up = self.server.epoch, self.server.up.is_set()
+        fills, full = self.disk.fills, self.disk.full
         if not up:
             self.cut[f"{method} (not sent: server down)"] += 1
             raise InFlight(method)
@@ -598,11 +671,21 @@ class Soak:
             if epoch != self.server.epoch and exc.code in KILL_CODES:
                 self.cut[f"{method} {exc.code.name}"] += 1
                 raise InFlight(method) from exc
+            if self.disk_full_refusal(exc, fills, full):
+                self.refused[method] += 1
+                raise Refused(method) from exc
             if not isinstance(exc, expected):
                 self.unexpected.append(f"{method}: {exc}")
             raise
         finally:
             self.in_flight -= 1
+
+    def disk_full_refusal(self, exc: QuiverError, fills: int, full: bool) -> bool:
+        return (
+            exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and exc.reason == "DISK_FULL"
+            and self.disk.expects_refusal(fills, full)
+        )
 
     # -- client loops ---------------------------------------------------------------------------
 
@@ -656,6 +739,8 @@ class Soak:
         except InFlight:
             self.lost_uploads[kind] += 1
             return None
+        except Refused:
+            return None  # never confirmed, so never counted
         except QuiverError:
             return None  # recorded as unexpected
         if file.bytes != len(data) or file.sha256 != digest or file.filename != name:
@@ -715,6 +800,9 @@ class Soak:
                 break
             except InFlight:
                 lost = True  # the reply was lost: retry with the same request id
+            except Refused:  # not created: the same request once the disk has room again
+                await self.disk.free.wait()
+                await asyncio.sleep(0.2)
             except QuiverError:
                 self.given_up.append(request_id)
                 return None
@@ -730,6 +818,7 @@ class Soak:
             chunking=chunkings,
             created_epoch=first_epoch if first_epoch is not None else self.server.epoch,
             reply_lost=lost,
+            create=create,
         )
         if created.id in self.batches:
             self.idempotency.append(f"{request_id}: a new request gave existing {created.id}")
@@ -746,6 +835,9 @@ class Soak:
             try:
                 again = await self.call("CreateFileBatch", create)
             except InFlight:
+                continue
+            except Refused:
+                await self.disk.free.wait()
                 continue
             except QuiverError as exc:
                 self.idempotency.append(f"{batch.request_id}: the retry failed: {exc}")
@@ -771,6 +863,8 @@ class Soak:
             batch.cancel = "confirmed"
         except InFlight:
             batch.cancel = "lost"
+        except Refused:
+            batch.cancel = "disk-full"  # refused: the batch must not end cancelled
         except FailedPreconditionError:
             batch.cancel = "refused"
         except QuiverError:
@@ -782,6 +876,7 @@ class Soak:
         while failures < 5:
             await self.wait_up()
             epoch = self.server.epoch
+            fills, full = self.disk.fills, self.disk.full
             try:
                 client = await self.client()
                 async for update in client.vector_stores.file_batches.watch(
@@ -803,6 +898,10 @@ class Soak:
                 if epoch != self.server.epoch and exc.code in KILL_CODES:
                     batch.reconnects += 1
                     self.cut[f"WatchFileBatch {exc.code.name}"] += 1
+                    continue
+                if self.disk_full_refusal(exc, fills, full):
+                    self.refused["WatchFileBatch"] += 1
+                    await self.disk.free.wait()
                     continue
                 self.unexpected.append(f"WatchFileBatch {batch.batch_id}: {exc}")
                 failures += 1
@@ -857,7 +956,7 @@ class Soak:
                     store_id, query=query, max_num_results=10, filters=filters
                 )
 
-            with contextlib.suppress(InFlight, QuiverError):
+            with contextlib.suppress(InFlight, Refused, QuiverError):
                 await self.call("SearchVectorStore", search)
                 self.searches += 1
             await asyncio.sleep(rng.uniform(0.05, 0.3))
@@ -887,14 +986,20 @@ class Soak:
         """``kills`` SIGKILLs at random moments; returns with the server SERVING again."""
         rng = random.Random(f"{self.options.seed}-chaos")
         damage_rng = random.Random(f"{self.options.seed}-damage")  # kill times stay as they were
+        disk_rng = random.Random(f"{self.options.seed}-disk")
+        every_full = self.options.disk_full_every if self.disk.mounted else 0
         for i in range(self.options.kills):
-            if i > 0 and rng.random() < self.profile.startup_kill_chance:
+            disk_full = bool(every_full) and (i + 1) % every_full == 0
+            if i > 0 and rng.random() < self.profile.startup_kill_chance and not disk_full:
                 await asyncio.sleep(rng.uniform(0.05, 1.0))  # after the previous start
                 moment = "during start-up"
             else:
                 await self.server.wait_serving(self.profile.start_timeout)
+                if disk_full:
+                    await self.disk_full_episode(disk_rng, i + 1)
                 await asyncio.sleep(rng.uniform(*self.profile.kill_after))
                 moment = await self.pick_moment(rng)
+            self.disk.note_usage()
             await self.server.kill(moment, self.in_flight, self.open_batches())
             every = self.options.damage_every
             if every and (i + 1) % every == 0:
@@ -903,6 +1008,23 @@ class Soak:
                 )
             self.server.start()
         await self.server.wait_serving(self.profile.start_timeout)
+
+    async def disk_full_episode(self, rng: random.Random, kill: int) -> None:
+        """Fills the disk for a few seconds while the load runs, then gives the space back.
+        It fills just after a CreateFileBatch was sent (when one comes within 5 s), so that
+        batch's files are processed, and their commits retried, on the full disk."""
+        await self.next_rpc("CreateFileBatch", timeout=5.0)
+        await asyncio.sleep(rng.uniform(0.02, 0.2))
+        refused_before = sum(self.refused.values())
+        seconds = rng.uniform(*self.options.disk_full_seconds)
+        open_batches = self.open_batches()
+        filled_in, ballast = await self.disk.fill_for(seconds)
+        self.disk.events.append(
+            f"before kill {kill}: disk full ({ballast / 2**20:.1f} MiB ballast, filled in "
+            f"{filled_in:.2f} s, {DISK_FULL_LEAVE // 1024} KiB left) for {seconds:.1f} s, "
+            f"{open_batches} batches unfinished; "
+            f"{sum(self.refused.values()) - refused_before} RPCs refused with DISK_FULL"
+        )
 
     async def pick_moment(self, rng: random.Random) -> str:
         """Sometimes waits for a sharper moment to kill at; says which one it was."""
@@ -1092,14 +1214,14 @@ async def check_store_counts(soak: Soak, listed: dict[str, Listed], check: Check
 
 
 async def replay_request_ids(soak: Soak, check: Check) -> None:
-    """Every batch's CreateFileBatch once more, with its request id: the same batch."""
+    """Every batch's CreateFileBatch once more, the same body with the same request id (a
+    different body is refused with ALREADY_EXISTS): the same batch."""
     client = await soak.client()
 
     async def one(b: Batch) -> None:
+        assert b.create is not None
         try:
-            again = await client.vector_stores.file_batches.create(
-                vector_store_id=b.store_id, file_ids=b.file_ids, request_id=b.request_id
-            )
+            again = await b.create(client)
         except QuiverError as exc:
             check.fail(f"{b.request_id}: replaying CreateFileBatch failed: {exc}")
             return
@@ -1384,9 +1506,11 @@ async def verify_online(soak: Soak, checks: dict[str, Check]) -> dict[str, Liste
     return listed
 
 
-async def soak(options: Options, run_dir: Path) -> tuple[bool, list[str]]:
+async def soak(
+    options: Options, run_dir: Path, mounted: bool = False, why_not: str = ""
+) -> tuple[bool, list[str]]:
     profile = options.profile
-    server = ServerLoop(options, run_dir)
+    server = ServerLoop(options, run_dir, Disk(run_dir / "data", mounted, why_not))
     load = Soak(options, server)
     checks: dict[str, Check] = {
         "b": Check("(b) batches ended, counts add up, nothing taken back or made up"),
@@ -1476,12 +1600,33 @@ async def soak(options: Options, run_dir: Path) -> tuple[bool, list[str]]:
     for line in server.orphans:
         orphans.fail(line)
     checks["orphans"] = orphans
+    checks["disk"] = check_disk_full(load, server.disk, read_log(server.log_path))
 
     facts = read_log(server.log_path)
     lines = summary(options, load, server, checks, facts, chunks, drained_in, started, fatal)
     passed = not fatal and all(c.passed or c.warn_only for c in checks.values())
     lines.append(f"RESULT: {'PASS' if passed else 'FAIL'}")
     return passed, lines
+
+
+def check_disk_full(load: Soak, disk: Disk, facts: LogFacts) -> Check:
+    """What the disk-full fault did: writes refused with DISK_FULL (any other failure is in
+    the "rpc" check), commits retried; the end checks above show they completed."""
+    check = Check("disk full: writes refused with RESOURCE_EXHAUSTED/DISK_FULL, then served")
+    if not disk.mounted:
+        check.warn_only = True
+        check.fail(f"fault skipped: {disk.why_not}")
+        return check
+    retries = sum(n for m, n in facts.warnings.items() if m.startswith("disk full committing"))
+    check.summary = (
+        f"{len(disk.events)} episodes; refused: {dict(sorted(load.refused.items())) or 'none'}; "
+        f"{retries} ingest commits retried on the full disk (server log)"
+    )
+    check.notes.extend(disk.events)
+    if disk.events and not load.refused:
+        check.warn_only = True
+        check.fail("the disk was filled, but no RPC was refused with DISK_FULL")
+    return check
 
 
 def _stats(values: Sequence[float]) -> str:
@@ -1542,13 +1687,26 @@ def summary(
         f"{len(facts.errors)} error lines; warnings {dict(facts.warnings)}; "
         f"{len(facts.stderr)} other stderr outputs",
     ]
+    disk = server.disk
+    if disk.mounted:
+        disk.note_usage()
+        out.append(
+            f"  data dir on its own tmpfs of {options.tmpfs_size}: at most "
+            f"{disk.peak_used / 2**20:.1f} MiB used (without ballast); "
+            f"{len(disk.events)} disk-full episodes"
+        )
+    else:
+        out.append(f"  disk-full fault skipped: {disk.why_not}")
     out += [f"    {k}" for k in server.kills]
     for line in facts.errors[:10]:
         out.append(f"    server error: {line}")
     for line, count in Counter(facts.stderr).most_common(10):
         out.append(f"    server stderr ({count}x): {line}")
     out.append("checks:")
-    order = ["a", "b", "c-chunks", "c-index", "c-search", "c-restart", "d", "e", "stop", "rpc"]
+    order = [
+        *("a", "b", "c-chunks", "c-index", "c-search", "c-restart", "d", "e", "stop", "rpc"),
+        "disk",
+    ]
     for key in sorted(checks, key=lambda k: order.index(k) if k in order else len(order)):
         check = checks[key]
         verdict = "PASS" if check.passed else ("WARN" if check.warn_only else "FAIL")
@@ -1587,6 +1745,27 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="damage a saved index (flipped links, random bytes, truncation, no sidecar) "
         "after every Nth kill, before the restart; 0: never (default 3)",
     )
+    parser.add_argument(
+        "--disk-full-every",
+        type=int,
+        default=3,
+        help="fill the data dir's disk for a few seconds under load before every Nth kill "
+        "(the data dir gets its own small tmpfs; needs root, else skipped); 0: never "
+        "(default 3)",
+    )
+    parser.add_argument(
+        "--disk-full-seconds",
+        type=float,
+        nargs=2,
+        default=(2.0, 5.0),
+        metavar=("MIN", "MAX"),
+        help="how long the disk stays full (default 2 5)",
+    )
+    parser.add_argument(
+        "--tmpfs-size",
+        default="",
+        help="size of the data dir's tmpfs, e.g. 64m (default by profile and kills)",
+    )
     parser.add_argument("--work-dir", type=Path, help="where the data dir and log go")
     parser.add_argument("--keep", action="store_true", help="keep the data dir even on PASS")
     parser.add_argument(
@@ -1604,10 +1783,22 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         log_level=args.log_level,
         index_save_interval=args.index_save_interval,
         damage_every=args.damage_every,
+        disk_full_every=args.disk_full_every,
+        disk_full_seconds=(min(args.disk_full_seconds), max(args.disk_full_seconds)),
+        tmpfs_size=args.tmpfs_size or _tmpfs_size(args.quick, args.kills),
         work_dir=args.work_dir,
         keep=args.keep,
         timeout=timeout,
     )
+
+
+def _tmpfs_size(quick: bool, kills: int) -> str:
+    """About 3-4 times what the data dir grows to (peak, ballast not counted): a quick soak
+    grew 2-4 MiB a kill (7-17 MiB in 4 kills, seed 7), a full one ~13 MiB a kill (40.5 MiB
+    in 3 kills, seed 7)."""
+    if quick:
+        return f"{max(64, 16 * kills)}m"
+    return f"{max(256, 48 * kills)}m"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1615,14 +1806,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.work_dir is not None:
         options.work_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="quiver-soak-", dir=options.work_dir))
+    data_dir = run_dir / "data"
+    why_not = "--disk-full-every 0"
+    if options.disk_full_every:
+        why_not = tmpfs.mount_tmpfs(data_dir, options.tmpfs_size) or ""
+        if why_not:
+            print(f"the disk-full fault is skipped: {why_not}", flush=True)
+    mounted = not why_not
 
     async def bounded() -> tuple[bool, list[str]]:
-        return await asyncio.wait_for(soak(options, run_dir), options.timeout)
+        return await asyncio.wait_for(soak(options, run_dir, mounted, why_not), options.timeout)
 
     try:
-        passed, lines = asyncio.run(bounded())
-    except TimeoutError:
-        passed, lines = False, [f"RESULT: FAIL (the soak ran past {options.timeout:g} s)"]
+        try:
+            passed, lines = asyncio.run(bounded())
+        except TimeoutError:
+            passed, lines = False, [f"RESULT: FAIL (the soak ran past {options.timeout:g} s)"]
+        if mounted and (options.keep or not passed):  # the tmpfs goes with the unmount
+            shutil.copytree(data_dir, run_dir / "data.kept", dirs_exist_ok=True)
+    finally:
+        if mounted:
+            tmpfs.unmount(data_dir)
     print("\n".join(lines), flush=True)
     if passed and not options.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
