@@ -435,6 +435,64 @@ async def test_full_queue_is_resource_exhausted(running: Running) -> None:
     assert (await watch_to_end(a, store_id, batch.id))[-1].file_batch.status == B_COMPLETED
 
 
+async def stores_of(tenant: Tenant) -> list[str]:
+    reply = await tenant.stores.ListVectorStores(
+        vector_stores_pb2.ListVectorStoresRequest(limit=100), metadata=tenant.metadata
+    )
+    return [s.id for s in reply.data]
+
+
+async def create_store_fails(tenant: Tenant, file_ids: list[str]) -> aio.AioRpcError:
+    return await rpc_error(
+        tenant.stores.CreateVectorStore(
+            vector_stores_pb2.CreateVectorStoreRequest(name="with files", file_ids=file_ids),
+            metadata=tenant.metadata,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"max_queued_files": 3}, "INGEST_QUEUE_FULL"),
+        ({"max_queued_files_per_tenant": 3}, "TENANT_INGEST_QUEUE_FULL"),
+    ],
+)
+async def test_create_store_with_files_over_the_queue_limit_creates_no_store(
+    running: Running, reason: str
+) -> None:
+    a = running.alice
+    ids = await small_files(a, 5)
+    for _ in range(2):  # a retry is refused the same way, and leaves no store either
+        err = await create_store_fails(a, ids)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        assert error_reason(err) == reason
+    assert await stores_of(a) == []
+    reply = await a.stores.CreateVectorStore(
+        vector_stores_pb2.CreateVectorStoreRequest(name="fits", file_ids=ids[:3]),
+        metadata=a.metadata,
+    )
+    assert reply.vector_store.file_counts.total == 3
+    assert await stores_of(a) == [reply.vector_store.id]
+    assert sorted(f.id for f in await list_store_files(a, reply.vector_store.id)) == sorted(ids[:3])
+
+
+async def test_create_store_with_unknown_files_creates_nothing(running: Running) -> None:
+    a = running.alice
+    ids = await small_files(a, 2)
+    mine_for_bob = await small_files(running.bob, 1)
+    for missing in (["file-nope"], mine_for_bob):
+        err = await create_store_fails(a, [*ids, *missing])
+        assert err.code() == grpc.StatusCode.NOT_FOUND, err
+        assert error_reason(err) == "FILE_NOT_FOUND"
+    assert await stores_of(a) == []
+    db = open_db(running.server.settings.data_dir)
+    try:
+        assert db.execute("SELECT COUNT(*) FROM vector_store_files").fetchone() == (0,)
+    finally:
+        db.close()
+
+
 # -- a batch of mixed documents ----------------------------------------------------------
 
 

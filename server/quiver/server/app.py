@@ -41,6 +41,7 @@ from quiver.server.ingest.pool import IngestPool, WorkerStartFailed
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
+from quiver.server.storage.dir_lock import DirectoryInUse, DirLock
 from quiver.server.tls import CertificateFiles, TlsConfigError, check_settings
 from quiver.server.transport_options import server_options
 from quiver.v1 import (
@@ -106,6 +107,22 @@ class QuiverServer:
             )
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
+        # One data directory, one server: taken before anything in it is opened, held
+        # until stop() (the kernel drops it if the process dies).
+        self.dir_lock = DirLock(data)
+        try:
+            self.dir_lock.acquire(settings.listen)
+        except DirectoryInUse as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            self._build(settings)
+        except BaseException:
+            self.dir_lock.release()
+            raise
+
+    def _build(self, settings: Settings) -> None:
+        """Opens storage and wires the core (the data directory's lock is held)."""
+        data = settings.data_dir
         self.db = Database(data / "quiver.sqlite3")
         self.blobs = BlobStore(data / "blobs")
         self.hub = WatchHub(
@@ -217,7 +234,7 @@ class QuiverServer:
         try:
             await self.pool.start()
         except WorkerStartFailed as exc:
-            self.pool.close()
+            self._close_storage()  # releases the data directory too
             raise ConfigError(f"the ingest workers cannot start: {exc}") from None
         options = server_options(self.settings)
         server = aio.server(interceptors=[self.interceptor], options=options)
@@ -250,6 +267,8 @@ class QuiverServer:
             raise ConfigError(f"cannot listen on {self.settings.listen}{reason}")
         await server.start()
         self._server = server
+        host = self.settings.listen.rsplit(":", 1)[0]
+        self.dir_lock.record(f"{host}:{self.port}")
         if self.keys.open:
             log.warning(
                 "no API keys configured: serving OPEN (no authentication) on loopback only",
@@ -344,10 +363,13 @@ class QuiverServer:
     def _close_storage(self) -> None:
         if self._stopped.is_set():
             return
-        self.metrics.close()
-        self.pool.close()
-        self.indexes.save_all()
-        self.db.close()
+        try:
+            self.metrics.close()
+            self.pool.close()
+            self.indexes.save_all()
+            self.db.close()
+        finally:
+            self.dir_lock.release()  # another server may use the directory from now on
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

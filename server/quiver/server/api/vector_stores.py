@@ -48,31 +48,36 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
         self, request: pb.CreateVectorStoreRequest, context: Ctx
     ) -> pb.CreateVectorStoreResponse:
         principal = current_principal()
-        specs: list[BatchFileSpec] = []
-        if request.file_ids:
-            chunking, bad = convert.chunking_in(
-                request.chunking_strategy if request.HasField("chunking_strategy") else None
-            )
-            raise_if(bad)
-            specs = [BatchFileSpec(f, {}, chunking) for f in request.file_ids]
-            self._batches.check_files(specs)
-            self._batches.require_files(principal, list(request.file_ids))
         expires = (
             ExpiresAfter(request.expires_after.anchor, request.expires_after.days)
             if request.HasField("expires_after")
             else None
         )
-        store = self._stores.create(
-            principal,
-            name=request.name,
-            metadata=dict(request.metadata),
-            expires_after=expires,
-            embedding_model=request.embedding_model,
-            embedding_dimensions=request.embedding_dimensions,
-        )
-        if specs:  # processed like a batch; the store's file_counts follow it
-            self._batches.create(principal, store.id, specs)
-            store = self._stores.get(principal, store.id)
+        name, metadata = request.name, dict(request.metadata)
+        model, dimensions = request.embedding_model, request.embedding_dimensions
+        if request.file_ids:  # processed like a batch; the store's file_counts follow it
+            chunking, bad = convert.chunking_in(
+                request.chunking_strategy if request.HasField("chunking_strategy") else None
+            )
+            raise_if(bad)
+            store = self._batches.create_store_with_files(
+                principal,
+                [BatchFileSpec(f, {}, chunking) for f in request.file_ids],
+                name=name,
+                metadata=metadata,
+                expires_after=expires,
+                embedding_model=model,
+                embedding_dimensions=dimensions,
+            )
+        else:
+            store = self._stores.create(
+                principal,
+                name=name,
+                metadata=metadata,
+                expires_after=expires,
+                embedding_model=model,
+                embedding_dimensions=dimensions,
+            )
         return pb.CreateVectorStoreResponse(vector_store=convert.store_out(store))
 
     async def GetVectorStore(

@@ -22,11 +22,13 @@ from quiver.server.core.models import (
     AttributeValue,
     BatchStatus,
     Chunking,
+    ExpiresAfter,
     FileBatch,
     FileStatus,
     LastError,
     ListParams,
     Page,
+    VectorStore,
     VectorStoreFile,
 )
 from quiver.server.core.principal import Principal
@@ -135,48 +137,101 @@ class FileBatches:
         store = self.stores.require_writable(principal, store_id)
         self.require_files(principal, [f.file_id for f in files])
         self.scheduler.check_room(principal.tenant, len(files))
+        with self.book.transaction() as conn:
+            batch_id, jobs, stale = self._write(
+                conn, principal, store, files, request_id or None, digest if request_id else None
+            )
+        self._queue(store, jobs, stale)
+        return self.get(principal, store_id, batch_id)
+
+    def create_store_with_files(
+        self,
+        principal: Principal,
+        files: list[BatchFileSpec],
+        *,
+        name: str,
+        metadata: Mapping[str, str],
+        expires_after: ExpiresAfter | None,
+        embedding_model: str,
+        embedding_dimensions: int,
+    ) -> VectorStore:
+        """CreateVectorStore with file_ids: the store and a batch of ``files`` in one
+        transaction, after every check (the files valid and found, the store's fields
+        valid, room in the ingest queue), so a refused request leaves no store behind
+        and its retry makes only one."""
+        self.check_files(files)
+        self.require_files(principal, [f.file_id for f in files])
+        new = self.stores.prepare(
+            name=name,
+            metadata=metadata,
+            expires_after=expires_after,
+            embedding_model=embedding_model,
+            embedding_dimensions=embedding_dimensions,
+        )
+        self.scheduler.check_room(principal.tenant, len(files))
+        with self.book.transaction() as conn:
+            store_id = self.stores.insert(conn, principal, new)
+            store = conn.execute("SELECT * FROM vector_stores WHERE id = ?", (store_id,)).fetchone()
+            _, jobs, stale = self._write(conn, principal, store, files, None, None)
+        self._queue(store, jobs, stale)
+        return self.stores.get(principal, store_id)
+
+    def _write(
+        self,
+        conn: sqlite3.Connection,
+        principal: Principal,
+        store: sqlite3.Row,
+        files: list[BatchFileSpec],
+        request_id: str | None,
+        digest: str | None,
+    ) -> tuple[str, list[Job], list[int]]:
+        """Inside a transaction: the batch row and its files attached. Returns the batch id,
+        the jobs to queue and the stale chunk ids to drop, both after the commit."""
+        store_id = store["id"]
         batch_id = ids.new_id(ids.FILE_BATCH)
         now = int(self.stores.clock())
         jobs: list[Job] = []
         stale: list[int] = []
-        with self.book.transaction() as conn:
-            conn.execute(
-                "INSERT INTO file_batches (id, vector_store_id, tenant, subject, created_at, "
-                "status, request_id, request_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    batch_id,
-                    store_id,
-                    principal.tenant,
-                    principal.subject,
-                    now,
-                    BatchStatus.IN_PROGRESS.value,
-                    request_id or None,
-                    digest if request_id else None,
-                ),
+        conn.execute(
+            "INSERT INTO file_batches (id, vector_store_id, tenant, subject, created_at, "
+            "status, request_id, request_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                batch_id,
+                store_id,
+                principal.tenant,
+                principal.subject,
+                now,
+                BatchStatus.IN_PROGRESS.value,
+                request_id,
+                digest,
+            ),
+        )
+        for spec in files:
+            job, old_chunks = self.store_files.attach(
+                conn,
+                principal,
+                store,
+                spec.file_id,
+                spec.attributes,
+                spec.chunking,
+                batch_id,
+                now,
             )
-            for spec in files:
-                job, old_chunks = self.store_files.attach(
-                    conn,
-                    principal,
-                    store,
-                    spec.file_id,
-                    spec.attributes,
-                    spec.chunking,
-                    batch_id,
-                    now,
-                )
-                jobs.append(job)
-                stale += old_chunks
-            conn.executemany(
-                "INSERT INTO batch_files (batch_id, file_id, status) VALUES (?, ?, ?)",
-                [(batch_id, f.file_id, FileStatus.IN_PROGRESS.value) for f in files],
-            )
-            self.stores.touch(store_id)
+            jobs.append(job)
+            stale += old_chunks
+        conn.executemany(
+            "INSERT INTO batch_files (batch_id, file_id, status) VALUES (?, ?, ?)",
+            [(batch_id, f.file_id, FileStatus.IN_PROGRESS.value) for f in files],
+        )
+        self.stores.touch(store_id)
+        return batch_id, jobs, stale
+
+    def _queue(self, store: sqlite3.Row, jobs: list[Job], stale: list[int]) -> None:
+        """After the commit: drops superseded chunks and queues the batch's files."""
         self.store_files.drop_from_index(store, stale)
         keys = {j.key for j in jobs}
         self.scheduler.remove(lambda j: j.key in keys)  # superseded attachments
         self.scheduler.enqueue(jobs)
-        return self.get(principal, store_id, batch_id)
 
     def check_files(
         self, files: list[BatchFileSpec], request_id: str = "", listed_in: str = "file_ids"

@@ -54,6 +54,16 @@ class StoreUpdate:
     metadata: dict[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class NewStore:
+    """A store to create: validated fields and the resolved embedder (see ``prepare``)."""
+
+    name: str
+    metadata: dict[str, str]
+    expires_after: ExpiresAfter | None
+    choice: Choice
+
+
 class VectorStores:
     def __init__(
         self,
@@ -209,36 +219,61 @@ class VectorStores:
         embedding_model: str,
         embedding_dimensions: int,
     ) -> VectorStore:
+        new = self.prepare(
+            name=name,
+            metadata=metadata,
+            expires_after=expires_after,
+            embedding_model=embedding_model,
+            embedding_dimensions=embedding_dimensions,
+        )
+        with self.db.transaction() as conn:
+            store_id = self.insert(conn, principal, new)
+        return self.get(principal, store_id)
+
+    def prepare(
+        self,
+        *,
+        name: str,
+        metadata: Mapping[str, str],
+        expires_after: ExpiresAfter | None,
+        embedding_model: str,
+        embedding_dimensions: int,
+    ) -> NewStore:
+        """A new store's fields, validated and with its embedder resolved; writes nothing."""
         violations: list[FieldViolation] = check_name(name) + check_metadata(metadata)
         if expires_after is not None:
             expires_after, more = check_expires_after(expires_after.anchor, expires_after.days)
             violations += more
         raise_if(violations)
         choice = self.resolve_embedder(embedding_model, embedding_dimensions)
+        return NewStore(name, dict(metadata), expires_after, choice)
+
+    def insert(self, conn: sqlite3.Connection, principal: Principal, new: NewStore) -> str:
+        """Inside a transaction: inserts a prepared store; returns its id."""
         now = int(self.clock())
         store_id = ids.new_id(ids.VECTOR_STORE)
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO vector_stores (id, tenant, subject, name, created_at, "
-                "last_active_at, expires_anchor, expires_days, metadata, embedding_model, "
-                "embedding_dimensions, dimensions_sent) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    store_id,
-                    principal.tenant,
-                    principal.subject,
-                    name,
-                    now,
-                    now,
-                    expires_after.anchor if expires_after else None,
-                    expires_after.days if expires_after else None,
-                    json.dumps(dict(metadata), sort_keys=True),
-                    choice.model,
-                    choice.dimensions,
-                    int(choice.send_dimensions),
-                ),
-            )
-        return self.get(principal, store_id)
+        expires_after, choice = new.expires_after, new.choice
+        conn.execute(
+            "INSERT INTO vector_stores (id, tenant, subject, name, created_at, "
+            "last_active_at, expires_anchor, expires_days, metadata, embedding_model, "
+            "embedding_dimensions, dimensions_sent) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                store_id,
+                principal.tenant,
+                principal.subject,
+                new.name,
+                now,
+                now,
+                expires_after.anchor if expires_after else None,
+                expires_after.days if expires_after else None,
+                json.dumps(new.metadata, sort_keys=True),
+                choice.model,
+                choice.dimensions,
+                int(choice.send_dimensions),
+            ),
+        )
+        return store_id
 
     def update(self, principal: Principal, store_id: str, change: StoreUpdate) -> VectorStore:
         violations: list[FieldViolation] = []
