@@ -133,7 +133,12 @@ async def test_a_stopped_server_finishes_the_batch_after_restart(
     assert 3 <= len(finished) < 30
     assert set(before.values()) == {"completed", "in_progress"}
     ids_before = chunk_ids(data_dir, store.id)
-    assert set(ids_before) == finished  # chunks only ever exist for completed files
+    assert finished <= set(ids_before)  # every completed file's chunks are stored
+    # A file still in progress may have left chunks: they are written in slices before the
+    # file completes (never searchable meanwhile), and the restart removes them first.
+    unfinished = {f for f, s in before.items() if s == "in_progress"} | {single}
+    assert set(ids_before) - finished <= unfinished
+    ids_before = {f: v for f, v in ids_before.items() if f in finished}
     index_files = list((data_dir / "indexes").glob("*"))
     assert index_files, "stop() saves the index"
     if lose_index:
