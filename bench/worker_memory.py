@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.docgen import make_pdf_repeating_page
+
 MB = 1_000_000
 RSID_EVERY = 7
 
@@ -93,33 +95,6 @@ def docx_bytes(xml_size: int) -> bytes:
 
 def hostile_html(kb: int) -> bytes:
     return b"<html><body>" + b"<a" * (kb * 1000 // 2)
-
-
-def repeated_page_pdf(repeats: int) -> bytes:
-    """One real page (with text) listed `repeats` times in the page tree's /Kids."""
-    content = b"BT /F1 12 Tf 72 720 Td (the same page again) Tj ET"
-    kids = b" ".join([b"4 0 R"] * repeats)
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % repeats,
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-        b"/Resources << /Font << /F1 3 0 R >> >> /Contents 5 0 R >>",
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
 
 
 # -- the worker side -------------------------------------------------------------------------
@@ -234,7 +209,7 @@ CASES: dict[str, tuple[str, Callable[[argparse.Namespace], bytes]]] = {
     "text": ("big.txt", lambda a: prose_bytes(a.text_mb * MB)),
     "docx": ("big.docx", lambda a: docx_bytes(a.docx_xml_mb * MB)),
     "html": ("hostile.html", lambda a: hostile_html(a.html_kb)),
-    "pdfpages": ("pages.pdf", lambda a: repeated_page_pdf(100_000)),
+    "pdfpages": ("pages.pdf", lambda a: make_pdf_repeating_page(100_000)),
 }
 
 

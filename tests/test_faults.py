@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from tests.batch_helpers import (
     watch_to_end,
 )
 from tests.conftest import Running
+from tests.http_double import serve_http
 from tests.rpc_helpers import wait_for
 
 # -- a fake OpenAI-compatible embeddings endpoint --------------------------------------------
@@ -121,17 +122,9 @@ def make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def endpoint() -> Iterator[Endpoint]:
     state = Endpoint()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-    httpd.daemon_threads = True
-    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, name="fake-embeddings", daemon=True)
-    thread.start()
-    try:
+    with serve_http(make_handler(state), "fake-embeddings") as base_url:
+        state.base_url = base_url
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

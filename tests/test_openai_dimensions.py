@@ -9,7 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tests.batch_helpers import (
     watch_to_end,
 )
 from tests.conftest import Running
+from tests.http_double import serve_http
 from tests.rpc_helpers import rpc_error, violated_fields
 from tests.test_faults import vector
 
@@ -87,17 +88,9 @@ def _handler(state: Ada002) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def ada() -> Iterator[Ada002]:
     state = Ada002()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, name="ada-002", daemon=True)
-    thread.start()
-    try:
+    with serve_http(_handler(state), "ada-002") as base_url:
+        state.base_url = base_url
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture
