@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import hypothesis
@@ -67,8 +68,15 @@ class Running:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    yield Settings(listen="127.0.0.1:0", data_dir=tmp_path / "data", ingest_workers=2)
+def overrides() -> dict[str, Any]:
+    """Settings changes for one test: ``@pytest.mark.parametrize("overrides", [{...}])``."""
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, overrides: dict[str, Any]) -> Iterator[Settings]:
+    base = Settings(listen="127.0.0.1:0", data_dir=tmp_path / "data", ingest_workers=2)
+    yield replace(base, **overrides)
 
 
 def keyed(settings: Settings) -> tuple[Settings, dict[str, str]]:

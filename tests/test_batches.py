@@ -8,14 +8,12 @@ import json
 import random
 import time
 from collections.abc import Awaitable
-from dataclasses import replace
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
 from grpc import aio
-from quiver.server.config import Settings
 from quiver.server.ingest.chunking import ChunkingParams, chunk_text
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
@@ -68,17 +66,6 @@ from tests.rpc_helpers import (
 )
 
 DAY = 86_400
-
-
-@pytest.fixture
-def overrides() -> dict[str, Any]:
-    """Settings changes for one test: ``@pytest.mark.parametrize("overrides", [{...}])``."""
-    return {}
-
-
-@pytest.fixture
-def settings(settings: Settings, overrides: dict[str, Any]) -> Settings:
-    return replace(settings, **overrides)
 
 
 async def rpc_error(call: Awaitable[object]) -> aio.AioRpcError:

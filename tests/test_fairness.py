@@ -3,12 +3,8 @@ batches, and each tenant has its own queue limit besides the global one."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
-
 import grpc
 import pytest
-from quiver.server.config import Settings
 
 from tests.batch_helpers import (
     B_COMPLETED,
@@ -22,16 +18,6 @@ from tests.batch_helpers import (
 )
 from tests.conftest import Running
 from tests.rpc_helpers import error_reason, rpc_error, wait_for
-
-
-@pytest.fixture
-def overrides() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def settings(settings: Settings, overrides: dict[str, Any]) -> Settings:
-    return replace(settings, **overrides)
 
 
 def commit_order(running: Running) -> list[str]:

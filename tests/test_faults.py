@@ -128,13 +128,8 @@ def endpoint() -> Iterator[Endpoint]:
 
 
 @pytest.fixture
-def overrides() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def settings(settings: Settings, overrides: dict[str, Any], endpoint: Endpoint) -> Settings:
-    return replace(settings, openai_base_url=endpoint.base_url, **overrides)
+def settings(settings: Settings, endpoint: Endpoint) -> Settings:
+    return replace(settings, openai_base_url=endpoint.base_url)
 
 
 # -- timeouts and crashes ----------------------------------------------------------------

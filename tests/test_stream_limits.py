@@ -4,8 +4,6 @@ idle timeout, and a keepalive policy the Python client keeps to."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
-from typing import Any
 
 import grpc
 import pytest
@@ -24,16 +22,6 @@ from tests.rpc_helpers import (
     upload,
     wait_for,
 )
-
-
-@pytest.fixture
-def overrides() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def settings(settings: Settings, overrides: dict[str, Any]) -> Settings:
-    return replace(settings, **overrides)
 
 
 def stalled_upload(tenant: Tenant, name: str) -> tuple[PacedUpload, UploadCall]:

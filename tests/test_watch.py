@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
 
 import grpc
 import pytest
 from grpc import aio
-from quiver.server.config import Settings
 from quiver.v1 import file_batches_pb2
 
 from tests.batch_helpers import (
@@ -41,16 +38,6 @@ from tests.conftest import Running, Tenant, _tenant
 from tests.rpc_helpers import wait_for
 
 Messages = Sequence[file_batches_pb2.WatchFileBatchResponse]
-
-
-@pytest.fixture
-def overrides() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def settings(settings: Settings, overrides: dict[str, Any]) -> Settings:
-    return replace(settings, **overrides)
 
 
 async def batch_of(
