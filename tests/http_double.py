@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,3 +22,20 @@ def serve_http(handler: type[BaseHTTPRequestHandler], name: str) -> Iterator[str
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+def reply_json(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: object,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Answers ``handler``'s request with ``body`` as JSON."""
+    payload = json.dumps(body).encode()
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)

@@ -44,7 +44,7 @@ from tests.batch_helpers import (
     watch_to_end,
 )
 from tests.conftest import Running
-from tests.http_double import serve_http
+from tests.http_double import reply_json, serve_http
 from tests.rpc_helpers import wait_for
 
 # -- a fake OpenAI-compatible embeddings endpoint --------------------------------------------
@@ -97,24 +97,20 @@ def make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
                 return
             status = endpoint.answer(body)
             if status != 200:
-                payload = json.dumps({"error": {"message": f"fake error {status}"}}).encode()
-                self.send_response(status)
-                if endpoint.retry_after is not None:
-                    self.send_header("Retry-After", endpoint.retry_after)
-            else:
-                dims = int(body.get("dimensions") or 8)
-                data = [
-                    {"object": "embedding", "index": i, "embedding": vector(text, dims)}
-                    for i, text in enumerate(body["input"])
-                ]
-                payload = json.dumps(
-                    {"object": "list", "data": data, "model": body["model"], "usage": {}}
-                ).encode()
-                self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+                extra = (
+                    {} if endpoint.retry_after is None else {"Retry-After": endpoint.retry_after}
+                )
+                error = {"error": {"message": f"fake error {status}"}}
+                reply_json(self, status, error, extra)
+                return
+            dims = int(body.get("dimensions") or 8)
+            data = [
+                {"object": "embedding", "index": i, "embedding": vector(text, dims)}
+                for i, text in enumerate(body["input"])
+            ]
+            reply_json(
+                self, 200, {"object": "list", "data": data, "model": body["model"], "usage": {}}
+            )
 
     return Handler
 

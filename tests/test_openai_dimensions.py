@@ -29,7 +29,7 @@ from tests.batch_helpers import (
     watch_to_end,
 )
 from tests.conftest import Running
-from tests.http_double import serve_http
+from tests.http_double import reply_json, serve_http
 from tests.rpc_helpers import rpc_error, violated_fields
 from tests.test_faults import vector
 
@@ -75,12 +75,7 @@ def _handler(state: Ada002) -> type[BaseHTTPRequestHandler]:
                     "model": body["model"],
                     "usage": {"prompt_tokens": 0, "total_tokens": 0},
                 }
-            payload = json.dumps(reply).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            reply_json(self, status, reply)
 
     return Handler
 

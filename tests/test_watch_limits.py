@@ -30,6 +30,7 @@ from tests.batch_helpers import (
     upload_all,
 )
 from tests.conftest import Running, Tenant
+from tests.http_double import reply_json
 from tests.rpc_helpers import error_reason, wait_for
 
 
@@ -53,12 +54,7 @@ class HeldEndpoint:
                     {"object": "embedding", "index": i, "embedding": [1.0] + [0.0] * (dims - 1)}
                     for i, _ in enumerate(body["input"])
                 ]
-                payload = json.dumps({"object": "list", "data": data, "model": "m"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                reply_json(self, 200, {"object": "list", "data": data, "model": "m"})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
