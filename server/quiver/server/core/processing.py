@@ -25,6 +25,7 @@ from quiver.server.core.chunk_writer import (
     PendingLabels,
     add_to_index,
 )
+from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.models import BatchStatus, FileStatus, LastError
 from quiver.server.core.scheduler import Job, Scheduler, single_queue
 from quiver.server.core.status_book import StatusBook
@@ -32,7 +33,6 @@ from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.registry import EmbedderSpec
 from quiver.server.index.hnsw import VectorIndex
 from quiver.server.index.manager import IndexManager
-from quiver.server.ingest.parsing import INVALID_FILE, SERVER_ERROR
 from quiver.server.ingest.pool import (
     FileTimedOut,
     IngestPool,
@@ -124,12 +124,13 @@ class Processing:
         try:
             output = await self.pool.run(work)
         except (FileTimedOut, WorkerOutOfMemory) as exc:  # the file's doing: not retried
-            self._settle(job, LastError(INVALID_FILE, str(exc)))
+            self._settle(job, LastError(ErrorCode.INVALID_FILE, str(exc)))
             return
         except WorkerCrashed as exc:
             if job.suspect or self.scheduler is None:
                 self._settle(
-                    job, LastError(SERVER_ERROR, f"{exc} (twice); the file was not processed")
+                    job,
+                    LastError(ErrorCode.SERVER_ERROR, f"{exc} (twice); the file was not processed"),
                 )
             else:
                 log.warning("worker died with %s in flight: retrying it alone", job.file_id)
@@ -137,7 +138,9 @@ class Processing:
             return
         except Exception as exc:
             log.exception("unexpected failure processing %s", job.file_id)
-            self._settle(job, LastError(SERVER_ERROR, f"internal error: {type(exc).__name__}"))
+            self._settle(
+                job, LastError(ErrorCode.SERVER_ERROR, f"internal error: {type(exc).__name__}")
+            )
             return
         await self._commit(job, output)
 
@@ -218,12 +221,16 @@ class Processing:
             except (ValueError, RuntimeError, sqlite3.Error, OSError) as exc:
                 if not is_disk_full(exc):
                     log.exception("committing %s failed", job.file_id)
-                    self._settle(job, LastError(SERVER_ERROR, f"storing the chunks failed: {exc}"))
+                    self._settle(
+                        job, LastError(ErrorCode.SERVER_ERROR, f"storing the chunks failed: {exc}")
+                    )
                     return
                 if attempt == self.commit_attempts:
                     log.error("committing %s failed %d times: %s", job.file_id, attempt, exc)
                     message = f"storing the chunks failed ({attempt} attempts): {exc}"
-                    await self._settle_later(job, LastError(SERVER_ERROR, message), now=True)
+                    await self._settle_later(
+                        job, LastError(ErrorCode.SERVER_ERROR, message), now=True
+                    )
                     return
                 log.warning(
                     "disk full committing %s (attempt %d of %d): retrying in %.1f s",
@@ -336,7 +343,7 @@ class Processing:
         and the store's other unfinished work fail, in one transaction."""
         with self.book.transaction():
             self.fail_store_work(job.store_id, reason)
-            self._settle(job, LastError(SERVER_ERROR, reason))
+            self._settle(job, LastError(ErrorCode.SERVER_ERROR, reason))
 
     def fail_store_work(self, store_id: str, reason: str) -> None:
         """The store can take no more work (expired): its running batches end ``failed``."""
@@ -355,7 +362,11 @@ class Processing:
             ).fetchall():
                 if self.scheduler is None or not self.scheduler.is_in_flight(store_id, row[0]):
                     self.book.set_file(
-                        conn, store_id, row[0], FileStatus.FAILED, LastError(SERVER_ERROR, reason)
+                        conn,
+                        store_id,
+                        row[0],
+                        FileStatus.FAILED,
+                        LastError(ErrorCode.SERVER_ERROR, reason),
                     )
 
     def on_store_deleted(self, conn: sqlite3.Connection, store_id: str) -> None:
