@@ -62,6 +62,7 @@ class Processing:
         stores: VectorStores,
         indexes: IndexManager,
         pool: IngestPool,
+        scheduler: Scheduler,
         spec_for: SpecFor,
         metrics: Metrics,
         *,
@@ -76,7 +77,7 @@ class Processing:
         self.indexes = indexes
         self.pool = pool
         self.spec_for = spec_for
-        self.scheduler: Scheduler | None = None  # set by the app (they refer to each other)
+        self.scheduler = scheduler  # runs ``process``: given it at ``Scheduler.start``
         self.metrics = metrics
         self.writer = ChunkWriter(db)
         self.pending = pending or PendingLabels()
@@ -127,7 +128,7 @@ class Processing:
             self._settle(job, LastError(ErrorCode.INVALID_FILE, str(exc)))
             return
         except WorkerCrashed as exc:
-            if job.suspect or self.scheduler is None:
+            if job.suspect:
                 self._settle(
                     job,
                     LastError(ErrorCode.SERVER_ERROR, f"{exc} (twice); the file was not processed"),
@@ -347,8 +348,7 @@ class Processing:
 
     def fail_store_work(self, store_id: str, reason: str) -> None:
         """The store can take no more work (expired): its running batches end ``failed``."""
-        if self.scheduler is not None:
-            self.scheduler.remove(lambda j: j.store_id == store_id)
+        self.scheduler.remove(lambda j: j.store_id == store_id)
         with self.book.transaction() as conn:
             # Batches first: once their last file settles they would end ``completed``.
             for (batch_id,) in conn.execute(
@@ -360,7 +360,7 @@ class Processing:
                 "SELECT file_id FROM vector_store_files WHERE vector_store_id = ? AND status = ?",
                 (store_id, FileStatus.IN_PROGRESS.value),
             ).fetchall():
-                if self.scheduler is None or not self.scheduler.is_in_flight(store_id, row[0]):
+                if not self.scheduler.is_in_flight(store_id, row[0]):
                     self.book.set_file(
                         conn,
                         store_id,
@@ -368,17 +368,6 @@ class Processing:
                         FileStatus.FAILED,
                         LastError(ErrorCode.SERVER_ERROR, reason),
                     )
-
-    def on_store_deleted(self, conn: sqlite3.Connection, store_id: str) -> None:
-        """Inside the store's delete transaction: its running batches end ``failed``."""
-        if self.scheduler is not None:
-            self.scheduler.remove(lambda j: j.store_id == store_id)
-        for (batch_id,) in conn.execute(
-            "SELECT id FROM file_batches WHERE vector_store_id = ? AND status = ?",
-            (store_id, BatchStatus.IN_PROGRESS.value),
-        ).fetchall():
-            self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
-        self.indexes.drop(store_id)
 
     # -- start-up ----------------------------------------------------------------------------
 
