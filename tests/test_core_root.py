@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from quiver.server.config import Settings
+from quiver.server.core.errors import InvalidArgument
 from quiver.server.core.models import AUTO_CHUNKING, FileStatus
 from quiver.server.core.principal import Principal
 from quiver.server.core.root import Core, build_core
@@ -76,6 +77,32 @@ async def test_create_upload_attach_search_delete_without_grpc(core: Core) -> No
     core.file_deletion.delete(ALICE, file_id)
     assert core.stores.get(ALICE, store.id).file_counts.total == 0
     assert await core.searcher.search(ALICE, store.id, request) == []
+
+
+@pytest.mark.parametrize("model", ["openai: ", "openai:", "openai: x", "OpenAI:x", "hash:", "x"])
+def test_a_degenerate_model_name_is_refused_naming_embedding_model(
+    tmp_path: Path, model: str
+) -> None:
+    """The one grammar (embedders/model_names.py) refuses it at create, with or without an
+    endpoint configured; nothing is written (tests/test_openai_dimensions.py checks the
+    same through gRPC)."""
+    for i, base_url in enumerate(("", "http://127.0.0.1:9/v1")):
+        settings = Settings(data_dir=tmp_path / str(i), openai_base_url=base_url)
+        core = build_core(settings)  # not started: creating a store needs no worker
+        try:
+            with pytest.raises(InvalidArgument) as caught:
+                core.stores.create(
+                    ALICE,
+                    name="",
+                    metadata={},
+                    expires_after=None,
+                    embedding_model=model,
+                    embedding_dimensions=0,
+                )
+            assert [v.field for v in caught.value.violations] == ["embedding_model"]
+            assert core.db.execute("SELECT COUNT(*) FROM vector_stores").fetchone()[0] == 0
+        finally:
+            core.close()
 
 
 def test_the_core_imports_no_rpc_or_http_framework() -> None:
