@@ -193,7 +193,8 @@ def _repositories(db: Database) -> list[object]:
     batches: interfaces.BatchRepository = BatchRows(db)
     chunks: interfaces.ChunkRepository = ChunkRows(db)
     keywords: interfaces.KeywordIndex = Fts5Keywords(db)
-    return [files, stores, store_files, batches, chunks, keywords]
+    transactions: interfaces.Transactions = db
+    return [files, stores, store_files, batches, chunks, keywords, transactions]
 
 
 def _replaceable_parts(  # for mypy only: today's classes implement the core's ports
@@ -209,11 +210,12 @@ def _replaceable_parts(  # for mypy only: today's classes implement the core's p
 def test_the_sqlite_repositories_work_on_a_database(tmp_path: Path) -> None:
     db = Database(tmp_path / "q.sqlite3")
     try:
-        files, stores, _, batches, _, keywords = _repositories(db)
+        files, stores, _, batches, _, keywords, transactions = _repositories(db)
         assert isinstance(files, FileRows) and files.get("file-x", "t", "s") is None
         assert isinstance(stores, VectorStoreRows) and stores.dimensioned() == []
         assert isinstance(batches, BatchRows) and batches.status_counts("batch-x") == {}
         assert isinstance(keywords, Fts5Keywords)
         assert keywords.document_frequencies(["word"]) == (0, [0])
+        assert transactions is db
     finally:
         db.close()

@@ -12,6 +12,7 @@ from a thread, never on the event loop.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +45,7 @@ __all__ = [
     "FileRepository",
     "KeywordIndex",
     "StoreFileRepository",
+    "Transactions",
     "Tx",
     "VectorStoreRepository",
 ]
@@ -51,6 +53,15 @@ __all__ = [
 
 class BadKeywordQuery(ValueError):
     """An expression the full-text engine cannot parse."""
+
+
+class Transactions(Protocol):
+    """What the core needs of the database itself (today's ``Database``): a write
+    transaction to pass to the repositories, and a checkpoint after a large commit."""
+
+    def transaction(self) -> AbstractContextManager[Tx]: ...
+
+    def checkpoint(self) -> None: ...
 
 
 class FileRepository(Protocol):
