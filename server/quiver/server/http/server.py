@@ -63,6 +63,9 @@ class HttpEdge:
             raise BindError(f"cannot listen on {self.listen} for HTTP: {exc}") from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Accepted connections inherit it: uvicorn writes a response's head and body
+            # apart, and without it the body waits ~40 ms for the client's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((host, port))
             sock.listen(1024)
             sock.setblocking(False)
