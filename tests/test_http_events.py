@@ -4,10 +4,13 @@ dropped connection from ``Last-Event-ID``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.batch_helpers import create_batch, create_store, prose, upload_all
 from tests.conftest import Running
@@ -17,11 +20,15 @@ from tests.rpc_helpers import wait_for
 Event = dict[str, Any]
 
 
-async def read_events(response: httpx.Response, limit: int = 10_000) -> list[Event]:
-    """The events of an SSE response until it ends (or ``limit`` events)."""
+async def read_events(
+    source: httpx.Response | AsyncIterator[str], limit: int = 10_000
+) -> list[Event]:
+    """The events of an SSE response (or of its lines, read on from where they are) until
+    it ends, or ``limit`` events."""
+    lines = source.aiter_lines() if isinstance(source, httpx.Response) else source
     events: list[Event] = []
     fields: dict[str, str] = {}
-    async for line in response.aiter_lines():
+    async for line in lines:
         if line.startswith(":"):
             continue  # a keep-alive comment
         if line:
@@ -106,3 +113,30 @@ async def test_events_errors(running: Running) -> None:
         bad = await http.get(path, headers=auth(alice.key) | {"last-event-id": "soon"})
         assert bad.status_code == 400
         assert bad.json()["error"]["param"] == "Last-Event-ID"
+
+
+@pytest.mark.parametrize("overrides", [{"ingest_workers": 1}])
+async def test_a_drain_ends_event_streams_and_refuses_requests(running: Running) -> None:
+    alice = running.alice
+    store = await create_store(alice)
+    ids = await upload_all(alice, [(f"s{i}.txt", prose(i, 20_000).encode()) for i in range(30)])
+    batch = await create_batch(alice, store.id, ids)
+    path = f"/vector_stores/{store.id}/file_batches/{batch.id}/events"
+    async with httpx.AsyncClient(
+        base_url=base_url(running), headers=auth(alice.key), timeout=60
+    ) as http:
+        async with http.stream("GET", path) as stream:
+            lines = stream.aiter_lines()
+            first = await read_events(lines, limit=1)
+            assert first[0]["file_batch"]["status"] == "in_progress"
+            stopping = asyncio.create_task(running.server.stop(grace=5))
+            rest = await asyncio.wait_for(read_events(lines), 30)  # ends: the server drains
+        assert all(e["file_batch"]["status"] == "in_progress" for e in rest)
+        try:
+            late = await http.get("/files")
+        except httpx.TransportError:
+            pass  # the listener is already closed
+        else:
+            assert late.status_code == 503
+            assert late.json()["error"]["type"] == "server_error"
+        await asyncio.wait_for(stopping, 60)
