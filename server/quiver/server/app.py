@@ -8,6 +8,7 @@ import functools
 import ipaddress
 import logging
 import time
+from dataclasses import replace
 
 from grpc import aio
 from grpc_health.v1 import _async as health_aio  # what health.aio refers to
@@ -25,6 +26,7 @@ from quiver.server.core.embedder_choice import EmbedderChoice
 from quiver.server.core.errors import FailedPrecondition
 from quiver.server.core.files import FileStore
 from quiver.server.core.processing import Processing
+from quiver.server.core.query_embedding import LaneLimits, QueryEmbedding
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
 from quiver.server.core.status_book import StatusBook
@@ -34,7 +36,8 @@ from quiver.server.core.vector_stores import VectorStores
 from quiver.server.core.watch import WatchHub
 from quiver.server.embedders.base import Embedder
 from quiver.server.embedders.model_names import BadModelName
-from quiver.server.embedders.registry import EmbedderSpec, make_embedder
+from quiver.server.embedders.openai_tuning import OpenAITuning, check_openai_tuning
+from quiver.server.embedders.registry import QUERY, EmbedderSpec, make_embedder
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool, WorkerStartFailed
@@ -75,6 +78,32 @@ def is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _openai_tuning(settings: Settings) -> OpenAITuning:
+    """The ``--openai-*`` settings, validated; the ingest workers' request slots live in
+    the data directory."""
+    problems = check_openai_tuning(
+        timeout_s=settings.openai_timeout,
+        batch_size=settings.openai_batch_size,
+        concurrency=settings.openai_concurrency,
+        query_concurrency=settings.openai_query_concurrency,
+        query_queue=settings.openai_query_queue,
+        query_prefix=settings.openai_query_prefix,
+        passage_prefix=settings.openai_passage_prefix,
+    )
+    if problems:
+        raise ConfigError("; ".join(problems))
+    slots_dir = settings.data_dir / "embedding-slots"
+    slots_dir.mkdir(exist_ok=True)
+    return OpenAITuning(
+        timeout_s=settings.openai_timeout,
+        batch_size=settings.openai_batch_size,
+        query_prefix=settings.openai_query_prefix,
+        passage_prefix=settings.openai_passage_prefix,
+        slots_dir=str(slots_dir),
+        slots=settings.openai_concurrency,
+    )
 
 
 class QuiverServer:
@@ -123,6 +152,7 @@ class QuiverServer:
     def _build(self, settings: Settings) -> None:
         """Opens storage and wires the core (the data directory's lock is held)."""
         data = settings.data_dir
+        self.openai_tuning = _openai_tuning(settings)
         self.db = Database(data / "quiver.sqlite3")
         self.blobs = BlobStore(data / "blobs")
         self.hub = WatchHub(
@@ -176,12 +206,23 @@ class QuiverServer:
             self.book, self.stores, self.indexes, self.scheduler, self.files, self.pending
         )
         self.batches = FileBatches(self.book, self.store_files, self.hub)
+        self.query_embedding = QueryEmbedding(
+            {
+                "openai": LaneLimits(
+                    settings.openai_query_concurrency,
+                    settings.openai_query_queue,
+                    "--openai-query-concurrency and --openai-query-queue",
+                )
+            },
+            default_wait_s=2 * settings.openai_timeout,
+        )
         self.searcher = Searcher(
             self.stores,
             self.indexes,
             self._embedder_for,
             exact_max_chunks=settings.exact_search_max_chunks,
             pending=self.pending,
+            query_embedding=self.query_embedding,
         )
         self.files.detachers.append(self.store_files.detach_everywhere)
         self.stores.deleted_hooks.append(self.processing.on_store_deleted)
@@ -205,8 +246,14 @@ class QuiverServer:
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one server, a few embedders, kept for life
     def _embedder_for(self, model: str, dimensions: int, send_dimensions: bool) -> Embedder:
+        """The embedder of a store's search queries (its query prefix, no request slots)."""
+        spec = replace(
+            self._spec_for(model, dimensions, send_dimensions),
+            purpose=QUERY,
+            tuning=replace(self.openai_tuning, slots_dir=None, slots=0),
+        )
         try:
-            return make_embedder(self._spec_for(model, dimensions, send_dimensions))
+            return make_embedder(spec)
         except BadModelName as exc:  # a store made before creation checked the grammar
             raise FailedPrecondition(
                 f"this vector store's embedding_model {model[:80]!r} is not valid ({exc}); "
@@ -221,6 +268,7 @@ class QuiverServer:
             base_url=self.settings.openai_base_url or None,
             api_key=self.settings.openai_api_key or None,
             send_dimensions=send_dimensions,
+            tuning=self.openai_tuning,
         )
 
     async def _set_health(
@@ -365,6 +413,7 @@ class QuiverServer:
             return
         try:
             self.metrics.close()
+            self.query_embedding.close()
             self.pool.close()
             self.indexes.save_all()
             self.db.close()
