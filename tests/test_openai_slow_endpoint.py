@@ -21,6 +21,7 @@ from quiver.server.app import ConfigError, QuiverServer
 from quiver.server.config import Settings
 from quiver.server.embedders.base import EmbeddingDeadlineExceeded, EmbeddingError
 from quiver.server.embedders.openai_compat import OpenAIEmbedder, _retry_after
+from quiver.server.embedders.openai_tuning import hung_endpoint_seconds
 from quiver.server.embedders.request_slots import RequestSlots
 from quiver.v1 import vector_stores_pb2 as pb
 
@@ -306,3 +307,13 @@ def test_bad_openai_settings_are_refused_naming_the_flag(
         QuiverServer(replace(settings, **change))
     assert flag in str(caught.value)
     assert not (settings.data_dir / "quiver.sqlite3").exists()  # refused before opening
+
+
+def test_the_defaults_let_a_hung_endpoint_fail_a_file_before_its_timeout() -> None:
+    """64 → 32 → … → 1 input, each waiting 30 s, then two more tries of the single input:
+    270 s, inside the default --file-timeout of 300 s, so the file's last_error names the
+    endpoint rather than the worker's wall-clock limit."""
+    defaults = Settings()
+    hung = hung_endpoint_seconds(defaults.openai_timeout, defaults.openai_batch_size)
+    assert hung == 270.0 < defaults.file_timeout
+    assert hung_endpoint_seconds(1.0, 1) == 3.0

@@ -36,7 +36,11 @@ from quiver.server.core.vector_stores import VectorStores
 from quiver.server.core.watch import WatchHub
 from quiver.server.embedders.base import Embedder
 from quiver.server.embedders.model_names import BadModelName
-from quiver.server.embedders.openai_tuning import OpenAITuning, check_openai_tuning
+from quiver.server.embedders.openai_tuning import (
+    OpenAITuning,
+    check_openai_tuning,
+    hung_endpoint_seconds,
+)
 from quiver.server.embedders.registry import QUERY, EmbedderSpec, make_embedder
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
@@ -94,6 +98,18 @@ def _openai_tuning(settings: Settings) -> OpenAITuning:
     )
     if problems:
         raise ConfigError("; ".join(problems))
+    hung = hung_endpoint_seconds(settings.openai_timeout, settings.openai_batch_size)
+    if settings.openai_base_url and settings.file_timeout < hung:
+        log.warning(
+            "--file-timeout %g s is shorter than the %g s a batch takes to fail against an "
+            "embedding endpoint that never answers (--openai-timeout %g s, halving "
+            "--openai-batch-size %d down to one input): such files fail with 'took longer "
+            "than' instead of naming the endpoint",
+            settings.file_timeout,
+            hung,
+            settings.openai_timeout,
+            settings.openai_batch_size,
+        )
     slots_dir = settings.data_dir / "embedding-slots"
     slots_dir.mkdir(exist_ok=True)
     return OpenAITuning(

@@ -40,6 +40,7 @@ from quiver.server.embedders.base import (
     FloatMatrix,
     l2_normalise,
 )
+from quiver.server.embedders.openai_tuning import TIMEOUT_RETRIES
 from quiver.server.embedders.request_slots import NoFreeSlot, RequestSlots
 
 _PROBE_TEXT = "dimension probe"
@@ -78,7 +79,7 @@ class OpenAIEmbedder:
         batch_size: int = 64,
         timeout_s: float = 30.0,
         max_retries: int = 5,
-        timeout_retries: int = 2,
+        timeout_retries: int = TIMEOUT_RETRIES,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 8.0,
         prefix: str = "",

@@ -16,6 +16,7 @@ MAX_BATCH_SIZE = 2048  # OpenAI's own limit on inputs per request
 MAX_CONCURRENCY = 256
 MAX_QUERY_QUEUE = 10_000
 MAX_PREFIX_CHARS = 256
+TIMEOUT_RETRIES = 2  # of a single input that timed out, before the embedding fails
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,10 @@ def check_openai_tuning(
         elif not prefix.isprintable():
             problems.append(f"{flag} must not hold control characters")
     return problems
+
+
+def hung_endpoint_seconds(timeout_s: float, batch_size: int) -> float:
+    """How long one batch takes to fail against an endpoint that never answers: a timeout
+    for each halving down to one input, then that input's attempts (backoff left out)."""
+    halvings = math.ceil(math.log2(batch_size)) if batch_size > 1 else 0
+    return (halvings + 1 + TIMEOUT_RETRIES) * timeout_s
