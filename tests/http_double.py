@@ -68,8 +68,9 @@ class SlowEmbeddings:
       ``retry_after`` as its Retry-After header when set, and an OpenAI-shaped error body
       holding ``error_message``.
 
-    Records every request's body (``bodies``), how many are in flight (``in_flight``) and
-    the most ever in flight at once (``max_in_flight``).
+    Records every request's body (``bodies``), how many are in flight (``in_flight``: from
+    arrival until the answer starts going out) and the most ever in flight at once
+    (``max_in_flight``).
     """
 
     base_url: str = ""
@@ -99,12 +100,18 @@ class SlowEmbeddings:
     def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         with self.lock:
             self.bodies.append(body)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             status = self.fail.pop(0) if self.fail else 200
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        slow = 0 < self.max_fast_inputs < len(body["input"])
-        if self.hanging or slow:
-            self.release.wait(timeout=60)
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            slow = 0 < self.max_fast_inputs < len(body["input"])
+            if self.hanging or slow:
+                self.release.wait(timeout=60)
+        finally:
+            with self.lock:  # no longer in flight once the answer starts going out
+                self.in_flight -= 1
         if status != 200:
             headers = {} if self.retry_after is None else {"Retry-After": self.retry_after}
             reply_json(handler, status, {"error": {"message": self.error_message}}, headers)
@@ -125,16 +132,9 @@ class SlowEmbeddings:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                with endpoint.lock:
-                    endpoint.in_flight += 1
-                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
-                try:
+                # A client that timed out went away: its answer has nowhere to go.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     endpoint._answer(self, body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and went away
-                finally:
-                    with endpoint.lock:
-                        endpoint.in_flight -= 1
 
         return Handler
 

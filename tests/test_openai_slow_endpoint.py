@@ -7,6 +7,9 @@ prefixes reach it, and the --openai-* settings are validated."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -228,18 +231,21 @@ async def test_searches_of_a_hash_store_stay_fast_while_the_endpoint_hangs(
     endpoint.hanging = True
     # More hung searches than the default thread pool has threads (2 cores: 6).
     hung = [
-        asyncio.ensure_future(search(running, slow_store.id, f"query {i}", timeout=4.0))
+        asyncio.ensure_future(search(running, slow_store.id, f"query {i}", timeout=6.0))
         for i in range(12)
     ]
-    await asyncio.sleep(0.5)
+    lane = running.server.query_embedding
+    await wait_for(lambda: lane.admitted("openai") == 12, within=5)
     for _ in range(10):
         started = time.monotonic()
         found = await search(running, hash_store, "where do owls sleep?", timeout=10.0)
         assert found.data and time.monotonic() - started < 1.5
+    # Still hung: the lane's two threads hold a request each, the other ten searches wait.
+    assert len(endpoint.sizes()) == 2 and lane.admitted("openai") == 12
     outcomes = await asyncio.gather(*hung, return_exceptions=True)
     codes = [rpc_error(o).code() for o in outcomes if isinstance(o, BaseException)]
     assert len(codes) == 12 and set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
-    assert endpoint.max_in_flight <= 2  # the lane's two threads, however many searches
+    await wait_for(lambda: lane.admitted("openai") == 0, within=5)  # every thread came back
 
 
 @pytest.mark.parametrize("overrides", [{"openai_query_concurrency": 1, "openai_query_queue": 1}])
@@ -317,3 +323,68 @@ def test_the_defaults_let_a_hung_endpoint_fail_a_file_before_its_timeout() -> No
     hung = hung_endpoint_seconds(defaults.openai_timeout, defaults.openai_batch_size)
     assert hung == 270.0 < defaults.file_timeout
     assert hung_endpoint_seconds(1.0, 1) == 3.0
+
+
+def test_quiver_serve_refuses_a_bad_setting_from_the_environment(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
+    env["QUIVER_OPENAI_BATCH_SIZE"] = "0"
+    serve = [sys.executable, "-m", "quiver.server.cli", "serve", "--listen", "127.0.0.1:0"]
+    done = subprocess.run(
+        [*serve, "--data-dir", str(tmp_path / "data"), "--ingest-workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--openai-batch-size must be 1…2048, not 0" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"openai_concurrency": 1, "ingest_workers": 2, "openai_batch_size": 4}]
+)
+async def test_the_ingest_workers_together_keep_openai_concurrency_requests_in_flight(
+    running: Running, endpoint: SlowEmbeddings
+) -> None:
+    endpoint.delay_s = 0.2
+    a = running.alice
+    store = await create_store(a, embedding_model="openai:slow-model", embedding_dimensions=DIMS)
+    docs = [(f"f{i}.txt", " ".join(f"w{i}x{j}" for j in range(300)).encode()) for i in range(2)]
+    ids = await upload_all(a, docs)
+    batch = await create_batch(a, store.id, ids, chunking=static(100, 0))
+    messages = await watch_to_end(a, store.id, batch.id, within=60)
+    assert messages[-1].file_batch.status == B_COMPLETED
+    assert {u.status for u in final_statuses(messages).values()} == {F_COMPLETED}
+    assert len(endpoint.sizes()) >= 4  # both workers sent requests…
+    assert endpoint.max_in_flight == 1  # …one at a time
+
+
+@pytest.mark.parametrize("overrides", [{"openai_timeout": 0.5}])
+async def test_a_search_without_a_deadline_gets_one_from_the_server(
+    running: Running, endpoint: SlowEmbeddings
+) -> None:
+    a = running.alice
+    store = await create_store(a, embedding_model="openai:slow-model", embedding_dimensions=DIMS)
+    endpoint.hanging = True
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await search(running, store.id, "no deadline given")
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "did not embed the query before the search's deadline" in (caught.value.details() or "")
+    assert time.monotonic() - started < 5.0  # twice --openai-timeout, plus the search
+
+
+async def test_a_search_the_endpoint_refuses_answers_unavailable_with_its_message(
+    running: Running, endpoint: SlowEmbeddings
+) -> None:
+    a = running.alice
+    store = await create_store(a, embedding_model="openai:slow-model", embedding_dimensions=DIMS)
+    endpoint.fail = [400]
+    endpoint.error_message = "model slow-model is not loaded"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await search(running, store.id, "anything", timeout=10.0)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "model slow-model is not loaded" in (caught.value.details() or "")
+    assert error_reason(caught.value) == "EMBEDDING_FAILED"
