@@ -115,8 +115,8 @@ class Searcher:
         embedder_for: EmbedderFor,
         *,
         exact_max_chunks: int,
+        query_embedding: QueryEmbedding,
         pending: PendingLabels | None = None,
-        query_embedding: QueryEmbedding | None = None,
     ) -> None:
         self.stores = stores
         self.db = stores.db
@@ -124,7 +124,7 @@ class Searcher:
         self.embedder_for = embedder_for
         self.exact_max_chunks = exact_max_chunks
         self.pending = pending or PendingLabels()
-        self.query_embedding = query_embedding or QueryEmbedding({}, default_wait_s=30.0)
+        self.query_embedding = query_embedding
 
     async def search(
         self,
