@@ -92,6 +92,13 @@ class SlowEmbeddings:
         with self.lock:
             return [text for body in self.bodies for text in body["input"]]
 
+    def wait_for_requests(self, count: int, within: float = 10.0) -> None:
+        """Waits until ``count`` requests have been read (a request its client gave up on
+        may be read a little after the client moved on)."""
+        until = time.monotonic() + within
+        while len(self.sizes()) < count and time.monotonic() < until:
+            time.sleep(0.01)
+
     def sizes(self) -> list[int]:
         """The number of inputs of each request so far."""
         with self.lock:
