@@ -4,20 +4,24 @@ instance searches embed their queries with (kept, a few per server)."""
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 from quiver.server.core.errors import FailedPrecondition
 from quiver.server.embedders.base import Embedder
 from quiver.server.embedders.model_names import BadModelName
-from quiver.server.embedders.registry import EmbedderSpec, make_embedder
+from quiver.server.embedders.openai_tuning import OpenAITuning
+from quiver.server.embedders.registry import QUERY, EmbedderSpec, make_embedder
 
 
 class StoreEmbedders:
     """``openai_base_url`` / ``openai_api_key``: the server's endpoint for ``openai:``
-    models ("" for the default URL / no key)."""
+    models ("" for the default URL / no key); ``tuning``: its timeouts, batch size, request
+    slots and input prefixes."""
 
-    def __init__(self, openai_base_url: str, openai_api_key: str) -> None:
+    def __init__(self, openai_base_url: str, openai_api_key: str, tuning: OpenAITuning) -> None:
         self.openai_base_url = openai_base_url
         self.openai_api_key = openai_api_key
+        self.tuning = tuning
 
     def spec_for(self, model: str, dimensions: int, send_dimensions: bool) -> EmbedderSpec:
         return EmbedderSpec(
@@ -26,12 +30,19 @@ class StoreEmbedders:
             base_url=self.openai_base_url or None,
             api_key=self.openai_api_key or None,
             send_dimensions=send_dimensions,
+            tuning=self.tuning,
         )
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one per core, a few embedders, kept for life
     def embedder_for(self, model: str, dimensions: int, send_dimensions: bool) -> Embedder:
+        """The embedder of a store's search queries (its query prefix, no request slots)."""
+        spec = replace(
+            self.spec_for(model, dimensions, send_dimensions),
+            purpose=QUERY,
+            tuning=replace(self.tuning, slots_dir=None, slots=0),
+        )
         try:
-            return make_embedder(self.spec_for(model, dimensions, send_dimensions))
+            return make_embedder(spec)
         except BadModelName as exc:  # a store made before creation checked the grammar
             raise FailedPrecondition(
                 f"this vector store's embedding_model {model[:80]!r} is not valid ({exc}); "
