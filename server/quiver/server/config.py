@@ -52,6 +52,8 @@ class Settings:
     metrics_listen: str = ""
     openai_base_url: str = ""
     openai_api_key: str = ""
+    models_dir: Path | None = None
+    local_threads: int = 0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -121,6 +123,10 @@ _HELP: dict[str, str] = {
     "openai_base_url": "OpenAI-compatible endpoint for 'openai:<model>' stores, "
     "e.g. http://127.0.0.1:8000/v1",
     "openai_api_key": "API key sent to that endpoint",
+    "models_dir": "directory of 'local:<name>' models, one <name>/ folder each (model.json, "
+    "the ONNX file, tokenizer.json), searched before the models Quiver ships",
+    "local_threads": "ONNX Runtime threads of a 'local:' model in each ingest worker and for "
+    "queries (0 = cores / --ingest-workers, at least 1)",
     "tls_cert": "PEM certificate chain to serve TLS with (with --tls-key); re-read when the "
     "file changes or on SIGHUP",
     "tls_key": "PEM private key of --tls-cert",

@@ -33,7 +33,7 @@ from quiver.server.core.models import AttributeValue, FileStatus
 from quiver.server.core.principal import Principal
 from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
-from quiver.server.embedders.base import Embedder
+from quiver.server.embedders.base import Embedder, embed_queries
 from quiver.server.index.manager import IndexManager
 
 MAX_QUERIES = 10
@@ -133,8 +133,11 @@ class Searcher:
         dim = int(store["embedding_dimensions"])
         if dim == 0:  # learned from the embedder's first vectors: none were stored yet
             return []
-        embedder = self.embedder_for(store["embedding_model"], dim, bool(store["dimensions_sent"]))
-        embedded = await asyncio.to_thread(embedder.embed, request.queries)
+        # On a thread: building a local: model's embedder loads it (once per server).
+        embedder = await asyncio.to_thread(
+            self.embedder_for, store["embedding_model"], dim, bool(store["dimensions_sent"])
+        )
+        embedded = await asyncio.to_thread(embed_queries, embedder, request.queries)
         query = _unit(embedded.sum(axis=0))
         wanted = (
             max(FUSION_CANDIDATES, 4 * request.max_results)

@@ -6,10 +6,13 @@ Model names follow embedders/model_names.py, the grammar store creation checks t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from quiver.server.embedders.base import Embedder
 from quiver.server.embedders.hashing import HashEmbedder
-from quiver.server.embedders.model_names import HASH, parse_model_name
+from quiver.server.embedders.local_models import find_model
+from quiver.server.embedders.local_onnx import LocalOnnxEmbedder
+from quiver.server.embedders.model_names import HASH, LOCAL, parse_model_name
 from quiver.server.embedders.openai_compat import OpenAIEmbedder
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -23,6 +26,8 @@ class EmbedderSpec:
     ``https://api.openai.com/v1``. ``dimensions`` 0: not known yet (learned from the first
     response). ``send_dimensions`` False: the endpoint is never sent ``dimensions`` (models
     such as text-embedding-ada-002 reject it); a known ``dimensions`` is still checked.
+    ``models_dir`` and ``threads`` apply to ``local:`` models only: the ``--models-dir``
+    searched first, and the ONNX Runtime intra-op threads of one embedder.
     """
 
     model: str
@@ -30,21 +35,28 @@ class EmbedderSpec:
     base_url: str | None = None
     api_key: str | None = None
     send_dimensions: bool = True
+    models_dir: str | None = None
+    threads: int = 1
 
     def __repr__(self) -> str:  # never print the key
         key = None if self.api_key is None else "***"
         return (
             f"EmbedderSpec(model={self.model!r}, dimensions={self.dimensions}, "
             f"base_url={self.base_url!r}, api_key={key!r}, "
-            f"send_dimensions={self.send_dimensions})"
+            f"send_dimensions={self.send_dimensions}, models_dir={self.models_dir!r}, "
+            f"threads={self.threads})"
         )
 
 
 def make_embedder(spec: EmbedderSpec) -> Embedder:
-    """Build the embedder for ``spec`` (BadModelName, a ValueError, for a bad model name)."""
+    """Build the embedder for ``spec`` (BadModelName, a ValueError, for a bad model name;
+    LocalModelError, a ValueError too, for a ``local:`` model that cannot be loaded)."""
     name = parse_model_name(spec.model)
     if name.provider == HASH:
         return HashEmbedder(spec.dimensions)
+    if name.provider == LOCAL:
+        models_dir = Path(spec.models_dir) if spec.models_dir else None
+        return LocalOnnxEmbedder(find_model(name.model, models_dir), spec.threads)
     return OpenAIEmbedder(
         base_url=spec.base_url or DEFAULT_OPENAI_BASE_URL,
         model=name.model,
