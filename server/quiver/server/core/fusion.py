@@ -44,8 +44,9 @@ FUSION: dict[str, Fusion] = {
     # a chunk holding the query word for word comes first) costs 0.001 there. On a held-out
     # sample (--seed 11) auto is level with BM25 (0.613 against 0.616).
     "hash": Fusion(vector_weight=0.25, phrase_boost=0.5, pair_boost=0.15),
-    # A real model (openai:<model>) adds what keywords miss: equal weight (not measured here,
-    # no model runs offline yet).
+    # A local: model (all-MiniLM-L6-v2): see bench/quality.py --model local:... --sweep.
+    "local": Fusion(vector_weight=1.0, phrase_boost=0.5, pair_boost=0.15),
+    # A real model (openai:<model>) adds what keywords miss: equal weight (not measured here).
     "default": Fusion(vector_weight=1.0, phrase_boost=0.5, pair_boost=0.15),
 }
 
