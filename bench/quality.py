@@ -227,6 +227,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 data_dir=data_dir,
                 ingest_workers=args.workers,
                 models_dir=models_dir,
+                # A model on a shared machine may be slow; no file fails for that here.
+                file_timeout=3600.0,
+                file_parse_seconds=3600.0,
             )
         )
         port = await server.start()
