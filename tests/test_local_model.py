@@ -192,3 +192,19 @@ async def test_local_store_with_an_unknown_model_is_refused(running: Running) ->
         )
     assert rpc_error(caught.value).code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violated_fields(caught.value) == ["embedding_model"]
+
+
+async def test_a_server_without_the_local_extra_refuses_local_stores(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_models, "RUNTIME_MODULES", ("quiver_no_such_runtime",))
+    alice = running.alice
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await alice.stores.CreateVectorStore(
+            pb.CreateVectorStoreRequest(name="x", embedding_model=f"local:{MINILM}"),
+            metadata=alice.metadata,
+        )
+    error = rpc_error(caught.value)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "embedding_model" in (error.details() or "")
+    assert "quiver-vectorstore[local]" in (error.details() or "")
