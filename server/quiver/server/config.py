@@ -60,6 +60,8 @@ class Settings:
     openai_query_queue: int = 64
     openai_query_prefix: str = ""
     openai_passage_prefix: str = ""
+    models_dir: Path | None = None
+    local_threads: int = 0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -144,6 +146,10 @@ _HELP: dict[str, str] = {
     "'query: ' for e5 models (changing it or the passage prefix needs re-embedded stores)",
     "openai_passage_prefix": "text put before every chunk sent to that endpoint, e.g. "
     "'passage: ' for e5 models",
+    "models_dir": "directory of 'local:<name>' models, one <name>/ folder each (model.json, "
+    "the ONNX file, tokenizer.json), searched before the models Quiver ships",
+    "local_threads": "ONNX Runtime threads of a 'local:' model in each ingest worker and for "
+    "queries (0 = cores / --ingest-workers, at least 1)",
     "tls_cert": "PEM certificate chain to serve TLS with (with --tls-key); re-read when the "
     "file changes or on SIGHUP",
     "tls_key": "PEM private key of --tls-cert",

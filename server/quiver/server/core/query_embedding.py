@@ -26,6 +26,7 @@ from quiver.server.embedders.base import (
     EmbeddingDeadlineExceeded,
     EmbeddingError,
     FloatMatrix,
+    embed_queries,
 )
 
 log = logging.getLogger("quiver.server.query_embedding")
@@ -120,8 +121,8 @@ class QueryEmbedding:
         RESOURCE_EXHAUSTED when the lane is full, UNAVAILABLE when the endpoint fails."""
         lane = self._lanes.get(embedder.model.partition(":")[0])
         try:
-            if lane is None:
-                return await asyncio.to_thread(embedder.embed, texts)
+            if lane is None:  # in-process (hash, local:): the default threads
+                return await asyncio.to_thread(embed_queries, embedder, texts)
             if deadline is None:
                 deadline = time.monotonic() + self.default_wait_s
             until = deadline
@@ -129,7 +130,7 @@ class QueryEmbedding:
             def call() -> FloatMatrix:
                 if isinstance(embedder, DeadlineEmbedder):
                     return embedder.embed_until(texts, until)
-                return embedder.embed(texts)
+                return embed_queries(embedder, texts)
 
             future = lane.submit(call)
             try:

@@ -29,6 +29,7 @@ from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.upload_slots import UploadSlots
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.core.watch import WatchHub
+from quiver.server.embedders.local_onnx import local_threads
 from quiver.server.embedders.openai_tuning import (
     OpenAITuning,
     check_openai_tuning,
@@ -192,14 +193,22 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     uploads = UploadSlots(
         max_total=settings.max_uploads, max_per_tenant=settings.max_uploads_per_tenant
     )
-    embedders = StoreEmbedders(settings.openai_base_url, settings.openai_api_key, tuning)
+    embedders = StoreEmbedders(
+        settings.openai_base_url,
+        settings.openai_api_key,
+        tuning,
+        models_dir=settings.models_dir,
+        local_threads=local_threads(settings.local_threads, settings.ingest_workers),
+    )
     scheduler = Scheduler(
         max_in_flight=settings.ingest_workers,
         max_queued=settings.max_queued_files,
         max_queued_per_tenant=settings.max_queued_files_per_tenant,
     )
     files = FileStore(db, blobs, max_file_bytes=settings.max_file_bytes, clock=clock)
-    choice = EmbedderChoice(settings.embedding_dimensions, settings.openai_base_url)
+    choice = EmbedderChoice(
+        settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
+    )
     stores = VectorStores(db, choice.resolve, book, scheduler, indexes, clock=clock)
     processing = Processing(
         db,

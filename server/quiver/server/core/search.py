@@ -146,7 +146,10 @@ class Searcher:
         dim = int(store.embedding_dimensions)
         if dim == 0:  # learned from the embedder's first vectors: none were stored yet
             return []
-        embedder = self.embedder_for(store.embedding_model, dim, store.dimensions_sent)
+        # On a thread: building a local: model's embedder loads it (once per server).
+        embedder = await asyncio.to_thread(
+            self.embedder_for, store.embedding_model, dim, store.dimensions_sent
+        )
         embedded = await self.query_embedding.embed(embedder, request.queries, deadline)
         query = _unit(embedded.sum(axis=0))
         wanted = (

@@ -51,6 +51,21 @@ class DeadlineEmbedder(Protocol):
         ...
 
 
+@runtime_checkable
+class QueryEmbedder(Protocol):
+    """An embedder that embeds search queries differently from chunks (e.g. with the
+    ``query: `` prefix an e5 model needs)."""
+
+    def embed_queries(self, texts: Sequence[str]) -> FloatMatrix: ...
+
+
+def embed_queries(embedder: Embedder, texts: Sequence[str]) -> FloatMatrix:
+    """Embed search queries: ``embed_queries`` where the embedder has it, else ``embed``."""
+    if isinstance(embedder, QueryEmbedder):
+        return embedder.embed_queries(texts)
+    return embedder.embed(texts)
+
+
 def l2_normalise(matrix: npt.ArrayLike) -> FloatMatrix:
     """Return ``matrix`` as float32 with each non-zero row scaled to unit L2 norm."""
     values = np.asarray(matrix, dtype=np.float64)

@@ -6,10 +6,13 @@ Model names follow embedders/model_names.py, the grammar store creation checks t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from quiver.server.embedders.base import Embedder
 from quiver.server.embedders.hashing import HashEmbedder
-from quiver.server.embedders.model_names import HASH, parse_model_name
+from quiver.server.embedders.local_models import find_model
+from quiver.server.embedders.local_onnx import LocalOnnxEmbedder
+from quiver.server.embedders.model_names import HASH, LOCAL, parse_model_name
 from quiver.server.embedders.openai_compat import OpenAIEmbedder
 from quiver.server.embedders.openai_tuning import OpenAITuning
 from quiver.server.embedders.request_slots import RequestSlots
@@ -29,7 +32,8 @@ class EmbedderSpec:
     such as text-embedding-ada-002 reject it); a known ``dimensions`` is still checked.
     ``purpose``: ``passage`` (chunks, in the ingest workers) or ``query`` (search queries),
     which picks the input prefix; ``tuning``: timeout, batch size, prefixes and request slots
-    of ``openai:`` models.
+    of ``openai:`` models. ``models_dir`` and ``threads`` apply to ``local:`` models only: the
+    ``--models-dir`` searched first, and the ONNX Runtime intra-op threads of one embedder.
     """
 
     model: str
@@ -39,6 +43,8 @@ class EmbedderSpec:
     send_dimensions: bool = True
     purpose: str = PASSAGE
     tuning: OpenAITuning = field(default_factory=OpenAITuning)
+    models_dir: str | None = None
+    threads: int = 1
 
     def __repr__(self) -> str:  # never print the key
         key = None if self.api_key is None else "***"
@@ -46,15 +52,19 @@ class EmbedderSpec:
             f"EmbedderSpec(model={self.model!r}, dimensions={self.dimensions}, "
             f"base_url={self.base_url!r}, api_key={key!r}, "
             f"send_dimensions={self.send_dimensions}, purpose={self.purpose!r}, "
-            f"tuning={self.tuning!r})"
+            f"tuning={self.tuning!r}, models_dir={self.models_dir!r}, threads={self.threads})"
         )
 
 
 def make_embedder(spec: EmbedderSpec) -> Embedder:
-    """Build the embedder for ``spec`` (BadModelName, a ValueError, for a bad model name)."""
+    """Build the embedder for ``spec`` (BadModelName, a ValueError, for a bad model name;
+    LocalModelError, a ValueError too, for a ``local:`` model that cannot be loaded)."""
     name = parse_model_name(spec.model)
     if name.provider == HASH:
         return HashEmbedder(spec.dimensions)
+    if name.provider == LOCAL:
+        models_dir = Path(spec.models_dir) if spec.models_dir else None
+        return LocalOnnxEmbedder(find_model(name.model, models_dir), spec.threads)
     tuning = spec.tuning
     return OpenAIEmbedder(
         base_url=spec.base_url or DEFAULT_OPENAI_BASE_URL,
