@@ -3,8 +3,8 @@
 
 The server runs on its own event loop in a daemon thread (tests/server_thread.py), shared by
 the module. Each test gets a client narrowed to a fresh on-behalf-of id, so tests sharing the
-server never see each other's files and stores. scripts/unasync.py generates
-tests/test_client_sync.py, the same tests for the blocking ``Client``, from this file.
+server never see each other's files and stores. The same tests run for both clients:
+tests/test_client_sync.py is generated from tests/test_client_async.py (make unasync).
 """
 
 from __future__ import annotations
