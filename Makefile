@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check pytest fuzz node-deps go-deps go-client docs-corpus bench soak clean
+.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -31,7 +31,7 @@ serve: install
 	@echo "==> quiver serve $(ARGS)  (Ctrl-C stops it; 'quiver serve --help' lists every setting)"
 	$(VENV)/bin/quiver serve $(ARGS)
 
-test: dev lint typecheck buf-lint buf-breaking proto-check node-deps go-client pytest
+test: dev lint typecheck buf-lint buf-breaking proto-check unasync-check node-deps go-client pytest
 
 lint: dev
 	$(VENV)/bin/ruff check .
@@ -109,6 +109,15 @@ proto-check: dev
 	diff -r -x __pycache__ -x py.typed .proto-check/quiver/v1 $(GEN_DIR)/quiver/v1 \
 		|| (echo "committed stubs are stale: run 'make proto'" && exit 1)
 	rm -rf .proto-check
+
+# The blocking client and its tests are generated from the asyncio ones (scripts/unasync.py):
+# edit client/quiver/client/_async.py and tests/test_client_async.py, then `make unasync`.
+unasync: dev
+	$(PY) scripts/unasync.py
+
+# Fails when the committed sync client or its tests differ from what the async ones generate.
+unasync-check: dev
+	$(PY) scripts/unasync.py --check || (echo "the sync client is stale: run 'make unasync'" && exit 1)
 
 # Hypothesis runs derandomized here (the "ci" profile in tests/conftest.py): the same examples
 # on every run, so a failure comes from the change under test, not from the seed.

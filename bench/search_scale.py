@@ -63,7 +63,7 @@ import numpy as np
 import numpy.typing as npt
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from quiver.server.api.interceptor import OPEN_TENANT
+from quiver.server.auth.authenticate import OPEN_TENANT
 from quiver.server.config import Settings
 from quiver.server.core import ids
 from quiver.server.embedders.hashing import HashEmbedder

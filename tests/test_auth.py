@@ -12,8 +12,11 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quiver.server.app import ConfigError, QuiverServer
-from quiver.server.auth.keys import KeyConfigError, KeyRing, hash_key
+from quiver.server.auth.authenticate import OPEN_TENANT, authenticate
+from quiver.server.auth.keys import KeyConfigError, KeyRing, hash_key, new_key
 from quiver.server.config import Settings
+from quiver.server.core.errors import Unauthenticated
+from quiver.server.core.principal import Principal
 from quiver.v1 import files_pb2
 from quiver.v1 import vector_stores_pb2 as pb
 
@@ -71,6 +74,33 @@ async def test_unauthenticated(running: Running) -> None:
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
         assert error_info(err.value).reason == reason
     assert await list_file_ids(a) == [file.id]
+
+
+def test_authenticate_is_framework_free() -> None:
+    """The function both edges call: plain strings in, a Principal or a core error out, and
+    importing it loads no gRPC or protobuf (an HTTP edge calls it with its headers)."""
+    key = new_key()
+    ring = KeyRing.load(None, f"acme sha256:{hash_key(key).hex()}")
+    assert authenticate(ring, f"Bearer {key}", None) == Principal("acme", "")
+    assert authenticate(ring, f"bearer  {key} ", "user-7") == Principal("acme", "user-7")
+    refused = [(None, "MISSING_API_KEY"), ("", "MISSING_API_KEY")]
+    refused += [(dict(m)["authorization"], r) for m, r in BAD_CREDENTIALS if m]
+    for header, reason in refused:
+        with pytest.raises(Unauthenticated) as info:
+            authenticate(ring, header, None)
+        assert info.value.reason == reason, header
+    for subject in ("x" * 257, "line\nbreak"):
+        with pytest.raises(Unauthenticated) as info:
+            authenticate(ring, f"Bearer {key}", subject)
+        assert info.value.reason == "BAD_ON_BEHALF_OF"
+    assert authenticate(KeyRing.load(None, None), None, "me") == Principal(OPEN_TENANT, "me")
+    probe = (
+        "import sys, quiver.server.auth.authenticate; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"
 
 
 async def test_scheme_is_case_insensitive(running: Running) -> None:

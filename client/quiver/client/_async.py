@@ -1,4 +1,4 @@
-"""The asyncio client: ``AsyncClient`` and its resource groups (mirrors ``Client``)."""
+"""The asyncio client: ``AsyncClient`` and its resource groups."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 from quiver.client import _requests as rq
+from quiver.client._concurrency import async_bounded_map, check_limit
 from quiver.client._settings import CHANNEL_OPTIONS, Settings
 from quiver.client.errors import UnavailableError, from_rpc_error
 from quiver.client.types import (
@@ -343,15 +344,16 @@ class FileBatches:
         files: Sequence[rq.FileInput],
         attributes: rq.Attributes | None = None,
         chunking_strategy: ChunkingStrategy | None = None,
+        max_concurrency: int = 8,
     ) -> FileBatch:
-        """Uploads the files, attaches them as one batch and waits until it ends."""
-        limit = asyncio.Semaphore(8)
+        """Uploads the files (at most ``max_concurrency`` at once), attaches them as one batch
+        and waits until it ends. The first upload that fails is raised, and no batch is made."""
+        limit = check_limit("max_concurrency", max_concurrency)
 
         async def upload(file: rq.FileInput) -> str:
-            async with limit:
-                return (await self._files.upload(file)).id
+            return (await self._files.upload(file)).id
 
-        ids = list(await asyncio.gather(*(upload(f) for f in files)))
+        ids = await async_bounded_map(upload, files, limit)
         return await self.create_and_poll(
             vector_store_id=vector_store_id,
             file_ids=ids,
@@ -468,7 +470,7 @@ class VectorStores:
 
 
 class AsyncClient:
-    """A Quiver asyncio client over one ``grpc.aio`` channel; see ``Client`` for the options.
+    """A Quiver asyncio client over one ``grpc.aio`` channel.
 
     ``target``, ``api_key`` and ``on_behalf_of`` default to ``QUIVER_TARGET`` (else
     localhost:50051), ``QUIVER_API_KEY`` and ``QUIVER_ON_BEHALF_OF``. ``timeout`` is the

@@ -1,1 +1,1 @@
-"""API keys: how they are made, stored (hashed) and checked."""
+"""API keys (how they are made, stored hashed and checked) and authenticate(): who is calling."""

@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from quiver.server.api.context import principal_var, request_id_var
+from quiver.server.auth.authenticate import authenticate
 from quiver.server.auth.keys import KeyRing
 from quiver.server.core.errors import QuiverError, Unauthenticated, Unavailable, disk_full
 from quiver.server.core.principal import Principal
 from quiver.server.http import errors
-from quiver.server.http.auth import authenticate
 from quiver.server.metrics import Metrics
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -64,6 +64,7 @@ def _principal(gate: Gate, request: Request) -> Principal:
         gate.keys,
         request.headers.get("authorization", ""),
         request.headers.get("x-on-behalf-of", ""),
+        carrier="header",
     )
 
 
