@@ -43,7 +43,7 @@ find every chunk in the saved index and every file by search.
 Before every third kill (``--disk-full-every``) the disk fills up for a few seconds while
 the load runs: the data dir lives on its own small tmpfs (``--tmpfs-size``, mounted when the
 soak runs as root; otherwise the fault is skipped and the summary says why), and a ballast
-file (``bench/tmpfs.py``) leaves 256 KiB free, filled just after a CreateFileBatch was sent.
+file (``tests/support/tmpfs.py``) leaves 256 KiB free, filled just after a CreateFileBatch was sent.
 Meanwhile writes must be refused with RESOURCE_EXHAUSTED / DISK_FULL (expected, and a
 refused upload or batch is never counted as confirmed; a refused batch is asked again with
 the same request id), ingest commits are retried, and once the ballast is gone everything
@@ -96,9 +96,9 @@ from quiver.client.types import AttributeValue
 from quiver.server.index import integrity
 from quiver.server.index.hnsw import VectorIndex
 
-from bench import tmpfs
-from bench.serverproc import free_port
-from tests.docgen import make_docx, make_pdf
+from tests.support import tmpfs
+from tests.support.docgen import make_docx, make_pdf
+from tests.support.serve import free_port
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from grpc import aio
 from quiver.server.ingest.chunking import ChunkingParams, chunk_text
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_CANCELLED,
     B_COMPLETED,
     B_FAILED,
@@ -53,9 +53,9 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running, Tenant
-from tests.docgen import make_docx, make_pdf
-from tests.rpc_helpers import (
+from tests.support.docgen import make_docx, make_pdf
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import (
     ListPage,
     PageView,
     check_cursor_pagination,

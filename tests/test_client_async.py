@@ -34,7 +34,7 @@ from quiver.client import (
     VectorStoreFile,
 )
 
-from tests.conftest import Running
+from tests.support.inproc import Running
 
 pytestmark = pytest.mark.timeout(60)
 

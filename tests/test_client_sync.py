@@ -41,7 +41,7 @@ from quiver.client import (
 from quiver.server.app import QuiverServer
 from quiver.server.config import Settings
 
-from tests.conftest import keyed
+from tests.support.inproc import keyed
 
 pytestmark = pytest.mark.timeout(60)
 

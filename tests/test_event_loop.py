@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from quiver.v1 import vector_stores_pb2
 
-from bench.loop_latency import (
+from tests.support.batch_helpers import open_db
+from tests.support.inproc import Running, Tenant
+from tests.support.loop_probe import (
     Caller,
     Probe,
     big_text,
@@ -26,8 +28,6 @@ from bench.loop_latency import (
     store_of_small_files,
     upload,
 )
-from tests.batch_helpers import open_db
-from tests.conftest import Running, Tenant
 
 BOUND = 1.0
 

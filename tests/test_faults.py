@@ -26,7 +26,7 @@ from quiver.server.ingest.pool import IngestPool, WorkerOutOfMemory
 from quiver.server.ingest.worker import WorkerInput
 from quiver.server.ingest.worker_process import HEADROOM_AFTER_WARM_UP
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_COMPLETED,
     F_COMPLETED,
     F_FAILED,
@@ -43,9 +43,9 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running
-from tests.http_double import reply_json, serve_http
-from tests.rpc_helpers import wait_for
+from tests.support.http_double import reply_json, serve_http
+from tests.support.inproc import Running
+from tests.support.rpc_helpers import wait_for
 
 # -- a fake OpenAI-compatible embeddings endpoint --------------------------------------------
 

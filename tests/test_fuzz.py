@@ -54,10 +54,11 @@ from hypothesis import strategies as st
 from quiver.server.config import Settings
 from quiver.v1 import common_pb2, file_batches_pb2, files_pb2, vector_stores_pb2
 
-from tests.batch_helpers import poll_batch
-from tests.conftest import PROFILE, Running, Tenant, examples
-from tests.docgen import make_docx, make_pdf
-from tests.rpc_helpers import error_reason, field_violations, upload
+from tests.support.batch_helpers import poll_batch
+from tests.support.docgen import make_docx, make_pdf
+from tests.support.inproc import Running, Tenant
+from tests.support.profiles import PROFILE, examples
+from tests.support.rpc_helpers import error_reason, field_violations, upload
 
 T = TypeVar("T")
 MiB = 1024 * 1024

@@ -18,7 +18,7 @@ from quiver.server.index.hnsw import INITIAL_CAPACITY
 from quiver.server.index.integrity import HEADER, CorruptIndex, sidecar_path
 from quiver.server.index.manager import IndexManager
 
-from tests.tmpfs import fill, small_tmpfs
+from tests.support.tmpfs import fill, small_tmpfs
 
 DIM = 64
 Matrix = npt.NDArray[np.float32]
