@@ -24,10 +24,10 @@ from tests.support.batch_helpers import (
     upload_all,
     watch_to_end,
 )
+from tests.support.index_damage import DAMAGE
 from tests.support.inproc import Tenant, open_tenant
 from tests.support.serve import free_port
 from tests.support.serve_group import ServeProcess, wait_serving
-from tests.test_index import DAMAGE
 
 QUERIES = ["river stone", "quiet morning light", "north wind over the hills"]
 

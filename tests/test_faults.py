@@ -43,7 +43,7 @@ from tests.support.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.support.http_double import reply_json, serve_http
+from tests.support.http_double import reply_json, serve_http, vector
 from tests.support.inproc import Running
 from tests.support.rpc_helpers import wait_for
 
@@ -77,11 +77,6 @@ class Endpoint:
                 status = self.script.pop(0) if self.script else 200
             self.requests.append((time.monotonic(), status, body))
             return status
-
-
-def vector(text: str, dimensions: int) -> list[float]:
-    rng = np.random.default_rng(abs(hash(text)) % (2**32))
-    return [float(x) for x in rng.standard_normal(dimensions) + 0.01]
 
 
 def make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:

@@ -28,10 +28,9 @@ from tests.support.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.support.http_double import reply_json, serve_http
+from tests.support.http_double import reply_json, serve_http, vector
 from tests.support.inproc import Running
 from tests.support.rpc_helpers import rpc_error, violated_fields
-from tests.test_faults import vector
 
 ADA_DIMENSIONS = 24  # the real model has 1536; the width is what the store must learn
 

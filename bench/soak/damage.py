@@ -7,6 +7,8 @@ from pathlib import Path
 
 from quiver.server.index import integrity
 
+from tests.support.index_damage import break_links
+
 INDEX_DAMAGE = ("neighbour-ids", "random-4k", "truncated", "no-sidecar")
 
 
@@ -21,14 +23,7 @@ def damage_an_index(rng: random.Random, indexes: Path) -> str:
     how = rng.choice(INDEX_DAMAGE)
     data = bytearray(path.read_bytes())
     if how == "neighbour-ids" and len(data) >= integrity.HEADER.size:
-        count, per_element = integrity.HEADER.unpack_from(data)[2:4]
-        for element in range(count):
-            base = integrity.HEADER.size + element * per_element
-            links = int.from_bytes(data[base : base + 2], "little")
-            for j in range(min(links, 64)):
-                at = base + 4 + 4 * j
-                data[at : at + 4] = (0x7FFFFFF0 ^ j).to_bytes(4, "little")
-        path.write_bytes(bytes(data))
+        path.write_bytes(break_links(bytes(data)))
     elif how == "random-4k":
         path.write_bytes(rng.randbytes(4096))
     elif how == "truncated":

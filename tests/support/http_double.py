@@ -8,6 +8,8 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def serve_http(handler: type[BaseHTTPRequestHandler], name: str) -> Iterator[str]:
@@ -39,3 +41,9 @@ def reply_json(
     handler.send_header("Content-Length", str(len(payload)))
     handler.end_headers()
     handler.wfile.write(payload)
+
+
+def vector(text: str, dimensions: int) -> list[float]:
+    """A fake embedding of ``text``: the same text always gives the same vector."""
+    rng = np.random.default_rng(abs(hash(text)) % (2**32))
+    return [float(x) for x in rng.standard_normal(dimensions) + 0.01]
