@@ -621,6 +621,7 @@ async def test_content_is_exactly_the_chunks(running: Running) -> None:
     assert rows == {ids[0]: 199, ids[1]: len(expected)}
 
 
+@pytest.mark.slow
 async def test_content_of_a_large_completed_file_can_be_read(running: Running) -> None:
     a = running.alice
     store = await create_store(a)
@@ -860,6 +861,7 @@ async def test_deleting_the_store_fails_its_running_batch(running: Running) -> N
     assert not running.server.indexes.path_for(store.id).exists()
 
 
+@pytest.mark.slow
 async def test_reattaching_a_file_in_flight(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,6 +29,8 @@ from tests.support.loop_probe import (
     upload,
 )
 
+pytestmark = pytest.mark.slow  # each case builds thousands of files or megabytes of text
+
 BOUND = 1.0
 
 

@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.timeout(150)
 def test_three_kills_lose_nothing_confirmed(tmp_path: Path) -> None:
