@@ -315,7 +315,6 @@ def quiver_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow
 async def test_keys_add_and_serve_with_the_file(tmp_path: Path) -> None:
     keys_file = tmp_path / "conf" / "keys"
     first = quiver_cli("keys", "add", "acme", "--file", str(keys_file))

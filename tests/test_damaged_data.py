@@ -55,6 +55,7 @@ def stop(proc: ServeProcess) -> None:
     assert proc.proc.wait(timeout=30) == 0, proc.log()
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 async def test_damaged_index_files_are_rebuilt_at_start(
     tmp_path: Path,

@@ -78,6 +78,7 @@ async def test_a_second_server_in_process_is_refused_until_the_first_stops(
     await start_and_stop(data_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 async def test_a_sigkilled_server_leaves_no_stale_lock(
     tmp_path: Path,

@@ -265,6 +265,7 @@ async def kill_worker_in_flight(running: Running, not_pid: int = 0) -> int:
     return pid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{"ingest_workers": 1}])
 async def test_a_killed_worker_costs_nothing(running: Running) -> None:
     a = running.alice

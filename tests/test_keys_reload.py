@@ -40,6 +40,7 @@ def add(keys_file: Path, tenant: str) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_list_and_revoke_from_the_command_line(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys"
     acme1, acme2, other = add(keys_file, "acme"), add(keys_file, "acme"), add(keys_file, "other")

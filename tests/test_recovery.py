@@ -88,6 +88,7 @@ def file_statuses(data_dir: Path, store_id: str) -> dict[str, str]:
         db.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lose_index", [False, True], ids=["index-kept", "index-deleted"])
 async def test_a_stopped_server_finishes_the_batch_after_restart(
     running: Running, lose_index: bool, monkeypatch: pytest.MonkeyPatch
@@ -221,6 +222,7 @@ async def test_a_cancel_in_progress_at_stop_ends_cancelled_after_restart(
 # -- end to end: `quiver serve`, SIGKILL, restart ------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 async def test_sigkill_mid_batch_then_restart(
     tmp_path: Path, processes: list[ServeProcess]
