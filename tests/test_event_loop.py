@@ -29,8 +29,6 @@ from tests.support.loop_probe import (
     upload,
 )
 
-pytestmark = pytest.mark.slow  # each case builds thousands of files or megabytes of text
-
 BOUND = 1.0
 
 
@@ -46,6 +44,7 @@ def check(case: str, probe: Probe, seconds: float) -> None:
     assert max(probe.other) < BOUND, f"bob waited {max(probe.other):.2f} s during {case}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_a_heavy_filter_does_not_block_other_callers(running: Running) -> None:
     alice, bob = caller(running.alice), caller(running.bob)
@@ -58,6 +57,7 @@ async def test_a_heavy_filter_does_not_block_other_callers(running: Running) -> 
     assert await filtered_search(alice, store, 1) == 10  # every file matches
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_a_large_file_and_deleting_its_store_do_not_block_other_callers(
     running: Running,

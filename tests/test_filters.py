@@ -176,6 +176,7 @@ unit_filters = trees(comparisons((*UNIT_KEYS, "zz"), scalars), depth=4)
 # -- unit: evaluation ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @hypothesis_settings(max_examples=examples(1500), deadline=None)
 @given(unit_filters, unit_attributes)
 def test_matches_equals_reference(node: FilterDict, attributes: dict[str, Scalar]) -> None:

@@ -58,6 +58,7 @@ def tie_aware_recall(found: Labels, similarity: Matrix, truth: Labels) -> float:
     return float(good.sum()) / truth.size
 
 
+@pytest.mark.slow
 def test_recall_at_10_with_default_settings(tmp_path: Path) -> None:
     defaults = Settings()
     texts = real_chunks(CHUNKS + QUERIES)
