@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench soak clean
+.PHONY: install dev serve test test-fast pytest-fast lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -32,6 +32,11 @@ serve: install
 	$(VENV)/bin/quiver serve $(ARGS)
 
 test: dev lint typecheck buf-lint buf-breaking proto-check unasync-check node-deps go-client pytest
+
+# The inner loop (a few minutes): ruff, mypy and every test not marked `slow` (a test that
+# takes more than ~5 s: the soak, SIGKILL and fault runs, client builds, big ingests).
+# `make test` stays the whole gate: it runs the slow tests too.
+test-fast: dev lint typecheck pytest-fast
 
 lint: dev
 	$(VENV)/bin/ruff check .
@@ -119,10 +124,13 @@ unasync: dev
 unasync-check: dev
 	$(PY) scripts/unasync.py --check || (echo "the sync client is stale: run 'make unasync'" && exit 1)
 
-# Hypothesis runs derandomized here (the "ci" profile in tests/conftest.py): the same examples
-# on every run, so a failure comes from the change under test, not from the seed.
+# Hypothesis runs derandomized here (the "ci" profile in tests/support/profiles.py): the same
+# examples on every run, so a failure comes from the change under test, not from the seed.
 pytest: dev
 	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+
+pytest-fast: dev
+	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow"
 
 # The randomized search: a fresh seed, FUZZ_SCALE times the examples of every property-based
 # test; the time budget is FUZZ_TIMEOUT seconds per test (one still running then fails: lower

@@ -27,7 +27,7 @@ from quiver.server.auth.keys import hash_key, new_key
 from quiver.v1 import files_pb2, files_pb2_grpc, vector_stores_pb2, vector_stores_pb2_grpc
 
 from bench.raw_http2 import RawConnection
-from bench.serverproc import ServerProcess
+from tests.support.serve import ServerProcess
 
 MiB = 1024 * 1024
 PER_CHANNEL = 100

@@ -41,7 +41,7 @@ from quiver.v1 import (
 
 from bench.load import WORDS
 from bench.results import RESULTS_DIR, save_results
-from bench.serverproc import ServerProcess, free_port
+from tests.support.serve import ServerProcess, free_port
 
 
 @dataclass

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,8 +35,9 @@ from quiver.v1 import (
     vector_stores_pb2_grpc,
 )
 
-from bench.corpus import corpus_files
 from bench.results import RESULTS_DIR, save_results
+from tests.support.corpus import corpus_files
+from tests.support.serve import free_port, serve_command
 
 DIMENSIONS = 512
 
@@ -79,12 +79,6 @@ def bare_pipeline(paths: list[Path]) -> Result:
     return Result("bare pipeline", time.perf_counter() - started, len(paths), chunks, tokens)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _pieces(name: str, data: bytes) -> AsyncIterator[files_pb2.UploadFileRequest]:
     yield files_pb2.UploadFileRequest(filename=name, data=data[: 1 << 20])
     for start in range(1 << 20, len(data), 1 << 20):
@@ -107,10 +101,8 @@ async def _until_done(
 def start_server(workers: int) -> tuple[subprocess.Popen[bytes], int, str]:
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="quiver-bench-")
-    command = [sys.executable, "-m", "quiver.server.cli", "serve"]
-    command += ["--listen", f"127.0.0.1:{port}", "--data-dir", data_dir]
-    command += ["--ingest-workers", str(workers), "--log-level", "error"]
-    return subprocess.Popen(command), port, data_dir
+    command = serve_command(f"127.0.0.1:{port}", data_dir, "--ingest-workers", str(workers))
+    return subprocess.Popen([*command, "--log-level", "error"]), port, data_dir
 
 
 async def service(

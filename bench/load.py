@@ -18,7 +18,7 @@ from collections import Counter
 from prometheus_client.parser import text_string_to_metric_families
 from quiver.client import AsyncClient, QuiverError
 
-from bench.serverproc import ServerProcess
+from tests.support.serve import ServerProcess
 
 _WORDS = (
     "vector store batch watch stream index chunk token embed search filter rank fusion "

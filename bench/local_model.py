@@ -39,9 +39,9 @@ from quiver.server.embedders.local_onnx import LocalOnnxEmbedder
 from quiver.server.ingest.chunking import ChunkingParams, iter_chunks
 from quiver.v1 import common_pb2, vector_stores_pb2, vector_stores_pb2_grpc
 
-from bench.corpus import corpus_files
 from bench.results import RESULTS_DIR, save_results
 from bench.search import ingest
+from tests.support.corpus import corpus_files
 
 PARAMS = ChunkingParams(max_tokens=800, overlap_tokens=400)
 GROUP = 256

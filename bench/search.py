@@ -1,7 +1,7 @@
 """Search latency, throughput and recall@10: the service (SearchVectorStore over gRPC to a
 ``quiver serve`` subprocess) next to the same hnswlib index queried in-process, in one run.
 
-1. Ingest: real text (``bench/corpus.py``: kernel docs, Vim's manual, Python's stdlib)
+1. Ingest: real text (``tests/support/corpus.py``: kernel docs, Vim's manual, Python's stdlib)
    through the real server: UploadFile, CreateFileBatch with static chunking (default 100
    tokens, no overlap: many chunks from a modest corpus, none of them near-duplicates of
    another), then WatchFileBatch to the end.
@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quiver.server.config import Settings
 from quiver.server.embedders.hashing import HashEmbedder
 from quiver.server.index.hnsw import VectorIndex
@@ -54,8 +53,8 @@ from quiver.v1 import (
     vector_stores_pb2_grpc,
 )
 
-from bench.corpus import corpus_files
-from bench.ingest import free_port
+from tests.support.corpus import corpus_files
+from tests.support.serve import await_serving_process, free_port, serve_command
 
 K = 10
 MAX_BATCH_FILES = 2000
@@ -197,23 +196,9 @@ def sample_queries(paths: Sequence[Path], count: int, seed: int) -> list[str]:
 
 
 def start_server(workers: int, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [sys.executable, "-m", "quiver.server.cli", "serve"]
-    command += ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
-    command += ["--ingest-workers", str(workers), "--log-level", "error"]
-    return subprocess.Popen(command), f"127.0.0.1:{port}"
-
-
-async def wait_serving(channel: aio.Channel) -> None:
-    """Until the server's health reports SERVING (it is NOT_SERVING while it recovers)."""
-    await asyncio.wait_for(channel.channel_ready(), 60)
-    health = health_pb2_grpc.HealthStub(channel)
-    call = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
-    async for reply in call:
-        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-            call.cancel()
-            return
-    raise RuntimeError("the server never reported SERVING")
+    target = f"127.0.0.1:{free_port()}"
+    command = serve_command(target, data_dir, "--ingest-workers", str(workers))
+    return subprocess.Popen([*command, "--log-level", "error"]), target
 
 
 async def _pieces(name: str, data: bytes) -> AsyncIterator[files_pb2.UploadFileRequest]:
@@ -482,7 +467,8 @@ def main() -> None:
     paths, expected_chunks = pick_corpus(args.chunks, params)
     size = sum(p.stat().st_size for p in paths)
     print(
-        f"corpus: {len(paths)} files, {size / 1e6:.1f} MB (bench/corpus.py, first files first), "
+        f"corpus: {len(paths)} files, {size / 1e6:.1f} MB (tests/support/corpus.py, first "
+        "files first), "
         f"static chunking {args.chunk_tokens}/{args.overlap_tokens} tokens "
         f"→ {expected_chunks:,} chunks"
     )
@@ -507,9 +493,10 @@ def main() -> None:
         async def served() -> tuple[
             Ingested, list[Run], list[vector_stores_pb2.SearchVectorStoreResponse]
         ]:
+            # Health is NOT_SERVING while the server recovers.
+            await await_serving_process(proc, target, 60)
             channel = aio.insecure_channel(target)
             try:
-                await wait_serving(channel)
                 done = await ingest(channel, paths, chunking)
             finally:
                 await channel.close(None)

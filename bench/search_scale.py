@@ -17,7 +17,7 @@ directly with the server's own storage code, in the layout the server itself wri
   ``completed`` and its ``usage_bytes`` (vector bytes + text bytes), and one ``chunks`` row
   per chunk (text, token count, float32 vector bytes) whose FTS5 trigger fills
   ``chunks_fts``.
-- The chunks: every corpus file (``bench/corpus.py``: kernel docs, Vim's manual, Python's
+- The chunks: every corpus file (``tests/support/corpus.py``: kernel docs, Vim's manual, Python's
   stdlib) is tokenised once with cl100k_base; N windows of 100 tokens are taken at evenly
   spaced token positions (stride ≈ corpus tokens / N: ~16 tokens at 1M on the full corpus,
   so neighbouring chunks overlap there), never across a file's end; a window whose text
@@ -58,11 +58,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quiver.server.auth.authenticate import OPEN_TENANT
 from quiver.server.config import Settings
 from quiver.server.core import ids
@@ -73,10 +71,10 @@ from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
 from quiver.v1 import vector_stores_pb2, vector_stores_pb2_grpc
 
-from bench.corpus import corpus_files
 from bench.results import RESULTS_DIR, save_results
 from bench.search import sample_queries, searcher
-from bench.serverproc import ServerProcess, free_port
+from tests.support.corpus import corpus_files
+from tests.support.serve import ServerProcess, free_port, serve_command, wait_serving_process
 
 K = 10
 WINDOW_TOKENS = 100
@@ -313,31 +311,18 @@ def start_server(data_dir: Path, log_path: Path, timeout: float) -> tuple[Server
     warnings and errors to ``log_path``; returns it once SERVING, and the seconds that took
     (start-up opens and reconciles every index)."""
     port, metrics_port = free_port(), free_port()
-    command = [sys.executable, "-m", "quiver.server.cli", "serve"]
-    command += ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
-    command += ["--ingest-workers", "1", "--log-level", "warning"]
-    command += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    command = serve_command(f"127.0.0.1:{port}", data_dir, "--ingest-workers", "1")
+    command += ["--log-level", "warning", "--metrics-listen", f"127.0.0.1:{metrics_port}"]
     started = time.perf_counter()
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(process, port, data_dir, metrics_port)
-    with grpc.insecure_channel(server.target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"quiver serve exited with {process.returncode}:\n{log_path.read_text()}"
-                )
-            if time.perf_counter() - started > timeout:
-                server.stop()
-                raise TimeoutError(f"quiver serve did not become SERVING in {timeout:.0f} s")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return server, time.perf_counter() - started
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
+    try:
+        wait_serving_process(process, server.target, timeout, log_path.read_text)
+    except TimeoutError:
+        server.stop()
+        raise
+    return server, time.perf_counter() - started
 
 
 def scrape_gauge(server: ServerProcess, name: str) -> float:

@@ -39,7 +39,7 @@ from quiver.v1 import (
     vector_stores_pb2_grpc,
 )
 
-from bench.serverproc import ServerProcess
+from tests.support.serve import ServerProcess
 
 PER_CHANNEL = 100
 """Watchers per attacker connection (under the server's streams-per-connection limit)."""

@@ -24,7 +24,7 @@ from quiver.v1 import (
     vector_stores_pb2_grpc,
 )
 
-from bench.serverproc import ServerProcess
+from tests.support.serve import ServerProcess
 
 
 async def _one(name: str, data: bytes) -> AsyncIterator[files_pb2.UploadFileRequest]:

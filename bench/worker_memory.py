@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.docgen import make_pdf_repeating_page
+from tests.support.docgen import make_pdf_repeating_page
 
 MB = 1_000_000
 RSID_EVERY = 7

@@ -20,8 +20,8 @@ from quiver.server.core.principal import Principal
 from quiver.v1 import files_pb2
 from quiver.v1 import vector_stores_pb2 as pb
 
-from tests.conftest import Running, Tenant, _tenant
-from tests.rpc_helpers import download, error_info, list_file_ids, upload
+from tests.support.inproc import Running, Tenant, _tenant
+from tests.support.rpc_helpers import download, error_info, list_file_ids, upload
 
 SERVICES = ("quiver.v1.FileService", "quiver.v1.VectorStoreService", "quiver.v1.FileBatchService")
 

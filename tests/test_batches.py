@@ -17,7 +17,7 @@ from grpc import aio
 from quiver.server.ingest.chunking import ChunkingParams, chunk_text
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_CANCELLED,
     B_COMPLETED,
     B_FAILED,
@@ -53,9 +53,9 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running, Tenant
-from tests.docgen import make_docx, make_pdf
-from tests.rpc_helpers import (
+from tests.support.docgen import make_docx, make_pdf
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import (
     ListPage,
     PageView,
     check_cursor_pagination,
@@ -621,6 +621,7 @@ async def test_content_is_exactly_the_chunks(running: Running) -> None:
     assert rows == {ids[0]: 199, ids[1]: len(expected)}
 
 
+@pytest.mark.slow
 async def test_content_of_a_large_completed_file_can_be_read(running: Running) -> None:
     a = running.alice
     store = await create_store(a)
@@ -860,6 +861,7 @@ async def test_deleting_the_store_fails_its_running_batch(running: Running) -> N
     assert not running.server.core.indexes.path_for(store.id).exists()
 
 
+@pytest.mark.slow
 async def test_reattaching_a_file_in_flight(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,7 @@ from quiver.server.ingest.chunking import (
     token_windows,
 )
 
-from tests.conftest import examples
+from tests.support.profiles import examples
 
 STATIC_100_50 = ChunkingParams(max_tokens=100, overlap_tokens=50)
 # Common English words that are one cl100k token both with and without a leading space, so a

@@ -37,7 +37,7 @@ from quiver.client import (
     VectorStoreFile,
 )
 
-from tests.server_thread import Background, serve_in_thread
+from tests.support.server_thread import Background, serve_in_thread
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -43,7 +43,7 @@ from quiver.client.errors import from_rpc_error
 from quiver.server.config import Settings
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
-from tests.conftest import Running
+from tests.support.inproc import Running
 
 pytestmark = pytest.mark.timeout(60)
 

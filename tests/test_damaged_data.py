@@ -16,7 +16,7 @@ from quiver.server.cli import DATABASE_FILE
 from quiver.server.storage.database import Database
 from quiver.v1 import vector_stores_pb2
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_COMPLETED,
     create_batch,
     create_store,
@@ -24,15 +24,10 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Tenant
-from tests.test_index import DAMAGE
-from tests.test_recovery import (  # noqa: F401 - `processes` is a fixture
-    ServeProcess,
-    free_port,
-    open_tenant,
-    processes,
-    wait_serving,
-)
+from tests.support.index_damage import DAMAGE
+from tests.support.inproc import Tenant, open_tenant
+from tests.support.serve import free_port
+from tests.support.serve_group import ServeProcess, wait_serving
 
 QUERIES = ["river stone", "quiet morning light", "north wind over the hills"]
 
@@ -60,10 +55,11 @@ def stop(proc: ServeProcess) -> None:
     assert proc.proc.wait(timeout=30) == 0, proc.log()
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 async def test_damaged_index_files_are_rebuilt_at_start(
     tmp_path: Path,
-    processes: list[ServeProcess],  # noqa: F811
+    processes: list[ServeProcess],
 ) -> None:
     data_dir = tmp_path / "data"
     port = free_port()

@@ -15,13 +15,9 @@ from quiver.server.app import ConfigError, QuiverServer
 from quiver.server.config import Settings
 from quiver.v1 import vector_stores_pb2
 
-from tests.conftest import Running
-from tests.test_recovery import (  # noqa: F401 - `processes` is a fixture
-    ServeProcess,
-    free_port,
-    processes,
-    wait_serving,
-)
+from tests.support.inproc import Running
+from tests.support.serve import free_port
+from tests.support.serve_group import ServeProcess, wait_serving
 
 
 def serve(data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -97,10 +93,11 @@ async def test_a_second_server_in_process_is_refused_until_the_first_stops(
     await start_and_stop(data_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 async def test_a_sigkilled_server_leaves_no_stale_lock(
     tmp_path: Path,
-    processes: list[ServeProcess],  # noqa: F811
+    processes: list[ServeProcess],
 ) -> None:
     data_dir = tmp_path / "data"
     port = free_port()

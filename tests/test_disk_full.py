@@ -16,10 +16,10 @@ from grpc import aio
 from quiver.server.config import Settings
 from quiver.v1 import vector_stores_pb2
 
-from tests.batch_helpers import B_COMPLETED, create_batch, create_store, prose, watch_to_end
-from tests.conftest import Running, Tenant
-from tests.rpc_helpers import error_reason, upload
-from tests.tmpfs import fill, small_tmpfs
+from tests.support.batch_helpers import B_COMPLETED, create_batch, create_store, prose, watch_to_end
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import error_reason, upload
+from tests.support.tmpfs import fill, small_tmpfs
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from quiver.server.app import QuiverServer
 from quiver.server.config import Settings
 from quiver.v1 import common_pb2, vector_stores_pb2
 
-from bench.loop_latency import big_text
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     chunk_index_gaps,
     create_batch,
     create_store,
@@ -31,9 +30,10 @@ from tests.batch_helpers import (
     open_db,
     watch_to_end,
 )
-from tests.conftest import Running, _tenant, keyed
-from tests.rpc_helpers import upload
-from tests.tmpfs import fill, small_tmpfs
+from tests.support.inproc import Running, _tenant, keyed
+from tests.support.loop_probe import big_text
+from tests.support.rpc_helpers import upload
+from tests.support.tmpfs import fill, small_tmpfs
 
 DISK_MB = 40
 LEFT_FREE = 256 * 1024

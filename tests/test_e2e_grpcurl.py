@@ -4,71 +4,32 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.grpcurl import grpcurl
+from tests.support.serve import (
+    Served,
+    clean_env,
+    kill_quietly,
+    start_serve,
+    terminate,
+    wait_serving,
+)
+
 pytestmark = pytest.mark.e2e
 
-GRPCURL = Path(sys.executable).with_name("grpcurl")
 QUIVER_SERVICES = {
     "quiver.v1.FileService",
     "quiver.v1.VectorStoreService",
     "quiver.v1.FileBatchService",
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without QUIVER_* settings, so only the flags we pass apply."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[bytes]
-    address: str
-    data_dir: Path
-    log: Path
-    key: str = ""
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def grpcurl(
-    address: str,
-    *positional: str,
-    flags: Sequence[str] = (),
-    key: str = "",
-    stdin: str | None = None,
-    timeout: float = 20,
-) -> subprocess.CompletedProcess[str]:
-    """``grpcurl -plaintext [flags] ADDRESS positional...`` with a Bearer key when given."""
-    auth = ["-H", f"authorization: Bearer {key}"] if key else []
-    return subprocess.run(
-        [str(GRPCURL), "-plaintext", "-max-time", "10", *auth, *flags, address, *positional],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def call(served: Served, method: str, body: str | None = None, **kw: Any) -> Any:
@@ -77,63 +38,6 @@ def call(served: Served, method: str, body: str | None = None, **kw: Any) -> Any
     done = grpcurl(served.address, method, flags=flags, key=served.key, **kw)
     assert done.returncode == 0, f"{method}: {done.stderr}"
     return json.loads(done.stdout)
-
-
-def start_serve(data_dir: Path, log: Path, *extra: str) -> Served:
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "quiver.server.cli",
-                "serve",
-                "--listen",
-                address,
-                "--data-dir",
-                str(data_dir),
-                "--http-listen",
-                "127.0.0.1:0",
-                *extra,
-            ],
-            stdout=out,
-            stderr=out,
-            env=clean_env(),
-        )
-    return Served(proc, address, data_dir, log)
-
-
-def wait_serving(served: Served, timeout: float = 20) -> None:
-    """Polls the health service through grpcurl until it answers SERVING."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if served.proc.poll() is not None:
-            pytest.fail(f"quiver serve exited with {served.proc.returncode}:\n{served.logs()}")
-        done = grpcurl(served.address, "grpc.health.v1.Health/Check", timeout=10)
-        last = done.stdout + done.stderr
-        if done.returncode == 0 and json.loads(done.stdout).get("status") == "SERVING":
-            return
-        time.sleep(0.1)
-    pytest.fail(f"not SERVING within {timeout} s; last answer: {last}\n{served.logs()}")
-
-
-def terminate(served: Served, timeout: float = 15) -> int:
-    """SIGTERM, then the exit code (killing the process if it does not exit in time)."""
-    served.proc.send_signal(signal.SIGTERM)
-    try:
-        return served.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        served.proc.kill()
-        served.proc.wait(timeout=5)
-        pytest.fail(f"quiver serve did not exit within {timeout} s of SIGTERM:\n{served.logs()}")
-
-
-def kill_quietly(served: Served) -> None:
-    if served.proc.poll() is None:
-        served.proc.kill()
-        served.proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from quiver.v1 import vector_stores_pb2
 
-from bench.loop_latency import (
+from tests.support.batch_helpers import open_db
+from tests.support.inproc import Running, Tenant
+from tests.support.loop_probe import (
     Caller,
     Probe,
     big_text,
@@ -26,8 +28,6 @@ from bench.loop_latency import (
     store_of_small_files,
     upload,
 )
-from tests.batch_helpers import open_db
-from tests.conftest import Running, Tenant
 
 BOUND = 1.0
 
@@ -44,6 +44,7 @@ def check(case: str, probe: Probe, seconds: float) -> None:
     assert max(probe.other) < BOUND, f"bob waited {max(probe.other):.2f} s during {case}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_a_heavy_filter_does_not_block_other_callers(running: Running) -> None:
     alice, bob = caller(running.alice), caller(running.bob)
@@ -56,6 +57,7 @@ async def test_a_heavy_filter_does_not_block_other_callers(running: Running) -> 
     assert await filtered_search(alice, store, 1) == 10  # every file matches
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_a_large_file_and_deleting_its_store_do_not_block_other_callers(
     running: Running,

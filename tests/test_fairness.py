@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_COMPLETED,
     create_batch,
     create_store,
@@ -16,8 +16,8 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running
-from tests.rpc_helpers import error_reason, rpc_error, wait_for
+from tests.support.inproc import Running
+from tests.support.rpc_helpers import error_reason, rpc_error, wait_for
 
 
 def commit_order(running: Running) -> list[str]:

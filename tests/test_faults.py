@@ -26,7 +26,7 @@ from quiver.server.ingest.pool import IngestPool, WorkerOutOfMemory
 from quiver.server.ingest.worker import WorkerInput
 from quiver.server.ingest.worker_process import HEADROOM_AFTER_WARM_UP
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_COMPLETED,
     F_COMPLETED,
     F_FAILED,
@@ -43,9 +43,9 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running
-from tests.http_double import reply_json, serve_http
-from tests.rpc_helpers import wait_for
+from tests.support.http_double import reply_json, serve_http, vector
+from tests.support.inproc import Running
+from tests.support.rpc_helpers import wait_for
 
 # -- a fake OpenAI-compatible embeddings endpoint --------------------------------------------
 
@@ -77,11 +77,6 @@ class Endpoint:
                 status = self.script.pop(0) if self.script else 200
             self.requests.append((time.monotonic(), status, body))
             return status
-
-
-def vector(text: str, dimensions: int) -> list[float]:
-    rng = np.random.default_rng(abs(hash(text)) % (2**32))
-    return [float(x) for x in rng.standard_normal(dimensions) + 0.01]
 
 
 def make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
@@ -270,6 +265,7 @@ async def kill_worker_in_flight(running: Running, not_pid: int = 0) -> int:
     return pid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{"ingest_workers": 1}])
 async def test_a_killed_worker_costs_nothing(running: Running) -> None:
     a = running.alice

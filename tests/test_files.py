@@ -15,8 +15,8 @@ from grpc import aio
 from quiver.server.config import Settings
 from quiver.v1 import files_pb2
 
-from tests.conftest import Running, Tenant
-from tests.rpc_helpers import (
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import (
     ListPage,
     PageView,
     blob_files,

@@ -24,8 +24,9 @@ from quiver.server.core.errors import InvalidArgument
 from quiver.server.core.filters import RawFilter, matches, parse_filter
 from quiver.v1 import file_batches_pb2, vector_stores_pb2
 
-from tests.conftest import Running, Tenant, examples
-from tests.rpc_helpers import upload, violated_fields
+from tests.support.inproc import Running, Tenant
+from tests.support.profiles import examples
+from tests.support.rpc_helpers import upload, violated_fields
 
 Scalar: TypeAlias = str | float | int | bool
 FilterDict: TypeAlias = dict[str, Any]
@@ -175,6 +176,7 @@ unit_filters = trees(comparisons((*UNIT_KEYS, "zz"), scalars), depth=4)
 # -- unit: evaluation ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @hypothesis_settings(max_examples=examples(1500), deadline=None)
 @given(unit_filters, unit_attributes)
 def test_matches_equals_reference(node: FilterDict, attributes: dict[str, Scalar]) -> None:

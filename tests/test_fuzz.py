@@ -54,10 +54,11 @@ from hypothesis import strategies as st
 from quiver.server.config import Settings
 from quiver.v1 import common_pb2, file_batches_pb2, files_pb2, vector_stores_pb2
 
-from tests.batch_helpers import poll_batch
-from tests.conftest import PROFILE, Running, Tenant, examples
-from tests.docgen import make_docx, make_pdf
-from tests.rpc_helpers import error_reason, field_violations, upload
+from tests.support.batch_helpers import poll_batch
+from tests.support.docgen import make_docx, make_pdf
+from tests.support.inproc import Running, Tenant
+from tests.support.profiles import PROFILE, examples
+from tests.support.rpc_helpers import error_reason, field_violations, upload
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -1039,11 +1040,13 @@ async def _fuzz_rpcs(
     assert CALLS[test] >= EXAMPLES[test] * len(RPCS)
 
 
+@pytest.mark.slow
 async def test_structured_requests_to_every_rpc(running: Running) -> None:
     """Well-formed messages with hostile values, to all 22 RPCs in every example."""
     await _fuzz_rpcs(running, "structured", STRUCTURED_EXAMPLES, structured_st)
 
 
+@pytest.mark.slow
 async def test_raw_wire_requests_to_every_rpc(running: Running) -> None:
     """Hand-built bytes: invalid UTF-8, unknown fields and enum numbers, nesting 17…10,000
     deep, garbage, truncation; and a body past the server's message size limit."""
@@ -1362,6 +1365,7 @@ async def search_still_works(tenant: Tenant, store_id: str) -> None:
 @pytest.mark.parametrize(
     "settings", [{"max_file_bytes": FILES_LIMIT}], indirect=True, ids=["max_file_bytes=1MiB"]
 )
+@pytest.mark.slow
 async def test_adversarial_files_settle(running: Running) -> None:
     """Batches of hostile files: each file COMPLETED or FAILED with a file error code, each
     batch COMPLETED; uploads past the (here 1 MiB) limit are RESOURCE_EXHAUSTED. The default
@@ -1538,6 +1542,7 @@ class WorkerPeaks:
     indirect=True,
     ids=["max_file_bytes=64MiB"],
 )
+@pytest.mark.slow
 async def test_memory_bounded_across_hostile_rounds(running: Running) -> None:
     """Three identical rounds of hostile files (zip bombs, 50 MB of one character, a line of
     5 million characters, odd UTF-16, a cut PDF), each in a fresh store deleted afterwards.

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_node_client import clean_env, free_port, wait_serving
+from tests.support.serve import clean_env, start_serve, stop_process, wait_serving
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / ".go" / "bin" / "quiver-example"
@@ -25,20 +24,11 @@ EXAMPLE = ROOT / ".go" / "bin" / "quiver-example"
     "protoc-gen-go-grpc protobuf-compiler)",
 )
 def test_go_example_runs_the_seed_flow(tmp_path: Path) -> None:
-    target = f"127.0.0.1:{free_port()}"
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "quiver.client.cli", "serve", "--listen", target),
-                *("--data-dir", str(tmp_path / "data"), "--ingest-workers", "2"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-        )
+    served = start_serve(tmp_path / "data", log, "--ingest-workers", "2")
+    target = served.address
     try:
-        wait_serving(server, target, log)
+        wait_serving(served, timeout=30)
         done = subprocess.run(
             [str(EXAMPLE)],
             env={**clean_env(), "QUIVER_TARGET": target},
@@ -56,9 +46,4 @@ def test_go_example_runs_the_seed_flow(tmp_path: Path) -> None:
         assert summary["vector_store_id"].startswith("vs_")
         assert any(line.startswith("#") for line in lines), "watch updates were printed"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop_process(served.proc)

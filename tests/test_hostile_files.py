@@ -22,7 +22,7 @@ from quiver.server.ingest import worker
 from quiver.server.ingest.limits import MiB, WorkerLimits, vm_size_bytes
 from quiver.server.ingest.parsing import FileProcessingError, parse_document
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     F_COMPLETED,
     F_FAILED,
     create_batch,
@@ -32,8 +32,8 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running
-from tests.docgen import make_docx_with_xml, make_pdf, make_pdf_repeating_page
+from tests.support.docgen import make_docx_with_xml, make_pdf, make_pdf_repeating_page
+from tests.support.inproc import Running
 
 
 def _error(data: bytes, filename: str) -> FileProcessingError:

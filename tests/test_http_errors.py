@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Running
-from tests.http_helpers import auth, base_url
-from tests.rpc_helpers import tmp_files
+from tests.support.http_helpers import auth, base_url
+from tests.support.inproc import Running
+from tests.support.rpc_helpers import tmp_files
 
 
 def envelope(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.batch_helpers import create_batch, create_store, prose, upload_all
-from tests.conftest import Running
-from tests.http_helpers import auth, base_url
-from tests.rpc_helpers import wait_for
+from tests.support.batch_helpers import create_batch, create_store, prose, upload_all
+from tests.support.http_helpers import auth, base_url
+from tests.support.inproc import Running
+from tests.support.rpc_helpers import wait_for
 
 Event = dict[str, Any]
 

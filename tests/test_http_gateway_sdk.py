@@ -12,8 +12,8 @@ import pytest
 from mka1 import SDK
 from mka1.errors import SDKDefaultError
 
-from tests.conftest import Running
-from tests.http_helpers import auth, base_url
+from tests.support.http_helpers import auth, base_url
+from tests.support.inproc import Running
 
 # The seed's example response (DESIGN.md); ids and times differ, every field is there.
 SEED_BATCH: dict[str, Any] = {

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from tests.conftest import Running
-from tests.http_helpers import base_url
+from tests.support.http_helpers import base_url
+from tests.support.inproc import Running
 
 DOCS = {
     "apples.txt": b"Apples grow on trees in orchards. Red apples and green apples are sweet.\n",

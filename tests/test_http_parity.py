@@ -11,10 +11,10 @@ import httpx
 from google.protobuf import struct_pb2
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
-from tests.batch_helpers import attrs, create_batch, create_store, poll_batch
-from tests.conftest import Running, Tenant
-from tests.http_helpers import auth, base_url, until
-from tests.rpc_helpers import upload
+from tests.support.batch_helpers import attrs, create_batch, create_store, poll_batch
+from tests.support.http_helpers import auth, base_url, until
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import upload
 
 Json = dict[str, Any]
 

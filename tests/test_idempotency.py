@@ -12,9 +12,9 @@ from google.rpc import error_details_pb2
 from grpc import aio
 from quiver.v1 import file_batches_pb2
 
-from tests.batch_helpers import attrs, create_store, static, upload_all
-from tests.conftest import Running, Tenant
-from tests.rpc_helpers import error_reason, status_of
+from tests.support.batch_helpers import attrs, create_store, static, upload_all
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import error_reason, status_of
 
 
 async def files(tenant: Tenant, n: int) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
 from pathlib import Path
@@ -15,10 +14,11 @@ import numpy.typing as npt
 import pytest
 from quiver.server.index import RWLock, VectorIndex
 from quiver.server.index.hnsw import INITIAL_CAPACITY
-from quiver.server.index.integrity import HEADER, CorruptIndex, sidecar_path
+from quiver.server.index.integrity import CorruptIndex, sidecar_path
 from quiver.server.index.manager import IndexManager
 
-from tests.tmpfs import fill, small_tmpfs
+from tests.support.index_damage import DAMAGE
+from tests.support.tmpfs import fill, small_tmpfs
 
 DIM = 64
 Matrix = npt.NDArray[np.float32]
@@ -125,37 +125,6 @@ def small_saved_index(path: Path, n: int = 200, dim: int = 16) -> VectorIndex:
     index.mark_deleted([7])
     index.save()
     return index
-
-
-def break_links(data: bytes) -> bytes:
-    """Every level-0 neighbour id pointed far past the last element: hnswlib loads the file
-    and its first search reads outside its memory (a segfault)."""
-    out = bytearray(data)
-    (_, _, count, per_element, *_rest) = HEADER.unpack_from(out)
-    for element in range(count):
-        base = HEADER.size + element * per_element
-        (links,) = struct.unpack_from("<H", out, base)
-        for j in range(links):
-            struct.pack_into("<I", out, base + 4 + 4 * j, 0x7FFFFFF0 ^ j)
-    return bytes(out)
-
-
-def break_link_counts(data: bytes) -> bytes:
-    out = bytearray(data)
-    (_, _, count, per_element, *_rest) = HEADER.unpack_from(out)
-    for element in range(count):
-        struct.pack_into("<H", out, HEADER.size + element * per_element, 0xFFFF)
-    return bytes(out)
-
-
-DAMAGE = {
-    "neighbour-ids": (break_links, "sha256"),
-    "link-counts": (break_link_counts, "sha256"),
-    "random-4k": (lambda data: np.random.default_rng(9).bytes(4096), "bytes"),
-    "truncated": (lambda data: data[: len(data) // 2], "bytes"),
-    "header-only": (lambda data: data[:20], "bytes"),
-    "empty": (lambda data: b"", "bytes"),
-}
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))

@@ -19,14 +19,8 @@ from quiver.server.auth.keys import fingerprint, hash_key, list_keys, revoke_key
 from quiver.server.config import Settings
 from quiver.v1 import vector_stores_pb2, vector_stores_pb2_grpc
 
-from tests.test_e2e_grpcurl import (
-    clean_env,
-    grpcurl,
-    kill_quietly,
-    start_serve,
-    terminate,
-    wait_serving,
-)
+from tests.support.grpcurl import grpcurl
+from tests.support.serve import clean_env, kill_quietly, start_serve, terminate, wait_serving
 
 
 def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -46,6 +40,7 @@ def add(keys_file: Path, tenant: str) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_list_and_revoke_from_the_command_line(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys"
     acme1, acme2, other = add(keys_file, "acme"), add(keys_file, "acme"), add(keys_file, "other")

@@ -20,8 +20,8 @@ from quiver.server.app import ConfigError, QuiverServer
 from quiver.server.config import Settings
 from quiver.v1 import files_pb2
 
-from tests.conftest import Running, _tenant
-from tests.rpc_helpers import (
+from tests.support.inproc import Running, _tenant
+from tests.support.rpc_helpers import (
     blob_files,
     download,
     sha256_hex,

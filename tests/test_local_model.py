@@ -24,8 +24,8 @@ from quiver.server.embedders.model_names import BadModelName, parse_model_name
 from quiver.server.embedders.registry import EmbedderSpec, make_embedder
 from quiver.v1 import vector_stores_pb2 as pb
 
-from tests.conftest import Running
-from tests.rpc_helpers import rpc_error, upload, violated_fields
+from tests.support.inproc import Running
+from tests.support.rpc_helpers import rpc_error, upload, violated_fields
 from tests.test_search import search, start_batch, watch_to_terminal
 
 MINILM = "all-minilm-l6-v2"

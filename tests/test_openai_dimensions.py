@@ -19,7 +19,7 @@ from quiver.server.config import Settings
 from quiver.server.storage.database import Database
 from quiver.v1 import vector_stores_pb2 as pb
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_COMPLETED,
     counts,
     create_batch,
@@ -28,10 +28,9 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running
-from tests.http_double import reply_json, serve_http
-from tests.rpc_helpers import rpc_error, violated_fields
-from tests.test_faults import vector
+from tests.support.http_double import reply_json, serve_http, vector
+from tests.support.inproc import Running
+from tests.support.rpc_helpers import rpc_error, violated_fields
 
 ADA_DIMENSIONS = 24  # the real model has 1536; the width is what the store must learn
 

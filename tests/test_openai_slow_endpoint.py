@@ -29,7 +29,7 @@ from quiver.server.embedders.openai_tuning import hung_endpoint_seconds
 from quiver.server.embedders.request_slots import RequestSlots
 from quiver.v1 import vector_stores_pb2 as pb
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_COMPLETED,
     F_COMPLETED,
     F_FAILED,
@@ -40,9 +40,9 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running
-from tests.http_double import SlowEmbeddings, fake_vector, slow_embeddings
-from tests.rpc_helpers import error_reason, rpc_error, wait_for
+from tests.support.http_double import SlowEmbeddings, fake_vector, slow_embeddings
+from tests.support.inproc import Running
+from tests.support.rpc_helpers import error_reason, rpc_error, wait_for
 
 DIMS = 16
 

@@ -20,8 +20,8 @@ from quiver.server.ingest.parsing import (
     parse_document,
 )
 
-from tests.conftest import examples
-from tests.docgen import make_docx, make_pdf
+from tests.support.docgen import make_docx, make_pdf
+from tests.support.profiles import examples
 
 
 def _error(data: bytes, filename: str) -> FileProcessingError:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_e2e_grpcurl import clean_env, free_port, kill_quietly, start_serve, wait_serving
+from tests.support.serve import clean_env, free_port, kill_quietly, start_serve, wait_serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -1,6 +1,6 @@
 """Recall@10 of the hnswlib index with the server's default settings, on real text.
 
-Built in-process (no gRPC) to stay fast: the first 20,200 chunks of ``bench/corpus.py``'s
+Built in-process (no gRPC) to stay fast: the first 20,200 chunks of ``tests/support/corpus.py``'s
 real text (the kernel's documentation when installed, else Vim's manual, then Python's
 stdlib) in non-overlapping 200-token chunks, embedded with the default ``hash`` embedder
 and added to a ``VectorIndex`` configured exactly as ``Settings()`` configures a store's
@@ -22,7 +22,7 @@ from quiver.server.embedders.hashing import HashEmbedder
 from quiver.server.index.hnsw import VectorIndex
 from quiver.server.ingest.chunking import ChunkingParams, chunk_text
 
-from bench.corpus import corpus_files
+from tests.support.corpus import corpus_files
 
 CHUNKS = 20_000
 QUERIES = 200
@@ -58,6 +58,7 @@ def tie_aware_recall(found: Labels, similarity: Matrix, truth: Labels) -> float:
     return float(good.sum()) / truth.size
 
 
+@pytest.mark.slow
 def test_recall_at_10_with_default_settings(tmp_path: Path) -> None:
     defaults = Settings()
     texts = real_chunks(CHUNKS + QUERIES)

@@ -5,32 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import grpc
 import pytest
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quiver.server.app import QuiverServer
 from quiver.server.config import Settings
 from quiver.server.ingest.chunking import ChunkingParams, chunk_text
 from quiver.v1 import (
     file_batches_pb2,
-    file_batches_pb2_grpc,
-    files_pb2_grpc,
     vector_stores_pb2,
-    vector_stores_pb2_grpc,
 )
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_CANCELLED,
     B_COMPLETED,
     F_COMPLETED,
@@ -53,8 +43,10 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running, Tenant, _tenant
-from tests.rpc_helpers import upload, wait_for
+from tests.support.inproc import Running, _tenant, open_tenant
+from tests.support.rpc_helpers import upload, wait_for
+from tests.support.serve import free_port
+from tests.support.serve_group import ServeProcess, wait_serving
 
 AUTO = ChunkingParams(800, 400)
 
@@ -96,6 +88,7 @@ def file_statuses(data_dir: Path, store_id: str) -> dict[str, str]:
         db.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lose_index", [False, True], ids=["index-kept", "index-deleted"])
 async def test_a_stopped_server_finishes_the_batch_after_restart(
     running: Running, lose_index: bool, monkeypatch: pytest.MonkeyPatch
@@ -229,87 +222,7 @@ async def test_a_cancel_in_progress_at_stop_ends_cancelled_after_restart(
 # -- end to end: `quiver serve`, SIGKILL, restart ------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class ServeProcess:
-    """``quiver serve`` in its own process group, logging to a file."""
-
-    def __init__(self, data_dir: Path, port: int, log: Path) -> None:
-        self.log_path = log
-        self._log: IO[bytes] = log.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "quiver.server.cli",
-                "serve",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--data-dir",
-                str(data_dir),
-                "--ingest-workers",
-                "2",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill_group(self) -> None:
-        """SIGKILLs what this process group still holds (the server and its workers)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            p.kill_group()
-
-
-async def wait_serving(channel: aio.Channel, proc: ServeProcess, within: float = 30.0) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        assert proc.proc.poll() is None, f"quiver serve exited early:\n{proc.log()}"
-        try:
-            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except aio.AioRpcError as exc:
-            assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        assert loop.time() < deadline, f"not SERVING within {within} s:\n{proc.log()}"
-        await asyncio.sleep(0.05)
-
-
-def open_tenant(channel: aio.Channel) -> Tenant:
-    """A caller of a server in open mode (no keys): no authorization header."""
-    return Tenant(
-        name="open",
-        key="",
-        files=files_pb2_grpc.FileServiceStub(channel),
-        stores=vector_stores_pb2_grpc.VectorStoreServiceStub(channel),
-        batches=file_batches_pb2_grpc.FileBatchServiceStub(channel),
-        metadata=(),
-    )
-
-
+@pytest.mark.slow
 @pytest.mark.e2e
 async def test_sigkill_mid_batch_then_restart(
     tmp_path: Path, processes: list[ServeProcess]

@@ -9,8 +9,8 @@ from google.protobuf import descriptor_pb2
 from quiver.server.api.reflection_v1 import documented_files
 from quiver.v1 import file_batches_pb2
 
-from tests.conftest import Running
-from tests.test_e2e_grpcurl import GRPCURL
+from tests.support.grpcurl import GRPCURL
+from tests.support.inproc import Running
 
 
 async def grpcurl(target: str, *args: str) -> tuple[int, str, str]:

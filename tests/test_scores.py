@@ -5,7 +5,7 @@ irrelevant hits under the default ranker."""
 
 from __future__ import annotations
 
-from tests.conftest import Running
+from tests.support.inproc import Running
 from tests.test_search import Doc, build_store, real_docs, search, static
 
 PETS = [

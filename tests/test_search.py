@@ -21,9 +21,9 @@ from google.protobuf import struct_pb2
 from grpc import aio
 from quiver.v1 import common_pb2, file_batches_pb2, vector_stores_pb2
 
-from bench.corpus import corpus_files
-from tests.conftest import Running, Tenant
-from tests.rpc_helpers import error_reason, upload, violated_fields
+from tests.support.corpus import corpus_files
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import error_reason, upload, violated_fields
 
 pb = vector_stores_pb2
 DAY = 86_400
@@ -46,7 +46,7 @@ class Doc:
 
 @cache
 def real_texts(count: int) -> tuple[tuple[str, str], ...]:
-    """The first ``count`` documents of 3…30 kB of ``bench/corpus.py``'s real text, in its
+    """The first ``count`` documents of 3…30 kB of ``tests/support/corpus.py``'s real text, in its
     stable order, as (unique filename, text)."""
     out: list[tuple[str, str]] = []
     for path in corpus_files(10**9):

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 from quiver.v1 import files_pb2, vector_stores_pb2
 
-from tests.conftest import Running
+from tests.support.inproc import Running
 
 
 async def test_upload_and_create_store(running: Running) -> None:

@@ -12,8 +12,8 @@ from quiver.client._settings import KEEPALIVE_TIME_MS, channel_options
 from quiver.server.config import Settings
 from quiver.v1 import files_pb2, files_pb2_grpc
 
-from tests.conftest import Running, Tenant
-from tests.rpc_helpers import (
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import (
     PacedUpload,
     UploadCall,
     error_reason,

@@ -24,9 +24,10 @@ from quiver.server.app import ConfigError, QuiverServer
 from quiver.server.config import Settings
 from quiver.server.tls import CertificateFiles
 
-from tests.certs import Authority, Pem
-from tests.conftest import keyed
-from tests.test_e2e_grpcurl import GRPCURL, Served, clean_env, kill_quietly, start_serve, terminate
+from tests.support.certs import Authority, Pem
+from tests.support.grpcurl import GRPCURL
+from tests.support.inproc import keyed
+from tests.support.serve import Served, clean_env, kill_quietly, start_serve, terminate
 
 
 class Pki:

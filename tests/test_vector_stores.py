@@ -10,8 +10,8 @@ from google.protobuf import field_mask_pb2
 from grpc import aio
 from quiver.v1 import vector_stores_pb2 as pb
 
-from tests.conftest import Running, Tenant
-from tests.rpc_helpers import (
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import (
     ListPage,
     PageView,
     check_cursor_pagination,

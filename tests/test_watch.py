@@ -12,7 +12,7 @@ import pytest
 from grpc import aio
 from quiver.v1 import file_batches_pb2
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_COMPLETED,
     CHANGE,
     F_COMPLETED,
@@ -34,8 +34,8 @@ from tests.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.conftest import Running, Tenant, _tenant
-from tests.rpc_helpers import wait_for
+from tests.support.inproc import Running, Tenant, _tenant
+from tests.support.rpc_helpers import wait_for
 
 Messages = Sequence[file_batches_pb2.WatchFileBatchResponse]
 

@@ -18,7 +18,7 @@ from quiver.server.config import Settings
 from quiver.server.core.models import BatchStatus, FileBatch, FileCounts, FileStatus
 from quiver.server.core.watch import FileUpdate, WatchHub
 
-from tests.batch_helpers import (
+from tests.support.batch_helpers import (
     B_COMPLETED,
     WatchCall,
     create_batch,
@@ -29,9 +29,9 @@ from tests.batch_helpers import (
     start_watch,
     upload_all,
 )
-from tests.conftest import Running, Tenant
-from tests.http_double import reply_json
-from tests.rpc_helpers import error_reason, wait_for
+from tests.support.http_double import reply_json
+from tests.support.inproc import Running, Tenant
+from tests.support.rpc_helpers import error_reason, wait_for
 
 
 class HeldEndpoint:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tests.conftest import Running
+from tests.support.inproc import Running
 
 T = TypeVar("T")
 

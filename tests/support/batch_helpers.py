@@ -23,8 +23,8 @@ from quiver.server.ingest.pool import IngestPool
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.v1 import common_pb2, file_batches_pb2, vector_stores_pb2
 
-from tests.conftest import Tenant
-from tests.rpc_helpers import upload
+from tests.support.inproc import Tenant
+from tests.support.rpc_helpers import upload
 
 FileStatus: TypeAlias = common_pb2.VectorStoreFileStatus.ValueType
 BatchStatus: TypeAlias = file_batches_pb2.FileBatchStatus.ValueType

@@ -1,14 +1,19 @@
 """A small tmpfs to run out of disk for real, and a ballast file that fills it.
 
-Shared by the disk-full tests (``tests/tmpfs.py``) and the soak's disk-full fault
-(``bench/soak.py``). Mounting needs root; callers decide what to do when it is refused.
+Shared by the disk-full tests (``small_tmpfs``, which skips the test unless root) and the
+soak's disk-full fault (``bench/soak/``). Mounting needs root; callers decide what to do when
+it is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 
 def mount_tmpfs(path: Path, size: str) -> str | None:
@@ -56,3 +61,15 @@ def fill(directory: Path, leave: int = 0) -> Path:
             except OSError:
                 break
     return ballast
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """Mounts a tmpfs of ``size`` (e.g. "8m") on ``path``; skips the test unless root."""
+    refused = mount_tmpfs(path, size)
+    if refused is not None:
+        pytest.skip(f"cannot fill the disk for real: {refused}")
+    try:
+        yield path
+    finally:
+        unmount(path)

@@ -15,7 +15,7 @@ from grpc import aio
 from grpc_status import rpc_status
 from quiver.v1 import files_pb2
 
-from tests.conftest import Tenant
+from tests.support.inproc import Tenant
 
 PIECE = 64 * 1024
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from pathlib import Path
 from quiver.server.app import QuiverServer
 from quiver.server.config import Settings
 
-from tests.conftest import keyed
+from tests.support.inproc import keyed
 
 
 @dataclass
