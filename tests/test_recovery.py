@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -254,6 +255,11 @@ class ServeProcess:
                 str(data_dir),
                 "--ingest-workers",
                 "2",
+                # A SIGKILLed server's files are taken up once their leases expire: short.
+                "--job-lease-seconds",
+                "2",
+                "--job-renew-seconds",
+                "0.5",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -350,12 +356,16 @@ async def test_sigkill_mid_batch_then_restart(
 
     db = open_db(data_dir)
     try:
-        (in_progress,) = db.execute(
-            "SELECT COUNT(*) FROM vector_store_files WHERE status = 'in_progress'"
+        (in_progress, lease_expiry) = db.execute(
+            "SELECT COUNT(*), MAX(lease_expires_at) FROM vector_store_files "
+            "WHERE status = 'in_progress'"
         ).fetchone()
     finally:
         db.close()
     assert in_progress > 0, "nothing was left to recover"
+    # The killed server's leases: the next start takes up those that have expired by then.
+    assert lease_expiry > 0
+    await asyncio.sleep(max(0.0, lease_expiry - time.time()) + 0.1)
 
     second = ServeProcess(data_dir, port, tmp_path / "second.log")
     processes.append(second)

@@ -24,6 +24,8 @@ from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.embedder_choice import EmbedderChoice
 from quiver.server.core.errors import FailedPrecondition
 from quiver.server.core.files import FileStore
+from quiver.server.core.job_leases import JobLeases, check_lease_settings, new_owner_id
+from quiver.server.core.lease_keeper import LeaseKeeper
 from quiver.server.core.processing import Processing
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
@@ -42,6 +44,7 @@ from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
 from quiver.server.storage.dir_lock import DirectoryInUse, DirLock
+from quiver.server.storage.jobs import JobsRepository
 from quiver.server.tls import CertificateFiles, TlsConfigError, check_settings
 from quiver.server.transport_options import server_options
 from quiver.v1 import (
@@ -105,6 +108,10 @@ class QuiverServer:
                 "with --tls-cert and --tls-key, listen on loopback, or pass --insecure "
                 "(e.g. behind a TLS-terminating proxy)"
             )
+        try:
+            check_lease_settings(settings.job_lease_seconds, settings.job_renew_seconds)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
         # One data directory, one server: taken before anything in it is opened, held
@@ -152,6 +159,8 @@ class QuiverServer:
         self.pool = IngestPool(settings.ingest_workers, settings.file_timeout, limits)
         self.metrics = Metrics()
         self.pending = PendingLabels()  # chunks in an index before their file completes
+        # This server instance's claims on the files it ingests (the record is in the database).
+        self.leases = JobLeases(JobsRepository(self.db), new_owner_id(), settings.job_lease_seconds)
         self.processing = Processing(
             self.db,
             self.book,
@@ -164,6 +173,7 @@ class QuiverServer:
             commit_attempts=settings.commit_attempts,
             retry_delay=settings.commit_retry_delay,
             pending=self.pending,
+            leases=self.leases,
         )
         self.scheduler = Scheduler(
             self.processing.process,
@@ -173,7 +183,16 @@ class QuiverServer:
         )
         self.processing.scheduler = self.scheduler
         self.store_files = StoreFiles(
-            self.book, self.stores, self.indexes, self.scheduler, self.files, self.pending
+            self.book,
+            self.stores,
+            self.indexes,
+            self.scheduler,
+            self.files,
+            self.pending,
+            leases=self.leases,
+        )
+        self.lease_keeper = LeaseKeeper(
+            self.leases, self.processing.sweep, settings.job_renew_seconds
         )
         self.batches = FileBatches(self.book, self.store_files, self.hub)
         self.searcher = Searcher(
@@ -278,6 +297,7 @@ class QuiverServer:
         if self.settings.metrics_listen:
             self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
         self.scheduler.start()
+        self.lease_keeper.start()
         self._saver = asyncio.create_task(self._save_periodically(), name="index-saver")
         if self.settings.reload_interval > 0 and self.keys.file is not None and not self.keys.open:
             self._config_watcher = asyncio.create_task(
@@ -356,7 +376,12 @@ class QuiverServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.lease_keeper.stop()
         await self.scheduler.stop()  # unfinished files resume at the next start
+        try:
+            self.processing.release_leases()  # … at once, not when their leases expire
+        except Exception:  # e.g. a full disk: they are claimed once the leases expire
+            log.exception("releasing the job leases failed")
         self._close_storage()
         log.info("stopped")
 

@@ -11,6 +11,7 @@ from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FailedPrecondition, NotFound
 from quiver.server.core.files import FileStore
 from quiver.server.core.index_removals import IndexRemovals
+from quiver.server.core.job_leases import JobLeases
 from quiver.server.core.models import (
     AttributeValue,
     Chunking,
@@ -73,6 +74,8 @@ class StoreFiles:
         scheduler: Scheduler,
         files: FileStore,
         pending: PendingLabels | None = None,
+        *,
+        leases: JobLeases,
     ) -> None:
         self.book = book
         self.db = book.db
@@ -81,6 +84,7 @@ class StoreFiles:
         self.scheduler = scheduler
         self.files = files
         self.removals = IndexRemovals(indexes, pending or PendingLabels())
+        self.leases = leases
 
     # -- attaching -----------------------------------------------------------------------------
 
@@ -140,6 +144,7 @@ class StoreFiles:
             batch_id or single_queue(store_id, file_id),
             principal.tenant,
         )
+        self.leases.stamp(conn, job)  # the attach is this server's claim of the file
         return job, stale
 
     def drop_from_index(self, store: sqlite3.Row, chunk_ids: list[int]) -> None:

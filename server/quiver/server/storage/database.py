@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from quiver.server.storage.schema import ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION
+from quiver.server.storage.schema import ADDED_COLUMNS, ADDED_INDEXES, SCHEMA, SCHEMA_VERSION
 from quiver.server.storage.write_lock import WriteLock
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
@@ -64,6 +64,8 @@ class Database:
             have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        for statement in ADDED_INDEXES:
+            self.conn.execute(statement)
         with self.transaction():
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
