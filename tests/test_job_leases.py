@@ -126,6 +126,43 @@ async def test_only_expired_or_unclaimed_leases_are_taken_up(running: Running) -
         await again.stop(grace=1)
 
 
+async def test_a_data_directory_from_before_leases_is_migrated_and_taken_up(
+    running: Running,
+) -> None:
+    a = running.alice
+    data_dir = running.server.settings.data_dir
+    store = await create_store(a)
+    (file_id,) = await upload_all(a, [("old.txt", prose(3, 3_000).encode())])
+    await attach(a, store.id, file_id)
+    assert (await poll_file(a, store.id, file_id)).status == F_COMPLETED
+    stored = chunk_rows(data_dir, store.id)
+    await running.server.stop(grace=1)
+    # The shape of a data directory written before leases existed, its file in progress.
+    db = sqlite3.connect(data_dir / "quiver.sqlite3")
+    try:
+        with db:
+            db.execute("DROP INDEX vector_store_files_by_lease_expiry")
+            db.execute("DROP INDEX vector_store_files_by_lease_owner")
+            db.execute("ALTER TABLE vector_store_files DROP COLUMN lease_owner")
+            db.execute("ALTER TABLE vector_store_files DROP COLUMN lease_expires_at")
+            db.execute("UPDATE vector_store_files SET status = 'in_progress', usage_bytes = 0")
+    finally:
+        db.close()
+
+    again = QuiverServer(running.server.settings)
+    await again.start()
+    channel = aio.insecure_channel(f"127.0.0.1:{again.port}")
+    try:
+        alice = _tenant("alice", a.key, channel)
+        assert (await poll_file(alice, store.id, file_id)).status == F_COMPLETED
+        status, owner, _, _ = lease_rows(data_dir, store.id)[file_id]
+        assert (status, owner) == ("completed", again.leases.owner)
+        assert chunk_rows(data_dir, store.id) == stored  # processed again, once
+    finally:
+        await channel.close(None)
+        await again.stop(grace=1)
+
+
 @pytest.fixture
 def held_endpoint() -> Iterator[HeldEndpoint]:
     endpoint = HeldEndpoint()
