@@ -268,3 +268,45 @@ def test_lease_settings_are_validated(
     )
     with pytest.raises(ConfigError, match=flag):
         QuiverServer(settings)
+
+
+async def test_the_heartbeat_keeps_a_long_file_claimed(
+    settings: Settings, held_endpoint: HeldEndpoint
+) -> None:
+    """A file in flight for several lease lengths stays this server's (renewed), is not
+    claimed again by the sweep, and completes once."""
+    cfg, keys = keyed(
+        replace(
+            settings,
+            openai_base_url=held_endpoint.base_url,
+            ingest_workers=1,
+            job_lease_seconds=1.0,
+            job_renew_seconds=0.2,
+        )
+    )
+    server = QuiverServer(cfg)
+    await server.start()
+    channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        a = _tenant("alice", keys["alice"], channel)
+        store = await create_store(a, embedding_model="openai:m", embedding_dimensions=8)
+        (file_id,) = await upload_all(a, [("long.txt", prose(5, 2_000).encode())])
+        await attach(a, store.id, file_id)
+        await wait_for(lambda: server.scheduler.in_flight == 1, within=10)
+        first = lease_rows(cfg.data_dir, store.id)[file_id]
+        await asyncio.sleep(3.0)  # three lease lengths
+        later = lease_rows(cfg.data_dir, store.id)[file_id]
+        assert later[1] == server.leases.owner and later[3] == first[3]  # never re-claimed
+        assert later[2] > first[2]  # renewed
+        held_endpoint.release.set()
+        assert (await poll_file(a, store.id, file_id)).status == F_COMPLETED
+        assert lease_rows(cfg.data_dir, store.id)[file_id][3] == first[3]
+        assert (
+            server.metrics.registry.get_sample_value(
+                "quiver_ingest_stale_results_total", {"reason": "superseded"}
+            )
+            is None
+        )
+    finally:
+        await channel.close(None)
+        await server.stop(grace=1)
