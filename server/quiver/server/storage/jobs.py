@@ -91,13 +91,14 @@ class JobsRepository:
         limit: int,
     ) -> list[ClaimedFile]:
         """Claims up to ``limit`` unfinished files whose lease expired by ``now`` (or that
-        were never claimed), oldest first: ``owner``'s until ``expires_at``, generation + 1."""
+        were never claimed), longest expired first (the partial index's order): ``owner``'s
+        until ``expires_at``, generation + 1."""
         if limit <= 0:
             return []
         rows = conn.execute(
             "UPDATE vector_store_files SET lease_owner = ?, lease_expires_at = ?, "
             "generation = generation + 1 WHERE seq IN (SELECT seq FROM vector_store_files "
-            "WHERE status = ? AND lease_expires_at <= ? ORDER BY seq LIMIT ?) "
+            "WHERE status = ? AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?) "
             "RETURNING vector_store_id, file_id, generation, batch_id, tenant, subject",
             (owner, expires_at, IN_PROGRESS, now, limit),
         ).fetchall()
