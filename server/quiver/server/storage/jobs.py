@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from quiver.server.storage.database import Database
 
 IN_PROGRESS = "in_progress"
-RENEW_SLICE = 500
+RENEW_SLICE = 256
 """Rows one renewal transaction updates (so the event loop's writes never wait long)."""
 
 

@@ -152,5 +152,5 @@ ADDED_INDEXES: list[str] = [
     "ON vector_store_files (lease_expires_at) WHERE status = 'in_progress'",
     # The heartbeat: the unfinished files one server holds.
     "CREATE INDEX IF NOT EXISTS vector_store_files_by_lease_owner "
-    "ON vector_store_files (lease_owner) WHERE status = 'in_progress'",
+    "ON vector_store_files (lease_owner, lease_expires_at) WHERE status = 'in_progress'",
 ]
