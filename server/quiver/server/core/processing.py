@@ -430,12 +430,17 @@ class Processing:
         assert self.scheduler is not None
         keys = {j.key for j in jobs}
         self.scheduler.remove(lambda j: j.key in keys)  # queued under a claim now superseded
-        for job in jobs:
-            # Never chunks of a newer attachment: only while the claim is still current.
-            owner = Owner(job.store_id, job.file_id, job.generation, None, job.tenant, "")
-            await asyncio.to_thread(self.writer.delete_leftovers, owner)
+        await asyncio.to_thread(self._delete_claimed_leftovers, jobs)
         self.scheduler.enqueue(jobs)
         return len(jobs)
+
+    def _delete_claimed_leftovers(self, jobs: list[Job]) -> None:
+        """Blocking: the chunks the previous owners of ``jobs`` left (their labels stay in the
+        index, hidden from searches, until the next start's reconciliation), each only while
+        its claim is still current (never the chunks of a newer attachment)."""
+        for job in jobs:
+            owner = Owner(job.store_id, job.file_id, job.generation, None, job.tenant, "")
+            self.writer.delete_leftovers(owner)
 
     def release_leases(self) -> None:
         """At a clean stop, after the scheduler: the files left unfinished may be claimed at
