@@ -56,6 +56,10 @@ class Database:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # A checkpoint runs on a thread's connection outside the write lock: close() must not
+        # close that connection under it (SQLite crashes the process).
+        self._checkpoint_lock = threading.Lock()
+        self._closed = False
         self._migrate()
 
     def _migrate(self) -> None:
@@ -155,14 +159,20 @@ class Database:
 
     def checkpoint(self) -> None:
         """Copies the write-ahead log into the database (PASSIVE: never waits for anyone);
-        from a thread, so the event loop's commits need not do it."""
-        self._thread_connection("writer", query_only=False).execute(
-            "PRAGMA wal_checkpoint(PASSIVE)"
-        )
+        from a thread, so the event loop's commits need not do it. Skipped once closed."""
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            self._thread_connection("writer", query_only=False).execute(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            )
 
     def close(self) -> None:
         """Closes every connection; waits for a thread's write slice in progress (a slice
-        started afterwards fails with "closed database" instead of writing)."""
+        started afterwards fails with "closed database" instead of writing) and for a
+        checkpoint in progress (one started afterwards does nothing)."""
+        with self._checkpoint_lock:
+            self._closed = True
         self.write_lock.acquire(urgent=True)
         try:
             with self._connections_lock:
