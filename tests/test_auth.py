@@ -246,8 +246,8 @@ async def test_health_needs_no_key(running: Running) -> None:
 
 def close_unstarted(server: QuiverServer) -> None:
     """Closes what the constructor opened (stop() is for started servers)."""
-    server.pool.close()
-    server.db.close()
+    server.core.pool.close()
+    server.core.db.close()
 
 
 # -- open mode -----------------------------------------------------------------------------
@@ -268,7 +268,7 @@ async def test_open_mode_serves_without_a_key(tmp_path: Path) -> None:
         # x-on-behalf-of still narrows.
         narrowed = _tenant("default", "", channel, subject="u1")
         assert await list_file_ids(narrowed) == []
-        row = server.db.execute("SELECT tenant, subject FROM files WHERE id = ?", (file.id,))
+        row = server.core.db.execute("SELECT tenant, subject FROM files WHERE id = ?", (file.id,))
         assert tuple(row.fetchone()) == ("default", "")
     finally:
         await channel.close(None)
@@ -348,7 +348,7 @@ async def test_keys_add_and_serve_with_the_file(tmp_path: Path) -> None:
         file = await upload(one, "acme.txt", b"acme data")
         # Both keys belong to tenant acme: they see the same files.
         assert await list_file_ids(two) == [file.id]
-        row = server.db.execute("SELECT tenant FROM files WHERE id = ?", (file.id,)).fetchone()
+        row = server.core.db.execute("SELECT tenant FROM files WHERE id = ?", (file.id,)).fetchone()
         assert row["tenant"] == "acme"
         stranger = _tenant("acme", key1 + "x", channel)
         with pytest.raises(aio.AioRpcError) as err:

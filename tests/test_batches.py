@@ -303,7 +303,7 @@ async def test_per_file_specs_are_applied(running: Running) -> None:
 
 async def test_request_id_is_idempotent(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     a = running.alice
-    use = PoolUse(running.server.pool, monkeypatch)
+    use = PoolUse(running.server.core.pool, monkeypatch)
     store_id, ids = await store_with_files(a, 5)
     first = await create_batch(a, store_id, ids, request_id="retry-me")
     second = await create_batch(a, store_id, ids, request_id="retry-me")
@@ -341,7 +341,7 @@ async def test_expired_store_refuses_batches(running: Running) -> None:
     a = running.alice
     store = await create_store(a, expires_days=1)
     ids = await small_files(a, 2)
-    running.server.stores.clock = lambda: time.time() + 2 * DAY
+    running.server.core.stores.clock = lambda: time.time() + 2 * DAY
     err = await create_fails(a, request(store.id, file_ids=ids))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "expired" in (err.details() or "")
@@ -367,9 +367,9 @@ async def test_a_store_that_expires_under_a_queued_batch_fails_it(running: Runni
     big = await upload_all(a, [("big.txt", prose(2, 2_000_000).encode())])
     small = await small_files(a, 3)
     busy_batch = await create_batch(a, busy.id, big)
-    await wait_for(lambda: running.server.scheduler.in_flight == 1, within=10)
+    await wait_for(lambda: running.server.core.scheduler.in_flight == 1, within=10)
     batch = await create_batch(a, expiring.id, small)
-    running.server.stores.clock = lambda: time.time() + 2 * DAY
+    running.server.core.stores.clock = lambda: time.time() + 2 * DAY
     messages = await watch_to_end(a, expiring.id, batch.id, within=30)
     check_stream(messages)
     assert messages[-1].file_batch.status == B_FAILED
@@ -395,8 +395,8 @@ async def test_a_store_that_expires_under_a_running_batch_fails_it(running: Runn
     ids = await upload_all(a, docs)
     batch = await create_batch(a, store.id, ids)
     watch = start_watch(a, store.id, batch.id)
-    await wait_for(lambda: running.server.scheduler.is_in_flight(store.id, ids[0]), within=10)
-    running.server.stores.clock = lambda: time.time() + 2 * DAY
+    await wait_for(lambda: running.server.core.scheduler.is_in_flight(store.id, ids[0]), within=10)
+    running.server.core.stores.clock = lambda: time.time() + 2 * DAY
     messages = await read_to_end(watch, within=30)
     check_stream(messages)
     assert messages[-1].file_batch.status == B_FAILED
@@ -753,7 +753,7 @@ async def test_list_filter_cursors_update_and_delete(running: Running) -> None:
     before = await get_store(a, store.id)
     assert before.usage_bytes == sum(usage.values())
     assert counts(before.file_counts) == (0, 5, 2, 0, 7)
-    index = running.server.indexes.get(store.id, before.embedding_dimensions)
+    index = running.server.core.indexes.get(store.id, before.embedding_dimensions)
     rows = chunk_rows(running.server.settings.data_dir, store.id)
     assert index.live_count == sum(rows.values())
 
@@ -810,7 +810,7 @@ async def test_content_of_a_file_in_progress_is_refused(running: Running) -> Non
         a, [("big.txt", prose(1, 3_000_000).encode()), ("small.txt", b"small words")]
     )
     await attach(a, store.id, big)
-    await wait_for(lambda: running.server.scheduler.in_flight == 1, within=10)
+    await wait_for(lambda: running.server.core.scheduler.in_flight == 1, within=10)
     await attach(a, store.id, small)  # queued behind the big one: one worker
     assert (await get_file(a, store.id, small)).status == F_IN_PROGRESS
     err = await rpc_error(content(a, store.id, small))
@@ -834,7 +834,7 @@ async def test_deleting_the_store_fails_its_running_batch(running: Running) -> N
         first = await read_message(call)
         assert first is not None and first.type == file_batches_pb2.WATCH_EVENT_TYPE_SNAPSHOT
         snapshots.append(first)
-    await wait_for(lambda: running.server.scheduler.in_flight == 1, within=10)
+    await wait_for(lambda: running.server.core.scheduler.in_flight == 1, within=10)
     deleted = await a.stores.DeleteVectorStore(
         vector_stores_pb2.DeleteVectorStoreRequest(vector_store_id=store.id), metadata=a.metadata
     )
@@ -853,11 +853,11 @@ async def test_deleting_the_store_fails_its_running_batch(running: Running) -> N
             assert update.last_error.code == "server_error"
             assert "deleted" in update.last_error.message
     # The in-flight file's result is dropped: no chunks, no index, nothing left behind.
-    await wait_for(lambda: running.server.scheduler.in_flight == 0, within=20)
+    await wait_for(lambda: running.server.core.scheduler.in_flight == 0, within=20)
     assert chunk_rows(running.server.settings.data_dir, store.id) == {}
     err = await rpc_error(get_batch(a, store.id, batch.id))
     assert err.code() == grpc.StatusCode.NOT_FOUND
-    assert not running.server.indexes.path_for(store.id).exists()
+    assert not running.server.core.indexes.path_for(store.id).exists()
 
 
 async def test_reattaching_a_file_in_flight(
@@ -867,14 +867,14 @@ async def test_reattaching_a_file_in_flight(
     pool: the old result is dropped, the file is stored once, and the pool never holds more
     files than it has workers."""
     a = running.alice
-    use = PoolUse(running.server.pool, monkeypatch)
+    use = PoolUse(running.server.core.pool, monkeypatch)
     store = await create_store(a)
     big_text = prose(11, 3_000_000)
     docs = [("big.txt", big_text.encode())]
     docs += [(f"s{i}.txt", prose(i, 150_000).encode()) for i in range(8)]
     ids = await upload_all(a, docs)
     first = await create_batch(a, store.id, ids)
-    await wait_for(lambda: running.server.scheduler.is_in_flight(store.id, ids[0]), within=10)
+    await wait_for(lambda: running.server.core.scheduler.is_in_flight(store.id, ids[0]), within=10)
     second = await create_batch(a, store.id, ids[:1])
     old, new = await asyncio.gather(
         watch_to_end(a, store.id, first.id, within=60),
@@ -889,7 +889,7 @@ async def test_reattaching_a_file_in_flight(
     expected = [c.text for c in chunk_text(big_text, ChunkingParams(800, 400))]
     assert chunk_texts(data_dir, store.id, ids[0]) == expected
     assert duplicate_chunks(data_dir) == []
-    index = running.server.indexes.get(store.id, store.embedding_dimensions)
+    index = running.server.core.indexes.get(store.id, store.embedding_dimensions)
     assert index.live_count == sum(chunk_rows(data_dir, store.id).values())
     assert use.max <= running.server.settings.ingest_workers, use.max
 
@@ -899,14 +899,14 @@ async def test_detaching_a_file_in_flight(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = running.alice
-    use = PoolUse(running.server.pool, monkeypatch)
+    use = PoolUse(running.server.core.pool, monkeypatch)
     store = await create_store(a)
     docs = [("big.txt", prose(12, 2_000_000).encode())]
     docs += [(f"s{i}.txt", prose(i, 500).encode()) for i in range(4)]
     ids = await upload_all(a, docs)
     batch = await create_batch(a, store.id, ids)
     watch = start_watch(a, store.id, batch.id)
-    await wait_for(lambda: running.server.scheduler.is_in_flight(store.id, ids[0]), within=10)
+    await wait_for(lambda: running.server.core.scheduler.is_in_flight(store.id, ids[0]), within=10)
     await a.stores.DeleteVectorStoreFile(
         vector_stores_pb2.DeleteVectorStoreFileRequest(vector_store_id=store.id, file_id=ids[0]),
         metadata=a.metadata,
@@ -916,7 +916,7 @@ async def test_detaching_a_file_in_flight(
     assert messages[-1].file_batch.status == B_COMPLETED
     assert counts(messages[-1].file_batch.file_counts) == (0, 4, 0, 1, 5)
     assert final_statuses(messages)[ids[0]].status == F_CANCELLED
-    await wait_for(lambda: running.server.scheduler.in_flight == 0, within=20)
+    await wait_for(lambda: running.server.core.scheduler.in_flight == 0, within=20)
     assert counts((await get_store(a, store.id)).file_counts) == (0, 4, 0, 0, 4)
     assert ids[0] not in chunk_rows(running.server.settings.data_dir, store.id)
     assert use.calls == 5  # each file once; the detached one's result was dropped
@@ -930,14 +930,14 @@ async def test_cancel_stops_queued_files_at_once(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = running.alice
-    use = PoolUse(running.server.pool, monkeypatch)
+    use = PoolUse(running.server.core.pool, monkeypatch)
     store = await create_store(a)
     docs = [(f"big{i}.txt", prose(50 + i, 1_500_000).encode()) for i in range(3)]
     docs += [(f"small{i}.txt", prose(i, 800).encode()) for i in range(27)]
     ids = await upload_all(a, docs)
     batch = await create_batch(a, store.id, ids)
     watch = start_watch(a, store.id, batch.id)
-    await wait_for(lambda: running.server.scheduler.in_flight == 1, within=10)
+    await wait_for(lambda: running.server.core.scheduler.in_flight == 1, within=10)
     reply = await a.batches.CancelFileBatch(
         file_batches_pb2.CancelFileBatchRequest(vector_store_id=store.id, batch_id=batch.id),
         metadata=a.metadata,
@@ -950,7 +950,7 @@ async def test_cancel_stops_queued_files_at_once(
     assert cancelled == 30 - in_progress - completed
     assert cancelled >= 27
     assert cancelling.status == (B_IN_PROGRESS if in_progress else B_CANCELLED)
-    assert running.server.scheduler.queued == 0
+    assert running.server.core.scheduler.queued == 0
 
     messages = [m async for m in watch]
     assert await watch.code() == grpc.StatusCode.OK
@@ -1039,7 +1039,7 @@ async def test_a_request_id_retry_after_the_store_expired_returns_the_batch(
     ids = await upload_all(a, [("e.txt", prose(1, 1_000).encode())])
     first = await create_batch(a, store.id, ids, request_id="retry-me")
     await watch_to_end(a, store.id, first.id, within=60)
-    running.server.stores.clock = lambda: time.time() + 3 * 86_400
+    running.server.core.stores.clock = lambda: time.time() + 3 * 86_400
     again = await create_batch(a, store.id, ids, request_id="retry-me")
     assert again.id == first.id
     with pytest.raises(aio.AioRpcError) as refused:

@@ -76,7 +76,7 @@ async def test_a_full_disk_answers_resource_exhausted(
             assert_disk_full(err.value)
 
         # Search still answers; its last_active_at cannot be written (logged, skipped).
-        running.server.stores.clock = lambda: time.time() + 60  # a new value to write
+        running.server.core.stores.clock = lambda: time.time() + 60  # a new value to write
         with caplog.at_level(logging.WARNING, logger="quiver.stores"):
             during = await search(a, store.id)
         assert f"last_active_at of {store.id} not updated" in caplog.text

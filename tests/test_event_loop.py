@@ -103,10 +103,10 @@ async def test_chunks_in_the_index_before_their_file_completes_are_not_searched(
             "SELECT id FROM chunks WHERE vector_store_id = ? AND file_id = ?", (store, ids[0])
         ).fetchall()
     labels = np.asarray([r[0] for r in rows], dtype=np.int64)
-    pending = running.server.pending
+    pending = running.server.core.pending
     pending.add(store, labels)
     hidden = await alice.stores.SearchVectorStore(request, metadata=alice.metadata)
     pending.discard(store, labels)
     assert sorted(hit.file_id for hit in hidden.data) == sorted(ids[1:])
-    index = running.server.indexes.get(store, running.server.settings.embedding_dimensions)
+    index = running.server.core.indexes.get(store, running.server.settings.embedding_dimensions)
     assert index.live_count == 3  # still in the index: only searches skip them

@@ -37,7 +37,7 @@ async def occupy_the_worker(running: Running, store_id: str) -> str:
     a = running.alice
     (big,) = await upload_all(a, [("big.txt", prose(99, 3_000_000).encode())])
     batch = await create_batch(a, store_id, [big])
-    await wait_for(lambda: running.server.scheduler.in_flight == 1, within=10)
+    await wait_for(lambda: running.server.core.scheduler.in_flight == 1, within=10)
     return batch.id
 
 
@@ -52,7 +52,7 @@ async def test_another_tenants_file_does_not_wait_for_a_backlog(running: Running
     (bobs,) = await upload_all(b, [("bob.txt", prose(50, 2000).encode())])
     big_batch = await occupy_the_worker(running, store_a.id)
     a_batches = [(await create_batch(a, store_a.id, [f])).id for f in smalls]
-    assert running.server.scheduler.queued == 12
+    assert running.server.core.scheduler.queued == 12
     b_batch = await create_batch(b, store_b.id, [bobs])
     assert (await watch_to_end(b, store_b.id, b_batch.id, within=60))[-1].file_batch.status == (
         B_COMPLETED

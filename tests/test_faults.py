@@ -153,7 +153,7 @@ async def test_a_file_past_the_timeout_fails_and_others_complete(running: Runnin
     for file_id in ids[1:]:
         assert updates[file_id].status == F_COMPLETED, updates[file_id].last_error
     assert counts(messages[-1].file_batch.file_counts) == (0, 5, 1, 0, 6)
-    assert running.server.pool.restarts == 1
+    assert running.server.core.pool.restarts == 1
     assert (await get_file(a, store.id, ids[0])).last_error == huge_update.last_error
 
 
@@ -172,17 +172,17 @@ async def test_a_timeout_stops_only_the_worker_that_holds_the_file(
     slow_id, held_id = await upload_all(
         a, [("slow.txt", (prose(1, 100_000) * 300).encode()), ("held.txt", b"held words")]
     )
-    pids = server.pool.worker_pids()
+    pids = server.core.pool.worker_pids()
     assert len(pids) == 2
     slow = await create_batch(a, slow_store.id, [slow_id])
     slow_watch = asyncio.ensure_future(watch_to_end(a, slow_store.id, slow.id, within=60))
-    await wait_for(lambda: server.scheduler.in_flight == 1, within=20)
+    await wait_for(lambda: server.core.scheduler.in_flight == 1, within=20)
     # The held file starts 3 s after the slow one, so its own 6 s timeout is still 3 s away
     # when the slow file's comes; it is released as soon as the slow file's worker is gone.
     await asyncio.sleep(3)
     held = await create_batch(a, held_store, [held_id])
     await wait_for(lambda: endpoint.arrived == 1, within=20)  # in flight in its worker
-    await wait_for(lambda: server.pool.restarts == 1, within=20)
+    await wait_for(lambda: server.core.pool.restarts == 1, within=20)
     hold.set()
     messages = await watch_to_end(a, held_store, held.id, within=30)
     assert final_statuses(messages)[held_id].status == F_COMPLETED
@@ -191,9 +191,9 @@ async def test_a_timeout_stops_only_the_worker_that_holds_the_file(
     assert slow_update.last_error.code == "invalid_file"
     assert "took longer than 6 s" in slow_update.last_error.message
     assert endpoint.arrived == 1  # the held file was embedded once: not re-run
-    assert server.pool.restarts == 1
-    survivors = set(pids) & set(server.pool.worker_pids())
-    assert len(survivors) == 1, (pids, server.pool.worker_pids())
+    assert server.core.pool.restarts == 1
+    survivors = set(pids) & set(server.core.pool.worker_pids())
+    assert len(survivors) == 1, (pids, server.core.pool.worker_pids())
 
 
 @pytest.mark.parametrize(
@@ -204,7 +204,7 @@ async def test_a_file_past_its_cpu_budget_fails_and_its_worker_goes_on(
 ) -> None:
     a = running.alice
     store = await create_store(a)
-    pids = running.server.pool.worker_pids()
+    pids = running.server.core.pool.worker_pids()
     docs = [("huge.txt", (prose(2, 100_000) * 300).encode()), ("small.txt", b"small words")]
     ids = await upload_all(a, docs)
     batch = await create_batch(a, store.id, ids)
@@ -216,8 +216,8 @@ async def test_a_file_past_its_cpu_budget_fails_and_its_worker_goes_on(
     assert "--file-parse-seconds" in huge.last_error.message
     assert final_statuses(messages)[ids[1]].status == F_COMPLETED
     # The worker raised it itself: no restart.
-    assert running.server.pool.restarts == 0
-    assert running.server.pool.worker_pids() == pids
+    assert running.server.core.pool.restarts == 0
+    assert running.server.core.pool.worker_pids() == pids
 
 
 async def test_a_worker_killed_near_its_memory_limit_fails_the_file_as_invalid(
@@ -261,11 +261,11 @@ async def kill_worker_in_flight(running: Running, not_pid: int = 0) -> int:
     server = running.server
 
     def ready() -> bool:
-        pids = [p for p in server.pool.worker_pids() if p != not_pid]
-        return server.scheduler.in_flight == 1 and len(pids) == 1
+        pids = [p for p in server.core.pool.worker_pids() if p != not_pid]
+        return server.core.scheduler.in_flight == 1 and len(pids) == 1
 
     await wait_for(ready, within=20)
-    (pid,) = [p for p in server.pool.worker_pids() if p != not_pid]
+    (pid,) = [p for p in server.core.pool.worker_pids() if p != not_pid]
     os.kill(pid, signal.SIGKILL)
     return pid
 
@@ -287,8 +287,8 @@ async def test_a_killed_worker_costs_nothing(running: Running) -> None:
     assert messages[-1].file_batch.status == B_COMPLETED
     # Not the file's fault: retried alone, it completed.
     assert counts(messages[-1].file_batch.file_counts) == (0, 4, 0, 0, 4)
-    assert running.server.pool.restarts == 1
-    assert killed not in running.server.pool.worker_pids()
+    assert running.server.core.pool.restarts == 1
+    assert killed not in running.server.core.pool.worker_pids()
     # Its content is too big for one GetVectorStoreFileContent message: read SQLite.
     parts = chunk_texts(running.server.settings.data_dir, store.id, ids[0])
     assert parts == [c.text for c in chunk_text(big_text, ChunkingParams(800, 400))]
@@ -305,7 +305,7 @@ async def test_a_file_that_kills_its_worker_twice_fails(running: Running) -> Non
     batch = await create_batch(a, store.id, ids)
     watch = watch_to_end(a, store.id, batch.id, within=60)
     first = await kill_worker_in_flight(running)
-    await wait_for(lambda: running.server.pool.restarts == 1, within=10)
+    await wait_for(lambda: running.server.core.pool.restarts == 1, within=10)
     await kill_worker_in_flight(running, not_pid=first)  # the suspect, running alone
     messages = await watch
     check_stream(messages)
@@ -315,7 +315,7 @@ async def test_a_file_that_kills_its_worker_twice_fails(running: Running) -> Non
     assert big.status == F_FAILED
     assert big.last_error.code == "server_error"
     assert "twice" in big.last_error.message and "died" in big.last_error.message
-    assert running.server.pool.restarts == 2
+    assert running.server.core.pool.restarts == 2
 
 
 # -- the embedding endpoint ---------------------------------------------------------------
@@ -346,7 +346,7 @@ async def test_a_rate_limited_embedder_is_retried(running: Running, endpoint: En
         assert body["model"] == "fake-embed" and body["dimensions"] == 16
     # The vectors are the endpoint's: the index holds one per chunk.
     total = sum([len(await content(a, store_id, i)) for i in ids])
-    assert running.server.indexes.get(store_id, 16).live_count == total
+    assert running.server.core.indexes.get(store_id, 16).live_count == total
     assert total == sum(len(body["input"]) for _, s, body in endpoint.requests if s == 200)
 
 

@@ -469,7 +469,7 @@ def from_pb(value: struct_pb2.Value) -> Scalar:
 async def test_search_results_satisfy_random_filters(running: Running) -> None:
     alice = running.alice
     store_id, attributes = await filtered_store(alice)
-    searcher = running.server.searcher
+    searcher = running.server.core.searcher
     exact_limit = searcher.exact_max_chunks
     assert exact_limit >= N_FILES  # so the first search of each example is exact
     loop = asyncio.get_running_loop()

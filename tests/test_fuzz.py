@@ -1544,7 +1544,7 @@ async def test_memory_bounded_across_hostile_rounds(running: Running) -> None:
     Every file ends as expected; worker peaks stay under 2 GiB; the server's RSS after rounds
     2 and 3 is within 100 MiB of its RSS after round 1."""
     alice = running.alice
-    pool = running.server.pool
+    pool = running.server.core.pool
     docs = hostile_docs()  # built once, before any measurement
     peaks = WorkerPeaks(pool.worker_pids)
     rss_after: list[int] = []

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 from quiver.server.config import Settings
+from quiver.server.core.error_codes import ErrorCode
 from quiver.server.embedders.registry import EmbedderSpec
 from quiver.server.ingest import limits as limits_module
 from quiver.server.ingest import worker
 from quiver.server.ingest.limits import MiB, WorkerLimits, vm_size_bytes
-from quiver.server.ingest.parsing import INVALID_FILE, FileProcessingError, parse_document
+from quiver.server.ingest.parsing import FileProcessingError, parse_document
 
 from tests.batch_helpers import (
     F_COMPLETED,
@@ -78,7 +79,7 @@ def test_html_nested_past_the_parser_limit_fails_instead_of_losing_text() -> Non
     depth = 5000
     data = b"<html><body>" + b"<div>" * depth + b"deep" + b"</div>" * depth + b"<p>after</p>"
     error = _error(data, "deep.html")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert "depth" in error.message.lower()
 
 
@@ -96,14 +97,14 @@ def test_pdf_listing_one_page_100000_times_fails_fast_naming_the_cap() -> None:
     error = _error(data, "pages.pdf")
     seconds = time.process_time() - started
     print(f"100,000-page tree: {seconds:.2f} s CPU")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert f"{limits_module.MAX_PDF_PAGES:,}" in error.message
     assert seconds < 10  # pypdf extracting every listed page: over a minute
 
 
 def test_pdf_listing_a_page_twice_fails() -> None:
     error = _error(make_pdf_repeating_page(3), "twice.pdf")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert "more than once" in error.message
 
 
@@ -124,7 +125,7 @@ def test_size_caps_follow_from_the_memory_limit() -> None:
     data = b"word " * (small.max_text_chars // 5 + 1)
     with pytest.raises(FileProcessingError) as caught:
         parse_document(data, "big.txt", small)
-    assert caught.value.code == INVALID_FILE
+    assert caught.value.code == ErrorCode.INVALID_FILE
     assert "600 MiB (--worker-memory)" in caught.value.message
     assert parse_document(data, "big.txt", large)
     # The cap counts characters, not bytes: 3-byte characters under it in number pass.
@@ -162,7 +163,7 @@ def test_a_file_that_slips_under_the_caps_fails_alone_at_the_limit(tmp_path: Pat
         process.join(30)
         process.kill()
     assert process.exitcode == 0
-    assert error is not None and error[0] == INVALID_FILE, error
+    assert error is not None and error[0] == ErrorCode.INVALID_FILE, error
     assert "(--worker-memory)" in error[1] and "MiB" in error[1]
     assert n_chunks == 0
 
@@ -220,7 +221,7 @@ async def test_an_over_memory_file_fails_alone_naming_the_limit(running: Running
     assert "600 MiB (--worker-memory)" in updates[ids[0]].last_error.message
     for file_id in ids[1:]:
         assert updates[file_id].status == F_COMPLETED
-    assert running.server.pool.restarts == 0
+    assert running.server.core.pool.restarts == 0
 
 
 def test_worker_memory_setting() -> None:

@@ -85,7 +85,7 @@ async def test_only_expired_or_unclaimed_leases_are_taken_up(running: Running) -
     for file_id in (expired, held, unclaimed):
         await attach(a, store.id, file_id)
         assert (await poll_file(a, store.id, file_id)).status == F_COMPLETED
-    mine = running.server.leases.owner
+    mine = running.server.core.leases.owner
     assert {r[1] for r in lease_rows(data_dir, store.id).values()} == {mine}
     await running.server.stop(grace=1)
 
@@ -106,7 +106,7 @@ async def test_only_expired_or_unclaimed_leases_are_taken_up(running: Running) -
             assert (await poll_file(alice, store.id, file_id)).status == F_COMPLETED
         rows = lease_rows(data_dir, store.id)
         for file_id in (expired, unclaimed):
-            assert rows[file_id][1] == again.leases.owner
+            assert rows[file_id][1] == again.core.leases.owner
             assert rows[file_id][3] == before[file_id][3] + 1  # the claim bumped it
         # `held` is left to its owner, through several sweeps.
         for _ in range(5):
@@ -118,7 +118,7 @@ async def test_only_expired_or_unclaimed_leases_are_taken_up(running: Running) -
         set_lease(data_dir, store.id, held, "live-server", time.time() - 1)
         assert (await poll_file(alice, store.id, held, within=30)).status == F_COMPLETED
         row = lease_rows(data_dir, store.id)[held]
-        assert row[1] == again.leases.owner and row[3] == before[held][3] + 1
+        assert row[1] == again.core.leases.owner and row[3] == before[held][3] + 1
         rows_per_file = chunk_rows(data_dir, store.id)
         assert set(rows_per_file) == {expired, held, unclaimed}
     finally:
@@ -156,7 +156,7 @@ async def test_a_data_directory_from_before_leases_is_migrated_and_taken_up(
         alice = _tenant("alice", a.key, channel)
         assert (await poll_file(alice, store.id, file_id)).status == F_COMPLETED
         status, owner, _, _ = lease_rows(data_dir, store.id)[file_id]
-        assert (status, owner) == ("completed", again.leases.owner)
+        assert (status, owner) == ("completed", again.core.leases.owner)
         assert chunk_rows(data_dir, store.id) == stored  # processed again, once
     finally:
         await channel.close(None)
@@ -184,23 +184,23 @@ async def test_a_result_whose_claim_was_superseded_is_refused(
         store = await create_store(a, embedding_model="openai:m", embedding_dimensions=8)
         (file_id,) = await upload_all(a, [("stale.txt", prose(7, 20_000).encode())])
         await attach(a, store.id, file_id)
-        await wait_for(lambda: server.scheduler.in_flight == 1, within=10)
+        await wait_for(lambda: server.core.scheduler.in_flight == 1, within=10)
         data_dir = cfg.data_dir
         claimed = lease_rows(data_dir, store.id)[file_id]
-        assert claimed[0] == "in_progress" and claimed[1] == server.leases.owner
+        assert claimed[0] == "in_progress" and claimed[1] == server.core.leases.owner
 
         # While the worker embeds, another worker claims the file: its clock is past this
         # server's lease (as if the heartbeat had stalled), so the claim bumps the generation.
         other = JobLeases(
-            JobsRepository(server.db), "other-server", 30, clock=lambda: time.time() + 120
+            JobsRepository(server.core.db), "other-server", 30, clock=lambda: time.time() + 120
         )
-        with server.db.transaction() as conn:
+        with server.core.db.transaction() as conn:
             (job,) = other.claim_expired(conn, 10)
         assert job.generation == claimed[3] + 1
         superseded = lease_rows(data_dir, store.id)[file_id]
 
         held_endpoint.release.set()  # the first worker's result arrives: it is refused
-        registry = server.metrics.registry
+        registry = server.core.metrics.registry
 
         def dropped() -> float:
             value = registry.get_sample_value(
@@ -209,12 +209,12 @@ async def test_a_result_whose_claim_was_superseded_is_refused(
             return value or 0.0
 
         await wait_for(lambda: dropped() == 1.0, within=30)
-        await wait_for(lambda: server.scheduler.in_flight == 0, within=10)
+        await wait_for(lambda: server.core.scheduler.in_flight == 0, within=10)
         # The row is untouched (still the other worker's, in progress), nothing was stored.
         assert lease_rows(data_dir, store.id)[file_id] == superseded
         assert (await get_file(a, store.id, file_id)).status == F_IN_PROGRESS
         assert chunk_rows(data_dir, store.id) == {}
-        assert server.indexes.get(store.id, 8).live_count == 0
+        assert server.core.indexes.get(store.id, 8).live_count == 0
     finally:
         await channel.close(None)
         await server.stop(grace=1)
@@ -235,9 +235,9 @@ async def test_a_clean_stop_releases_the_leases_of_unfinished_files(
         ids = await upload_all(a, [(f"u{i}.txt", prose(i, 2_000).encode()) for i in range(2)])
         for file_id in ids:
             await attach(a, store.id, file_id)
-        await wait_for(lambda: server.scheduler.in_flight == 1, within=10)
+        await wait_for(lambda: server.core.scheduler.in_flight == 1, within=10)
         rows = lease_rows(cfg.data_dir, store.id)
-        assert all(r[1] == server.leases.owner and r[2] > time.time() for r in rows.values())
+        assert all(r[1] == server.core.leases.owner and r[2] > time.time() for r in rows.values())
     finally:
         await channel.close(None)
         await server.stop(grace=0.1)
@@ -292,17 +292,17 @@ async def test_the_heartbeat_keeps_a_long_file_claimed(
         store = await create_store(a, embedding_model="openai:m", embedding_dimensions=8)
         (file_id,) = await upload_all(a, [("long.txt", prose(5, 2_000).encode())])
         await attach(a, store.id, file_id)
-        await wait_for(lambda: server.scheduler.in_flight == 1, within=10)
+        await wait_for(lambda: server.core.scheduler.in_flight == 1, within=10)
         first = lease_rows(cfg.data_dir, store.id)[file_id]
         await asyncio.sleep(3.0)  # three lease lengths
         later = lease_rows(cfg.data_dir, store.id)[file_id]
-        assert later[1] == server.leases.owner and later[3] == first[3]  # never re-claimed
+        assert later[1] == server.core.leases.owner and later[3] == first[3]  # never re-claimed
         assert later[2] > first[2]  # renewed
         held_endpoint.release.set()
         assert (await poll_file(a, store.id, file_id)).status == F_COMPLETED
         assert lease_rows(cfg.data_dir, store.id)[file_id][3] == first[3]
         assert (
-            server.metrics.registry.get_sample_value(
+            server.core.metrics.registry.get_sample_value(
                 "quiver_ingest_stale_results_total", {"reason": "superseded"}
             )
             is None

@@ -97,7 +97,7 @@ async def test_graceful_shutdown_lets_an_upload_finish(running: Running) -> None
 
     # 5. Storage is closed.
     with pytest.raises(sqlite3.ProgrammingError):
-        running.server.db.conn.execute("SELECT 1")
+        running.server.core.db.conn.execute("SELECT 1")
     await running.server.stop(grace=1)  # a second stop is a no-op
     await asyncio.wait_for(running.server.wait_stopped(), timeout=1)
 
@@ -127,7 +127,7 @@ async def test_grace_period_ends_an_unfinished_upload(running: Running) -> None:
     paced.close()
     assert tmp_files(data_dir(running)) == []
     with pytest.raises(sqlite3.ProgrammingError):
-        running.server.db.conn.execute("SELECT 1")
+        running.server.core.db.conn.execute("SELECT 1")
 
 
 async def test_upload_cut_by_the_grace_period_stores_nothing(running: Running) -> None:
@@ -146,7 +146,7 @@ async def test_stop_without_rpcs_is_quick(running: Running) -> None:
     await running.server.stop(grace=5)
     assert loop.time() - started < 2
     with pytest.raises(sqlite3.ProgrammingError):
-        running.server.db.conn.execute("SELECT 1")
+        running.server.core.db.conn.execute("SELECT 1")
     await asyncio.wait_for(running.server.wait_stopped(), timeout=1)
 
 
@@ -155,9 +155,9 @@ async def test_stop_of_a_server_never_started_returns(tmp_path: Path) -> None:
     try:
         await asyncio.wait_for(server.stop(grace=1), timeout=1)
     finally:
-        server.pool.close()
+        server.core.pool.close()
         with contextlib.suppress(sqlite3.ProgrammingError):
-            server.db.close()
+            server.core.db.close()
 
 
 async def test_start_on_a_busy_port_is_a_config_error(tmp_path: Path) -> None:
@@ -170,6 +170,6 @@ async def test_start_on_a_busy_port_is_a_config_error(tmp_path: Path) -> None:
             with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
                 await server.start()
         finally:
-            server.pool.close()
+            server.core.pool.close()
             with contextlib.suppress(sqlite3.ProgrammingError):
-                server.db.close()
+                server.core.db.close()

@@ -132,7 +132,7 @@ async def test_a_store_without_dimensions_learns_them_and_never_sends_them(
     assert ada.bodies and all("dimensions" not in body for body in ada.bodies)
     assert all(body["model"] == "text-embedding-ada-002" for body in ada.bodies)
 
-    row = running.server.db.execute(
+    row = running.server.core.db.execute(
         "SELECT embedding_dimensions, dimensions_sent FROM vector_stores WHERE id = ?",
         (store.id,),
     ).fetchone()
@@ -197,7 +197,7 @@ async def test_a_store_saved_with_a_bad_model_name_answers_failed_precondition(
     """Stores created before the grammar was shared may hold a name like 'openai: ': search
     says so instead of INTERNAL."""
     store = await create_store(running.alice)
-    running.server.db.execute(
+    running.server.core.db.execute(
         "UPDATE vector_stores SET embedding_model = 'openai: ' WHERE id = ?", (store.id,)
     )
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -14,9 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader, PdfWriter
+from quiver.server.core.error_codes import ErrorCode
 from quiver.server.ingest.parsing import (
-    INVALID_FILE,
-    UNSUPPORTED_FILE,
     FileProcessingError,
     parse_document,
 )
@@ -57,7 +56,7 @@ def test_utf16_without_bom_detected_from_nul_pattern(codec: str) -> None:
 
 def test_latin1_bytes_are_invalid_with_offset() -> None:
     error = _error("naïve façade".encode("latin-1"), "old.txt")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert "not valid UTF-8 or UTF-16 text" in error.message
     assert "0xef at offset 2" in error.message
 
@@ -65,7 +64,7 @@ def test_latin1_bytes_are_invalid_with_offset() -> None:
 def test_cp1252_smart_quotes_are_invalid_not_binary() -> None:
     data = "\u201cquoted\u201d \u2014 dash \u2026".encode("cp1252") * 20
     error = _error(data, "word-export.txt")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert "0x93 at offset 0" in error.message
 
 
@@ -81,44 +80,44 @@ def test_code_and_unknown_extension_text_accepted() -> None:
 
 def test_empty_file_is_invalid() -> None:
     error = _error(b"", "empty.txt")
-    assert (error.code, error.message) == (INVALID_FILE, "file is empty")
+    assert (error.code, error.message) == (ErrorCode.INVALID_FILE, "file is empty")
 
 
 def test_whitespace_only_is_invalid() -> None:
     error = _error(b"  \n\t \r\n", "blank.txt")
-    assert (error.code, error.message) == (INVALID_FILE, "file has no text")
+    assert (error.code, error.message) == (ErrorCode.INVALID_FILE, "file has no text")
 
 
 def test_random_binary_is_unsupported() -> None:
     data = random.Random(42).randbytes(4096)
     error = _error(data, "blob.bin")
-    assert error.code == UNSUPPORTED_FILE
+    assert error.code == ErrorCode.UNSUPPORTED_FILE
     assert "binary content" in error.message
 
 
 def test_binary_without_nul_bytes_is_unsupported() -> None:
     data = random.Random(5).randbytes(4096).replace(b"\x00", b"\x01")
     error = _error(data, "blob.txt")
-    assert error.code == UNSUPPORTED_FILE
+    assert error.code == ErrorCode.UNSUPPORTED_FILE
     assert "control characters" in error.message
 
 
 def test_nul_bytes_in_text_are_unsupported() -> None:
     error = _error(b"looks like text\x00\x00\x00 but is not", "data.txt")
-    assert error.code == UNSUPPORTED_FILE
+    assert error.code == ErrorCode.UNSUPPORTED_FILE
     assert "NUL" in error.message
 
 
 def test_utf16_bom_with_binary_content_is_unsupported() -> None:
     binary = "".join(map(chr, range(32))).encode("utf-16-le") * 8
     error = _error(b"\xff\xfe" + binary, "weird.txt")
-    assert error.code == UNSUPPORTED_FILE
+    assert error.code == ErrorCode.UNSUPPORTED_FILE
 
 
 @pytest.mark.parametrize("filename", ["image.png", "image.txt", "noext"])
 def test_png_magic_is_unsupported_whatever_the_name(filename: str) -> None:
     error = _error(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 32, filename)
-    assert error.code == UNSUPPORTED_FILE
+    assert error.code == ErrorCode.UNSUPPORTED_FILE
     assert error.message == "binary content of type 'png' is not a supported document type"
 
 
@@ -132,7 +131,7 @@ def test_png_magic_is_unsupported_whatever_the_name(filename: str) -> None:
 )
 def test_other_binary_magics_are_unsupported(data: bytes, kind: str) -> None:
     error = _error(data + b"\x00" * 16, "file.txt")
-    assert error.code == UNSUPPORTED_FILE
+    assert error.code == ErrorCode.UNSUPPORTED_FILE
     assert f"'{kind}'" in error.message
 
 
@@ -146,14 +145,14 @@ def test_valid_json_is_returned_as_text() -> None:
 
 def test_invalid_json_is_invalid() -> None:
     error = _error(b'{"a": 1,}', "doc.json")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert error.message.startswith("invalid JSON:")
     assert "line 1 column 9" in error.message
 
 
 def test_deeply_nested_json_is_invalid_not_a_crash() -> None:
     error = _error(b"[" * 100_000 + b"]" * 100_000, "deep.json")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
 
 
 HTML = b"""<!DOCTYPE html>
@@ -221,14 +220,14 @@ def test_pdf_detected_by_content_whatever_the_name() -> None:
 def test_truncated_pdf_is_invalid(keep: float) -> None:
     data = make_pdf(["some text that will be cut off"] * 5)
     error = _error(data[: int(len(data) * keep)], "cut.pdf")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert error.message.startswith("PDF is corrupt: ")
 
 
 def test_pdf_without_text_is_invalid() -> None:
     error = _error(make_pdf([]), "scan.pdf")
     assert (error.code, error.message) == (
-        INVALID_FILE,
+        ErrorCode.INVALID_FILE,
         "PDF has no extractable text (scanned images?)",
     )
 
@@ -243,7 +242,10 @@ def _encrypted_pdf(user_password: str) -> bytes:
 
 def test_password_protected_pdf_is_invalid() -> None:
     error = _error(_encrypted_pdf("secret"), "locked.pdf")
-    assert (error.code, error.message) == (INVALID_FILE, "PDF is encrypted (password protected)")
+    assert (error.code, error.message) == (
+        ErrorCode.INVALID_FILE,
+        "PDF is encrypted (password protected)",
+    )
 
 
 def test_pdf_encrypted_with_empty_user_password_is_read() -> None:
@@ -252,7 +254,7 @@ def test_pdf_encrypted_with_empty_user_password_is_read() -> None:
 
 def test_pdf_name_without_pdf_content_is_invalid() -> None:
     error = _error(b"just some text", "fake.pdf")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert "not a PDF" in error.message
 
 
@@ -287,13 +289,13 @@ def test_docx_merged_cells_appear_once() -> None:
 def test_corrupt_docx_is_invalid() -> None:
     data = make_docx(["will be cut"])
     error = _error(data[: len(data) // 2], "broken.docx")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert error.message.startswith("DOCX is corrupt")
 
 
 def test_docx_name_without_zip_content_is_invalid() -> None:
     error = _error(b"not a zip at all", "fake.docx")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
 
 
 def test_docx_with_broken_xml_is_invalid() -> None:
@@ -304,7 +306,7 @@ def test_docx_with_broken_xml_is_invalid() -> None:
             body = source.read(item)
             target.writestr(item, b"<w:document" if item.filename == "word/document.xml" else body)
     error = _error(out.getvalue(), "bad.docx")
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert error.message.startswith("DOCX is corrupt: ")
 
 
@@ -313,10 +315,10 @@ def test_plain_zip_is_unsupported() -> None:
     with zipfile.ZipFile(out, "w") as archive:
         archive.writestr("readme.txt", "hello")
     error = _error(out.getvalue(), "archive.zip")
-    assert error.code == UNSUPPORTED_FILE
+    assert error.code == ErrorCode.UNSUPPORTED_FILE
     assert error.message == "binary content of type 'zip' is not a supported document type"
     # Named .docx, the same archive is a broken DOCX rather than an unsupported type.
-    assert _error(out.getvalue(), "archive.docx").code == INVALID_FILE
+    assert _error(out.getvalue(), "archive.docx").code == ErrorCode.INVALID_FILE
 
 
 def test_zip_bomb_docx_is_rejected() -> None:
@@ -333,15 +335,15 @@ def test_zip_bomb_docx_is_rejected() -> None:
 
     error = _error(data, "bomb.docx")
 
-    assert error.code == INVALID_FILE
+    assert error.code == ErrorCode.INVALID_FILE
     assert "zip bomb" in error.message
     assert "200 MB" in error.message
     assert time.monotonic() - started < 10
 
 
 def test_error_survives_pickling_across_processes() -> None:
-    error = pickle.loads(pickle.dumps(FileProcessingError(INVALID_FILE, "file is empty")))
-    assert (error.code, error.message) == (INVALID_FILE, "file is empty")
+    error = pickle.loads(pickle.dumps(FileProcessingError(ErrorCode.INVALID_FILE, "file is empty")))
+    assert (error.code, error.message) == (ErrorCode.INVALID_FILE, "file is empty")
     assert str(error) == "invalid_file: file is empty"
 
 
@@ -366,7 +368,7 @@ def test_only_file_processing_errors_escape(data: bytes, ext: str) -> None:
     try:
         text = parse_document(data, "file" + ext)
     except FileProcessingError as error:
-        assert error.code in (INVALID_FILE, UNSUPPORTED_FILE)
+        assert error.code in (ErrorCode.INVALID_FILE, ErrorCode.UNSUPPORTED_FILE)
         assert error.message
     else:
         assert text.strip()

@@ -147,12 +147,12 @@ async def test_a_stopped_server_finishes_the_batch_after_restart(
             path.unlink()
 
     again = QuiverServer(running.server.settings)
-    use = PoolUse(again.pool, monkeypatch)
+    use = PoolUse(again.core.pool, monkeypatch)
     await again.start()
     channel = aio.insecure_channel(f"127.0.0.1:{again.port}")
     try:
         alice = _tenant("alice", a.key, channel)
-        index = again.indexes.get(store.id, store.embedding_dimensions)
+        index = again.core.indexes.get(store.id, store.embedding_dimensions)
         # Reconciled (or rebuilt) before SERVING: it holds what SQLite holds already.
         assert index.live_count == sum(len(v) for v in ids_before.values())
 
@@ -200,7 +200,7 @@ async def test_a_cancel_in_progress_at_stop_ends_cancelled_after_restart(
     docs += [(f"c{i}.txt", prose(i, 500).encode()) for i in range(5)]
     ids = await upload_all(a, docs)
     batch = await create_batch(a, store.id, ids)
-    await wait_for(lambda: running.server.scheduler.in_flight == 1, within=10)
+    await wait_for(lambda: running.server.core.scheduler.in_flight == 1, within=10)
     reply = await a.batches.CancelFileBatch(
         file_batches_pb2.CancelFileBatchRequest(vector_store_id=store.id, batch_id=batch.id),
         metadata=a.metadata,
@@ -210,7 +210,7 @@ async def test_a_cancel_in_progress_at_stop_ends_cancelled_after_restart(
     assert file_statuses(running.server.settings.data_dir, store.id)[ids[0]] == "in_progress"
 
     again = QuiverServer(running.server.settings)
-    use = PoolUse(again.pool, monkeypatch)
+    use = PoolUse(again.core.pool, monkeypatch)
     await again.start()
     channel = aio.insecure_channel(f"127.0.0.1:{again.port}")
     try:
@@ -219,7 +219,7 @@ async def test_a_cancel_in_progress_at_stop_ends_cancelled_after_restart(
         assert len(messages) == 1  # settled during recovery, before SERVING
         assert messages[0].file_batch.status == B_CANCELLED
         assert counts(messages[0].file_batch.file_counts) == (0, 0, 0, 6, 6)
-        assert again.scheduler.queued == 0 and again.scheduler.in_flight == 0
+        assert again.core.scheduler.queued == 0 and again.core.scheduler.in_flight == 0
         assert use.calls == 0
         assert chunk_rows(running.server.settings.data_dir, store.id) == {}
     finally:

@@ -464,7 +464,7 @@ async def test_deleted_file_never_appears(running: Running) -> None:
         pb.DeleteVectorStoreFileRequest(vector_store_id=store.id, file_id=gone),
         metadata=alice.metadata,
     )
-    searcher = running.server.searcher
+    searcher = running.server.core.searcher
     only_gone = eq("n", float(target))
     around_gone = pb.Filter(type="lte", key="n", value=value(float(target + 2)))
     for exact_limit in (searcher.exact_max_chunks, 0):  # exact, then hnswlib
@@ -504,7 +504,7 @@ async def test_expired_store_fails_precondition(running: Running) -> None:
     alice = running.alice
     store = await build_store(alice, real_docs(2), days=1)
     assert (await search(alice, store.id, "vim")).data
-    running.server.stores.clock = lambda: time.time() + 2 * DAY
+    running.server.core.stores.clock = lambda: time.time() + 2 * DAY
     with pytest.raises(aio.AioRpcError) as err:
         await search(alice, store.id, "vim")
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

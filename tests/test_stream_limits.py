@@ -79,7 +79,7 @@ async def test_stalled_uploads_past_the_caps_are_refused(running: Running) -> No
         paced.close()
     results = [await e for _, e in still] + [await ending(c) for _, c in bobs[:2]]
     assert results == [None] * 10
-    assert running.server.uploads.open == 0
+    assert running.server.core.uploads.open == 0
     await upload(a, "after.txt", b"room again")
     assert tmp_files(data_dir) == []
 
@@ -95,12 +95,12 @@ async def test_an_idle_upload_is_cut_and_its_temp_file_removed(running: Running)
     assert "--upload-idle-timeout" in (err.details() or "")
     assert error_reason(err) == "UPLOAD_IDLE"
     assert tmp_files(data_dir) == []
-    assert running.server.uploads.open == 0
+    assert running.server.core.uploads.open == 0
     # A stream that never sends its first message is cut too.
     silent = PacedUpload()
     call = a.files.UploadFile(silent.messages(), metadata=a.metadata)
     assert await outcome(call) == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert running.server.uploads.open == 0
+    assert running.server.core.uploads.open == 0
     # An upload that keeps sending, slower than the timeout in all, is not cut.
     steady = PacedUpload()
     steady.send(files_pb2.UploadFileRequest(filename="steady.txt", data=b"a"))
@@ -119,7 +119,7 @@ async def test_an_upload_without_a_key_ends_before_its_stream_is_read(running: R
     call = stub.UploadFile(paced.messages())  # never closed: the server must not wait for it
     assert await outcome(call, within=10) == grpc.StatusCode.UNAUTHENTICATED
     assert tmp_files(running.server.settings.data_dir) == []
-    assert running.server.uploads.open == 0
+    assert running.server.core.uploads.open == 0
 
 
 # -- keepalive ----------------------------------------------------------------------------

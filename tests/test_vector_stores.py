@@ -238,7 +238,7 @@ async def test_update_rejects(running: Running) -> None:
 
 async def test_expiry(running: Running) -> None:
     a = running.alice
-    stores = running.server.stores
+    stores = running.server.core.stores
     store = await create(
         a, name="short", expires_after=pb.ExpiresAfter(anchor="last_active_at", days=1)
     )
@@ -285,18 +285,18 @@ async def test_update_moves_the_expiry_anchor(running: Running) -> None:
     a = running.alice
     store = await create(a, expires_after=pb.ExpiresAfter(days=1))
     later = store.last_active_at + 1000
-    running.server.stores.clock = lambda: float(later)
+    running.server.core.stores.clock = lambda: float(later)
     updated = await update(a, pb.UpdateVectorStoreRequest(vector_store_id=store.id, name="x"))
     assert updated.last_active_at == later
     assert updated.expires_at == later + DAY
-    running.server.stores.clock = lambda: float(store.expires_at)  # the old deadline
+    running.server.core.stores.clock = lambda: float(store.expires_at)  # the old deadline
     assert (await get(a, store.id)).status == pb.VECTOR_STORE_STATUS_COMPLETED
 
 
 async def test_store_without_expiry_never_expires(running: Running) -> None:
     a = running.alice
     store = await create(a)
-    running.server.stores.clock = lambda: time.time() + 1000 * DAY
+    running.server.core.stores.clock = lambda: time.time() + 1000 * DAY
     assert (await get(a, store.id)).status == pb.VECTOR_STORE_STATUS_COMPLETED
     assert (
         await update(a, pb.UpdateVectorStoreRequest(vector_store_id=store.id, name="ok"))

@@ -92,7 +92,7 @@ async def test_snapshot_then_changes_then_terminal(running: Running) -> None:
     got = await get_batch(a, store_id, batch.id)
     assert counts(got.file_counts) == counts(last.file_batch.file_counts)
     assert got.status == B_COMPLETED
-    await wait_for(lambda: running.server.hub.watcher_count == 0)
+    await wait_for(lambda: running.server.core.hub.watcher_count == 0)
 
 
 async def test_five_watchers_agree(running: Running) -> None:
@@ -105,7 +105,7 @@ async def test_five_watchers_agree(running: Running) -> None:
         assert messages[-1].file_batch.status == B_COMPLETED
         assert counts(messages[-1].file_batch.file_counts) == (0, 37, 3, 0, 40)
     assert len({m[-1].sequence for m in results}) == 1
-    await wait_for(lambda: running.server.hub.watcher_count == 0)
+    await wait_for(lambda: running.server.core.hub.watcher_count == 0)
 
 
 async def test_a_watcher_that_never_reads_blocks_nothing(running: Running) -> None:
@@ -123,7 +123,7 @@ async def test_a_watcher_that_never_reads_blocks_nothing(running: Running) -> No
         lazy_tenant = _tenant("alice", a.key, tight)
         batch = await create_batch(a, store.id, ids)
         lazy = start_watch(lazy_tenant, store.id, batch.id)
-        await wait_for(lambda: running.server.hub.watcher_count >= 1)
+        await wait_for(lambda: running.server.core.hub.watcher_count >= 1)
         others = await asyncio.gather(*(watch_to_end(a, store.id, batch.id) for _ in range(3)))
         for messages in others:
             check_stream(messages)
@@ -132,7 +132,7 @@ async def test_a_watcher_that_never_reads_blocks_nothing(running: Running) -> No
         done = await poll_batch(a, store.id, batch.id, within=30)
         assert done.status == B_COMPLETED
         # The lazy watcher is still there, its stream waiting for the reader.
-        assert running.server.hub.watcher_count == 1
+        assert running.server.core.hub.watcher_count == 1
         assert not lazy.done()
 
         messages = await read_to_end(lazy)
@@ -144,7 +144,7 @@ async def test_a_watcher_that_never_reads_blocks_nothing(running: Running) -> No
         # What it missed came folded into few messages, not one per change.
         assert len(messages) <= 5, [len(m.files) for m in messages]
         assert len(messages) < min(len(m) for m in others)
-        await wait_for(lambda: running.server.hub.watcher_count == 0)
+        await wait_for(lambda: running.server.core.hub.watcher_count == 0)
     finally:
         await tight.close(None)
 
@@ -155,9 +155,9 @@ async def test_a_watcher_that_leaves_is_released(running: Running) -> None:
     call = start_watch(a, store_id, batch.id)
     first = await read_message(call)
     assert first is not None and first.type == SNAPSHOT
-    assert running.server.hub.watcher_count == 1
+    assert running.server.core.hub.watcher_count == 1
     call.cancel()
-    await wait_for(lambda: running.server.hub.watcher_count == 0)
+    await wait_for(lambda: running.server.core.hub.watcher_count == 0)
     assert (await poll_batch(a, store_id, batch.id)).status == B_COMPLETED
 
 
@@ -219,7 +219,7 @@ async def test_watching_a_finished_batch_sends_one_snapshot(running: Running) ->
         statuses = {f.file_id: f.status for f in only.files}
         assert statuses[ids[-1]] == F_FAILED
         assert all(statuses[i] == F_COMPLETED for i in ids[:-1])
-    assert running.server.hub.watcher_count == 0
+    assert running.server.core.hub.watcher_count == 0
 
 
 async def watch_error(call: WatchCall) -> aio.AioRpcError:
@@ -242,4 +242,4 @@ async def test_watch_of_another_tenant_is_not_found(running: Running) -> None:
     err = await watch_error(start_watch(a, store_id, ""))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (await poll_batch(a, store_id, batch.id)).status == B_COMPLETED
-    assert running.server.hub.watcher_count == 0
+    assert running.server.core.hub.watcher_count == 0

@@ -112,7 +112,7 @@ async def test_watchers_are_capped_per_tenant_and_in_all(
     running: Running, held: HeldEndpoint
 ) -> None:
     a, b = running.alice, running.bob
-    hub = running.server.hub
+    hub = running.server.core.hub
     a_store, a_batch = await running_batch(a, "alice")
     b_store, b_batch = await running_batch(b, "bob")
     alices = [await attached(a, a_store, a_batch) for _ in range(3)]

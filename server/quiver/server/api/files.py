@@ -10,6 +10,7 @@ from grpc import aio
 from quiver.server.api import convert
 from quiver.server.api.context import current_principal
 from quiver.server.core.errors import DeadlineExceeded, InvalidArgument
+from quiver.server.core.file_deletion import FileDeletion
 from quiver.server.core.files import FileStore, Upload
 from quiver.server.core.principal import Principal
 from quiver.server.core.upload_slots import UploadSlots
@@ -21,8 +22,11 @@ Ctx = aio.ServicerContext[Any, Any]
 
 
 class FileServicer(files_pb2_grpc.FileServiceServicer):
-    def __init__(self, files: FileStore, slots: UploadSlots, idle_timeout: float) -> None:
+    def __init__(
+        self, files: FileStore, deletion: FileDeletion, slots: UploadSlots, idle_timeout: float
+    ) -> None:
         self._files = files
+        self._deletion = deletion
         self._slots = slots
         self._idle_timeout = idle_timeout
 
@@ -115,7 +119,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         self, request: files_pb2.DeleteFileRequest, context: Ctx
     ) -> files_pb2.DeleteFileResponse:
         raise_if(check_id(request.file_id, "file_id", "file-"))
-        self._files.delete(current_principal(), request.file_id)
+        self._deletion.delete(current_principal(), request.file_id)
         return files_pb2.DeleteFileResponse(id=request.file_id, object="file", deleted=True)
 
     async def DownloadFile(

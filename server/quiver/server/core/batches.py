@@ -19,6 +19,7 @@ from quiver.server.core.errors import (
     Resource,
 )
 from quiver.server.core.models import (
+    AUTO_CHUNKING,
     AttributeValue,
     BatchStatus,
     Chunking,
@@ -324,8 +325,8 @@ class FileBatches:
             "b.last_error_message AS last_error_message, "
             "fb.vector_store_id AS vector_store_id, b.file_id AS file_id, "
             "COALESCE(f.created_at, fb.created_at) AS created_at, "
-            "COALESCE(f.chunk_max_tokens, 800) AS chunk_max_tokens, "
-            "COALESCE(f.chunk_overlap_tokens, 400) AS chunk_overlap_tokens, "
+            "COALESCE(f.chunk_max_tokens, ?) AS chunk_max_tokens, "
+            "COALESCE(f.chunk_overlap_tokens, ?) AS chunk_overlap_tokens, "
             "COALESCE(f.chunk_auto, 1) AS chunk_auto, "
             "COALESCE(f.attributes, '{}') AS attributes, "
             "CASE WHEN f.batch_id = b.batch_id THEN f.usage_bytes ELSE 0 END AS usage_bytes "
@@ -341,7 +342,7 @@ class FileBatches:
             params=(),
             page=page,
             convert=store_file_from_row,
-            table_params=params,
+            table_params=(AUTO_CHUNKING.max_tokens, AUTO_CHUNKING.overlap_tokens, *params),
         )
 
     # -- cancelling ----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Which embedder a new store gets: validates `embedding_model` / `embedding_dimensions`.
 
-The model name is checked by embedders/model_names.py, the parser every later use of the
-name goes through, so a store that was created can always be searched and filled.
+The model name and the dimension limits come from embedders/model_names.py, the parser every
+later use of the name goes through, so a store that was created can always be searched and
+filled.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from quiver.server.core.errors import FailedPrecondition, InvalidArgument
-from quiver.server.embedders.model_names import HASH, BadModelName, parse_model_name
-
-MIN_DIMENSIONS = 8
-MAX_DIMENSIONS = 4096
+from quiver.server.embedders.model_names import (
+    HASH,
+    MAX_DIMENSIONS,
+    MIN_DIMENSIONS,
+    BadModelName,
+    parse_model_name,
+)
 
 
 class Choice(NamedTuple):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
 
 from quiver.server.core import ids
 from quiver.server.core.clock import Clock, system_clock
@@ -19,9 +18,6 @@ from quiver.server.storage.database import Database
 from quiver.server.storage.pagination import fetch_page
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-FileDetacher = Callable[[Principal, str], None]
-"""Called before a file is deleted, to detach it from every store it is in."""
 
 
 def _to_file(row: sqlite3.Row) -> StoredFile:
@@ -127,7 +123,6 @@ class FileStore:
         self.blobs = blobs
         self.max_file_bytes = max_file_bytes
         self.clock = clock
-        self.detachers: list[FileDetacher] = []
 
     def begin_upload(
         self, principal: Principal, filename: str, purpose: str, sha256: str
@@ -188,17 +183,18 @@ class FileStore:
             self.db, table="files", where=where, params=params, page=page, convert=_to_file
         )
 
-    def delete(self, principal: Principal, file_id: str) -> None:
-        file = self.get(principal, file_id)
-        for detach in self.detachers:  # each in its own transaction; safe to repeat
-            detach(principal, file_id)
-        with self.db.transaction() as conn:
-            conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
-            still_used = conn.execute(
-                "SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (file.sha256,)
-            ).fetchone()
-        if still_used is None:
-            self.blobs.delete(file.sha256)
+    def remove(self, conn: sqlite3.Connection, file: StoredFile) -> bool:
+        """Inside a transaction: deletes the file's row (DeleteFile is ``FileDeletion``,
+        which detaches it first). True when no other file shares its bytes: then delete
+        them with ``forget_bytes`` once the transaction has committed."""
+        conn.execute("DELETE FROM files WHERE id = ?", (file.id,))
+        still_used = conn.execute(
+            "SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (file.sha256,)
+        ).fetchone()
+        return still_used is None
+
+    def forget_bytes(self, file: StoredFile) -> None:
+        self.blobs.delete(file.sha256)
 
     def open_content(self, principal: Principal, file_id: str) -> VerifiedContent:
         """The file's bytes, checked against its size and sha256 as they are read."""

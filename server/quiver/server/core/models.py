@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
 
+from quiver.server.core.chunking_defaults import AUTO_MAX_TOKENS, AUTO_OVERLAP_TOKENS
+
 AttributeValue = str | float | bool
 """A file attribute's value: OpenAI allows strings, numbers and booleans."""
 
@@ -85,14 +87,14 @@ class VectorStore:
 
 @dataclass(frozen=True)
 class Chunking:
-    """A resolved chunking strategy: token window size and overlap (auto is 800/400)."""
+    """A resolved chunking strategy: token window size and overlap (``AUTO_CHUNKING`` for auto)."""
 
     max_tokens: int
     overlap_tokens: int
     auto: bool = False
 
 
-AUTO_CHUNKING = Chunking(800, 400, auto=True)
+AUTO_CHUNKING = Chunking(AUTO_MAX_TOKENS, AUTO_OVERLAP_TOKENS, auto=True)
 
 
 @dataclass(frozen=True)

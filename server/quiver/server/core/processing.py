@@ -25,6 +25,7 @@ from quiver.server.core.chunk_writer import (
     PendingLabels,
     add_to_index,
 )
+from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.job_leases import JobLeases
 from quiver.server.core.models import BatchStatus, FileStatus, LastError
 from quiver.server.core.scheduler import Job, Scheduler
@@ -33,7 +34,6 @@ from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.registry import EmbedderSpec
 from quiver.server.index.hnsw import VectorIndex
 from quiver.server.index.manager import IndexManager
-from quiver.server.ingest.parsing import INVALID_FILE, SERVER_ERROR
 from quiver.server.ingest.pool import (
     FileTimedOut,
     IngestPool,
@@ -63,6 +63,7 @@ class Processing:
         stores: VectorStores,
         indexes: IndexManager,
         pool: IngestPool,
+        scheduler: Scheduler,
         spec_for: SpecFor,
         metrics: Metrics,
         *,
@@ -78,7 +79,7 @@ class Processing:
         self.indexes = indexes
         self.pool = pool
         self.spec_for = spec_for
-        self.scheduler: Scheduler | None = None  # set by the app (they refer to each other)
+        self.scheduler = scheduler  # runs ``process``: given it at ``Scheduler.start``
         self.metrics = metrics
         self.writer = ChunkWriter(db)
         self.pending = pending or PendingLabels()
@@ -150,12 +151,13 @@ class Processing:
         try:
             output = await self.pool.run(work)
         except (FileTimedOut, WorkerOutOfMemory) as exc:  # the file's doing: not retried
-            self._settle(job, LastError(INVALID_FILE, str(exc)))
+            self._settle(job, LastError(ErrorCode.INVALID_FILE, str(exc)))
             return
         except WorkerCrashed as exc:
-            if job.suspect or self.scheduler is None:
+            if job.suspect:
                 self._settle(
-                    job, LastError(SERVER_ERROR, f"{exc} (twice); the file was not processed")
+                    job,
+                    LastError(ErrorCode.SERVER_ERROR, f"{exc} (twice); the file was not processed"),
                 )
             else:
                 log.warning("worker died with %s in flight: retrying it alone", job.file_id)
@@ -163,7 +165,9 @@ class Processing:
             return
         except Exception as exc:
             log.exception("unexpected failure processing %s", job.file_id)
-            self._settle(job, LastError(SERVER_ERROR, f"internal error: {type(exc).__name__}"))
+            self._settle(
+                job, LastError(ErrorCode.SERVER_ERROR, f"internal error: {type(exc).__name__}")
+            )
             return
         await self._commit(job, output)
 
@@ -244,12 +248,16 @@ class Processing:
             except (ValueError, RuntimeError, sqlite3.Error, OSError) as exc:
                 if not is_disk_full(exc):
                     log.exception("committing %s failed", job.file_id)
-                    self._settle(job, LastError(SERVER_ERROR, f"storing the chunks failed: {exc}"))
+                    self._settle(
+                        job, LastError(ErrorCode.SERVER_ERROR, f"storing the chunks failed: {exc}")
+                    )
                     return
                 if attempt == self.commit_attempts:
                     log.error("committing %s failed %d times: %s", job.file_id, attempt, exc)
                     message = f"storing the chunks failed ({attempt} attempts): {exc}"
-                    await self._settle_later(job, LastError(SERVER_ERROR, message), now=True)
+                    await self._settle_later(
+                        job, LastError(ErrorCode.SERVER_ERROR, message), now=True
+                    )
                     return
                 log.warning(
                     "disk full committing %s (attempt %d of %d): retrying in %.1f s",
@@ -366,12 +374,11 @@ class Processing:
         and the store's other unfinished work fail, in one transaction."""
         with self.book.transaction():
             self.fail_store_work(job.store_id, reason)
-            self._settle(job, LastError(SERVER_ERROR, reason))
+            self._settle(job, LastError(ErrorCode.SERVER_ERROR, reason))
 
     def fail_store_work(self, store_id: str, reason: str) -> None:
         """The store can take no more work (expired): its running batches end ``failed``."""
-        if self.scheduler is not None:
-            self.scheduler.remove(lambda j: j.store_id == store_id)
+        self.scheduler.remove(lambda j: j.store_id == store_id)
         with self.book.transaction() as conn:
             # Batches first: once their last file settles they would end ``completed``.
             for (batch_id,) in conn.execute(
@@ -383,28 +390,19 @@ class Processing:
                 "SELECT file_id FROM vector_store_files WHERE vector_store_id = ? AND status = ?",
                 (store_id, FileStatus.IN_PROGRESS.value),
             ).fetchall():
-                if self.scheduler is None or not self.scheduler.is_in_flight(store_id, row[0]):
+                if not self.scheduler.is_in_flight(store_id, row[0]):
                     self.book.set_file(
-                        conn, store_id, row[0], FileStatus.FAILED, LastError(SERVER_ERROR, reason)
+                        conn,
+                        store_id,
+                        row[0],
+                        FileStatus.FAILED,
+                        LastError(ErrorCode.SERVER_ERROR, reason),
                     )
-
-    def on_store_deleted(self, conn: sqlite3.Connection, store_id: str) -> None:
-        """Inside the store's delete transaction: its running batches end ``failed``."""
-        if self.scheduler is not None:
-            self.scheduler.remove(lambda j: j.store_id == store_id)
-        for (batch_id,) in conn.execute(
-            "SELECT id FROM file_batches WHERE vector_store_id = ? AND status = ?",
-            (store_id, BatchStatus.IN_PROGRESS.value),
-        ).fetchall():
-            self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
-        self.indexes.drop(store_id)
 
     # -- start-up ----------------------------------------------------------------------------
 
     def _room(self) -> int:
         """How many more files the scheduler's queue takes (claims are bounded by it)."""
-        if self.scheduler is None:
-            return 0
         return max(0, self.scheduler.max_queued - self.scheduler.queued)
 
     def _claim_expired(self) -> list[Job]:
@@ -427,7 +425,6 @@ class Processing:
         jobs = self._claim_expired()
         if not jobs:
             return 0
-        assert self.scheduler is not None
         keys = {j.key for j in jobs}
         self.scheduler.remove(lambda j: j.key in keys)  # queued under a claim now superseded
         await asyncio.to_thread(self._delete_claimed_leftovers, jobs)

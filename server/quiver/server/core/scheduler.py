@@ -42,16 +42,21 @@ def single_queue(store_id: str, file_id: str) -> str:
     return f"file:{store_id}:{file_id}"
 
 
+Process = Callable[[Job], Awaitable[None]]
+"""Runs one job to its end (``Processing.process``); given to ``Scheduler.start``."""
+
+
 class Scheduler:
+    """Built before the processing that it runs (which takes it to requeue and to remove
+    jobs): the processing callable arrives with ``start``."""
+
     def __init__(
         self,
-        process: Callable[[Job], Awaitable[None]],
         *,
         max_in_flight: int,
         max_queued: int,
         max_queued_per_tenant: int | None = None,
     ) -> None:
-        self._process = process
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
         self.max_queued_per_tenant = (
@@ -172,10 +177,11 @@ class Scheduler:
             del self._tenant_queued[tenant]
         return job
 
-    def start(self) -> None:
-        self._runner = asyncio.create_task(self._run(), name="ingest-scheduler")
+    def start(self, process: Process) -> None:
+        """Starts running queued jobs through ``process``, ``max_in_flight`` at a time."""
+        self._runner = asyncio.create_task(self._run(process), name="ingest-scheduler")
 
-    async def _run(self) -> None:
+    async def _run(self, process: Process) -> None:
         while True:
             job = self._next()
             if job is None:
@@ -183,13 +189,13 @@ class Scheduler:
                 await self._wake.wait()
                 continue
             self._in_flight.add(job)
-            task = asyncio.create_task(self._one(job))
+            task = asyncio.create_task(self._one(job, process))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _one(self, job: Job) -> None:
+    async def _one(self, job: Job, process: Process) -> None:
         try:
-            await self._process(job)
+            await process(job)
         except Exception:
             log.exception("processing %s in %s failed unexpectedly", job.file_id, job.store_id)
         finally:

@@ -10,12 +10,13 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.models import BatchStatus, FileBatch, FileCounts, FileStatus, LastError
 from quiver.server.core.watch import FileUpdate, WatchHub
 from quiver.server.storage.database import Database
 
 BATCH_ENDED = LastError(
-    "server_error",
+    ErrorCode.SERVER_ERROR,
     "the batch ended (its vector store was deleted or expired) before this file was processed",
 )
 

@@ -272,30 +272,40 @@ class StoreFiles:
 
     def detach(self, store: sqlite3.Row, file_id: str) -> None:
         """Removes the file from the store: chunks, index entries, counts, usage."""
-        store_id = store["id"]
         with self.book.transaction() as conn:
-            row = conn.execute(
-                "SELECT batch_id, status FROM vector_store_files "
-                "WHERE vector_store_id = ? AND file_id = ?",
-                (store_id, file_id),
-            ).fetchone()
-            if row is None:
-                return
-            if row["batch_id"] and row["status"] == FileStatus.IN_PROGRESS:
-                self.book.set_batch_file(conn, row["batch_id"], file_id, FileStatus.CANCELLED)
-            stale = _delete_chunks(conn, store_id, file_id)
-            conn.execute(
-                "DELETE FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?",
-                (store_id, file_id),
-            )
-        self.drop_from_index(store, stale)
-        self.scheduler.remove(lambda j: j.key == (store_id, file_id))
+            stale = self.remove(conn, store["id"], file_id)
+        self.after_removal(store, file_id, stale)
 
-    def detach_everywhere(self, principal: Principal, file_id: str) -> None:
-        """For DeleteFile: detaches the file from every store of its owner."""
-        for store in self.db.execute(
+    def remove(self, conn: sqlite3.Connection, store_id: str, file_id: str) -> builtins.list[int]:
+        """Inside a transaction: the file's row and chunks out of the store (its batch records
+        it cancelled if it was in progress). Returns the chunk ids, for ``after_removal``."""
+        row = conn.execute(
+            "SELECT batch_id, status FROM vector_store_files "
+            "WHERE vector_store_id = ? AND file_id = ?",
+            (store_id, file_id),
+        ).fetchone()
+        if row is None:
+            return []
+        if row["batch_id"] and row["status"] == FileStatus.IN_PROGRESS:
+            self.book.set_batch_file(conn, row["batch_id"], file_id, FileStatus.CANCELLED)
+        stale = _delete_chunks(conn, store_id, file_id)
+        conn.execute(
+            "DELETE FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?",
+            (store_id, file_id),
+        )
+        return stale
+
+    def after_removal(self, store: sqlite3.Row, file_id: str, stale: builtins.list[int]) -> None:
+        """After ``remove``'s transaction committed: out of the index and of the queue."""
+        self.drop_from_index(store, stale)
+        self.scheduler.remove(lambda j: j.key == (store["id"], file_id))
+
+    def stores_holding(
+        self, conn: sqlite3.Connection, principal: Principal, file_id: str
+    ) -> builtins.list[sqlite3.Row]:
+        """The rows of the caller's stores that the file is attached to."""
+        return conn.execute(
             "SELECT s.* FROM vector_stores s JOIN vector_store_files f "
             "ON f.vector_store_id = s.id WHERE f.file_id = ? AND s.tenant = ? AND s.subject = ?",
             (file_id, principal.tenant, principal.subject),
-        ).fetchall():
-            self.detach(store, file_id)
+        ).fetchall()

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from quiver.server.core.chunking_defaults import MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS
 from quiver.server.core.errors import FieldViolation, InvalidArgument
 from quiver.server.core.models import (
     AUTO_CHUNKING,
@@ -26,8 +27,6 @@ MAX_NAME = 256
 MAX_FILENAME = 255
 MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 20
-MIN_CHUNK_TOKENS = 100
-MAX_CHUNK_TOKENS = 4096
 MAX_EXPIRY_DAYS = 365
 EXPIRY_ANCHORS = ("last_active_at",)
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -125,7 +124,7 @@ def check_chunking(
     overlap_tokens: int | None,
     field: str = "chunking_strategy",
 ) -> tuple[Chunking, list[FieldViolation]]:
-    """``kind`` "" or "auto" → 800/400; "static" needs both numbers within the limits."""
+    """``kind`` "" or "auto" → ``AUTO_CHUNKING``; "static" needs both numbers within the limits."""
     if kind in ("", "auto"):
         if max_tokens is not None:
             return AUTO_CHUNKING, [

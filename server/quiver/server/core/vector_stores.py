@@ -7,7 +7,6 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from quiver.server.core import ids
@@ -16,6 +15,7 @@ from quiver.server.core.clock import Clock, system_clock
 from quiver.server.core.embedder_choice import Choice
 from quiver.server.core.errors import FailedPrecondition, FieldViolation, NotFound
 from quiver.server.core.models import (
+    BatchStatus,
     ExpiresAfter,
     FileCounts,
     ListParams,
@@ -24,12 +24,15 @@ from quiver.server.core.models import (
     VectorStore,
 )
 from quiver.server.core.principal import Principal
+from quiver.server.core.scheduler import Scheduler
+from quiver.server.core.status_book import StatusBook
 from quiver.server.core.validation import (
     check_expires_after,
     check_metadata,
     check_name,
     raise_if,
 )
+from quiver.server.index.manager import IndexManager
 from quiver.server.storage.database import Database
 from quiver.server.storage.pagination import fetch_page
 
@@ -39,9 +42,6 @@ DAY = 86_400
 
 EmbedderResolver = Callable[[str, int], Choice]
 """(requested model, requested dimensions) → (model, dimensions); raises InvalidArgument."""
-
-StoreDeleted = Callable[[sqlite3.Connection, str], None]
-"""Called inside the delete transaction with the store id (batches, queue, index)."""
 
 
 @dataclass(frozen=True)
@@ -65,19 +65,25 @@ class NewStore:
 
 
 class VectorStores:
+    """``book``: deleting a store ends its running batches (their watchers hear of it);
+    ``scheduler`` and ``indexes``: its queued files and its index go with it."""
+
     def __init__(
         self,
         db: Database,
         resolve_embedder: EmbedderResolver,
+        book: StatusBook,
+        scheduler: Scheduler,
+        indexes: IndexManager,
         *,
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
         self.resolve_embedder = resolve_embedder
+        self.book = book
+        self.scheduler = scheduler
+        self.indexes = indexes
         self.clock = clock
-        self.deleted_hooks: list[StoreDeleted] = []
-        # The app swaps in the status book's transaction, so watchers hear of ended batches.
-        self.transaction: Callable[[], AbstractContextManager[sqlite3.Connection]] = db.transaction
 
     # -- reading -------------------------------------------------------------------------
 
@@ -314,10 +320,16 @@ class VectorStores:
         millions of rows with their text index), in slices from a thread. Chunks of a store
         that no longer exists are never read, and start-up deletes any left by a crash."""
         self.get_row(principal, store_id)
-        with self.transaction() as conn:
-            for hook in self.deleted_hooks:
-                hook(conn, store_id)
+        self.scheduler.remove(lambda j: j.store_id == store_id)
+        with self.book.transaction() as conn:
+            # Its running batches end ``failed`` (their watchers get a terminal message).
+            for (batch_id,) in conn.execute(
+                "SELECT id FROM file_batches WHERE vector_store_id = ? AND status = ?",
+                (store_id, BatchStatus.IN_PROGRESS.value),
+            ).fetchall():
+                self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
             conn.execute("DELETE FROM vector_store_files WHERE vector_store_id = ?", (store_id,))
             conn.execute("DELETE FROM file_batches WHERE vector_store_id = ?", (store_id,))
             conn.execute("DELETE FROM vector_stores WHERE id = ?", (store_id,))
+        self.indexes.drop(store_id)
         await asyncio.to_thread(ChunkWriter(self.db).delete_store, store_id)

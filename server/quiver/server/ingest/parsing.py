@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+from quiver.server.core.error_codes import ErrorCode
 from quiver.server.ingest.limits import (
     MAX_DOCX_XML_BYTES,
     MAX_PDF_OBJECTS,
@@ -24,10 +25,6 @@ from quiver.server.ingest.limits import (
     UNLIMITED,
     WorkerLimits,
 )
-
-INVALID_FILE = "invalid_file"
-UNSUPPORTED_FILE = "unsupported_file"
-SERVER_ERROR = "server_error"
 
 MAX_DOCX_UNCOMPRESSED_BYTES = MAX_DOCX_XML_BYTES
 MAX_DOCX_MEMBERS = 10_000
@@ -100,7 +97,7 @@ def parse_document(data: bytes, filename: str, limits: WorkerLimits = UNLIMITED)
     ``limits`` are those of the worker that parses: the size caps follow from its memory.
     MemoryError propagates (the worker reports it, naming its memory limit)."""
     if not data:
-        raise FileProcessingError(INVALID_FILE, "file is empty")
+        raise FileProcessingError(ErrorCode.INVALID_FILE, "file is empty")
     ext = os.path.splitext(filename)[1].lower()
     try:
         text = _parse(data, ext, limits)
@@ -108,13 +105,13 @@ def parse_document(data: bytes, filename: str, limits: WorkerLimits = UNLIMITED)
         raise
     except Exception as exc:
         raise FileProcessingError(
-            INVALID_FILE, f"could not parse the file: {_describe(exc)}"
+            ErrorCode.INVALID_FILE, f"could not parse the file: {_describe(exc)}"
         ) from exc
     check_text_size(len(text), limits)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
-        raise FileProcessingError(INVALID_FILE, "file has no text")
+        raise FileProcessingError(ErrorCode.INVALID_FILE, "file has no text")
     return text
 
 
@@ -122,7 +119,7 @@ def check_text_size(chars: int, limits: WorkerLimits, *, at_least: bool = False)
     """A file's text above the cap that follows from the worker's memory fails."""
     if chars > limits.max_text_chars:
         raise FileProcessingError(
-            INVALID_FILE,
+            ErrorCode.INVALID_FILE,
             f"the file's text is {'at least ' if at_least else ''}{chars:,} characters; "
             f"with {limits.memory_hint()} the "
             f"server indexes at most {limits.max_text_chars:,} per file "
@@ -140,11 +137,11 @@ def _parse(data: bytes, ext: str, limits: WorkerLimits) -> str:
             raise _unsupported_binary(kind)
     if ext == ".pdf":
         raise FileProcessingError(
-            INVALID_FILE, "file is named .pdf but is not a PDF (no %PDF- header)"
+            ErrorCode.INVALID_FILE, "file is named .pdf but is not a PDF (no %PDF- header)"
         )
     if ext == ".docx":
         raise FileProcessingError(
-            INVALID_FILE, "file is named .docx but is not a DOCX (not a zip archive)"
+            ErrorCode.INVALID_FILE, "file is named .docx but is not a DOCX (not a zip archive)"
         )
     # No encoding takes more than 4 bytes per character: a file that is surely too long is
     # refused before decoding it.
@@ -164,7 +161,8 @@ def _describe(exc: BaseException) -> str:
 
 def _unsupported_binary(kind: str) -> FileProcessingError:
     return FileProcessingError(
-        UNSUPPORTED_FILE, f"binary content of type '{kind}' is not a supported document type"
+        ErrorCode.UNSUPPORTED_FILE,
+        f"binary content of type '{kind}' is not a supported document type",
     )
 
 
@@ -180,7 +178,7 @@ def _decode_text(data: bytes) -> str:
         return _reject_binary_text(_decode(data, 0, utf16, "UTF-16"))
     if b"\x00" in data:
         raise FileProcessingError(
-            UNSUPPORTED_FILE,
+            ErrorCode.UNSUPPORTED_FILE,
             "binary content of unknown type (contains NUL bytes) is not a supported document type",
         )
     try:
@@ -204,7 +202,7 @@ def _decode(data: bytes, skip: int, codec: str, label: str) -> str:
 
 def _undecodable(data: bytes, offset: int, label: str, reason: str) -> FileProcessingError:
     return FileProcessingError(
-        INVALID_FILE,
+        ErrorCode.INVALID_FILE,
         f"not valid {label} text (undecodable byte 0x{data[offset]:02x} at offset {offset}: "
         f"{reason})",
     )
@@ -233,7 +231,7 @@ def _control_share(text: str) -> float:
 
 def _unsupported_unknown(share: float) -> FileProcessingError:
     return FileProcessingError(
-        UNSUPPORTED_FILE,
+        ErrorCode.UNSUPPORTED_FILE,
         f"binary content of unknown type ({share:.0%} control characters) "
         "is not a supported document type",
     )
@@ -242,7 +240,7 @@ def _unsupported_unknown(share: float) -> FileProcessingError:
 def _reject_binary_text(text: str) -> str:
     if "\x00" in text:
         raise FileProcessingError(
-            UNSUPPORTED_FILE,
+            ErrorCode.UNSUPPORTED_FILE,
             "binary content of unknown type (contains NUL characters) "
             "is not a supported document type",
         )
@@ -257,10 +255,13 @@ def _check_json(text: str) -> None:
         json.loads(text)
     except json.JSONDecodeError as exc:
         raise FileProcessingError(
-            INVALID_FILE, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ErrorCode.INVALID_FILE,
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
         ) from None
     except (ValueError, RecursionError) as exc:
-        raise FileProcessingError(INVALID_FILE, f"invalid JSON: {_describe(exc)}") from None
+        raise FileProcessingError(
+            ErrorCode.INVALID_FILE, f"invalid JSON: {_describe(exc)}"
+        ) from None
 
 
 # --- HTML -------------------------------------------------------------------------------
@@ -300,7 +301,9 @@ def html_to_text(html: str) -> str:
         return ""
     for error in parser.error_log:
         if error.level == etree.ErrorLevels.FATAL:
-            raise FileProcessingError(INVALID_FILE, f"HTML could not be read: {error.message}")
+            raise FileProcessingError(
+                ErrorCode.INVALID_FILE, f"HTML could not be read: {error.message}"
+            )
     parts: list[str] = []
     walker = etree.iterwalk(root, events=("start", "end"))
     for event, element in walker:
@@ -338,14 +341,16 @@ def _parse_pdf(data: bytes, limits: WorkerLimits) -> str:
 
     if len(data) > limits.max_pdf_bytes:
         raise FileProcessingError(
-            INVALID_FILE,
+            ErrorCode.INVALID_FILE,
             f"PDF is {len(data):,} bytes; with {limits.memory_hint()} the server reads PDFs "
             f"of at most {limits.max_pdf_bytes:,} bytes",
         )
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
-            raise FileProcessingError(INVALID_FILE, "PDF is encrypted (password protected)")
+            raise FileProcessingError(
+                ErrorCode.INVALID_FILE, "PDF is encrypted (password protected)"
+            )
         _check_pdf_objects(reader)
         pages = [page.extract_text() or "" for page in _pdf_pages(reader)]
     except FileProcessingError:
@@ -353,12 +358,16 @@ def _parse_pdf(data: bytes, limits: WorkerLimits) -> str:
     except MemoryError:
         raise
     except Exception as exc:
-        raise FileProcessingError(INVALID_FILE, f"PDF is corrupt: {_describe(exc)}") from exc
+        raise FileProcessingError(
+            ErrorCode.INVALID_FILE, f"PDF is corrupt: {_describe(exc)}"
+        ) from exc
     if not pages:
-        raise FileProcessingError(INVALID_FILE, "PDF has no pages")
+        raise FileProcessingError(ErrorCode.INVALID_FILE, "PDF has no pages")
     text = "\n\n".join(page.strip("\n") for page in pages)
     if not text.strip():
-        raise FileProcessingError(INVALID_FILE, "PDF has no extractable text (scanned images?)")
+        raise FileProcessingError(
+            ErrorCode.INVALID_FILE, "PDF has no extractable text (scanned images?)"
+        )
     return text
 
 
@@ -366,7 +375,7 @@ def _check_pdf_objects(reader: Any) -> None:
     objects = len(reader.xref_objStm) + sum(len(table) for table in reader.xref.values())
     if objects > MAX_PDF_OBJECTS:
         raise FileProcessingError(
-            INVALID_FILE,
+            ErrorCode.INVALID_FILE,
             f"PDF has {objects:,} objects, more than the limit of {MAX_PDF_OBJECTS:,}",
         )
 
@@ -386,7 +395,7 @@ def _pdf_pages(reader: Any) -> Iterator[Any]:
             key = (ref.idnum, ref.generation)
             if key in seen:
                 raise FileProcessingError(
-                    INVALID_FILE,
+                    ErrorCode.INVALID_FILE,
                     f"PDF page tree lists object {ref.idnum} more than once "
                     "(a repeated page or a loop)",
                 )
@@ -411,7 +420,8 @@ def _pdf_pages(reader: Any) -> Iterator[Any]:
 
 def _too_many_pages(count: int) -> FileProcessingError:
     return FileProcessingError(
-        INVALID_FILE, f"PDF has {count:,} pages or more, above the limit of {MAX_PDF_PAGES:,}"
+        ErrorCode.INVALID_FILE,
+        f"PDF has {count:,} pages or more, above the limit of {MAX_PDF_PAGES:,}",
     )
 
 
@@ -426,7 +436,8 @@ def _parse_zip(data: bytes, ext: str, limits: WorkerLimits) -> str:
     except Exception as exc:
         if ext == ".docx":
             raise FileProcessingError(
-                INVALID_FILE, f"DOCX is corrupt: not a readable zip archive ({_describe(exc)})"
+                ErrorCode.INVALID_FILE,
+                f"DOCX is corrupt: not a readable zip archive ({_describe(exc)})",
             ) from None
         raise _unsupported_binary("zip") from None
     with archive:
@@ -434,7 +445,7 @@ def _parse_zip(data: bytes, ext: str, limits: WorkerLimits) -> str:
         if "word/document.xml" not in names:
             if ext == ".docx":
                 raise FileProcessingError(
-                    INVALID_FILE, "DOCX is corrupt: the archive has no word/document.xml"
+                    ErrorCode.INVALID_FILE, "DOCX is corrupt: the archive has no word/document.xml"
                 )
             kind = next((k for name, k in _OTHER_ZIP_KINDS if name in names), "zip")
             raise _unsupported_binary(kind)
@@ -448,27 +459,27 @@ def _check_zip_bomb(archive: zipfile.ZipFile, archive_size: int, limits: WorkerL
     members = archive.infolist()
     if len(members) > MAX_DOCX_MEMBERS:
         raise FileProcessingError(
-            INVALID_FILE, f"DOCX has too many parts ({len(members)} > {MAX_DOCX_MEMBERS})"
+            ErrorCode.INVALID_FILE, f"DOCX has too many parts ({len(members)} > {MAX_DOCX_MEMBERS})"
         )
     total = sum(member.file_size for member in members)
     limit_mb = MAX_DOCX_UNCOMPRESSED_BYTES // (1024 * 1024)
     if total > MAX_DOCX_UNCOMPRESSED_BYTES:
         raise FileProcessingError(
-            INVALID_FILE,
+            ErrorCode.INVALID_FILE,
             f"DOCX expands to {total / 1024 / 1024:.0f} MB, more than the {limit_mb} MB limit "
             "(possible zip bomb)",
         )
     xml = sum(m.file_size for m in members if m.filename.lower().endswith((".xml", ".rels")))
     if xml > limits.max_docx_xml_bytes:
         raise FileProcessingError(
-            INVALID_FILE,
+            ErrorCode.INVALID_FILE,
             f"DOCX holds {xml / 1024 / 1024:.1f} MiB of XML; with {limits.memory_hint()} the "
             f"server reads at most {limits.max_docx_xml_bytes / 1024 / 1024:.1f} MiB of it",
         )
     ratio = total / max(1, archive_size)
     if total >= _RATIO_CHECK_MIN_BYTES and ratio > MAX_DOCX_COMPRESSION_RATIO:
         raise FileProcessingError(
-            INVALID_FILE,
+            ErrorCode.INVALID_FILE,
             f"DOCX compression ratio {ratio:.0f}:1 is above {MAX_DOCX_COMPRESSION_RATIO}:1 "
             "(possible zip bomb)",
         )
@@ -511,7 +522,9 @@ def _parse_docx(archive: zipfile.ZipFile) -> str:
     except MemoryError:
         raise
     except Exception as exc:
-        raise FileProcessingError(INVALID_FILE, f"DOCX is corrupt: {_describe(exc)}") from exc
+        raise FileProcessingError(
+            ErrorCode.INVALID_FILE, f"DOCX is corrupt: {_describe(exc)}"
+        ) from exc
 
 
 def _docx_stream(events: Any) -> list[str]:

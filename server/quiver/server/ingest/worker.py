@@ -18,16 +18,12 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.error_codes import ErrorCode
 from quiver.server.embedders.base import Embedder, EmbeddingError
 from quiver.server.embedders.registry import EmbedderSpec, make_embedder
 from quiver.server.ingest.chunking import Chunk, ChunkingParams, get_encoding, iter_chunks
 from quiver.server.ingest.limits import UNLIMITED, WorkerLimits
-from quiver.server.ingest.parsing import (
-    INVALID_FILE,
-    SERVER_ERROR,
-    FileProcessingError,
-    parse_document,
-)
+from quiver.server.ingest.parsing import FileProcessingError, parse_document
 
 PR_SET_PDEATHSIG = 1
 EMBED_GROUP = 256
@@ -93,15 +89,19 @@ def process(job: WorkerInput, limits: WorkerLimits = UNLIMITED) -> WorkerOutput:
     except FileProcessingError as exc:
         return WorkerOutput(error=(exc.code, exc.message), seconds=seconds)
     except EmbeddingError as exc:
-        return WorkerOutput(error=(SERVER_ERROR, f"embedding failed: {exc}"), seconds=seconds)
+        return WorkerOutput(
+            error=(ErrorCode.SERVER_ERROR, f"embedding failed: {exc}"), seconds=seconds
+        )
     except FileNotFoundError:
         return WorkerOutput(
-            error=(SERVER_ERROR, "the file's stored bytes are missing on the server"),
+            error=(ErrorCode.SERVER_ERROR, "the file's stored bytes are missing on the server"),
             seconds=seconds,
         )
     except MemoryError:
         pass  # out of the handler first: its traceback holds the frames that hold the memory
-    return WorkerOutput(error=(INVALID_FILE, out_of_memory_message(limits)), seconds=seconds)
+    return WorkerOutput(
+        error=(ErrorCode.INVALID_FILE, out_of_memory_message(limits)), seconds=seconds
+    )
 
 
 def out_of_memory_message(limits: WorkerLimits) -> str:
@@ -139,7 +139,7 @@ def _process(job: WorkerInput, limits: WorkerLimits, seconds: dict[str, float]) 
     del text
     seconds["chunk"] = chunk_seconds
     if not texts:
-        return WorkerOutput(error=(INVALID_FILE, "file has no text"), seconds=seconds)
+        return WorkerOutput(error=(ErrorCode.INVALID_FILE, "file has no text"), seconds=seconds)
     seconds["embed"] = embed_seconds
     return WorkerOutput(
         texts=texts, token_counts=token_counts, vector_blocks=blocks, seconds=seconds

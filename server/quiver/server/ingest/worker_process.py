@@ -21,8 +21,8 @@ import signal
 from multiprocessing.connection import Connection
 from types import FrameType
 
+from quiver.server.core.error_codes import ErrorCode
 from quiver.server.ingest.limits import MiB, WorkerLimits, vm_size_bytes
-from quiver.server.ingest.parsing import INVALID_FILE
 from quiver.server.ingest.transport import send_output
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput, process, warm_up
 
@@ -120,4 +120,4 @@ def _run(job: WorkerInput, limits: WorkerLimits) -> WorkerOutput:
         finally:
             _disarm()
     except ParseTimeExceeded:
-        return WorkerOutput(error=(INVALID_FILE, parse_time_message(limits)))
+        return WorkerOutput(error=(ErrorCode.INVALID_FILE, parse_time_message(limits)))

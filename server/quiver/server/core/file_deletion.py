@@ -1,0 +1,32 @@
+"""DeleteFile: the file detached from every store of its owner and deleted, in one
+transaction (so no store is left holding chunks of a file that no longer exists)."""
+
+from __future__ import annotations
+
+from quiver.server.core.files import FileStore
+from quiver.server.core.principal import Principal
+from quiver.server.core.status_book import StatusBook
+from quiver.server.core.store_files import StoreFiles
+
+
+class FileDeletion:
+    def __init__(self, book: StatusBook, files: FileStore, store_files: StoreFiles) -> None:
+        self.book = book
+        self.files = files
+        self.store_files = store_files
+
+    def delete(self, principal: Principal, file_id: str) -> None:
+        """NOT_FOUND for another caller's or no file. Its chunks leave the indexes, its
+        queued jobs the queue and its bytes the disk (unless another file shares them)
+        after the commit."""
+        file = self.files.get(principal, file_id)
+        with self.book.transaction() as conn:
+            removed = [
+                (store, self.store_files.remove(conn, store["id"], file_id))
+                for store in self.store_files.stores_holding(conn, principal, file_id)
+            ]
+            unshared = self.files.remove(conn, file)
+        for store, stale in removed:
+            self.store_files.after_removal(store, file_id, stale)
+        if unshared:
+            self.files.forget_bytes(file)

@@ -1,0 +1,226 @@
+"""The composition root: ``build_core`` makes every core service, in dependency order, from
+its collaborators (constructor arguments only; nothing is changed after construction).
+
+The edges (the gRPC server in app.py, an HTTP edge) take the ``Core`` it returns; none of
+them builds a core service itself, and nothing here imports gRPC, protobuf or an HTTP
+framework, so tests and tools can build and run a core without any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from quiver.server.config import Settings
+from quiver.server.core.batches import FileBatches
+from quiver.server.core.chunk_writer import PendingLabels
+from quiver.server.core.clock import Clock, system_clock
+from quiver.server.core.embedder_choice import EmbedderChoice
+from quiver.server.core.file_deletion import FileDeletion
+from quiver.server.core.files import FileStore
+from quiver.server.core.job_leases import JobLeases, check_lease_settings, new_owner_id
+from quiver.server.core.lease_keeper import LeaseKeeper
+from quiver.server.core.processing import Processing
+from quiver.server.core.scheduler import Scheduler
+from quiver.server.core.search import Searcher
+from quiver.server.core.status_book import StatusBook
+from quiver.server.core.store_embedders import StoreEmbedders
+from quiver.server.core.store_files import StoreFiles
+from quiver.server.core.upload_slots import UploadSlots
+from quiver.server.core.vector_stores import VectorStores
+from quiver.server.core.watch import WatchHub
+from quiver.server.index.manager import IndexManager
+from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
+from quiver.server.ingest.pool import IngestPool
+from quiver.server.metrics import Metrics
+from quiver.server.storage.blobs import BlobStore
+from quiver.server.storage.database import Database
+from quiver.server.storage.jobs import JobsRepository
+
+log = logging.getLogger("quiver.server")
+
+
+@dataclass(frozen=True)
+class Core:
+    """Every core service of one server, wired together. An edge validates a request,
+    calls one of these and converts the answer; it never reaches past them.
+
+    Lifecycle, in this order: ``start_workers`` → ``recover`` → ``start_processing`` …
+    ``stop_processing`` → ``close``. Requests may be served once ``recover`` returned.
+    """
+
+    db: Database
+    """The SQLite database (``quiver.sqlite3`` in the data directory)."""
+    blobs: BlobStore
+    """Uploaded files' bytes, by sha256."""
+    indexes: IndexManager
+    """One vector index per store, opened on demand."""
+    pool: IngestPool
+    """The worker processes that parse, chunk and embed files."""
+    metrics: Metrics
+    """Prometheus counters and gauges (served by the app when asked to)."""
+    hub: WatchHub
+    """Batch watchers (WatchFileBatch), bounded globally and per tenant."""
+    book: StatusBook
+    """Every status change of a store file; tells the watchers after the commit."""
+    pending: PendingLabels
+    """Chunks already in an index whose file is not completed yet (hidden from search)."""
+    uploads: UploadSlots
+    """How many uploads may be open, in all and per tenant."""
+    embedders: StoreEmbedders
+    """A store's embedder: the workers' spec and the searches' instance."""
+    scheduler: Scheduler
+    """The bounded, fair ingest queue; runs ``processing.process`` once started."""
+    files: FileStore
+    """Uploaded files: upload, get, list, download."""
+    stores: VectorStores
+    """Vector stores: create, get, list, update, delete (with its files and batches)."""
+    processing: Processing
+    """A queued store file → committed chunks; start-up recovery."""
+    store_files: StoreFiles
+    """Files attached to a store: attach, get, list, content, update, detach."""
+    file_deletion: FileDeletion
+    """DeleteFile: detached from every store and deleted in one transaction."""
+    batches: FileBatches
+    """File batches, and a store created with files (one transaction)."""
+    searcher: Searcher
+    """SearchVectorStore: vector, keyword and hybrid search with filters."""
+    leases: JobLeases
+    """This server instance's claims on the files it ingests (recorded in the database)."""
+    lease_keeper: LeaseKeeper
+    """The heartbeat renewing those claims and the sweep taking up expired ones."""
+
+    async def start_workers(self) -> None:
+        """Starts the ingest worker processes (WorkerStartFailed if they cannot start)."""
+        await self.pool.start()
+
+    async def recover(self) -> int:
+        """Takes up unfinished files and reconciles every index (database and index files
+        in threads); returns how many files were queued again."""
+        jobs = self.processing.recover()
+        await asyncio.to_thread(self.processing.delete_leftovers, jobs)
+        await asyncio.to_thread(self.processing.reconcile_indexes)
+        self.scheduler.enqueue(jobs)
+        if jobs:
+            log.info("resuming unfinished files", extra={"files": len(jobs)})
+        return len(jobs)
+
+    def start_processing(self) -> None:
+        """Queued files start going through the worker pool."""
+        self.scheduler.start(self.processing.process)
+        self.lease_keeper.start()
+
+    async def stop_processing(self) -> None:
+        """Stops taking files; those in flight stay in progress and resume at the next
+        start (at once: their leases are released)."""
+        await self.lease_keeper.stop()
+        await self.scheduler.stop()
+        try:
+            self.processing.release_leases()
+        except Exception:  # e.g. a full disk: they are claimed once the leases expire
+            log.exception("releasing the job leases failed")
+
+    def close(self) -> None:
+        """Stops the workers, saves the indexes and closes the database."""
+        self.pool.close()
+        self.indexes.save_all()
+        self.db.close()
+
+
+def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
+    """Opens the data directory's database, blobs and indexes and builds the core on them.
+
+    ValueError (before anything is opened) for settings that cannot work, such as a worker
+    memory limit too small. The caller holds the data directory's lock.
+    """
+    memory = worker_memory_bytes(settings.worker_memory, settings.ingest_workers)
+    check_lease_settings(settings.job_lease_seconds, settings.job_renew_seconds)
+    limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
+    data = settings.data_dir
+    db = Database(data / "quiver.sqlite3")
+    blobs = BlobStore(data / "blobs")
+    indexes = IndexManager(
+        data / "indexes",
+        m=settings.hnsw_m,
+        ef_construction=settings.hnsw_ef_construction,
+        ef_search=settings.hnsw_ef_search,
+    )
+    # Created before any gRPC server: workers are separate spawned interpreters.
+    pool = IngestPool(settings.ingest_workers, settings.file_timeout, limits)
+    metrics = Metrics()
+    hub = WatchHub(
+        max_watchers=settings.max_watchers,
+        max_watchers_per_tenant=settings.max_watchers_per_tenant,
+    )
+    book = StatusBook(db, hub)
+    pending = PendingLabels()
+    uploads = UploadSlots(
+        max_total=settings.max_uploads, max_per_tenant=settings.max_uploads_per_tenant
+    )
+    embedders = StoreEmbedders(settings.openai_base_url, settings.openai_api_key)
+    scheduler = Scheduler(
+        max_in_flight=settings.ingest_workers,
+        max_queued=settings.max_queued_files,
+        max_queued_per_tenant=settings.max_queued_files_per_tenant,
+    )
+    files = FileStore(db, blobs, max_file_bytes=settings.max_file_bytes, clock=clock)
+    choice = EmbedderChoice(settings.embedding_dimensions, settings.openai_base_url)
+    stores = VectorStores(db, choice.resolve, book, scheduler, indexes, clock=clock)
+    leases = JobLeases(JobsRepository(db), new_owner_id(), settings.job_lease_seconds)
+    processing = Processing(
+        db,
+        book,
+        blobs,
+        stores,
+        indexes,
+        pool,
+        scheduler,
+        embedders.spec_for,
+        metrics,
+        commit_attempts=settings.commit_attempts,
+        retry_delay=settings.commit_retry_delay,
+        pending=pending,
+        leases=leases,
+    )
+    store_files = StoreFiles(book, stores, indexes, scheduler, files, pending, leases=leases)
+    lease_keeper = LeaseKeeper(leases, processing.sweep, settings.job_renew_seconds)
+    file_deletion = FileDeletion(book, files, store_files)
+    batches = FileBatches(book, store_files, hub)
+    searcher = Searcher(
+        stores,
+        indexes,
+        embedders.embedder_for,
+        exact_max_chunks=settings.exact_search_max_chunks,
+        pending=pending,
+    )
+    metrics.watch_gauges(
+        queue_depth=lambda: scheduler.queued,
+        in_flight=lambda: scheduler.in_flight,
+        watchers=lambda: hub.watcher_count,
+        index_vectors=indexes.live_vectors,
+        indexes_open=lambda: indexes.open_count,
+        pool_restarts=lambda: pool.restarts,
+    )
+    return Core(
+        db=db,
+        blobs=blobs,
+        indexes=indexes,
+        pool=pool,
+        metrics=metrics,
+        hub=hub,
+        book=book,
+        pending=pending,
+        uploads=uploads,
+        embedders=embedders,
+        scheduler=scheduler,
+        files=files,
+        stores=stores,
+        processing=processing,
+        store_files=store_files,
+        file_deletion=file_deletion,
+        batches=batches,
+        searcher=searcher,
+        leases=leases,
+        lease_keeper=lease_keeper,
+    )
