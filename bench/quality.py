@@ -187,7 +187,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             paths.append(path)
         data_dir = Path(tmp) / "data"
         server = QuiverServer(
-            Settings(listen="127.0.0.1:0", data_dir=data_dir, ingest_workers=args.workers)
+            Settings(
+                http_listen="127.0.0.1:0",
+                listen="127.0.0.1:0",
+                data_dir=data_dir,
+                ingest_workers=args.workers,
+            )
         )
         port = await server.start()
         channel = aio.insecure_channel(f"127.0.0.1:{port}")

@@ -75,7 +75,12 @@ def overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def settings(tmp_path: Path, overrides: dict[str, Any]) -> Iterator[Settings]:
-    base = Settings(listen="127.0.0.1:0", data_dir=tmp_path / "data", ingest_workers=2)
+    base = Settings(
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+        ingest_workers=2,
+    )
     yield replace(base, **overrides)
 
 

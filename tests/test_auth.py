@@ -254,7 +254,9 @@ def close_unstarted(server: QuiverServer) -> None:
 
 
 async def test_open_mode_serves_without_a_key(tmp_path: Path) -> None:
-    server = QuiverServer(Settings(listen="127.0.0.1:0", data_dir=tmp_path / "open"))
+    server = QuiverServer(
+        Settings(http_listen="127.0.0.1:0", listen="127.0.0.1:0", data_dir=tmp_path / "open")
+    )
     assert server.keys.open
     port = await server.start()
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
@@ -278,7 +280,7 @@ async def test_open_mode_serves_without_a_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "192.0.2.1:0", "example.com:0"])
 def test_open_mode_refuses_a_public_address(tmp_path: Path, listen: str) -> None:
     with pytest.raises(ConfigError, match="loopback"):
-        QuiverServer(Settings(listen=listen, data_dir=tmp_path / "data"))
+        QuiverServer(Settings(http_listen="127.0.0.1:0", listen=listen, data_dir=tmp_path / "data"))
     assert not (tmp_path / "data").exists()  # refused before touching the disk
 
 
@@ -287,6 +289,7 @@ def test_keyed_server_may_listen_publicly_when_told_keys_may_travel_in_clear(
 ) -> None:
     """Without TLS only with --insecure (tests/test_tls.py has the rest of that rule)."""
     settings = Settings(
+        http_listen="127.0.0.1:0",
         listen="0.0.0.0:0",
         data_dir=tmp_path / "data",
         api_keys=f"acme sha256:{'0' * 64}",
@@ -298,7 +301,9 @@ def test_keyed_server_may_listen_publicly_when_told_keys_may_travel_in_clear(
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:0", "localhost:0", "[::1]:0", "127.5.6.7:0"])
 def test_open_mode_accepts_loopback(tmp_path: Path, listen: str) -> None:
-    server = QuiverServer(Settings(listen=listen, data_dir=tmp_path / "data"))
+    server = QuiverServer(
+        Settings(http_listen="127.0.0.1:0", listen=listen, data_dir=tmp_path / "data")
+    )
     close_unstarted(server)
 
 
@@ -338,7 +343,12 @@ async def test_keys_add_and_serve_with_the_file(tmp_path: Path) -> None:
     assert keys_file.read_text() == text
 
     server = QuiverServer(
-        Settings(listen="127.0.0.1:0", data_dir=tmp_path / "data", api_keys_file=keys_file)
+        Settings(
+            http_listen="127.0.0.1:0",
+            listen="127.0.0.1:0",
+            data_dir=tmp_path / "data",
+            api_keys_file=keys_file,
+        )
     )
     port = await server.start()
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
@@ -408,6 +418,11 @@ def test_malformed_keys_file_stops_the_server(tmp_path: Path) -> None:
     keys_file.write_text("garbage\n")
     with pytest.raises(KeyConfigError, match=f"{keys_file}:1:"):
         QuiverServer(
-            Settings(listen="127.0.0.1:0", data_dir=tmp_path / "d", api_keys_file=keys_file)
+            Settings(
+                http_listen="127.0.0.1:0",
+                listen="127.0.0.1:0",
+                data_dir=tmp_path / "d",
+                api_keys_file=keys_file,
+            )
         )
     assert not (tmp_path / "d").exists()

@@ -96,7 +96,10 @@ class _ServerThread:
 @pytest.fixture(scope="module")
 def background(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]:
     base = Settings(
-        listen="127.0.0.1:0", data_dir=tmp_path_factory.mktemp("sync") / "data", ingest_workers=2
+        http_listen="127.0.0.1:0",
+        listen="127.0.0.1:0",
+        data_dir=tmp_path_factory.mktemp("sync") / "data",
+        ingest_workers=2,
     )
     cfg, keys = keyed(base)
     runner = _ServerThread(cfg)

@@ -37,7 +37,11 @@ def serve(data_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 async def start_and_stop(data_dir: Path) -> None:
-    server = QuiverServer(Settings(listen="127.0.0.1:0", data_dir=data_dir, ingest_workers=1))
+    server = QuiverServer(
+        Settings(
+            http_listen="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir, ingest_workers=1
+        )
+    )
     try:
         assert await server.start() > 0
     finally:
@@ -72,11 +76,22 @@ async def test_a_second_server_in_process_is_refused_until_the_first_stops(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "data"
-    first = QuiverServer(Settings(listen="127.0.0.1:0", data_dir=data_dir, ingest_workers=1))
+    first = QuiverServer(
+        Settings(
+            http_listen="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir, ingest_workers=1
+        )
+    )
     port = await first.start()
     try:
         with pytest.raises(ConfigError, match=rf"pid {os.getpid()}, listening on .*:{port}"):
-            QuiverServer(Settings(listen="127.0.0.1:0", data_dir=data_dir, ingest_workers=1))
+            QuiverServer(
+                Settings(
+                    http_listen="127.0.0.1:0",
+                    listen="127.0.0.1:0",
+                    data_dir=data_dir,
+                    ingest_workers=1,
+                )
+            )
     finally:
         await first.stop(grace=0)
     await start_and_stop(data_dir)
@@ -97,7 +112,11 @@ async def test_a_sigkilled_server_leaves_no_stale_lock(
     finally:
         await channel.close(None)
     with pytest.raises(ConfigError, match=rf"pid {first.proc.pid}, listening on 127.0.0.1:{port}"):
-        QuiverServer(Settings(listen="127.0.0.1:0", data_dir=data_dir, ingest_workers=1))
+        QuiverServer(
+            Settings(
+                http_listen="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir, ingest_workers=1
+            )
+        )
 
     # Only the server is killed, not its workers: they must not hold the lock either.
     first.proc.send_signal(signal.SIGKILL)

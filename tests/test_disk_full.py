@@ -25,7 +25,12 @@ from tests.tmpfs import fill, small_tmpfs
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
     with small_tmpfs(tmp_path / "disk", "16m") as disk:
-        yield Settings(listen="127.0.0.1:0", data_dir=disk / "data", ingest_workers=1)
+        yield Settings(
+            http_listen="127.0.0.1:0",
+            listen="127.0.0.1:0",
+            data_dir=disk / "data",
+            ingest_workers=1,
+        )
 
 
 async def search(t: Tenant, store_id: str) -> vector_stores_pb2.SearchVectorStoreResponse:

@@ -93,6 +93,8 @@ def start_serve(data_dir: Path, log: Path, *extra: str) -> Served:
                 address,
                 "--data-dir",
                 str(data_dir),
+                "--http-listen",
+                "127.0.0.1:0",
                 *extra,
             ],
             stdout=out,

@@ -106,6 +106,7 @@ async def test_a_changed_keys_file_is_read_again(tmp_path: Path) -> None:
     first = add(keys_file, "acme")
     server = QuiverServer(
         Settings(
+            http_listen="127.0.0.1:0",
             listen="127.0.0.1:0",
             data_dir=tmp_path / "data",
             api_keys_file=keys_file,

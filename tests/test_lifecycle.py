@@ -151,7 +151,9 @@ async def test_stop_without_rpcs_is_quick(running: Running) -> None:
 
 
 async def test_stop_of_a_server_never_started_returns(tmp_path: Path) -> None:
-    server = QuiverServer(Settings(listen="127.0.0.1:0", data_dir=tmp_path / "data"))
+    server = QuiverServer(
+        Settings(http_listen="127.0.0.1:0", listen="127.0.0.1:0", data_dir=tmp_path / "data")
+    )
     try:
         await asyncio.wait_for(server.stop(grace=1), timeout=1)
     finally:
@@ -165,7 +167,11 @@ async def test_start_on_a_busy_port_is_a_config_error(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = QuiverServer(Settings(listen=f"127.0.0.1:{port}", data_dir=tmp_path / "data"))
+        server = QuiverServer(
+            Settings(
+                http_listen="127.0.0.1:0", listen=f"127.0.0.1:{port}", data_dir=tmp_path / "data"
+            )
+        )
         try:
             with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
                 await server.start()

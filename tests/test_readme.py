@@ -1,6 +1,7 @@
 """The README, run as pasted: the TLS section (its openssl commands, its `quiver serve` line
 and its grpcurl, `quiver` and Python calls; only the port is changed, to a free one), and the
-grpcurl session's upload helper with a file past what a command line can carry."""
+grpcurl session's upload helper with a file past what a command line can carry, and the HTTP
+section's curl session and openai SDK example."""
 
 from __future__ import annotations
 
@@ -99,5 +100,49 @@ def test_the_readme_upload_helper_sends_a_large_file(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         file_id = done.stdout.strip()
         assert file_id.startswith("file-"), done.stdout
+    finally:
+        kill_quietly(served)
+
+
+def http_blocks() -> tuple[str, str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Over HTTP: OpenAI's REST API\n", 1)[1].split("\n## ", 1)[0]
+    (curl,) = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    (python,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return curl, python
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the curl command is not here")
+def test_the_readme_http_section_works_as_pasted(tmp_path: Path) -> None:
+    """The curl session and the openai SDK example, against `quiver serve` (only the HTTP
+    port is changed, to a free one)."""
+    curl, python = http_blocks()
+    port = str(free_port())
+    served = start_serve(
+        tmp_path / "data", tmp_path / "serve.log", "--http-listen", f"127.0.0.1:{port}"
+    )
+    try:
+        wait_serving(served, timeout=90)  # spawning the ingest workers is slow on a busy machine
+        env = clean_env()
+        done = bash(curl.replace("8080", port), tmp_path, env)
+        assert done.returncode == 0, done.stdout + done.stderr + served.logs()
+        out = done.stdout
+        assert "event: snapshot" in out and '"status":"completed"' in out
+        assert '"object":"vector_store.search_results.page"' in out and "birds.txt" in out
+        assert "HTTP/1.1 400" in out and '"param":"name"' in out and "x-request-id:" in out
+        script = tmp_path / "openai_example.py"
+        script.write_text(python.replace("8080", port))
+        ran = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert ran.stdout.startswith("completed 3 of 3\n"), ran.stdout
+        assert "birds.txt: Birds migrate south" in ran.stdout
     finally:
         kill_quietly(served)

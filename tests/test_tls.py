@@ -236,7 +236,9 @@ def test_python_client_tls_env_variables(
 
 
 def test_keys_over_plaintext_on_a_public_address_are_refused(tmp_path: Path) -> None:
-    settings, _ = keyed(Settings(listen="0.0.0.0:0", data_dir=tmp_path / "data"))
+    settings, _ = keyed(
+        Settings(http_listen="127.0.0.1:0", listen="0.0.0.0:0", data_dir=tmp_path / "data")
+    )
     with pytest.raises(ConfigError, match=r"clear text.*--insecure"):
         QuiverServer(settings)
     assert not (tmp_path / "data").exists()
@@ -246,7 +248,9 @@ def test_keys_over_plaintext_on_a_public_address_are_refused(tmp_path: Path) -> 
 async def test_keys_on_a_public_address_with_tls_or_insecure(
     tmp_path: Path, pki: Pki, how: str
 ) -> None:
-    settings, keys = keyed(Settings(listen="0.0.0.0:0", data_dir=tmp_path / "data"))
+    settings, keys = keyed(
+        Settings(http_listen="127.0.0.1:0", listen="0.0.0.0:0", data_dir=tmp_path / "data")
+    )
     if how == "insecure":
         settings = replace(settings, insecure=True)
     else:
@@ -288,6 +292,7 @@ def test_bad_tls_settings_are_refused_with_the_flag_named(
         "absent": (tmp_path / "absent.pem", tmp_path / "absent.key"),
     }
     settings = Settings(
+        http_listen="127.0.0.1:0",
         listen="127.0.0.1:0",
         data_dir=tmp_path / "data",
         tls_cert=paths[cert][0] if cert else None,
@@ -338,6 +343,7 @@ async def test_replaced_certificate_files_are_served_to_new_connections(
     files = _copy(pki.server, live)
     settings, keys = keyed(
         Settings(
+            http_listen="127.0.0.1:0",
             listen="127.0.0.1:0",
             data_dir=tmp_path / "data",
             tls_cert=files.cert,

@@ -18,8 +18,10 @@ from quiver.server.api.interceptor import QuiverInterceptor
 from quiver.server.api.reflection_v1 import enable_reflection
 from quiver.server.api.vector_stores import VectorStoreServicer
 from quiver.server.auth.keys import KeyConfigError, KeyRing
-from quiver.server.config import Settings
+from quiver.server.config import Settings, check_http_listen
 from quiver.server.core.root import build_core
+from quiver.server.http.server import BindError, HttpEdge
+from quiver.server.http.services import HttpServices
 from quiver.server.ingest.pool import WorkerStartFailed
 from quiver.server.storage.dir_lock import DirectoryInUse, DirLock
 from quiver.server.tls import CertificateFiles, TlsConfigError, check_settings
@@ -57,6 +59,10 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
+async def _nothing() -> None:
+    return None
+
+
 class QuiverServer:
     """One server. ``start`` binds, recovers, then serves; ``stop`` drains and closes."""
 
@@ -85,6 +91,7 @@ class QuiverServer:
                 "with --tls-cert and --tls-key, listen on loopback, or pass --insecure "
                 "(e.g. behind a TLS-terminating proxy)"
             )
+        self._check_http(settings)
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
         # One data directory, one server: taken before anything in it is opened, held
@@ -100,6 +107,26 @@ class QuiverServer:
             self.dir_lock.release()
             raise
 
+    def _check_http(self, settings: Settings) -> None:
+        """The HTTP listener's address: valid, and (it serves no TLS) keys cross a public
+        address in clear text only with --insecure."""
+        problem = check_http_listen(settings.http_listen)
+        if problem is not None:
+            raise ConfigError(problem)
+        if settings.http_listen == "off" or is_loopback(settings.http_listen):
+            return
+        if self.keys.open:
+            raise ConfigError(
+                f"no API keys are configured, so HTTP may only listen on loopback, not "
+                f"{settings.http_listen}; add keys or pass --http-listen off"
+            )
+        if not settings.insecure:
+            raise ConfigError(
+                f"the HTTP API serves no TLS: API keys would travel in clear text to "
+                f"{settings.http_listen}; listen on loopback behind a TLS-terminating proxy, "
+                "pass --insecure, or --http-listen off"
+            )
+
     def _build(self, settings: Settings) -> None:
         """Builds the core on the data directory (whose lock is held)."""
         try:
@@ -110,6 +137,27 @@ class QuiverServer:
         self.health = health_aio.HealthServicer()
         self.interceptor = QuiverInterceptor(self.keys, self.core.metrics)
         self.port = 0
+        self.http = (
+            None
+            if settings.http_listen == "off"
+            else HttpEdge(
+                settings.http_listen,
+                HttpServices(
+                    files=self.core.files,
+                    file_deletion=self.core.file_deletion,
+                    uploads=self.core.uploads,
+                    stores=self.core.stores,
+                    store_files=self.core.store_files,
+                    batches=self.core.batches,
+                    searcher=self.core.searcher,
+                    upload_idle_timeout=settings.upload_idle_timeout,
+                ),
+                self.keys,
+                self.core.metrics,
+                max_connections=settings.max_connections,
+            )
+        )
+        self.http_port = 0
         self._server: aio.Server | None = None
         self._saver: asyncio.Task[None] | None = None
         self._config_watcher: asyncio.Task[None] | None = None
@@ -162,6 +210,12 @@ class QuiverServer:
         if self.port == 0:
             self._close_storage()
             raise ConfigError(f"cannot listen on {self.settings.listen}{reason}")
+        if self.http is not None:
+            try:
+                self.http_port = await self.http.start()
+            except BindError as exc:
+                self._close_storage()
+                raise ConfigError(str(exc)) from None
         await server.start()
         self._server = server
         host = self.settings.listen.rsplit(":", 1)[0]
@@ -181,12 +235,15 @@ class QuiverServer:
                 self._watch_keys_file(), name="keys-file-watcher"
             )
         self.interceptor.closed_reason = None
+        if self.http is not None:
+            self.http.open()
         await self._set_health(Serving.SERVING)
         log.info(
             "serving",
             extra={
                 "listen": self.settings.listen,
                 "port": self.port,
+                "http_port": self.http_port or "off",
                 "tls": "off"
                 if self.certificates is None
                 else ("mutual" if self.certificates.mutual else "on"),
@@ -242,7 +299,11 @@ class QuiverServer:
         if self.settings.drain_delay > 0:  # let load balancers see NOT_SERVING and move away
             await asyncio.sleep(self.settings.drain_delay)
         self.interceptor.closed_reason = "the server is shutting down"
-        await self._server.stop(grace)
+        if self.http is not None:  # new HTTP requests answer 503, event streams end
+            self.http.close("the server is shutting down")
+        await asyncio.gather(
+            self._server.stop(grace), self.http.stop(grace) if self.http is not None else _nothing()
+        )
         for task in (self._saver, self._config_watcher):
             if task is not None:
                 task.cancel()

@@ -14,6 +14,7 @@ MiB = 1024 * 1024
 @dataclass(frozen=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
+    http_listen: str = "127.0.0.1:8080"
     data_dir: Path = Path("./quiver-data")
     api_keys_file: Path | None = None
     api_keys: str = ""
@@ -63,6 +64,8 @@ class Settings:
 
 _HELP: dict[str, str] = {
     "listen": "host:port to serve gRPC on",
+    "http_listen": "host:port to serve the HTTP/JSON API on (OpenAI's REST paths under /v1 "
+    "and /api/v1/llm), in the same process; 'off' disables it",
     "data_dir": "directory for the SQLite database, file blobs and indexes",
     "api_keys_file": "file of hashed API keys ('quiver keys add' writes it); none = open mode, "
     "loopback only",
@@ -182,5 +185,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def check_http_listen(value: str) -> str | None:
+    """What is wrong with an ``http_listen`` value ("off" or host:port), or None."""
+    if value == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"http_listen must be 'off' or HOST:PORT (port 0…65535), not {value[:80]!r}"
+    if ":" in host.strip("[]") and not (host.startswith("[") and host.endswith("]")):
+        return f"http_listen: write an IPv6 host in brackets ([::1]:8080), not {value[:80]!r}"
+    return None
+
+
 def from_namespace(ns: argparse.Namespace) -> Settings:
-    return Settings(**{f.name: getattr(ns, f.name) for f in fields(Settings)})
+    settings = Settings(**{f.name: getattr(ns, f.name) for f in fields(Settings)})
+    problem = check_http_listen(settings.http_listen)
+    if problem is not None:
+        raise SystemExit(f"quiver serve: {problem}")
+    return settings

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -19,7 +18,6 @@ from quiver.server.core.errors import (
     Resource,
 )
 from quiver.server.core.models import (
-    AUTO_CHUNKING,
     AttributeValue,
     BatchStatus,
     Chunking,
@@ -32,13 +30,17 @@ from quiver.server.core.models import (
     VectorStore,
     VectorStoreFile,
 )
+from quiver.server.core.pages import page_of
 from quiver.server.core.principal import Principal
 from quiver.server.core.scheduler import Job
 from quiver.server.core.status_book import StatusBook, batch_from_row
-from quiver.server.core.store_files import StoreFiles, store_file_from_row
+from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.validation import check_sequence
 from quiver.server.core.watch import FileUpdate, WatchHub, WatchMessage, is_terminal
-from quiver.server.storage.pagination import fetch_page
+from quiver.server.storage.batch_rows import BatchRows
+from quiver.server.storage.file_rows import FileRows
+from quiver.server.storage.interfaces import BatchRepository, FileRepository, Tx
+from quiver.server.storage.rows import BatchRow, StoreRow
 
 MAX_BATCH_FILES = 2000
 MAX_REQUEST_ID = 128
@@ -98,6 +100,8 @@ class FileBatches:
     def __init__(self, book: StatusBook, store_files: StoreFiles, hub: WatchHub) -> None:
         self.book = book
         self.db = book.db
+        self.rows: BatchRepository = BatchRows(book.db)
+        self.files: FileRepository = FileRows(book.db)
         self.store_files = store_files
         self.stores = store_files.stores
         self.scheduler = store_files.scheduler
@@ -117,24 +121,20 @@ class FileBatches:
         self.stores.get_row(principal, store_id)
         digest = request_digest(store_id, files)
         if request_id:  # a retry gets its batch back, even once the store has expired
-            existing = self.db.execute(
-                "SELECT id, vector_store_id, request_digest FROM file_batches "
-                "WHERE tenant = ? AND subject = ? AND request_id = ?",
-                (principal.tenant, principal.subject, request_id),
-            ).fetchone()
+            existing = self.rows.by_request(principal.tenant, principal.subject, request_id)
             if existing is not None:
-                differ = differences(existing["request_digest"], digest)
-                if existing["vector_store_id"] != store_id or differ:
-                    if existing["vector_store_id"] != store_id:
+                differ = differences(existing.request_digest, digest)
+                if existing.vector_store_id != store_id or differ:
+                    if existing.vector_store_id != store_id:
                         differ = ["vector_store_id", *differ]
                     raise AlreadyExists(
-                        f"request_id {request_id!r} already created batch {existing['id']} "
-                        f"on vector store {existing['vector_store_id']} with a different "
+                        f"request_id {request_id!r} already created batch {existing.id} "
+                        f"on vector store {existing.vector_store_id} with a different "
                         f"request: {', '.join(differ)} differ; a retry must send the same "
                         "body, a new request a new request_id",
                         reason="REQUEST_ID_REUSED",
                     )
-                return self.get(principal, store_id, existing["id"])
+                return self.get(principal, store_id, existing.id)
         store = self.stores.require_writable(principal, store_id)
         self.require_files(principal, [f.file_id for f in files])
         self.scheduler.check_room(principal.tenant, len(files))
@@ -172,40 +172,30 @@ class FileBatches:
         self.scheduler.check_room(principal.tenant, len(files))
         with self.book.transaction() as conn:
             store_id = self.stores.insert(conn, principal, new)
-            store = conn.execute("SELECT * FROM vector_stores WHERE id = ?", (store_id,)).fetchone()
+            store = self.stores.rows.get_in(conn, store_id)
+            assert store is not None  # inserted just now
             _, jobs, stale = self._write(conn, principal, store, files, None, None)
         self._queue(store, jobs, stale)
         return self.stores.get(principal, store_id)
 
     def _write(
         self,
-        conn: sqlite3.Connection,
+        conn: Tx,
         principal: Principal,
-        store: sqlite3.Row,
+        store: StoreRow,
         files: list[BatchFileSpec],
         request_id: str | None,
         digest: str | None,
     ) -> tuple[str, list[Job], list[int]]:
         """Inside a transaction: the batch row and its files attached. Returns the batch id,
         the jobs to queue and the stale chunk ids to drop, both after the commit."""
-        store_id = store["id"]
+        store_id = store.id
         batch_id = ids.new_id(ids.FILE_BATCH)
         now = int(self.stores.clock())
         jobs: list[Job] = []
         stale: list[int] = []
-        conn.execute(
-            "INSERT INTO file_batches (id, vector_store_id, tenant, subject, created_at, "
-            "status, request_id, request_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                batch_id,
-                store_id,
-                principal.tenant,
-                principal.subject,
-                now,
-                BatchStatus.IN_PROGRESS.value,
-                request_id,
-                digest,
-            ),
+        self.rows.insert(
+            conn, batch_id, store_id, principal.tenant, principal.subject, now, request_id, digest
         )
         for spec in files:
             job, old_chunks = self.store_files.attach(
@@ -220,14 +210,11 @@ class FileBatches:
             )
             jobs.append(job)
             stale += old_chunks
-        conn.executemany(
-            "INSERT INTO batch_files (batch_id, file_id, status) VALUES (?, ?, ?)",
-            [(batch_id, f.file_id, FileStatus.IN_PROGRESS.value) for f in files],
-        )
+        self.rows.add_files(conn, batch_id, [f.file_id for f in files])
         self.stores.touch(store_id)
         return batch_id, jobs, stale
 
-    def _queue(self, store: sqlite3.Row, jobs: list[Job], stale: list[int]) -> None:
+    def _queue(self, store: StoreRow, jobs: list[Job], stale: list[int]) -> None:
         """After the commit: drops superseded chunks and queues the batch's files."""
         self.store_files.drop_from_index(store, stale)
         keys = {j.key for j in jobs}
@@ -262,17 +249,7 @@ class FileBatches:
             raise InvalidArgument(violations[:50])
 
     def require_files(self, principal: Principal, file_ids: list[str]) -> None:
-        found: set[str] = set()
-        for start in range(0, len(file_ids), 500):
-            part = file_ids[start : start + 500]
-            marks = ",".join("?" * len(part))
-            found.update(
-                r[0]
-                for r in self.db.execute(
-                    f"SELECT id FROM files WHERE tenant = ? AND subject = ? AND id IN ({marks})",
-                    (principal.tenant, principal.subject, *part),
-                )
-            )
+        found = self.files.existing(principal.tenant, principal.subject, file_ids)
         missing = [f for f in file_ids if f not in found]
         if missing:
             shown = ", ".join(m[:80] for m in missing[:20])
@@ -285,12 +262,9 @@ class FileBatches:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _row(self, principal: Principal, store_id: str, batch_id: str) -> sqlite3.Row:
+    def _row(self, principal: Principal, store_id: str, batch_id: str) -> BatchRow:
         self.stores.get_row(principal, store_id)
-        row: sqlite3.Row | None = self.db.execute(
-            "SELECT * FROM file_batches WHERE id = ? AND vector_store_id = ?",
-            (batch_id, store_id),
-        ).fetchone()
+        row = self.rows.get_in_store(batch_id, store_id)
         if row is None:
             raise NotFound(
                 f"no file batch with id {batch_id[:80]!r} in vector store {store_id}",
@@ -312,59 +286,25 @@ class FileBatches:
     ) -> Page[VectorStoreFile]:
         """The batch's files as store files, with the status the batch recorded for each."""
         self._row(principal, store_id, batch_id)
-        where = "b.batch_id = ?"
-        params: tuple[object, ...] = (batch_id,)
-        if status is not None:
-            where += " AND b.status = ?"
-            params += (status.value,)
-        # LEFT JOIN: a file detached from the store since keeps its place in the batch's list
-        # (the batch's counts include it), with the status the batch recorded for it.
-        table = (
-            "(SELECT b.seq AS seq, b.file_id AS id, b.batch_id AS batch_id, "
-            "b.status AS status, b.last_error_code AS last_error_code, "
-            "b.last_error_message AS last_error_message, "
-            "fb.vector_store_id AS vector_store_id, b.file_id AS file_id, "
-            "COALESCE(f.created_at, fb.created_at) AS created_at, "
-            "COALESCE(f.chunk_max_tokens, ?) AS chunk_max_tokens, "
-            "COALESCE(f.chunk_overlap_tokens, ?) AS chunk_overlap_tokens, "
-            "COALESCE(f.chunk_auto, 1) AS chunk_auto, "
-            "COALESCE(f.attributes, '{}') AS attributes, "
-            "CASE WHEN f.batch_id = b.batch_id THEN f.usage_bytes ELSE 0 END AS usage_bytes "
-            "FROM batch_files b JOIN file_batches fb ON fb.id = b.batch_id "
-            "LEFT JOIN vector_store_files f "
-            "ON f.file_id = b.file_id AND f.vector_store_id = fb.vector_store_id "
-            f"WHERE {where})"
-        )
-        return fetch_page(
-            self.db,
-            table=table,
-            where="1 = 1",
-            params=(),
-            page=page,
-            convert=store_file_from_row,
-            table_params=(AUTO_CHUNKING.max_tokens, AUTO_CHUNKING.overlap_tokens, *params),
-        )
+        return page_of(lambda: self.rows.files_page(batch_id, status, page), lambda file: file)
 
     # -- cancelling ----------------------------------------------------------------------------
 
     def cancel(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
         row = self._row(principal, store_id, batch_id)
-        if row["status"] != BatchStatus.IN_PROGRESS:
+        if row.status != BatchStatus.IN_PROGRESS:
             raise FailedPrecondition(
-                f"file batch {batch_id} has already ended ({row['status']}); "
+                f"file batch {batch_id} has already ended ({row.status}); "
                 "only an in-progress batch can be cancelled",
                 reason="FILE_BATCH_ENDED",
             )
         self.scheduler.remove(lambda j: j.queue == batch_id)
         with self.book.transaction() as conn:
-            conn.execute("UPDATE file_batches SET cancel_requested = 1 WHERE id = ?", (batch_id,))
-            for file in conn.execute(
-                "SELECT file_id FROM batch_files WHERE batch_id = ? AND status = ?",
-                (batch_id, FileStatus.IN_PROGRESS.value),
-            ).fetchall():
-                if self.scheduler.is_in_flight(store_id, file["file_id"]):
+            self.rows.request_cancel(conn, batch_id)
+            for file_id in self.rows.in_progress_files(conn, batch_id):
+                if self.scheduler.is_in_flight(store_id, file_id):
                     continue  # stops at its next step: its result is dropped as cancelled
-                self.book.set_file(conn, store_id, file["file_id"], FileStatus.CANCELLED)
+                self.book.set_file(conn, store_id, file_id, FileStatus.CANCELLED)
         return self.get(principal, store_id, batch_id)
 
     # -- watching ------------------------------------------------------------------------------
@@ -375,20 +315,16 @@ class FileBatches:
         check_sequence(after_sequence)
         row = self._row(principal, store_id, batch_id)
         batch = batch_from_row(row, self.book.batch_counts(batch_id))
-        sequence = int(row["sequence"])
+        sequence = row.sequence
         files = [
             FileUpdate(
-                r["file_id"],
-                FileStatus(r["status"]),
-                LastError(r["last_error_code"], r["last_error_message"])
-                if r["last_error_code"]
+                r.file_id,
+                FileStatus(r.status),
+                LastError(r.last_error_code, r.last_error_message or "")
+                if r.last_error_code
                 else None,
             )
-            for r in self.db.execute(
-                "SELECT file_id, status, last_error_code, last_error_message FROM batch_files "
-                "WHERE batch_id = ? AND changed_at_sequence > ? ORDER BY seq",
-                (batch_id, after_sequence if after_sequence else -1),
-            )
+            for r in self.rows.changes_after(batch_id, after_sequence)
         ]
         follower = (
             None

@@ -1,4 +1,4 @@
-"""Writes a file's chunks to SQLite and its vectors to the store's index, from a thread, in
+"""Writes a file's chunks to the database and its vectors to the store's index, from a thread, in
 bounded slices, so neither the event loop nor other writers wait long for any of it.
 
 Chunks are written while their file is still ``in_progress``: search returns only chunks of
@@ -11,15 +11,18 @@ transaction on the event loop (``Processing``).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from quiver.server.index.hnsw import VectorIndex
+from quiver.server.core.ports import VectorIndex
+from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.database import Database
+from quiver.server.storage.interfaces import ChunkRepository
+from quiver.server.storage.rows import NotWanted, Owner
+
+__all__ = ["ChunkWriter", "NotWanted", "Owner", "PendingLabels", "add_to_index"]
 
 SLICE_SECONDS = 0.02
 """How long one write transaction should hold SQLite's write lock: the event loop's own
@@ -45,40 +48,10 @@ class Pacer:
         )
 
 
-class NotWanted(Exception):
-    """The job's file was detached, re-attached or cancelled while its chunks were written."""
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The store file a job writes for, and the generation that job was queued with."""
-
-    store_id: str
-    file_id: str
-    generation: int
-    batch_id: str | None
-    tenant: str
-    subject: str
-
-
-def _still_wanted(conn: sqlite3.Connection, owner: Owner) -> bool:
-    row = conn.execute(
-        "SELECT f.status, f.generation, COALESCE(b.cancel_requested, 0) AS cancelled "
-        "FROM vector_store_files f LEFT JOIN file_batches b ON b.id = ? "
-        "WHERE f.vector_store_id = ? AND f.file_id = ?",
-        (owner.batch_id, owner.store_id, owner.file_id),
-    ).fetchone()
-    return (
-        row is not None
-        and row["status"] == "in_progress"
-        and row["generation"] == owner.generation
-        and not row["cancelled"]
-    )
-
-
 class ChunkWriter:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.rows: ChunkRepository = ChunkRows(db)
 
     def write(
         self,
@@ -100,56 +73,15 @@ class ChunkWriter:
             while done < len(texts):
                 end = min(done + pacer.rows, len(texts))
                 started = time.perf_counter()
-                with self.db.slice() as conn:
-                    if not _still_wanted(conn, owner):
-                        raise NotWanted(owner.file_id)
-                    ids[done:end] = self._insert(
-                        conn, owner, texts, token_counts, vectors, done, end
-                    )
+                ids[done:end] = self.rows.insert_slice(
+                    owner, texts, token_counts, vectors, done, end
+                )
                 pacer.took(time.perf_counter() - started)
                 done = end
         except NotWanted:
             self.delete(ids[:done])
             raise
         return ids
-
-    @staticmethod
-    def _insert(
-        conn: sqlite3.Connection,
-        owner: Owner,
-        texts: list[str],
-        token_counts: list[int],
-        vectors: npt.NDArray[np.float32],
-        start: int,
-        end: int,
-    ) -> npt.NDArray[np.int64]:
-        """One executemany; the ids follow the table's AUTOINCREMENT sequence, which nobody
-        else can move inside this (BEGIN IMMEDIATE) transaction."""
-        before = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
-        first = int(before[0]) if before else 0
-        conn.executemany(
-            "INSERT INTO chunks (vector_store_id, file_id, tenant, subject, chunk_index, "
-            "token_count, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    owner.store_id,
-                    owner.file_id,
-                    owner.tenant,
-                    owner.subject,
-                    i,
-                    token_counts[i],
-                    texts[i],
-                    vectors[i].tobytes(),
-                )
-                for i in range(start, end)
-            ],
-        )
-        after = int(
-            conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()[0]
-        )
-        if after - first != end - start:
-            raise RuntimeError(f"chunk ids are not contiguous ({first}..{after})")
-        return np.arange(first + 1, after + 1, dtype=np.int64)
 
     def delete(self, ids: npt.NDArray[np.int64]) -> None:
         """Deletes chunks by id (those already gone are skipped), in slices."""
@@ -158,15 +90,13 @@ class ChunkWriter:
         while start < len(ids):
             part = [int(i) for i in ids[start : start + pacer.rows]]
             began = time.perf_counter()
-            with self.db.slice() as conn:
-                marks = ",".join("?" * len(part))
-                conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", part)
+            self.rows.delete_slice(part)
             pacer.took(time.perf_counter() - began)
             start += len(part)
 
     def delete_file(self, store_id: str, file_id: str) -> int:
         """Deletes every chunk of one store file, in slices; returns how many there were."""
-        return self._delete_where("vector_store_id = ? AND file_id = ?", (store_id, file_id))
+        return self._delete_of(store_id, file_id)
 
     def delete_leftovers(self, owner: Owner) -> None:
         """Deletes the chunks a failed attempt of ``owner``'s job left, in slices, as long as
@@ -176,42 +106,24 @@ class ChunkWriter:
         while True:
             rows = pacer.rows
             began = time.perf_counter()
-            with self.db.slice() as conn:
-                current = conn.execute(
-                    "SELECT status, generation FROM vector_store_files "
-                    "WHERE vector_store_id = ? AND file_id = ?",
-                    (owner.store_id, owner.file_id),
-                ).fetchone()
-                if current is None or (current["status"], current["generation"]) != (
-                    "in_progress",
-                    owner.generation,
-                ):
-                    return
-                n = conn.execute(
-                    "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks "
-                    f"WHERE vector_store_id = ? AND file_id = ? LIMIT {rows})",
-                    (owner.store_id, owner.file_id),
-                ).rowcount
+            n = self.rows.delete_leftovers_slice(owner, rows)
+            if n is None:
+                return
             pacer.took(time.perf_counter() - began)
             if n < rows:
                 return
 
     def delete_store(self, store_id: str) -> int:
         """Deletes every chunk of a (deleted) store, in slices; returns how many there were."""
-        return self._delete_where("vector_store_id = ?", (store_id,))
+        return self._delete_of(store_id, None)
 
-    def _delete_where(self, where: str, params: tuple[str, ...]) -> int:
+    def _delete_of(self, store_id: str, file_id: str | None) -> int:
         deleted = 0
         pacer = Pacer()
         while True:
             rows = pacer.rows
             began = time.perf_counter()
-            with self.db.slice() as conn:
-                n = conn.execute(
-                    f"DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE {where} "
-                    f"LIMIT {rows})",
-                    params,
-                ).rowcount
+            n = self.rows.delete_of_slice(store_id, file_id, rows)
             pacer.took(time.perf_counter() - began)
             deleted += n
             if n < rows:

@@ -22,7 +22,7 @@ class FileDeletion:
         file = self.files.get(principal, file_id)
         with self.book.transaction() as conn:
             removed = [
-                (store, self.store_files.remove(conn, store["id"], file_id))
+                (store, self.store_files.remove(conn, store.id, file_id))
                 for store in self.store_files.stores_holding(conn, principal, file_id)
             ]
             unshared = self.files.remove(conn, file)

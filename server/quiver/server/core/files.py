@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 
 from quiver.server.core import ids
 from quiver.server.core.clock import Clock, system_clock
 from quiver.server.core.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from quiver.server.core.models import ListParams, Page, StoredFile
+from quiver.server.core.pages import page_of
+from quiver.server.core.ports import Blobs, BlobWriter
 from quiver.server.core.principal import Principal
 from quiver.server.core.validation import check_filename, check_purpose, raise_if
 from quiver.server.core.verified_content import VerifiedContent, missing
-from quiver.server.storage.blobs import BlobStore, BlobWriter
 from quiver.server.storage.database import Database
-from quiver.server.storage.pagination import fetch_page
+from quiver.server.storage.file_rows import FileRows
+from quiver.server.storage.interfaces import FileRepository, Tx
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _to_file(row: sqlite3.Row) -> StoredFile:
-    return StoredFile(
-        id=row["id"],
-        bytes=row["bytes"],
-        created_at=row["created_at"],
-        filename=row["filename"],
-        purpose=row["purpose"],
-        sha256=row["sha256"],
-    )
 
 
 class Upload:
@@ -114,12 +104,13 @@ class FileStore:
     def __init__(
         self,
         db: Database,
-        blobs: BlobStore,
+        blobs: Blobs,
         *,
         max_file_bytes: int,
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
+        self.rows: FileRepository = FileRows(db)
         self.blobs = blobs
         self.max_file_bytes = max_file_bytes
         self.clock = clock
@@ -148,50 +139,27 @@ class FileStore:
             sha256=digest,
         )
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO files (id, tenant, subject, filename, purpose, bytes, sha256, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    file.id,
-                    principal.tenant,
-                    principal.subject,
-                    file.filename,
-                    file.purpose,
-                    file.bytes,
-                    file.sha256,
-                    file.created_at,
-                ),
-            )
+            self.rows.insert(conn, principal.tenant, principal.subject, file)
         return file
 
     def get(self, principal: Principal, file_id: str) -> StoredFile:
-        row = self.db.execute(
-            "SELECT * FROM files WHERE id = ? AND tenant = ? AND subject = ?",
-            (file_id, principal.tenant, principal.subject),
-        ).fetchone()
-        if row is None:
+        file = self.rows.get(file_id, principal.tenant, principal.subject)
+        if file is None:
             raise NotFound(f"no file with id {file_id[:80]!r}", reason="FILE_NOT_FOUND")
-        return _to_file(row)
+        return file
 
     def list(self, principal: Principal, page: ListParams, purpose: str = "") -> Page[StoredFile]:
-        where = "tenant = ? AND subject = ?"
-        params: tuple[object, ...] = (principal.tenant, principal.subject)
-        if purpose:
-            where += " AND purpose = ?"
-            params += (purpose,)
-        return fetch_page(
-            self.db, table="files", where=where, params=params, page=page, convert=_to_file
+        return page_of(
+            lambda: self.rows.page(principal.tenant, principal.subject, purpose, page),
+            lambda file: file,
         )
 
-    def remove(self, conn: sqlite3.Connection, file: StoredFile) -> bool:
+    def remove(self, conn: Tx, file: StoredFile) -> bool:
         """Inside a transaction: deletes the file's row (DeleteFile is ``FileDeletion``,
         which detaches it first). True when no other file shares its bytes: then delete
         them with ``forget_bytes`` once the transaction has committed."""
-        conn.execute("DELETE FROM files WHERE id = ?", (file.id,))
-        still_used = conn.execute(
-            "SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (file.sha256,)
-        ).fetchone()
-        return still_used is None
+        self.rows.delete(conn, file.id)
+        return not self.rows.content_in_use(conn, file.sha256)
 
     def forget_bytes(self, file: StoredFile) -> None:
         self.blobs.delete(file.sha256)

@@ -12,13 +12,13 @@ import logging
 
 import numpy as np
 from quiver.server.core.chunk_writer import PendingLabels
-from quiver.server.index.manager import IndexManager
+from quiver.server.core.ports import VectorIndexes
 
 log = logging.getLogger("quiver.index")
 
 
 class IndexRemovals:
-    def __init__(self, indexes: IndexManager, pending: PendingLabels) -> None:
+    def __init__(self, indexes: VectorIndexes, pending: PendingLabels) -> None:
         self.indexes = indexes
         self.pending = pending
         self._tasks: set[asyncio.Task[None]] = set()

@@ -13,12 +13,12 @@ import asyncio
 import os
 import secrets
 import socket
-import sqlite3
 import time
 from collections.abc import Callable
 
 from quiver.server.core.scheduler import Job, single_queue
 from quiver.server.storage.jobs import JobsRepository, Lease
+from quiver.server.storage.rows import Tx
 
 MAX_LEASE_SECONDS = 86_400.0
 
@@ -58,12 +58,12 @@ class JobLeases:
     def _until(self) -> float:
         return self.clock() + self.lease_seconds
 
-    def stamp(self, conn: sqlite3.Connection, job: Job) -> None:
+    def stamp(self, tx: Tx, job: Job) -> None:
         """Inside the attach's transaction: the attached file is this server's."""
-        self.repo.stamp(conn, job.store_id, job.file_id, self.owner, self._until())
+        self.repo.stamp(tx, job.store_id, job.file_id, self.owner, self._until())
 
-    def lease(self, conn: sqlite3.Connection, job: Job) -> Lease | None:
-        return self.repo.lease(conn, job.store_id, job.file_id)
+    def lease(self, tx: Tx, job: Job) -> Lease | None:
+        return self.repo.lease(tx, job.store_id, job.file_id)
 
     def holds(self, lease: Lease | None, job: Job) -> bool:
         """``job``'s claim is the file's current one. (A lease past its expiry that nobody
@@ -76,13 +76,13 @@ class JobLeases:
             and lease.generation == job.generation
         )
 
-    def expired_in_cancelled_batches(self, conn: sqlite3.Connection) -> list[tuple[str, str]]:
-        return self.repo.expired_in_cancelled_batches(conn, self.clock())
+    def expired_in_cancelled_batches(self, tx: Tx) -> list[tuple[str, str]]:
+        return self.repo.expired_in_cancelled_batches(tx, self.clock())
 
-    def claim_expired(self, conn: sqlite3.Connection, limit: int) -> list[Job]:
+    def claim_expired(self, tx: Tx, limit: int) -> list[Job]:
         """Inside a transaction: claims up to ``limit`` files whose lease expired (or that were
         never claimed); returns their jobs."""
-        claimed = self.repo.claim_expired(conn, self.owner, self.clock(), self._until(), limit)
+        claimed = self.repo.claim_expired(tx, self.owner, self.clock(), self._until(), limit)
         return [
             Job(
                 c.store_id,
@@ -99,6 +99,6 @@ class JobLeases:
         (in short write slices, from a thread)."""
         return await asyncio.to_thread(self.repo.renew, self.owner, self._until())
 
-    def release(self, conn: sqlite3.Connection) -> int:
+    def release(self, tx: Tx) -> int:
         """At a clean stop: this server's unfinished files may be claimed at once."""
-        return self.repo.release(conn, self.owner)
+        return self.repo.release(tx, self.owner)

@@ -18,19 +18,17 @@ found, for a bounded boost in the fusion.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
-import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from quiver.server.storage.interfaces import BadKeywordQuery, KeywordIndex
 
 K1 = 1.2
 """FTS5's ``bm25()`` term-frequency saturation (its default, used unchanged)."""
 MAX_KEYWORDS = 64
 MAX_PAIRS = 8
-TOKENIZER = "porter unicode61 remove_diacritics 2"  # the same as chunks_fts's
 _TOKEN = re.compile(r"[^\W_]+")  # unicode61's tokens: runs of letters and digits
 _STOP_WORDS = (
     "a an and are as at be but by do does for from has have how i if in into is it its of "
@@ -40,7 +38,6 @@ _STOP_WORDS = (
 STOP_WORDS = frozenset(_STOP_WORDS.split())
 """Left out of the keyword query: function words whose IDF is near zero in any English
 collection (they move no ranking) yet whose postings are the longest to read."""
-_stemmers = threading.local()
 
 
 @dataclass(frozen=True)
@@ -91,148 +88,58 @@ def query_terms(queries: Sequence[str]) -> QueryTerms:
 
 
 def keyword_matches(
-    reader: sqlite3.Connection,
+    index: KeywordIndex,
     store_id: str,
     queries: Sequence[str],
     k: int,
     files: list[str] | None,
 ) -> KeywordMatches:
     """The ``k`` best chunks of the store by BM25 over the queries' words, and which of
-    them hold an exact phrase; ``files`` limits both to the files a filter matched."""
+    them hold an exact phrase; ``files`` limits both to the files a filter matched.
+    Blocking (it reads the full-text index): call it from a thread."""
     terms = query_terms(queries)
     if not terms.words:
         return KeywordMatches()
-    best = (K1 + 1) * sum(idfs(reader, terms.words))
-    sql = (
-        "SELECT c.id, bm25(chunks_fts) FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
-        "WHERE chunks_fts MATCH ? AND c.vector_store_id = ?"
-    )
-    params: tuple[object, ...] = (store_id,)
-    if files is not None:
-        sql += " AND c.file_id IN (SELECT value FROM json_each(?))"
-        params += (json.dumps(files),)
-    sql += " ORDER BY bm25(chunks_fts) LIMIT ?"
+    best = (K1 + 1) * sum(idfs(index, terms.words))
     try:
-        rows = _table_best(reader, _any_of(terms.words), store_id, files, k)
-        if rows is None:
-            rows = reader.execute(sql, (_any_of(terms.words), *params, k)).fetchall()
-    except sqlite3.OperationalError:
+        rows = index.best(store_id, terms.words, k, files)
+    except BadKeywordQuery:
         return KeywordMatches()  # an expression FTS5 cannot parse: the vector ranking stands
-    relevance = {int(i): min(1.0, max(0.0, -float(s)) / best) for i, s in rows if best > 0}
+    relevance = {i: min(1.0, max(0.0, s) / best) for i, s in rows if best > 0}
     phrased: set[int] = set()
     if terms.phrases:
         try:
-            held = reader.execute(sql, (_any_of(terms.phrases), *params, k)).fetchall()
-        except sqlite3.OperationalError:
+            held = index.ranked(store_id, terms.phrases, k, files)
+        except BadKeywordQuery:
             held = []
-        phrased = {int(i) for i, _ in held}
+        phrased = {i for i, _ in held}
     return KeywordMatches(
         relevance,
         frozenset(phrased),
-        _pair_shares(reader, terms.pairs, relevance.keys()),
+        _pair_shares(index, terms.pairs, relevance.keys()),
         complete=len(rows) < k,
     )
 
 
-def _table_best(
-    reader: sqlite3.Connection,
-    expression: str,
-    store_id: str,
-    files: list[str] | None,
-    k: int,
-) -> list[tuple[int, float]] | None:
-    """The store's ``k`` best chunks by BM25 when FTS5's own top ``k`` over the whole table
-    (``ORDER BY rank``: its sorter, no join per match, about half the cost) shows them: when
-    all of those are the store's (in the filter's files), or when fewer than ``k`` chunks
-    match in the whole table. None when other stores' chunks crowd the top: then the caller
-    ranks the store's chunks alone."""
-    top = reader.execute(
-        "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?",
-        (expression, k),
-    ).fetchall()
-    if not top:
-        return []
-    sql = (
-        "SELECT id FROM chunks WHERE vector_store_id = ? AND id IN (SELECT value FROM json_each(?))"
-    )
-    params: tuple[object, ...] = (store_id, json.dumps([i for i, _ in top]))
-    if files is not None:
-        sql += " AND file_id IN (SELECT value FROM json_each(?))"
-        params += (json.dumps(files),)
-    mine = {int(i) for (i,) in reader.execute(sql, params)}
-    if len(mine) == len(top) or len(top) < k:
-        return [(int(i), float(s)) for i, s in top if i in mine]
-    return None
-
-
 def _pair_shares(
-    reader: sqlite3.Connection, pairs: Sequence[str], candidates: Iterable[int]
+    index: KeywordIndex, pairs: Sequence[str], candidates: Iterable[int]
 ) -> dict[int, float]:
     """For each candidate holding any of the pairs, the share of the pairs it holds."""
     wanted = set(candidates)
     held: dict[int, int] = {}
     for pair in pairs:
         try:
-            rows = reader.execute(
-                "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ?", (_any_of([pair]),)
-            )
-            for (chunk_id,) in rows:
-                if chunk_id in wanted:
-                    held[chunk_id] = held.get(chunk_id, 0) + 1
-        except sqlite3.OperationalError:
+            rows = index.holding(pair)
+        except BadKeywordQuery:
             continue
+        for chunk_id in rows:
+            if chunk_id in wanted:
+                held[chunk_id] = held.get(chunk_id, 0) + 1
     return {c: n / len(pairs) for c, n in held.items()}
 
 
-def _any_of(phrases: Sequence[str]) -> str:
-    return " OR ".join('"' + p.replace('"', "") + '"' for p in phrases)
-
-
-def idfs(reader: sqlite3.Connection, words: Sequence[str]) -> list[float]:
+def idfs(index: KeywordIndex, words: Sequence[str]) -> list[float]:
     """FTS5's ``bm25()`` IDF of each word: ``ln((N - n + 0.5) / (n + 0.5))``, at least
-    1e-6, where N is the number of rows in chunks_fts and n those holding the word."""
-    total = row_count(reader)
-    stems = _stems(list(words))
-    marks = ",".join("?" * len(stems))
-    found = dict(
-        reader.execute(f"SELECT term, doc FROM chunks_vocab WHERE term IN ({marks})", stems)
-    )
-    out = []
-    for stem in stems:
-        n = int(found.get(stem, 0))
-        out.append(max(1e-6, math.log((total - n + 0.5) / (n + 0.5))))
-    return out
-
-
-def row_count(reader: sqlite3.Connection) -> int:
-    """N of FTS5's BM25: the row count it keeps in its averages record (block 1 of
-    ``chunks_fts_data``, a varint first)."""
-    row = reader.execute("SELECT block FROM chunks_fts_data WHERE id = 1").fetchone()
-    return _varint(bytes(row[0])) if row and row[0] else 0
-
-
-def _varint(data: bytes) -> int:
-    """SQLite's (and FTS5's) variable-length integer at the start of ``data``."""
-    value = 0
-    for i, byte in enumerate(data[:9]):
-        if i == 8:
-            return (value << 8) | byte
-        value = (value << 7) | (byte & 0x7F)
-        if byte < 0x80:
-            return value
-    return value
-
-
-def _stems(words: list[str]) -> list[str]:
-    """Each word as chunks_fts stores it (lower-cased, diacritics removed, Porter-stemmed),
-    by running it through an in-memory FTS5 table with the same tokenizer."""
-    conn: sqlite3.Connection | None = getattr(_stemmers, "conn", None)
-    if conn is None:
-        conn = sqlite3.connect(":memory:")
-        conn.execute(f"CREATE VIRTUAL TABLE words USING fts5(word, tokenize='{TOKENIZER}')")
-        conn.execute("CREATE VIRTUAL TABLE stems USING fts5vocab(words, instance)")
-        _stemmers.conn = conn
-    conn.execute("DELETE FROM words")
-    conn.executemany("INSERT INTO words (rowid, word) VALUES (?, ?)", enumerate(words))
-    found = dict((doc, term) for term, doc in conn.execute("SELECT term, doc FROM stems"))
-    return [found.get(i, word) for i, word in enumerate(words)]
+    1e-6, where N is the number of indexed chunks and n those holding the word."""
+    total, counts = index.document_frequencies(words)
+    return [max(1e-6, math.log((total - n + 0.5) / (n + 0.5))) for n in counts]

@@ -28,22 +28,30 @@ from quiver.server.core.chunk_writer import (
 from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.job_leases import JobLeases
 from quiver.server.core.models import BatchStatus, FileStatus, LastError
+from quiver.server.core.ports import Blobs, IngestExecutor, VectorIndex, VectorIndexes
 from quiver.server.core.scheduler import Job, Scheduler
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.registry import EmbedderSpec
-from quiver.server.index.hnsw import VectorIndex
-from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.pool import (
     FileTimedOut,
-    IngestPool,
     WorkerCrashed,
     WorkerOutOfMemory,
 )
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.server.metrics import Metrics
-from quiver.server.storage.blobs import BlobStore
-from quiver.server.storage.database import Database, is_disk_full
+from quiver.server.storage.batch_rows import BatchRows
+from quiver.server.storage.chunk_rows import ChunkRows
+from quiver.server.storage.database import Database, DatabaseError, is_disk_full
+from quiver.server.storage.interfaces import (
+    BatchRepository,
+    ChunkRepository,
+    StoreFileRepository,
+    Tx,
+    VectorStoreRepository,
+)
+from quiver.server.storage.store_file_rows import StoreFileRows
+from quiver.server.storage.vector_store_rows import VectorStoreRows
 
 log = logging.getLogger("quiver.ingest")
 
@@ -59,10 +67,10 @@ class Processing:
         self,
         db: Database,
         book: StatusBook,
-        blobs: BlobStore,
+        blobs: Blobs,
         stores: VectorStores,
-        indexes: IndexManager,
-        pool: IngestPool,
+        indexes: VectorIndexes,
+        pool: IngestExecutor,
         scheduler: Scheduler,
         spec_for: SpecFor,
         metrics: Metrics,
@@ -73,6 +81,10 @@ class Processing:
         leases: JobLeases,
     ) -> None:
         self.db = db
+        self.batch_rows: BatchRepository = BatchRows(db)
+        self.file_rows: StoreFileRepository = StoreFileRows(db)
+        self.store_rows: VectorStoreRepository = VectorStoreRows(db)
+        self.chunk_rows: ChunkRepository = ChunkRows(db)
         self.book = book
         self.blobs = blobs
         self.stores = stores
@@ -176,7 +188,7 @@ class Processing:
         cannot be written for want of disk space, it is tried again later until it is."""
         try:
             self._settle_now(job, error)
-        except (sqlite3.Error, OSError) as exc:
+        except (DatabaseError, OSError) as exc:
             if not is_disk_full(exc):
                 raise
             log.warning("disk full: recording %s as failed later (%s)", job.file_id, exc)
@@ -211,7 +223,7 @@ class Processing:
                 await asyncio.to_thread(self.writer.delete_leftovers, self._owner(job, row))
                 self._settle_now(job, error)
                 return
-            except (sqlite3.Error, OSError) as exc:
+            except (DatabaseError, OSError) as exc:
                 if not is_disk_full(exc):
                     log.exception("recording %s as failed failed", job.file_id)
                     return
@@ -228,11 +240,8 @@ class Processing:
             row["subject"],
         )
 
-    def _cancel_requested(self, conn: sqlite3.Connection, job: Job) -> bool:
-        row = conn.execute(
-            "SELECT cancel_requested FROM file_batches WHERE id = ?", (job.queue,)
-        ).fetchone()
-        return bool(row and row["cancel_requested"])
+    def _cancel_requested(self, conn: Tx, job: Job) -> bool:
+        return self.batch_rows.cancel_requested(conn, job.queue)
 
     async def _commit(self, job: Job, output: WorkerOutput) -> None:
         """Stores the worker's output; a commit that fails because the disk is full is tried
@@ -245,7 +254,7 @@ class Processing:
             try:
                 await self._store(job, output, leftovers=attempt > 1)
                 return
-            except (ValueError, RuntimeError, sqlite3.Error, OSError) as exc:
+            except (ValueError, RuntimeError, DatabaseError, OSError) as exc:
                 if not is_disk_full(exc):
                     log.exception("committing %s failed", job.file_id)
                     self._settle(
@@ -363,7 +372,7 @@ class Processing:
             await asyncio.to_thread(index.mark_deleted, ids)
             self.indexes.changed(store_id, index)
             await asyncio.to_thread(self.writer.delete, ids)
-        except (sqlite3.Error, OSError) as exc:  # e.g. still no disk space: recovery or the
+        except (DatabaseError, OSError) as exc:  # e.g. still no disk space: recovery or the
             # next attempt (which deletes the file's leftovers first) removes them
             log.warning("could not remove %d chunks of %s: %s", len(ids), store_id, exc)
 
@@ -381,20 +390,14 @@ class Processing:
         self.scheduler.remove(lambda j: j.store_id == store_id)
         with self.book.transaction() as conn:
             # Batches first: once their last file settles they would end ``completed``.
-            for (batch_id,) in conn.execute(
-                "SELECT id FROM file_batches WHERE vector_store_id = ? AND status = ?",
-                (store_id, BatchStatus.IN_PROGRESS.value),
-            ).fetchall():
+            for batch_id in self.batch_rows.in_progress(conn, store_id):
                 self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
-            for row in conn.execute(
-                "SELECT file_id FROM vector_store_files WHERE vector_store_id = ? AND status = ?",
-                (store_id, FileStatus.IN_PROGRESS.value),
-            ).fetchall():
-                if not self.scheduler.is_in_flight(store_id, row[0]):
+            for file_id in self.file_rows.in_progress(conn, store_id):
+                if not self.scheduler.is_in_flight(store_id, file_id):
                     self.book.set_file(
                         conn,
                         store_id,
-                        row[0],
+                        file_id,
                         FileStatus.FAILED,
                         LastError(ErrorCode.SERVER_ERROR, reason),
                     )
@@ -453,31 +456,13 @@ class Processing:
         deleted before their chunks were."""
         for job in jobs:
             self.writer.delete_file(job.store_id, job.file_id)
-        for (store_id,) in (
-            self.db.reader()
-            .execute(
-                "SELECT DISTINCT vector_store_id FROM chunks "
-                "WHERE vector_store_id NOT IN (SELECT id FROM vector_stores)"
-            )
-            .fetchall()
-        ):
+        for store_id in self.chunk_rows.stores_deleted_from_thread():
             log.info("deleting the chunks of deleted store %s", store_id)
             self.writer.delete_store(store_id)
 
     def reconcile_indexes(self) -> None:
-        for store in self.db.execute(
-            "SELECT id, embedding_dimensions FROM vector_stores WHERE embedding_dimensions > 0"
-        ).fetchall():
-            store_id, dim = store["id"], store["embedding_dimensions"]
-            stored = np.fromiter(
-                (
-                    r[0]
-                    for r in self.db.execute(
-                        "SELECT id FROM chunks WHERE vector_store_id = ? ORDER BY id", (store_id,)
-                    )
-                ),
-                dtype=np.int64,
-            )
+        for store_id, dim in self.store_rows.dimensioned():
+            stored = self.chunk_rows.ids_of_store(store_id)
             report = self.indexes.reconcile(store_id, dim, stored, self._vector_loader(dim))
             if report.added or report.removed or report.rebuilt:
                 log.info(
@@ -496,13 +481,7 @@ class Processing:
             out = np.empty((len(ids), dim), dtype=np.float32)
             for start in range(0, len(ids), 500):
                 part = [int(i) for i in ids[start : start + 500]]
-                marks = ",".join("?" * len(part))
-                found = {
-                    r[0]: r[1]
-                    for r in self.db.execute(
-                        f"SELECT id, vector FROM chunks WHERE id IN ({marks})", tuple(part)
-                    )
-                }
+                found = self.chunk_rows.vectors(part)
                 for j, chunk_id in enumerate(part):
                     out[start + j] = np.frombuffer(found[chunk_id], dtype=np.float32)
             return out

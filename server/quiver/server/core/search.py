@@ -16,7 +16,6 @@ Scores, always in [0, 1], higher is better, comparable across rankers:
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
 from collections.abc import Callable
@@ -29,12 +28,15 @@ from quiver.server.core.errors import FieldViolation
 from quiver.server.core.filters import AttributeTable, Filter
 from quiver.server.core.fusion import fuse, fusion_for
 from quiver.server.core.keyword_ranking import KeywordMatches, keyword_matches
-from quiver.server.core.models import AttributeValue, FileStatus
+from quiver.server.core.models import AttributeValue
+from quiver.server.core.ports import VectorIndexes
 from quiver.server.core.principal import Principal
 from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.base import Embedder
-from quiver.server.index.manager import IndexManager
+from quiver.server.storage.chunk_rows import ChunkRows
+from quiver.server.storage.interfaces import ChunkRepository, KeywordIndex
+from quiver.server.storage.keyword_index import Fts5Keywords
 
 MAX_QUERIES = 10
 MAX_QUERY_CHARS = 4096
@@ -110,7 +112,7 @@ class Searcher:
     def __init__(
         self,
         stores: VectorStores,
-        indexes: IndexManager,
+        indexes: VectorIndexes,
         embedder_for: EmbedderFor,
         *,
         exact_max_chunks: int,
@@ -118,6 +120,8 @@ class Searcher:
     ) -> None:
         self.stores = stores
         self.db = stores.db
+        self.chunks: ChunkRepository = ChunkRows(stores.db)
+        self.keyword_index: KeywordIndex = Fts5Keywords(stores.db)
         self.indexes = indexes
         self.embedder_for = embedder_for
         self.exact_max_chunks = exact_max_chunks
@@ -130,10 +134,10 @@ class Searcher:
             principal, store_id, refused="can no longer be searched"
         )
         self.stores.touch_if_possible(store_id)
-        dim = int(store["embedding_dimensions"])
+        dim = int(store.embedding_dimensions)
         if dim == 0:  # learned from the embedder's first vectors: none were stored yet
             return []
-        embedder = self.embedder_for(store["embedding_model"], dim, bool(store["dimensions_sent"]))
+        embedder = self.embedder_for(store.embedding_model, dim, store.dimensions_sent)
         embedded = await asyncio.to_thread(embedder.embed, request.queries)
         query = _unit(embedded.sum(axis=0))
         wanted = (
@@ -160,7 +164,7 @@ class Searcher:
             )
         if keywords is not None:
             keyword, cosines = await keywords
-            fusion = fusion_for(store["embedding_model"])
+            fusion = fusion_for(store.embedding_model)
             scored = fuse(fusion, vector_ranking, keyword, cosines)
         else:
             scored = [(c, max(0.0, min(1.0, s))) for c, s in vector_ranking]
@@ -176,22 +180,10 @@ class Searcher:
         reads every completed file's attributes): call it from a thread."""
         if filter is None:
             return None, None
-        reader = self.db.reader()
-        rows = reader.execute(
-            "SELECT file_id, attributes FROM vector_store_files "
-            "WHERE vector_store_id = ? AND status = ?",
-            (store_id, FileStatus.COMPLETED.value),
-        ).fetchall()
-        table = AttributeTable([json.loads(attributes) for _, attributes in rows])
+        rows = self.stores.file_rows.completed_attributes(store_id)
+        table = AttributeTable([attributes for _, attributes in rows])
         files = [rows[i][0] for i in sorted(table.select(filter))]
-        ids = [
-            r[0]
-            for r in reader.execute(
-                "SELECT id FROM chunks WHERE vector_store_id = ? "
-                "AND file_id IN (SELECT value FROM json_each(?))",
-                (store_id, json.dumps(files)),
-            )
-        ]
+        ids = self.chunks.ids_of_files(store_id, files)
         return files, np.asarray(ids, dtype=np.int64)
 
     # -- vector rankings -----------------------------------------------------------------------
@@ -246,15 +238,12 @@ class Searcher:
         query: npt.NDArray[np.float32],
     ) -> tuple[KeywordMatches, dict[int, float]]:
         """The keyword ranking (core/keyword_ranking.py) on a read-only connection of the
-        calling thread, and the cosine similarity of its chunks (their vectors from SQLite)
+        calling thread, and the cosine similarity of its chunks (their stored vectors)
         for the fusion."""
-        reader = self.db.reader()
-        found = keyword_matches(reader, store_id, queries, k, files)
+        found = keyword_matches(self.keyword_index, store_id, queries, k, files)
         if not found.relevance:
             return found, {}
-        ids = list(found.relevance)
-        marks = ",".join("?" * len(ids))
-        rows = reader.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", ids)
+        rows = self.chunks.vectors_from_thread(list(found.relevance))
         cosines = {
             int(i): float(np.frombuffer(blob, dtype=np.float32) @ query)
             for i, blob in rows
@@ -269,26 +258,15 @@ class Searcher:
         if not scored:
             return []
         top = scored[: limit * 2]
-        marks = ",".join("?" * len(top))
-        rows = {
-            r["id"]: r
-            for r in self.db.execute(
-                "SELECT c.id, c.file_id, c.text, f.attributes, files.filename FROM chunks c "
-                "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id "
-                "AND f.file_id = c.file_id AND f.status = 'completed' "
-                "JOIN files ON files.id = c.file_id "
-                f"WHERE c.vector_store_id = ? AND c.id IN ({marks})",
-                (store_id, *[c for c, _ in top]),
-            )
-        }
+        rows = self.chunks.hits(store_id, [c for c, _ in top])
         hits = [
             SearchHit(
                 chunk_id=chunk_id,
-                file_id=rows[chunk_id]["file_id"],
-                filename=rows[chunk_id]["filename"],
+                file_id=rows[chunk_id].file_id,
+                filename=rows[chunk_id].filename,
                 score=score,
-                attributes=json.loads(rows[chunk_id]["attributes"]),
-                text=rows[chunk_id]["text"],
+                attributes=rows[chunk_id].attributes,
+                text=rows[chunk_id].text,
             )
             for chunk_id, score in top
             if chunk_id in rows

@@ -6,14 +6,17 @@ Use ``with book.transaction() as conn:``; the watch hub is told after the commit
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.models import BatchStatus, FileBatch, FileCounts, FileStatus, LastError
 from quiver.server.core.watch import FileUpdate, WatchHub
+from quiver.server.storage.batch_rows import BatchRows
 from quiver.server.storage.database import Database
+from quiver.server.storage.interfaces import BatchRepository, StoreFileRepository, Tx
+from quiver.server.storage.rows import BatchRow
+from quiver.server.storage.store_file_rows import StoreFileRows
 
 BATCH_ENDED = LastError(
     ErrorCode.SERVER_ERROR,
@@ -21,12 +24,12 @@ BATCH_ENDED = LastError(
 )
 
 
-def batch_from_row(row: sqlite3.Row, counts: FileCounts) -> FileBatch:
+def batch_from_row(row: BatchRow, counts: FileCounts) -> FileBatch:
     return FileBatch(
-        id=row["id"],
-        created_at=row["created_at"],
-        vector_store_id=row["vector_store_id"],
-        status=BatchStatus(row["status"]),
+        id=row.id,
+        created_at=row.created_at,
+        vector_store_id=row.vector_store_id,
+        status=BatchStatus(row.status),
         file_counts=counts,
     )
 
@@ -34,6 +37,8 @@ def batch_from_row(row: sqlite3.Row, counts: FileCounts) -> FileBatch:
 class StatusBook:
     def __init__(self, db: Database, hub: WatchHub) -> None:
         self.db = db
+        self.batches: BatchRepository = BatchRows(db)
+        self.files: StoreFileRepository = StoreFileRows(db)
         self.hub = hub
         self._changes: dict[str, list[tuple[int, FileUpdate]]] = {}
         self._touched: set[str] = set()
@@ -41,7 +46,7 @@ class StatusBook:
         self._depth = 0
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Tx]:
         self._depth += 1
         try:
             with self.db.transaction() as conn:
@@ -59,9 +64,9 @@ class StatusBook:
         touched, changes, final = self._touched, self._changes, self._final
         self._changes, self._touched, self._final = {}, set(), {}
         for batch_id in touched:
-            row = self.db.execute("SELECT * FROM file_batches WHERE id = ?", (batch_id,)).fetchone()
+            row = self.batches.get(batch_id)
             if row is not None:
-                batch, sequence = batch_from_row(row, self.batch_counts(batch_id)), row["sequence"]
+                batch, sequence = batch_from_row(row, self.batch_counts(batch_id)), row.sequence
             elif batch_id in final:  # deleted with its store: its last state was kept
                 batch, sequence = final[batch_id]
             else:
@@ -69,17 +74,11 @@ class StatusBook:
             self.hub.publish(batch, sequence, changes.get(batch_id, []))
 
     def batch_counts(self, batch_id: str) -> FileCounts:
-        counts = dict(
-            self.db.execute(
-                "SELECT status, COUNT(*) FROM batch_files WHERE batch_id = ? GROUP BY status",
-                (batch_id,),
-            ).fetchall()
-        )
-        return FileCounts.from_status_counts(counts)
+        return FileCounts.from_status_counts(self.batches.status_counts(batch_id))
 
     def set_file(
         self,
-        conn: sqlite3.Connection,
+        conn: Tx,
         store_id: str,
         file_id: str,
         status: FileStatus,
@@ -87,80 +86,33 @@ class StatusBook:
         usage_bytes: int = 0,
     ) -> None:
         """Sets a store file's status (inside a ``transaction``) and records it in its batch."""
-        row = conn.execute(
-            "UPDATE vector_store_files SET status = ?, last_error_code = ?, "
-            "last_error_message = ?, usage_bytes = ? WHERE vector_store_id = ? AND file_id = ? "
-            "RETURNING batch_id",
-            (
-                status.value,
-                error.code if error else None,
-                error.message if error else None,
-                usage_bytes,
-                store_id,
-                file_id,
-            ),
-        ).fetchone()
-        if row is not None and row["batch_id"] is not None:
-            self.set_batch_file(conn, row["batch_id"], file_id, status, error)
+        batch_id = self.files.set_status(conn, store_id, file_id, status, error, usage_bytes)
+        if batch_id is not None:
+            self.set_batch_file(conn, batch_id, file_id, status, error)
 
     def set_batch_file(
         self,
-        conn: sqlite3.Connection,
+        conn: Tx,
         batch_id: str,
         file_id: str,
         status: FileStatus,
         error: LastError | None = None,
     ) -> None:
-        current = conn.execute(
-            "SELECT status FROM batch_files WHERE batch_id = ? AND file_id = ?",
-            (batch_id, file_id),
-        ).fetchone()
-        if current is None or current["status"] != FileStatus.IN_PROGRESS.value:
+        current = self.batches.file_status(conn, batch_id, file_id)
+        if current != FileStatus.IN_PROGRESS.value:
             return  # the batch's record of a settled file never changes again
-        sequence = conn.execute(
-            "UPDATE file_batches SET sequence = sequence + 1 WHERE id = ? RETURNING sequence",
-            (batch_id,),
-        ).fetchone()["sequence"]
-        conn.execute(
-            "UPDATE batch_files SET status = ?, last_error_code = ?, last_error_message = ?, "
-            "changed_at_sequence = ? WHERE batch_id = ? AND file_id = ?",
-            (
-                status.value,
-                error.code if error else None,
-                error.message if error else None,
-                sequence,
-                batch_id,
-                file_id,
-            ),
-        )
+        sequence = self.batches.next_sequence(conn, batch_id)
+        assert sequence is not None  # its batch_files row refers to it
+        self.batches.set_file(conn, batch_id, file_id, status, error, sequence)
         self._changes.setdefault(batch_id, []).append(
             (sequence, FileUpdate(file_id, status, error))
         )
         self._touched.add(batch_id)
-        self._settle_batch(conn, batch_id)
-
-    def _settle_batch(self, conn: sqlite3.Connection, batch_id: str) -> None:
-        """Ends the batch once none of its files is in progress."""
-        pending = conn.execute(
-            "SELECT 1 FROM batch_files WHERE batch_id = ? AND status = ? LIMIT 1",
-            (batch_id, FileStatus.IN_PROGRESS.value),
-        ).fetchone()
-        if pending is not None:
-            return
-        conn.execute(
-            "UPDATE file_batches SET status = CASE WHEN cancel_requested THEN ? ELSE ? END "
-            "WHERE id = ? AND status = ?",
-            (
-                BatchStatus.CANCELLED.value,
-                BatchStatus.COMPLETED.value,
-                batch_id,
-                BatchStatus.IN_PROGRESS.value,
-            ),
-        )
+        self.batches.settle(conn, batch_id)  # ends the batch once none is in progress
 
     def end_batch(
         self,
-        conn: sqlite3.Connection,
+        conn: Tx,
         batch_id: str,
         status: BatchStatus,
         error: LastError = BATCH_ENDED,
@@ -171,28 +123,14 @@ class StatusBook:
         so the terminal message and every later GetFileBatch count none in progress (a file
         in flight may still settle in its store; the batch's record of it is final).
         """
-        sequence = conn.execute(
-            "UPDATE file_batches SET status = ?, sequence = sequence + 1 WHERE id = ? "
-            "RETURNING sequence",
-            (status.value, batch_id),
-        ).fetchone()
+        sequence = self.batches.end(conn, batch_id, status)
         if sequence is None:
             return
-        unfinished = conn.execute(
-            "UPDATE batch_files SET status = ?, last_error_code = ?, last_error_message = ?, "
-            "changed_at_sequence = ? WHERE batch_id = ? AND status = ? RETURNING file_id",
-            (
-                FileStatus.FAILED.value,
-                error.code,
-                error.message,
-                sequence[0],
-                batch_id,
-                FileStatus.IN_PROGRESS.value,
-            ),
-        ).fetchall()
+        unfinished = self.batches.fail_unfinished(conn, batch_id, error, sequence)
         self._changes.setdefault(batch_id, []).extend(
-            (sequence[0], FileUpdate(r[0], FileStatus.FAILED, error)) for r in unfinished
+            (sequence, FileUpdate(f, FileStatus.FAILED, error)) for f in unfinished
         )
-        row = conn.execute("SELECT * FROM file_batches WHERE id = ?", (batch_id,)).fetchone()
-        self._final[batch_id] = (batch_from_row(row, self.batch_counts(batch_id)), sequence[0])
+        row = self.batches.get(batch_id)
+        assert row is not None  # just updated in this transaction
+        self._final[batch_id] = (batch_from_row(row, self.batch_counts(batch_id)), sequence)
         self._touched.add(batch_id)

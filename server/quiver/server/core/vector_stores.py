@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -23,6 +21,8 @@ from quiver.server.core.models import (
     StoreStatus,
     VectorStore,
 )
+from quiver.server.core.pages import page_of
+from quiver.server.core.ports import VectorIndexes
 from quiver.server.core.principal import Principal
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.status_book import StatusBook
@@ -32,9 +32,17 @@ from quiver.server.core.validation import (
     check_name,
     raise_if,
 )
-from quiver.server.index.manager import IndexManager
-from quiver.server.storage.database import Database
-from quiver.server.storage.pagination import fetch_page
+from quiver.server.storage.batch_rows import BatchRows
+from quiver.server.storage.database import Database, DatabaseError
+from quiver.server.storage.interfaces import (
+    BatchRepository,
+    StoreFileRepository,
+    Tx,
+    VectorStoreRepository,
+)
+from quiver.server.storage.rows import StoreActivity, StoreRow
+from quiver.server.storage.store_file_rows import StoreFileRows
+from quiver.server.storage.vector_store_rows import VectorStoreRows
 
 log = logging.getLogger("quiver.stores")
 
@@ -74,11 +82,14 @@ class VectorStores:
         resolve_embedder: EmbedderResolver,
         book: StatusBook,
         scheduler: Scheduler,
-        indexes: IndexManager,
+        indexes: VectorIndexes,
         *,
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
+        self.rows: VectorStoreRepository = VectorStoreRows(db)
+        self.file_rows: StoreFileRepository = StoreFileRows(db)
+        self.batch_rows: BatchRepository = BatchRows(db)
         self.resolve_embedder = resolve_embedder
         self.book = book
         self.scheduler = scheduler
@@ -87,40 +98,33 @@ class VectorStores:
 
     # -- reading -------------------------------------------------------------------------
 
-    def get_row(self, principal: Principal, store_id: str) -> sqlite3.Row:
-        row: sqlite3.Row | None = self.db.execute(
-            "SELECT * FROM vector_stores WHERE id = ? AND tenant = ? AND subject = ?",
-            (store_id, principal.tenant, principal.subject),
-        ).fetchone()
+    def get_row(self, principal: Principal, store_id: str) -> StoreRow:
+        row = self.rows.get(store_id, principal.tenant, principal.subject)
         if row is None:
             raise NotFound(
                 f"no vector store with id {store_id[:80]!r}", reason="VECTOR_STORE_NOT_FOUND"
             )
         return row
 
-    def _expires_at(self, row: sqlite3.Row) -> int | None:
-        if row["expires_days"] is None:
+    def _expires_at(self, row: StoreRow | StoreActivity) -> int | None:
+        if row.expires_days is None:
             return None
-        return int(row["last_active_at"]) + int(row["expires_days"]) * DAY
+        return int(row.last_active_at) + int(row.expires_days) * DAY
 
-    def _is_expired(self, row: sqlite3.Row) -> bool:
+    def _is_expired(self, row: StoreRow | StoreActivity) -> bool:
         expires_at = self._expires_at(row)
         return expires_at is not None and self.clock() >= expires_at
 
     def file_counts(self, store_id: str) -> tuple[FileCounts, int]:
         counts: dict[str, int] = {}
         usage = 0
-        for status, count, used in self.db.execute(
-            "SELECT status, COUNT(*), COALESCE(SUM(usage_bytes), 0) FROM vector_store_files "
-            "WHERE vector_store_id = ? GROUP BY status",
-            (store_id,),
-        ):
+        for status, count, used in self.file_rows.status_counts(store_id):
             counts[status] = count
             usage += used
         return FileCounts.from_status_counts(counts), usage
 
-    def _to_store(self, row: sqlite3.Row) -> VectorStore:
-        counts, usage = self.file_counts(row["id"])
+    def _to_store(self, row: StoreRow) -> VectorStore:
+        counts, usage = self.file_counts(row.id)
         if self._is_expired(row):
             status = StoreStatus.EXPIRED
         elif counts.in_progress:
@@ -128,41 +132,36 @@ class VectorStores:
         else:
             status = StoreStatus.COMPLETED
         expires_after = (
-            ExpiresAfter(row["expires_anchor"], row["expires_days"])
-            if row["expires_days"] is not None
+            ExpiresAfter(row.expires_anchor or "", row.expires_days)
+            if row.expires_days is not None
             else None
         )
         return VectorStore(
-            id=row["id"],
-            created_at=row["created_at"],
-            name=row["name"],
+            id=row.id,
+            created_at=row.created_at,
+            name=row.name,
             usage_bytes=usage,
             file_counts=counts,
             status=status,
             expires_after=expires_after,
             expires_at=self._expires_at(row),
-            last_active_at=row["last_active_at"],
-            metadata=json.loads(row["metadata"]),
-            embedding_model=row["embedding_model"],
-            embedding_dimensions=row["embedding_dimensions"],
+            last_active_at=row.last_active_at,
+            metadata=dict(row.metadata),
+            embedding_model=row.embedding_model,
+            embedding_dimensions=row.embedding_dimensions,
         )
 
     def get(self, principal: Principal, store_id: str) -> VectorStore:
         return self._to_store(self.get_row(principal, store_id))
 
     def list(self, principal: Principal, page: ListParams) -> Page[VectorStore]:
-        return fetch_page(
-            self.db,
-            table="vector_stores",
-            where="tenant = ? AND subject = ?",
-            params=(principal.tenant, principal.subject),
-            page=page,
-            convert=self._to_store,
+        return page_of(
+            lambda: self.rows.page(principal.tenant, principal.subject, page), self._to_store
         )
 
     def require_writable(
         self, principal: Principal, store_id: str, refused: str = "no longer accepts changes"
-    ) -> sqlite3.Row:
+    ) -> StoreRow:
         """The store's row, or FAILED_PRECONDITION (saying what is ``refused``) once expired."""
         row = self.get_row(principal, store_id)
         if self._is_expired(row):
@@ -174,23 +173,15 @@ class VectorStores:
         return row
 
     def is_expired(self, store_id: str) -> bool:
-        row = self.db.execute(
-            "SELECT last_active_at, expires_days FROM vector_stores WHERE id = ?", (store_id,)
-        ).fetchone()
+        row = self.rows.activity(store_id)
         return row is not None and self._is_expired(row)
 
-    def learn_dimensions(self, conn: sqlite3.Connection, store_id: str, width: int) -> int:
+    def learn_dimensions(self, conn: Tx, store_id: str, width: int) -> int:
         """The store's vector dimension, recorded from ``width`` (the first vectors' length)
         when it was not known yet. ValueError when vectors of another length arrive."""
-        row = conn.execute(
-            "SELECT embedding_dimensions FROM vector_stores WHERE id = ?", (store_id,)
-        ).fetchone()
-        known = int(row[0]) if row is not None else 0
+        known = self.rows.dimensions(conn, store_id)
         if known == 0:
-            conn.execute(
-                "UPDATE vector_stores SET embedding_dimensions = ? WHERE id = ?",
-                (width, store_id),
-            )
+            self.rows.set_dimensions(conn, store_id, width)
             return width
         if known != width:
             raise ValueError(
@@ -200,17 +191,14 @@ class VectorStores:
 
     def touch(self, store_id: str) -> None:
         """Marks activity now (the expiry anchor)."""
-        self.db.execute(
-            "UPDATE vector_stores SET last_active_at = ? WHERE id = ?",
-            (int(self.clock()), store_id),
-        )
+        self.rows.touch(store_id, int(self.clock()))
 
     def touch_if_possible(self, store_id: str) -> None:
         """``touch`` for reads (search): a timestamp that cannot be written (a full disk, a
         busy database) is logged and skipped; the read goes on."""
         try:
             self.touch(store_id)
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             log.warning("last_active_at of %s not updated: %s", store_id, exc)
 
     # -- writing -------------------------------------------------------------------------
@@ -254,29 +242,26 @@ class VectorStores:
         choice = self.resolve_embedder(embedding_model, embedding_dimensions)
         return NewStore(name, dict(metadata), expires_after, choice)
 
-    def insert(self, conn: sqlite3.Connection, principal: Principal, new: NewStore) -> str:
+    def insert(self, conn: Tx, principal: Principal, new: NewStore) -> str:
         """Inside a transaction: inserts a prepared store; returns its id."""
         now = int(self.clock())
         store_id = ids.new_id(ids.VECTOR_STORE)
         expires_after, choice = new.expires_after, new.choice
-        conn.execute(
-            "INSERT INTO vector_stores (id, tenant, subject, name, created_at, "
-            "last_active_at, expires_anchor, expires_days, metadata, embedding_model, "
-            "embedding_dimensions, dimensions_sent) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                store_id,
-                principal.tenant,
-                principal.subject,
-                new.name,
-                now,
-                now,
-                expires_after.anchor if expires_after else None,
-                expires_after.days if expires_after else None,
-                json.dumps(new.metadata, sort_keys=True),
-                choice.model,
-                choice.dimensions,
-                int(choice.send_dimensions),
+        self.rows.insert(
+            conn,
+            StoreRow(
+                id=store_id,
+                tenant=principal.tenant,
+                subject=principal.subject,
+                name=new.name,
+                created_at=now,
+                last_active_at=now,
+                expires_anchor=expires_after.anchor if expires_after else None,
+                expires_days=expires_after.days if expires_after else None,
+                metadata=new.metadata,
+                embedding_model=choice.model,
+                embedding_dimensions=choice.dimensions,
+                dimensions_sent=choice.send_dimensions,
             ),
         )
         return store_id
@@ -295,22 +280,15 @@ class VectorStores:
         self.require_writable(principal, store_id)
         with self.db.transaction() as conn:
             if change.name is not None:
-                conn.execute(
-                    "UPDATE vector_stores SET name = ? WHERE id = ?", (change.name, store_id)
-                )
+                self.rows.set_name(conn, store_id, change.name)
             if change.metadata is not None:
-                conn.execute(
-                    "UPDATE vector_stores SET metadata = ? WHERE id = ?",
-                    (json.dumps(change.metadata, sort_keys=True), store_id),
-                )
+                self.rows.set_metadata(conn, store_id, change.metadata)
             if expires_after is not None or change.clear_expires_after:
-                conn.execute(
-                    "UPDATE vector_stores SET expires_anchor = ?, expires_days = ? WHERE id = ?",
-                    (
-                        expires_after.anchor if expires_after else None,
-                        expires_after.days if expires_after else None,
-                        store_id,
-                    ),
+                self.rows.set_expiry(
+                    conn,
+                    store_id,
+                    expires_after.anchor if expires_after else None,
+                    expires_after.days if expires_after else None,
                 )
             self.touch(store_id)
         return self.get(principal, store_id)
@@ -323,13 +301,8 @@ class VectorStores:
         self.scheduler.remove(lambda j: j.store_id == store_id)
         with self.book.transaction() as conn:
             # Its running batches end ``failed`` (their watchers get a terminal message).
-            for (batch_id,) in conn.execute(
-                "SELECT id FROM file_batches WHERE vector_store_id = ? AND status = ?",
-                (store_id, BatchStatus.IN_PROGRESS.value),
-            ).fetchall():
+            for batch_id in self.batch_rows.in_progress(conn, store_id):
                 self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
-            conn.execute("DELETE FROM vector_store_files WHERE vector_store_id = ?", (store_id,))
-            conn.execute("DELETE FROM file_batches WHERE vector_store_id = ?", (store_id,))
-            conn.execute("DELETE FROM vector_stores WHERE id = ?", (store_id,))
+            self.rows.delete(conn, store_id)
         self.indexes.drop(store_id)
         await asyncio.to_thread(ChunkWriter(self.db).delete_store, store_id)

@@ -68,7 +68,7 @@ class IndexManager:
             self.get(store_id, dim).mark_deleted(labels)
             self._dirty.add(store_id)
 
-    def changed(self, store_id: str, index: VectorIndex) -> None:
+    def changed(self, store_id: str, index: object) -> None:
         """``index`` (got from ``get``) was written to outside this manager, e.g. in a thread:
         save it with the others, unless the store has been dropped meanwhile."""
         if self._open.get(store_id) is index:

@@ -20,6 +20,9 @@ from quiver.server.storage.write_lock import WriteLock
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
+DatabaseError = sqlite3.Error
+"""What a failed statement of this database raises (for the core's ``except``)."""
+
 
 def is_disk_full(exc: BaseException) -> bool:
     """SQLite's "database or disk is full" (SQLITE_FULL) or an OS write's ENOSPC."""

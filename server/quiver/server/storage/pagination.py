@@ -4,13 +4,45 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from quiver.server.core.errors import InvalidArgument
-from quiver.server.core.models import ListParams, Order, Page
 from quiver.server.storage.database import Database
 
 T = TypeVar("T")
+
+
+class PageSpec(Protocol):
+    """A validated list request (the core's ``ListParams``)."""
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def order(self) -> str: ...  # "asc" or "desc"
+
+    @property
+    def after(self) -> str | None: ...
+
+    @property
+    def before(self) -> str | None: ...
+
+
+class UnknownCursor(LookupError):
+    """``after``/``before`` names no row of the list."""
+
+    def __init__(self, field: str, cursor: str) -> None:
+        super().__init__(f"no object with id {cursor[:80]!r} in this list")
+        self.field = field
+        self.cursor = cursor
+
+
+@dataclass(frozen=True)
+class Rows(Generic[T]):
+    """One page's rows, and whether more follow in the direction of travel."""
+
+    items: list[T]
+    has_more: bool
 
 
 def fetch_page(
@@ -19,21 +51,21 @@ def fetch_page(
     table: str,
     where: str,
     params: tuple[object, ...],
-    page: ListParams,
+    page: PageSpec,
     convert: Callable[[sqlite3.Row], T],
     id_col: str = "id",
     columns: str = "*",
     table_params: tuple[object, ...] = (),
-) -> Page[T]:
+) -> Rows[T]:
     """Rows of ``table`` matching ``where``, ordered by insertion (``seq``).
 
-    ``after``/``before`` are ids of rows in the same scope; an unknown id is INVALID_ARGUMENT.
+    ``after``/``before`` are ids of rows in the same scope; an unknown id is ``UnknownCursor``.
     ``has_more`` says whether more rows follow in the direction of travel.
     ``table`` may be a parenthesised subquery whose placeholders take ``table_params``.
     """
     conds = [where]
     args = list(params)
-    desc = page.order is Order.DESC
+    desc = page.order == "desc"
     for field, cursor, newer in (("after", page.after, not desc), ("before", page.before, desc)):
         if cursor is None:
             continue
@@ -42,7 +74,7 @@ def fetch_page(
             (*table_params, *params, cursor),
         ).fetchone()
         if row is None:
-            raise InvalidArgument.one(field, f"no object with id {cursor[:80]!r} in this list")
+            raise UnknownCursor(field, cursor)
         conds.append("seq > ?" if newer else "seq < ?")
         args.append(row["seq"])
     # Paging backwards (only `before`): walk the other way, then restore the order.
@@ -57,4 +89,4 @@ def fetch_page(
     rows = rows[: page.limit]
     if backwards:
         rows.reverse()
-    return Page([convert(r) for r in rows], has_more)
+    return Rows([convert(r) for r in rows], has_more)

@@ -1,0 +1,265 @@
+"""The repositories the core reads and writes the database through, as ``typing.Protocol``s:
+one per aggregate. The SQLite implementations (the embedded default) are the modules beside
+this one (``file_rows.py``, ``vector_store_rows.py``, ``store_file_rows.py``,
+``batch_rows.py``, ``chunk_rows.py``, ``keyword_index.py``); another database implements
+the same Protocols.
+
+Methods taking a ``Tx`` run inside that open transaction (from ``Database.transaction()``);
+the others read (or, ``touch``, write) on their own. Methods documented as blocking run
+from a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from quiver.server.core.models import (
+    AttributeValue,
+    BatchStatus,
+    Chunking,
+    FileStatus,
+    LastError,
+    StoredFile,
+    VectorStoreFile,
+)
+from quiver.server.storage.pagination import PageSpec, Rows
+from quiver.server.storage.rows import (
+    Attachment,
+    BatchFileChange,
+    BatchRow,
+    ChunkHit,
+    Owner,
+    StoreActivity,
+    StoreRow,
+    Tx,
+)
+
+__all__ = [
+    "BadKeywordQuery",
+    "BatchRepository",
+    "ChunkRepository",
+    "FileRepository",
+    "KeywordIndex",
+    "StoreFileRepository",
+    "Transactions",
+    "Tx",
+    "VectorStoreRepository",
+]
+
+
+class BadKeywordQuery(ValueError):
+    """An expression the full-text engine cannot parse."""
+
+
+class Transactions(Protocol):
+    """What the core needs of the database itself (today's ``Database``): a write
+    transaction to pass to the repositories, and a checkpoint after a large commit."""
+
+    def transaction(self) -> AbstractContextManager[Tx]: ...
+
+    def checkpoint(self) -> None: ...
+
+
+class FileRepository(Protocol):
+    def insert(self, tx: Tx, tenant: str, subject: str, file: StoredFile) -> None: ...
+
+    def get(self, file_id: str, tenant: str, subject: str) -> StoredFile | None: ...
+
+    def page(self, tenant: str, subject: str, purpose: str, page: PageSpec) -> Rows[StoredFile]: ...
+
+    def delete(self, tx: Tx, file_id: str) -> None: ...
+
+    def content_in_use(self, tx: Tx, sha256: str) -> bool: ...
+
+    def existing(self, tenant: str, subject: str, file_ids: list[str]) -> set[str]: ...
+
+
+class VectorStoreRepository(Protocol):
+    def get(self, store_id: str, tenant: str, subject: str) -> StoreRow | None: ...
+
+    def get_in(self, tx: Tx, store_id: str) -> StoreRow | None: ...
+
+    def page(self, tenant: str, subject: str, page: PageSpec) -> Rows[StoreRow]: ...
+
+    def with_file(self, tx: Tx, file_id: str, tenant: str, subject: str) -> list[StoreRow]: ...
+
+    def dimensioned(self) -> list[tuple[str, int]]: ...
+
+    def activity(self, store_id: str) -> StoreActivity | None: ...
+
+    def dimensions(self, tx: Tx, store_id: str) -> int: ...
+
+    def set_dimensions(self, tx: Tx, store_id: str, width: int) -> None: ...
+
+    def touch(self, store_id: str, now: int) -> None: ...
+
+    def insert(self, tx: Tx, store: StoreRow) -> None: ...
+
+    def set_name(self, tx: Tx, store_id: str, name: str) -> None: ...
+
+    def set_metadata(self, tx: Tx, store_id: str, metadata: dict[str, str]) -> None: ...
+
+    def set_expiry(self, tx: Tx, store_id: str, anchor: str | None, days: int | None) -> None: ...
+
+    def delete(self, tx: Tx, store_id: str) -> None: ...
+
+
+class StoreFileRepository(Protocol):
+    def get(self, store_id: str, file_id: str) -> VectorStoreFile | None: ...
+
+    def attachment(self, tx: Tx, store_id: str, file_id: str) -> Attachment | None: ...
+
+    def attach(
+        self,
+        tx: Tx,
+        store_id: str,
+        file_id: str,
+        tenant: str,
+        subject: str,
+        now: int,
+        chunking: Chunking,
+        attributes: Mapping[str, AttributeValue],
+        batch_id: str | None,
+    ) -> int: ...
+
+    def page(
+        self, store_id: str, status: FileStatus | None, page: PageSpec
+    ) -> Rows[VectorStoreFile]: ...
+
+    def status_counts(self, store_id: str) -> list[tuple[str, int, int]]: ...
+
+    def set_attributes(
+        self, tx: Tx, store_id: str, file_id: str, attributes: Mapping[str, AttributeValue]
+    ) -> None: ...
+
+    def set_status(
+        self,
+        tx: Tx,
+        store_id: str,
+        file_id: str,
+        status: FileStatus,
+        error: LastError | None,
+        usage_bytes: int,
+    ) -> str | None: ...
+
+    def delete(self, tx: Tx, store_id: str, file_id: str) -> None: ...
+
+    def in_progress(self, tx: Tx, store_id: str) -> list[str]: ...
+
+    def completed_attributes(
+        self, store_id: str
+    ) -> list[tuple[str, dict[str, AttributeValue]]]: ...
+
+
+class BatchRepository(Protocol):
+    def by_request(self, tenant: str, subject: str, request_id: str) -> BatchRow | None: ...
+
+    def get(self, batch_id: str) -> BatchRow | None: ...
+
+    def get_in_store(self, batch_id: str, store_id: str) -> BatchRow | None: ...
+
+    def insert(
+        self,
+        tx: Tx,
+        batch_id: str,
+        store_id: str,
+        tenant: str,
+        subject: str,
+        now: int,
+        request_id: str | None,
+        digest: str | None,
+    ) -> None: ...
+
+    def in_progress(self, tx: Tx, store_id: str) -> list[str]: ...
+
+    def request_cancel(self, tx: Tx, batch_id: str) -> None: ...
+
+    def cancel_requested(self, tx: Tx, batch_id: str) -> bool: ...
+
+    def next_sequence(self, tx: Tx, batch_id: str) -> int | None: ...
+
+    def settle(self, tx: Tx, batch_id: str) -> None: ...
+
+    def end(self, tx: Tx, batch_id: str, status: BatchStatus) -> int | None: ...
+
+    def add_files(self, tx: Tx, batch_id: str, file_ids: list[str]) -> None: ...
+
+    def file_status(self, tx: Tx, batch_id: str, file_id: str) -> str | None: ...
+
+    def set_file(
+        self,
+        tx: Tx,
+        batch_id: str,
+        file_id: str,
+        status: FileStatus,
+        error: LastError | None,
+        sequence: int,
+    ) -> None: ...
+
+    def fail_unfinished(
+        self, tx: Tx, batch_id: str, error: LastError, sequence: int
+    ) -> list[str]: ...
+
+    def in_progress_files(self, tx: Tx, batch_id: str) -> list[str]: ...
+
+    def status_counts(self, batch_id: str) -> dict[str, int]: ...
+
+    def changes_after(self, batch_id: str, after_sequence: int) -> list[BatchFileChange]: ...
+
+    def files_page(
+        self, batch_id: str, status: FileStatus | None, page: PageSpec
+    ) -> Rows[VectorStoreFile]: ...
+
+
+class ChunkRepository(Protocol):
+    def insert_slice(
+        self,
+        owner: Owner,
+        texts: list[str],
+        token_counts: list[int],
+        vectors: npt.NDArray[np.float32],
+        start: int,
+        end: int,
+    ) -> npt.NDArray[np.int64]: ...
+
+    def delete_slice(self, ids: list[int]) -> None: ...
+
+    def delete_leftovers_slice(self, owner: Owner, rows: int) -> int | None: ...
+
+    def delete_of_slice(self, store_id: str, file_id: str | None, rows: int) -> int: ...
+
+    def delete_of_file(self, tx: Tx, store_id: str, file_id: str) -> list[int]: ...
+
+    def texts_from(self, store_id: str, file_id: str, start: int) -> Iterator[tuple[int, str]]: ...
+
+    def ids_of_files(self, store_id: str, file_ids: list[str]) -> list[int]: ...
+
+    def vectors_from_thread(self, ids: Sequence[int]) -> list[tuple[int, bytes]]: ...
+
+    def stores_deleted_from_thread(self) -> list[str]: ...
+
+    def ids_of_store(self, store_id: str) -> npt.NDArray[np.int64]: ...
+
+    def vectors(self, ids: Sequence[int]) -> dict[int, bytes]: ...
+
+    def hits(self, store_id: str, ids: Sequence[int]) -> dict[int, ChunkHit]: ...
+
+
+class KeywordIndex(Protocol):
+    """Full-text search over the chunks (blocking: from a thread)."""
+
+    def best(
+        self, store_id: str, phrases: Sequence[str], k: int, files: list[str] | None
+    ) -> list[tuple[int, float]]: ...
+
+    def ranked(
+        self, store_id: str, phrases: Sequence[str], k: int, files: list[str] | None
+    ) -> list[tuple[int, float]]: ...
+
+    def holding(self, phrase: str) -> list[int]: ...
+
+    def document_frequencies(self, words: Sequence[str]) -> tuple[int, list[int]]: ...
