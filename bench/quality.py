@@ -17,9 +17,13 @@ best chunk; the first 10 distinct documents count).
 
     .venv/bin/python -m bench.quality                  # ~3,000 documents, ~1,000 queries
     .venv/bin/python -m bench.quality --sweep          # also: auto under other fusion weights
+    .venv/bin/python -m bench.quality --model local:all-minilm-l6-v2 --sweep
+    .venv/bin/python -m bench.quality --model local:all-minilm-l6-v2 --long-text truncate
 
-``--sweep`` is the tuning tool: it re-runs ``auto`` with other weights for the hash
+``--sweep`` is the tuning tool: it re-runs ``auto`` with other weights for the store's
 embedder (patched into the running server's search module, which is in this process).
+``--model`` picks the store's embedder (default ``hash``); ``--long-text`` runs a ``local:``
+model with that long-text policy instead of its own (a ``--models-dir`` made for the run).
 Figures are printed and written to ``bench/results/quality.json``.
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import re
 import sqlite3
@@ -49,6 +54,8 @@ from bench.okapi import Okapi, tokenize
 from bench.quality_corpus import Collection, build
 from bench.results import RESULTS_DIR, save_results
 from bench.search import ingest
+
+PACKAGED_MODELS = Path(__file__).parent.parent / "server/quiver/server/embedders/models"
 
 K = 10
 CHUNKS_PER_QUERY = 50
@@ -150,6 +157,29 @@ def bm25_rankings(
 # -- the run ---------------------------------------------------------------------------------
 
 
+def local_sweep_grid() -> list[dict[str, Any]]:
+    """Fusion settings for a real (``local:``) model: mostly the vector weight."""
+    return [
+        {"vector_weight": w, "phrase_boost": 0.5, "pair_boost": 0.15, "stop_words": True}
+        for w in (0.5, 1.0, 1.5, 2.0, 3.0)
+    ]
+
+
+def models_dir_with_policy(root: Path, model: str, long_text: str) -> Path:
+    """A --models-dir holding ``model`` (a shipped ``local:`` model) with ``long_text``."""
+    name = model.split(":", 1)[1]
+    source = PACKAGED_MODELS / name
+    target = root / "models" / name
+    target.mkdir(parents=True)
+    config = json.loads((source / "model.json").read_text())
+    config["long_text"] = long_text
+    (target / "model.json").write_text(json.dumps(config))
+    (target / config.get("tokenizer", "tokenizer.json")).symlink_to(
+        source / config.get("tokenizer", "tokenizer.json")
+    )
+    return root / "models"
+
+
 def sweep_grid() -> list[dict[str, Any]]:
     """Fusion settings for the hash embedder tried by ``--sweep``: the vector weight, the
     boosts for the exact phrase and for pairs of adjacent query words, and whether English
@@ -186,12 +216,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             path.write_text(doc.body + "\n", encoding="utf-8")
             paths.append(path)
         data_dir = Path(tmp) / "data"
+        models_dir = (
+            models_dir_with_policy(Path(tmp), args.model, args.long_text)
+            if args.long_text
+            else None
+        )
         server = QuiverServer(
             Settings(
                 http_listen="127.0.0.1:0",
                 listen="127.0.0.1:0",
                 data_dir=data_dir,
                 ingest_workers=args.workers,
+                models_dir=models_dir,
+                # A model on a shared machine may be slow; no file fails for that here.
+                file_timeout=3600.0,
+                file_parse_seconds=3600.0,
             )
         )
         port = await server.start()
@@ -205,7 +244,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
             )
             t = time.perf_counter()
-            done = await ingest(channel, paths, chunking)
+            done = await ingest(channel, paths, chunking, args.model)
             print(
                 f"ingested {done.files} files ({done.failed} failed) in "
                 f"{time.perf_counter() - t:.1f} s"
@@ -224,7 +263,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"ranker {ranker}: {time.perf_counter() - t:.1f} s")
             sweep: list[dict[str, Any]] = []
             if args.sweep:
-                sweep = await run_sweep(stub, done.store_id, queries, right)
+                sweep = await run_sweep(stub, done.store_id, queries, right, args.model)
         finally:
             await channel.close(None)
             await server.stop(grace=1.0)
@@ -243,6 +282,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "chunk_tokens": args.chunk_tokens,
             "overlap_tokens": args.overlap,
             "seed": args.seed,
+            "embedding_model": args.model,
+            "long_text": args.long_text or "the model's own",
         },
         "results": {name: s.as_json() for name, s in results.items()},
         "sweep": sweep,
@@ -254,14 +295,17 @@ async def run_sweep(
     store_id: str,
     queries: Sequence[str],
     right: Sequence[int],
+    model: str,
 ) -> list[dict[str, Any]]:
-    shipped = fusion_module.FUSION["hash"]
+    key = model.split(":", 1)[0]
+    shipped = fusion_module.fusion_for(model)
     stop_words = keyword_module.STOP_WORDS
     out: list[dict[str, Any]] = []
-    print(f"\nsweep (hash embedder; shipped: {shipped}, stop words left out)")
+    print(f"\nsweep ({model} embedder; shipped: {shipped}, stop words left out)")
+    grid = sweep_grid() if key == "hash" else local_sweep_grid()
     try:
-        for setting in sweep_grid():
-            fusion_module.FUSION["hash"] = fusion_module.Fusion(
+        for setting in grid:
+            fusion_module.FUSION[key] = fusion_module.Fusion(
                 vector_weight=setting["vector_weight"],
                 phrase_boost=setting["phrase_boost"],
                 pair_boost=setting["pair_boost"],
@@ -271,7 +315,7 @@ async def run_sweep(
             print(scores.row(f"auto {setting}"))
             out.append({**setting, **scores.as_json()})
     finally:
-        fusion_module.FUSION["hash"] = shipped
+        fusion_module.FUSION[key] = shipped
         keyword_module.STOP_WORDS = stop_words
     return out
 
@@ -285,6 +329,13 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sweep", action="store_true", help="also try other fusion weights")
+    parser.add_argument("--model", default="hash", help="the store's embedding_model")
+    parser.add_argument(
+        "--long-text",
+        choices=("windows", "truncate"),
+        default="",
+        help="a local: model's long-text policy for this run (default: its model.json's)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "quality.json")
     args = parser.parse_args()
     data = asyncio.run(run(args))

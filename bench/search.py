@@ -232,7 +232,10 @@ class Ingested:
 
 
 async def ingest(
-    channel: aio.Channel, paths: Sequence[Path], chunking: common_pb2.ChunkingStrategy
+    channel: aio.Channel,
+    paths: Sequence[Path],
+    chunking: common_pb2.ChunkingStrategy,
+    embedding_model: str = "",
 ) -> Ingested:
     files = files_pb2_grpc.FileServiceStub(channel)
     stores = vector_stores_pb2_grpc.VectorStoreServiceStub(channel)
@@ -244,7 +247,11 @@ async def ingest(
     ]
     upload_seconds = time.perf_counter() - started
     store = (
-        await stores.CreateVectorStore(vector_stores_pb2.CreateVectorStoreRequest(name="bench"))
+        await stores.CreateVectorStore(
+            vector_stores_pb2.CreateVectorStoreRequest(
+                name="bench", embedding_model=embedding_model
+            )
+        )
     ).vector_store
     started = time.perf_counter()
     completed = failed = 0

@@ -55,6 +55,15 @@ class Settings:
     metrics_listen: str = ""
     openai_base_url: str = ""
     openai_api_key: str = ""
+    openai_timeout: float = 30.0
+    openai_batch_size: int = 64
+    openai_concurrency: int = 4
+    openai_query_concurrency: int = 4
+    openai_query_queue: int = 64
+    openai_query_prefix: str = ""
+    openai_passage_prefix: str = ""
+    models_dir: Path | None = None
+    local_threads: int = 0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -130,6 +139,23 @@ _HELP: dict[str, str] = {
     "openai_base_url": "OpenAI-compatible endpoint for 'openai:<model>' stores, "
     "e.g. http://127.0.0.1:8000/v1",
     "openai_api_key": "API key sent to that endpoint",
+    "openai_timeout": "seconds one request to that endpoint may wait for its answer; a "
+    "request of several chunks that times out is split in halves and sent again",
+    "openai_batch_size": "chunks per request to that endpoint (at most 2048)",
+    "openai_concurrency": "requests the ingest workers together keep in flight to that "
+    "endpoint; the others wait their turn",
+    "openai_query_concurrency": "search query embeddings in flight to that endpoint at once, "
+    "on threads of their own (a slow endpoint never holds up searches of other stores)",
+    "openai_query_queue": "search query embeddings that may wait for one of those threads; "
+    "more answer RESOURCE_EXHAUSTED",
+    "openai_query_prefix": "text put before every search query sent to that endpoint, e.g. "
+    "'query: ' for e5 models (changing it or the passage prefix needs re-embedded stores)",
+    "openai_passage_prefix": "text put before every chunk sent to that endpoint, e.g. "
+    "'passage: ' for e5 models",
+    "models_dir": "directory of 'local:<name>' models, one <name>/ folder each (model.json, "
+    "the ONNX file, tokenizer.json), searched before the models Quiver ships",
+    "local_threads": "ONNX Runtime threads of a 'local:' model in each ingest worker and for "
+    "queries (0 = cores / --ingest-workers, at least 1)",
     "tls_cert": "PEM certificate chain to serve TLS with (with --tls-key); re-read when the "
     "file changes or on SIGHUP",
     "tls_key": "PEM private key of --tls-cert",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from grpc import aio
@@ -159,7 +160,9 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
             options.ranker,
             options.score_threshold,
         )
-        hits = await self._searcher.search(current_principal(), store_id, search)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        hits = await self._searcher.search(current_principal(), store_id, search, deadline)
         return pb.SearchVectorStoreResponse(
             object="vector_store.search_results.page",
             search_query=search.queries,

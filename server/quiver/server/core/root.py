@@ -22,6 +22,7 @@ from quiver.server.core.files import FileStore
 from quiver.server.core.job_leases import JobLeases, check_lease_settings, new_owner_id
 from quiver.server.core.lease_keeper import LeaseKeeper
 from quiver.server.core.processing import Processing
+from quiver.server.core.query_embedding import LaneLimits, QueryEmbedding
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
 from quiver.server.core.status_book import StatusBook
@@ -30,6 +31,12 @@ from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.upload_slots import UploadSlots
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.core.watch import WatchHub
+from quiver.server.embedders.local_onnx import local_threads
+from quiver.server.embedders.openai_tuning import (
+    OpenAITuning,
+    check_openai_tuning,
+    hung_endpoint_seconds,
+)
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
@@ -90,6 +97,8 @@ class Core:
     """This server instance's claims on the files it ingests (recorded in the database)."""
     lease_keeper: LeaseKeeper
     """The heartbeat renewing those claims and the sweep taking up expired ones."""
+    query_embedding: QueryEmbedding
+    """Search queries' embedding lanes: bounded per provider that calls out (``openai``)."""
 
     async def start_workers(self) -> None:
         """Starts the ingest worker processes (WorkerStartFailed if they cannot start)."""
@@ -122,10 +131,49 @@ class Core:
             log.exception("releasing the job leases failed")
 
     def close(self) -> None:
-        """Stops the workers, saves the indexes and closes the database."""
+        """Stops the query lanes and the workers, saves the indexes and closes the database."""
+        self.query_embedding.close()
         self.pool.close()
         self.indexes.save_all()
         self.db.close()
+
+
+def openai_tuning(settings: Settings) -> OpenAITuning:
+    """The ``--openai-*`` settings, validated (ValueError naming every bad one); the ingest
+    workers' request slots live in the data directory."""
+    problems = check_openai_tuning(
+        timeout_s=settings.openai_timeout,
+        batch_size=settings.openai_batch_size,
+        concurrency=settings.openai_concurrency,
+        query_concurrency=settings.openai_query_concurrency,
+        query_queue=settings.openai_query_queue,
+        query_prefix=settings.openai_query_prefix,
+        passage_prefix=settings.openai_passage_prefix,
+    )
+    if problems:
+        raise ValueError("; ".join(problems))
+    hung = hung_endpoint_seconds(settings.openai_timeout, settings.openai_batch_size)
+    if settings.openai_base_url and settings.file_timeout < hung:
+        log.warning(
+            "--file-timeout %g s is shorter than the %g s a batch takes to fail against an "
+            "embedding endpoint that never answers (--openai-timeout %g s, halving "
+            "--openai-batch-size %d down to one input): such files fail with 'took longer "
+            "than' instead of naming the endpoint",
+            settings.file_timeout,
+            hung,
+            settings.openai_timeout,
+            settings.openai_batch_size,
+        )
+    slots_dir = settings.data_dir / "embedding-slots"
+    slots_dir.mkdir(parents=True, exist_ok=True)
+    return OpenAITuning(
+        timeout_s=settings.openai_timeout,
+        batch_size=settings.openai_batch_size,
+        query_prefix=settings.openai_query_prefix,
+        passage_prefix=settings.openai_passage_prefix,
+        slots_dir=str(slots_dir),
+        slots=settings.openai_concurrency,
+    )
 
 
 def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
@@ -137,6 +185,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     memory = worker_memory_bytes(settings.worker_memory, settings.ingest_workers)
     check_lease_settings(settings.job_lease_seconds, settings.job_renew_seconds)
     limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
+    tuning = openai_tuning(settings)
     data = settings.data_dir
     db = Database(data / "quiver.sqlite3")
     blobs = BlobStore(data / "blobs")
@@ -158,14 +207,22 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     uploads = UploadSlots(
         max_total=settings.max_uploads, max_per_tenant=settings.max_uploads_per_tenant
     )
-    embedders = StoreEmbedders(settings.openai_base_url, settings.openai_api_key)
+    embedders = StoreEmbedders(
+        settings.openai_base_url,
+        settings.openai_api_key,
+        tuning,
+        models_dir=settings.models_dir,
+        local_threads=local_threads(settings.local_threads, settings.ingest_workers),
+    )
     scheduler = Scheduler(
         max_in_flight=settings.ingest_workers,
         max_queued=settings.max_queued_files,
         max_queued_per_tenant=settings.max_queued_files_per_tenant,
     )
     files = FileStore(db, blobs, max_file_bytes=settings.max_file_bytes, clock=clock)
-    choice = EmbedderChoice(settings.embedding_dimensions, settings.openai_base_url)
+    choice = EmbedderChoice(
+        settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
+    )
     stores = VectorStores(db, choice.resolve, book, scheduler, indexes, clock=clock)
     leases = JobLeases(JobsRepository(db), new_owner_id(), settings.job_lease_seconds)
     processing = Processing(
@@ -187,12 +244,23 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     lease_keeper = LeaseKeeper(leases, processing.sweep, settings.job_renew_seconds)
     file_deletion = FileDeletion(book, files, store_files)
     batches = FileBatches(book, store_files, hub)
+    query_embedding = QueryEmbedding(
+        {
+            "openai": LaneLimits(
+                settings.openai_query_concurrency,
+                settings.openai_query_queue,
+                "--openai-query-concurrency and --openai-query-queue",
+            )
+        },
+        default_wait_s=2 * settings.openai_timeout,
+    )
     searcher = Searcher(
         stores,
         indexes,
         embedders.embedder_for,
         exact_max_chunks=settings.exact_search_max_chunks,
         pending=pending,
+        query_embedding=query_embedding,
     )
     metrics.watch_gauges(
         queue_depth=lambda: scheduler.queued,
@@ -223,4 +291,5 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         searcher=searcher,
         leases=leases,
         lease_keeper=lease_keeper,
+        query_embedding=query_embedding,
     )

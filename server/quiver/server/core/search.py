@@ -31,6 +31,7 @@ from quiver.server.core.keyword_ranking import KeywordMatches, keyword_matches
 from quiver.server.core.models import AttributeValue
 from quiver.server.core.ports import VectorIndexes
 from quiver.server.core.principal import Principal
+from quiver.server.core.query_embedding import QueryEmbedding
 from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.base import Embedder
@@ -116,6 +117,7 @@ class Searcher:
         embedder_for: EmbedderFor,
         *,
         exact_max_chunks: int,
+        query_embedding: QueryEmbedding,
         pending: PendingLabels | None = None,
     ) -> None:
         self.stores = stores
@@ -126,10 +128,17 @@ class Searcher:
         self.embedder_for = embedder_for
         self.exact_max_chunks = exact_max_chunks
         self.pending = pending or PendingLabels()
+        self.query_embedding = query_embedding
 
     async def search(
-        self, principal: Principal, store_id: str, request: SearchRequest
+        self,
+        principal: Principal,
+        store_id: str,
+        request: SearchRequest,
+        deadline: float | None = None,
     ) -> list[SearchHit]:
+        """``deadline``: the caller's (``time.monotonic()``), which bounds the query's
+        embedding (core/query_embedding.py)."""
         store = self.stores.require_writable(
             principal, store_id, refused="can no longer be searched"
         )
@@ -137,8 +146,11 @@ class Searcher:
         dim = int(store.embedding_dimensions)
         if dim == 0:  # learned from the embedder's first vectors: none were stored yet
             return []
-        embedder = self.embedder_for(store.embedding_model, dim, store.dimensions_sent)
-        embedded = await asyncio.to_thread(embedder.embed, request.queries)
+        # On a thread: building a local: model's embedder loads it (once per server).
+        embedder = await asyncio.to_thread(
+            self.embedder_for, store.embedding_model, dim, store.dimensions_sent
+        )
+        embedded = await self.query_embedding.embed(embedder, request.queries, deadline)
         query = _unit(embedded.sum(axis=0))
         wanted = (
             max(FUSION_CANDIDATES, 4 * request.max_results)

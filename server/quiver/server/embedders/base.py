@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +13,10 @@ FloatMatrix = npt.NDArray[np.float32]
 
 class EmbeddingError(Exception):
     """Embedding failed for good (after any retries); the message says what happened."""
+
+
+class EmbeddingDeadlineExceeded(EmbeddingError):
+    """The caller's deadline passed before the embedding was computed."""
 
 
 class Embedder(Protocol):
@@ -35,6 +39,31 @@ class Embedder(Protocol):
         Raises ``EmbeddingError`` when the embedding cannot be computed.
         """
         ...
+
+
+@runtime_checkable
+class DeadlineEmbedder(Protocol):
+    """An embedder that calls out (e.g. over HTTP) and can stop at a caller's deadline."""
+
+    def embed_until(self, texts: Sequence[str], deadline: float | None) -> FloatMatrix:
+        """``embed``, but raising ``EmbeddingDeadlineExceeded`` rather than working past
+        ``deadline`` (a ``time.monotonic()`` instant; None: no deadline)."""
+        ...
+
+
+@runtime_checkable
+class QueryEmbedder(Protocol):
+    """An embedder that embeds search queries differently from chunks (e.g. with the
+    ``query: `` prefix an e5 model needs)."""
+
+    def embed_queries(self, texts: Sequence[str]) -> FloatMatrix: ...
+
+
+def embed_queries(embedder: Embedder, texts: Sequence[str]) -> FloatMatrix:
+    """Embed search queries: ``embed_queries`` where the embedder has it, else ``embed``."""
+    if isinstance(embedder, QueryEmbedder):
+        return embedder.embed_queries(texts)
+    return embedder.embed(texts)
 
 
 def l2_normalise(matrix: npt.ArrayLike) -> FloatMatrix:
