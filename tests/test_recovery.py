@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -263,12 +264,16 @@ async def test_sigkill_mid_batch_then_restart(
 
     db = open_db(data_dir)
     try:
-        (in_progress,) = db.execute(
-            "SELECT COUNT(*) FROM vector_store_files WHERE status = 'in_progress'"
+        (in_progress, lease_expiry) = db.execute(
+            "SELECT COUNT(*), MAX(lease_expires_at) FROM vector_store_files "
+            "WHERE status = 'in_progress'"
         ).fetchone()
     finally:
         db.close()
     assert in_progress > 0, "nothing was left to recover"
+    # The killed server's leases: the next start takes up those that have expired by then.
+    assert lease_expiry > 0
+    await asyncio.sleep(max(0.0, lease_expiry - time.time()) + 0.1)
 
     second = ServeProcess(data_dir, port, tmp_path / "second.log")
     processes.append(second)

@@ -52,6 +52,8 @@ class ServerLoop:
         command += ["--ingest-workers", str(self.options.ingest_workers)]
         command += ["--log-level", self.options.log_level]
         command += ["--index-save-interval", str(self.options.index_save_interval)]
+        # A killed server's files are taken up once their job leases expire: keep them short.
+        command += ["--job-lease-seconds", "2", "--job-renew-seconds", "0.5"]
         self.started = time.monotonic()
         # Its own session: the ingest workers share its process group, so whatever of it
         # survives a kill can be found (and reaped) by that group id.

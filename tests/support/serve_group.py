@@ -27,7 +27,17 @@ class ServeProcess:
         self.log_path = log
         self._log: IO[bytes] = log.open("wb")
         self.proc = subprocess.Popen(
-            serve_command(f"127.0.0.1:{port}", data_dir, "--ingest-workers", "2"),
+            serve_command(
+                f"127.0.0.1:{port}",
+                data_dir,
+                "--ingest-workers",
+                "2",
+                # A SIGKILLed server's files are taken up once their leases expire: short.
+                "--job-lease-seconds",
+                "2",
+                "--job-renew-seconds",
+                "0.5",
+            ),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -46,6 +46,8 @@ class Settings:
     commit_retry_delay: float = 1.0
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0
+    job_lease_seconds: float = 30.0
+    job_renew_seconds: float = 10.0
     exact_search_max_chunks: int = 2000
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
@@ -123,6 +125,10 @@ _HELP: dict[str, str] = {
     "commit_retry_delay": "seconds before the first retry on a full disk (doubling, at most 60)",
     "embedding_dimensions": "default vector dimension of the 'hash' embedder",
     "index_save_interval": "seconds between saves of changed indexes (also saved at stop)",
+    "job_lease_seconds": "seconds a server's claim on a file it ingests lasts without renewal; "
+    "after a crash (SIGKILL) the files it held are taken up again once their leases expire",
+    "job_renew_seconds": "seconds between renewals of the server's job leases and sweeps for "
+    "expired ones (less than --job-lease-seconds)",
     "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "
     "is exact (numpy) instead of approximate (hnswlib)",
     "hnsw_m": "hnswlib M (graph degree) for new indexes",

@@ -66,6 +66,13 @@ class Metrics:
         )
         self.chunks = Counter("quiver_ingest_chunks", "Chunks committed", registry=r)
         self.tokens = Counter("quiver_ingest_tokens", "Tokens committed", registry=r)
+        self.stale_results = Counter(
+            "quiver_ingest_stale_results",
+            "Ingest results dropped because the file was claimed again meanwhile, by reason "
+            "(lease_lost: another server instance holds it; superseded: a newer claim here)",
+            ("reason",),
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "quiver_ingest_stage_seconds",
             "Time per file in each ingest stage (parse, chunk, embed in the worker; index, "

@@ -26,9 +26,10 @@ from quiver.server.core.chunk_writer import (
     add_to_index,
 )
 from quiver.server.core.error_codes import ErrorCode
+from quiver.server.core.job_leases import JobLeases
 from quiver.server.core.models import BatchStatus, FileStatus, LastError
 from quiver.server.core.ports import Blobs, IngestExecutor, VectorIndex, VectorIndexes
-from quiver.server.core.scheduler import Job, Scheduler, single_queue
+from quiver.server.core.scheduler import Job, Scheduler
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.registry import EmbedderSpec
@@ -49,7 +50,6 @@ from quiver.server.storage.interfaces import (
     Tx,
     VectorStoreRepository,
 )
-from quiver.server.storage.rows import conn_of
 from quiver.server.storage.store_file_rows import StoreFileRows
 from quiver.server.storage.vector_store_rows import VectorStoreRows
 
@@ -78,6 +78,7 @@ class Processing:
         commit_attempts: int = 8,
         retry_delay: float = 1.0,
         pending: PendingLabels | None = None,
+        leases: JobLeases,
     ) -> None:
         self.db = db
         self.batch_rows: BatchRepository = BatchRows(db)
@@ -97,11 +98,13 @@ class Processing:
         self.commit_attempts = max(1, commit_attempts)
         self.retry_delay = retry_delay
         self._later: set[asyncio.Task[None]] = set()
+        self.leases = leases
 
     # -- one file ----------------------------------------------------------------------------
 
     def _current(self, job: Job) -> sqlite3.Row | None:
-        """The file's row if this job is still wanted (in progress, same generation)."""
+        """The file's row if this job is still wanted (in progress, same generation, its
+        lease held by this server)."""
         row: sqlite3.Row | None = self.db.execute(
             "SELECT f.*, s.embedding_model, s.embedding_dimensions, s.dimensions_sent, "
             "files.sha256, "
@@ -115,9 +118,31 @@ class Processing:
             row is None
             or row["status"] != FileStatus.IN_PROGRESS
             or row["generation"] != job.generation
+            or row["lease_owner"] != self.leases.owner
         ):
             return None
         return row
+
+    def _note_dropped(self, job: Job) -> None:
+        """``job``'s result is being dropped: if that is because the file was claimed again
+        (its lease lost to another server, or re-claimed after it expired), count and log it."""
+        lease = self.leases.lease(self.db.conn, job)
+        if lease is None or lease.status != FileStatus.IN_PROGRESS:
+            return  # detached, deleted or settled meanwhile: nothing unusual
+        if self.leases.holds(lease, job):
+            return
+        lost = lease.owner != self.leases.owner
+        self.metrics.stale_results.labels("lease_lost" if lost else "superseded").inc()
+        log.log(
+            logging.WARNING if lost else logging.INFO,  # superseded: e.g. re-attached meanwhile
+            "dropping the result of %s in %s: generation %d was claimed again "
+            "(now generation %d, owner %s)",
+            job.file_id,
+            job.store_id,
+            job.generation,
+            lease.generation,
+            lease.owner,
+        )
 
     async def process(self, job: Job) -> None:
         row = self._current(job)
@@ -264,6 +289,7 @@ class Processing:
         started = time.perf_counter()
         row = self._current(job)
         if row is None:
+            self._note_dropped(job)
             return
         if self.stores.is_expired(job.store_id):
             self._fail_expired(job, "the vector store expired while this file was being processed")
@@ -276,6 +302,7 @@ class Processing:
                 self.writer.write, owner, output.texts, output.token_counts, vectors
             )
         except NotWanted:
+            self._note_dropped(job)
             self._cancel_if_requested(job)
             return
         dim = int(row["embedding_dimensions"])
@@ -310,10 +337,12 @@ class Processing:
         m.stage_seconds.labels("commit").observe(time.perf_counter() - started - index_seconds)
 
     def _complete(self, job: Job, output: WorkerOutput) -> bool:
-        """The short final transaction: ``completed`` if the job is still wanted."""
+        """The short final transaction: ``completed`` if the job is still wanted (and still
+        this server's claim of the file: same generation, same lease owner)."""
         assert output.vectors is not None
         with self.book.transaction() as conn:
             if self._current(job) is None:
+                self._note_dropped(job)
                 return False
             if self._cancel_requested(conn, job):
                 self.book.set_file(conn, job.store_id, job.file_id, FileStatus.CANCELLED)
@@ -375,34 +404,51 @@ class Processing:
 
     # -- start-up ----------------------------------------------------------------------------
 
+    def _room(self) -> int:
+        """How many more files the scheduler's queue takes (claims are bounded by it)."""
+        return max(0, self.scheduler.max_queued - self.scheduler.queued)
+
+    def _claim_expired(self) -> list[Job]:
+        """Claims the unfinished files whose lease expired or that were never claimed (those of
+        a cancelled batch are cancelled instead); returns their jobs."""
+        with self.book.transaction() as conn:
+            for store_id, file_id in self.leases.expired_in_cancelled_batches(conn):
+                self.book.set_file(conn, store_id, file_id, FileStatus.CANCELLED)
+            return self.leases.claim_expired(conn, self._room())
+
     def recover(self) -> list[Job]:
-        """Takes up every file left in progress, without duplicate chunks; returns the jobs."""
-        jobs: list[Job] = []
-        with self.book.transaction() as tx:
-            conn = conn_of(tx)  # the job queue's statements (issue 11 item 3) move with it
-            # Cancelled batches: their unfinished files are cancelled now.
-            for row in conn.execute(
-                "SELECT f.vector_store_id, f.file_id FROM vector_store_files f "
-                "JOIN file_batches b ON b.id = f.batch_id "
-                "WHERE f.status = ? AND b.cancel_requested = 1",
-                (FileStatus.IN_PROGRESS.value,),
-            ).fetchall():
-                self.book.set_file(conn, row[0], row[1], FileStatus.CANCELLED)
-            for row in conn.execute(
-                "UPDATE vector_store_files SET generation = generation + 1 WHERE status = ? "
-                "RETURNING vector_store_id, file_id, generation, batch_id, seq, tenant",
-                (FileStatus.IN_PROGRESS.value,),
-            ).fetchall():
-                jobs.append(
-                    Job(
-                        row["vector_store_id"],
-                        row["file_id"],
-                        row["generation"],
-                        row["batch_id"] or single_queue(row["vector_store_id"], row["file_id"]),
-                        row["tenant"],
-                    )
-                )
-        return jobs
+        """At start: takes up the files left in progress whose lease expired (or that were
+        never claimed), without duplicate chunks; returns the jobs. Files whose lease another
+        server instance still holds are left to it (or to the sweep, once it expires)."""
+        return self._claim_expired()
+
+    async def sweep(self) -> int:
+        """Periodically: claims the files whose lease expired meanwhile, deletes the chunks
+        their previous owner left, and queues them. Returns how many were claimed."""
+        jobs = self._claim_expired()
+        if not jobs:
+            return 0
+        keys = {j.key for j in jobs}
+        self.scheduler.remove(lambda j: j.key in keys)  # queued under a claim now superseded
+        await asyncio.to_thread(self._delete_claimed_leftovers, jobs)
+        self.scheduler.enqueue(jobs)
+        return len(jobs)
+
+    def _delete_claimed_leftovers(self, jobs: list[Job]) -> None:
+        """Blocking: the chunks the previous owners of ``jobs`` left (their labels stay in the
+        index, hidden from searches, until the next start's reconciliation), each only while
+        its claim is still current (never the chunks of a newer attachment)."""
+        for job in jobs:
+            owner = Owner(job.store_id, job.file_id, job.generation, None, job.tenant, "")
+            self.writer.delete_leftovers(owner)
+
+    def release_leases(self) -> None:
+        """At a clean stop, after the scheduler: the files left unfinished may be claimed at
+        once (by the next start) instead of when their leases expire."""
+        with self.book.transaction() as conn:
+            released = self.leases.release(conn)
+        if released:
+            log.info("released the leases of unfinished files", extra={"files": released})
 
     def delete_leftovers(self, jobs: list[Job]) -> None:
         """Blocking (call it from a thread, before ``reconcile_indexes``): deletes the chunks

@@ -19,6 +19,8 @@ from quiver.server.core.clock import Clock, system_clock
 from quiver.server.core.embedder_choice import EmbedderChoice
 from quiver.server.core.file_deletion import FileDeletion
 from quiver.server.core.files import FileStore
+from quiver.server.core.job_leases import JobLeases, check_lease_settings, new_owner_id
+from quiver.server.core.lease_keeper import LeaseKeeper
 from quiver.server.core.processing import Processing
 from quiver.server.core.query_embedding import LaneLimits, QueryEmbedding
 from quiver.server.core.scheduler import Scheduler
@@ -41,6 +43,7 @@ from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
+from quiver.server.storage.jobs import JobsRepository
 
 log = logging.getLogger("quiver.server")
 
@@ -90,6 +93,10 @@ class Core:
     """File batches, and a store created with files (one transaction)."""
     searcher: Searcher
     """SearchVectorStore: vector, keyword and hybrid search with filters."""
+    leases: JobLeases
+    """This server instance's claims on the files it ingests (recorded in the database)."""
+    lease_keeper: LeaseKeeper
+    """The heartbeat renewing those claims and the sweep taking up expired ones."""
     query_embedding: QueryEmbedding
     """Search queries' embedding lanes: bounded per provider that calls out (``openai``)."""
 
@@ -111,11 +118,17 @@ class Core:
     def start_processing(self) -> None:
         """Queued files start going through the worker pool."""
         self.scheduler.start(self.processing.process)
+        self.lease_keeper.start()
 
     async def stop_processing(self) -> None:
         """Stops taking files; those in flight stay in progress and resume at the next
-        start."""
+        start (at once: their leases are released)."""
+        await self.lease_keeper.stop()
         await self.scheduler.stop()
+        try:
+            self.processing.release_leases()
+        except Exception:  # e.g. a full disk: they are claimed once the leases expire
+            log.exception("releasing the job leases failed")
 
     def close(self) -> None:
         """Stops the query lanes and the workers, saves the indexes and closes the database."""
@@ -170,6 +183,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     memory limit too small. The caller holds the data directory's lock.
     """
     memory = worker_memory_bytes(settings.worker_memory, settings.ingest_workers)
+    check_lease_settings(settings.job_lease_seconds, settings.job_renew_seconds)
     limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
     tuning = openai_tuning(settings)
     data = settings.data_dir
@@ -210,6 +224,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
     )
     stores = VectorStores(db, choice.resolve, book, scheduler, indexes, clock=clock)
+    leases = JobLeases(JobsRepository(db), new_owner_id(), settings.job_lease_seconds)
     processing = Processing(
         db,
         book,
@@ -223,8 +238,10 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         commit_attempts=settings.commit_attempts,
         retry_delay=settings.commit_retry_delay,
         pending=pending,
+        leases=leases,
     )
-    store_files = StoreFiles(book, stores, indexes, scheduler, files, pending)
+    store_files = StoreFiles(book, stores, indexes, scheduler, files, pending, leases=leases)
+    lease_keeper = LeaseKeeper(leases, processing.sweep, settings.job_renew_seconds)
     file_deletion = FileDeletion(book, files, store_files)
     batches = FileBatches(book, store_files, hub)
     query_embedding = QueryEmbedding(
@@ -272,5 +289,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         file_deletion=file_deletion,
         batches=batches,
         searcher=searcher,
+        leases=leases,
+        lease_keeper=lease_keeper,
         query_embedding=query_embedding,
     )

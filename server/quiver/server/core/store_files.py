@@ -9,6 +9,7 @@ from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FailedPrecondition, NotFound
 from quiver.server.core.files import FileStore
 from quiver.server.core.index_removals import IndexRemovals
+from quiver.server.core.job_leases import JobLeases
 from quiver.server.core.models import (
     AttributeValue,
     Chunking,
@@ -42,6 +43,8 @@ class StoreFiles:
         scheduler: Scheduler,
         files: FileStore,
         pending: PendingLabels | None = None,
+        *,
+        leases: JobLeases,
     ) -> None:
         self.book = book
         self.db = book.db
@@ -52,6 +55,7 @@ class StoreFiles:
         self.scheduler = scheduler
         self.files = files
         self.removals = IndexRemovals(indexes, pending or PendingLabels())
+        self.leases = leases
 
     # -- attaching -----------------------------------------------------------------------------
 
@@ -94,6 +98,7 @@ class StoreFiles:
             batch_id or single_queue(store_id, file_id),
             principal.tenant,
         )
+        self.leases.stamp(conn, job)  # the attach is this server's claim of the file
         return job, stale
 
     def drop_from_index(self, store: StoreRow, chunk_ids: list[int]) -> None:

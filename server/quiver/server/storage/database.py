@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from quiver.server.storage.schema import ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION
+from quiver.server.storage.schema import ADDED_COLUMNS, ADDED_INDEXES, SCHEMA, SCHEMA_VERSION
 from quiver.server.storage.write_lock import WriteLock
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
@@ -59,6 +59,10 @@ class Database:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # A checkpoint runs on a thread's connection outside the write lock: close() must not
+        # close that connection under it (SQLite crashes the process).
+        self._checkpoint_lock = threading.Lock()
+        self._closed = False
         self._migrate()
 
     def _migrate(self) -> None:
@@ -67,6 +71,8 @@ class Database:
             have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        for statement in ADDED_INDEXES:
+            self.conn.execute(statement)
         with self.transaction():
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -156,14 +162,20 @@ class Database:
 
     def checkpoint(self) -> None:
         """Copies the write-ahead log into the database (PASSIVE: never waits for anyone);
-        from a thread, so the event loop's commits need not do it."""
-        self._thread_connection("writer", query_only=False).execute(
-            "PRAGMA wal_checkpoint(PASSIVE)"
-        )
+        from a thread, so the event loop's commits need not do it. Skipped once closed."""
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            self._thread_connection("writer", query_only=False).execute(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            )
 
     def close(self) -> None:
         """Closes every connection; waits for a thread's write slice in progress (a slice
-        started afterwards fails with "closed database" instead of writing)."""
+        started afterwards fails with "closed database" instead of writing) and for a
+        checkpoint in progress (one started afterwards does nothing)."""
+        with self._checkpoint_lock:
+            self._closed = True
         self.write_lock.acquire(urgent=True)
         try:
             with self._connections_lock:

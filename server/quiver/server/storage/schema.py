@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS vector_store_files (
     batch_id TEXT,
     -- Bumped whenever the file is (re)queued, so a stale worker result is recognised.
     generation INTEGER NOT NULL DEFAULT 0,
+    -- The job lease (storage/jobs.py): the server instance that claimed the file (NULL: never
+    -- claimed) and until when (unix seconds; 0: claimable now). Every claim bumps generation.
+    lease_owner TEXT,
+    lease_expires_at REAL NOT NULL DEFAULT 0,
     UNIQUE (vector_store_id, file_id)
 );
 CREATE INDEX IF NOT EXISTS vector_store_files_by_status
@@ -136,4 +140,17 @@ END;
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("vector_stores", "dimensions_sent", "INTEGER NOT NULL DEFAULT 1"),
     ("file_batches", "request_digest", "TEXT"),
+    ("vector_store_files", "lease_owner", "TEXT"),
+    ("vector_store_files", "lease_expires_at", "REAL NOT NULL DEFAULT 0"),
+]
+
+# Indexes on added columns: created after ADDED_COLUMNS (an older database lacks the columns
+# while SCHEMA runs).
+ADDED_INDEXES: list[str] = [
+    # The sweep: unfinished files whose lease has expired (or that were never claimed).
+    "CREATE INDEX IF NOT EXISTS vector_store_files_by_lease_expiry "
+    "ON vector_store_files (lease_expires_at) WHERE status = 'in_progress'",
+    # The heartbeat: the unfinished files one server holds.
+    "CREATE INDEX IF NOT EXISTS vector_store_files_by_lease_owner "
+    "ON vector_store_files (lease_owner, lease_expires_at) WHERE status = 'in_progress'",
 ]
