@@ -13,11 +13,13 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Settings:
+    # -- where it listens and what it keeps --
     listen: str = "127.0.0.1:50051"
     http_listen: str = "127.0.0.1:8080"
     data_dir: Path = Path("./quiver-data")
     api_keys_file: Path | None = None
     api_keys: str = ""
+    # -- limits per request, upload and stream --
     max_file_bytes: int = 512 * MiB
     max_message_bytes: int = 4 * MiB
     grace_period: float = 10.0
@@ -26,6 +28,7 @@ class Settings:
     max_uploads_per_tenant: int = 16
     max_watchers: int = 1000
     max_watchers_per_tenant: int = 250
+    # -- connections --
     max_concurrent_streams: int = 128
     max_connections: int = 1000
     keepalive_time: float = 60.0
@@ -36,6 +39,7 @@ class Settings:
     max_connection_age_grace: float = 600.0
     drain_delay: float = 0.0
     log_level: str = "info"
+    # -- ingest --
     ingest_workers: int = max(1, (os.cpu_count() or 2))
     max_queued_files: int = 100_000
     max_queued_files_per_tenant: int = 25_000
@@ -44,6 +48,7 @@ class Settings:
     worker_memory: int = 0
     commit_attempts: int = 8
     commit_retry_delay: float = 1.0
+    # -- embedding, indexes and search --
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0
     job_lease_seconds: float = 30.0
