@@ -47,6 +47,7 @@ class Settings:
     embedding_dimensions: int = 512
     index_save_interval: float = 30.0
     exact_search_max_chunks: int = 2000
+    attribute_index_stores: int = 64
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 256
@@ -123,6 +124,8 @@ _HELP: dict[str, str] = {
     "commit_retry_delay": "seconds before the first retry on a full disk (doubling, at most 60)",
     "embedding_dimensions": "default vector dimension of the 'hash' embedder",
     "index_save_interval": "seconds between saves of changed indexes (also saved at stop)",
+    "attribute_index_stores": "stores whose file attributes are kept indexed in memory for "
+    "filtered search (least recently searched out; rebuilt from the database on next use)",
     "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "
     "is exact (numpy) instead of approximate (hnswlib)",
     "hnsw_m": "hnswlib M (graph degree) for new indexes",

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from quiver.server.config import Settings
+from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.batches import FileBatches
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.clock import Clock, system_clock
@@ -40,7 +41,9 @@ from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
+from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.database import Database
+from quiver.server.storage.store_file_rows import StoreFileRows
 
 log = logging.getLogger("quiver.server")
 
@@ -92,6 +95,8 @@ class Core:
     """SearchVectorStore: vector, keyword and hybrid search with filters."""
     query_embedding: QueryEmbedding
     """Search queries' embedding lanes: bounded per provider that calls out (``openai``)."""
+    attributes: AttributeIndex
+    """Per store, its completed files' attributes indexed for filters (a rebuildable cache)."""
 
     async def start_workers(self) -> None:
         """Starts the ingest worker processes (WorkerStartFailed if they cannot start)."""
@@ -209,7 +214,10 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     choice = EmbedderChoice(
         settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
     )
-    stores = VectorStores(db, choice.resolve, book, scheduler, indexes, clock=clock)
+    attributes = AttributeIndex(
+        StoreFileRows(db), ChunkRows(db), max_stores=settings.attribute_index_stores
+    )
+    stores = VectorStores(db, choice.resolve, book, scheduler, indexes, attributes, clock=clock)
     processing = Processing(
         db,
         book,
@@ -220,11 +228,12 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         scheduler,
         embedders.spec_for,
         metrics,
+        attributes,
         commit_attempts=settings.commit_attempts,
         retry_delay=settings.commit_retry_delay,
         pending=pending,
     )
-    store_files = StoreFiles(book, stores, indexes, scheduler, files, pending)
+    store_files = StoreFiles(book, stores, indexes, scheduler, files, attributes, pending)
     file_deletion = FileDeletion(book, files, store_files)
     batches = FileBatches(book, store_files, hub)
     query_embedding = QueryEmbedding(
@@ -244,6 +253,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         exact_max_chunks=settings.exact_search_max_chunks,
         pending=pending,
         query_embedding=query_embedding,
+        attributes=attributes,
     )
     metrics.watch_gauges(
         queue_depth=lambda: scheduler.queued,
@@ -273,4 +283,5 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         batches=batches,
         searcher=searcher,
         query_embedding=query_embedding,
+        attributes=attributes,
     )

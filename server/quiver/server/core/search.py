@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FieldViolation
-from quiver.server.core.filters import AttributeTable, Filter
+from quiver.server.core.filters import Filter
 from quiver.server.core.fusion import fuse, fusion_for
 from quiver.server.core.keyword_ranking import KeywordMatches, keyword_matches
 from quiver.server.core.models import AttributeValue
@@ -118,6 +119,7 @@ class Searcher:
         *,
         exact_max_chunks: int,
         query_embedding: QueryEmbedding,
+        attributes: AttributeIndex,
         pending: PendingLabels | None = None,
     ) -> None:
         self.stores = stores
@@ -129,6 +131,7 @@ class Searcher:
         self.exact_max_chunks = exact_max_chunks
         self.pending = pending or PendingLabels()
         self.query_embedding = query_embedding
+        self.attributes = attributes
 
     async def search(
         self,
@@ -157,7 +160,7 @@ class Searcher:
             if request.hybrid
             else request.max_results
         )
-        files, allowed = await asyncio.to_thread(self._allowed, store_id, request.filter)
+        files, allowed = await self._allowed(store_id, request.filter)
         # The keyword ranking reads SQLite on a thread of its own, beside the vector search.
         keywords = (
             asyncio.create_task(
@@ -185,18 +188,18 @@ class Searcher:
 
     # -- which chunks may match --------------------------------------------------------------
 
-    def _allowed(
+    async def _allowed(
         self, store_id: str, filter: Filter | None
     ) -> tuple[list[str] | None, npt.NDArray[np.int64] | None]:
-        """With a filter: the completed files it matches, and their chunk ids. Blocking (it
-        reads every completed file's attributes): call it from a thread."""
+        """With a filter: the completed files it matches, and their chunk ids, from the
+        store's attribute index (core/attribute_index.py): here when that is cheap, else
+        (first use, unread changes, a big filter) from a thread."""
         if filter is None:
             return None, None
-        rows = self.stores.file_rows.completed_attributes(store_id)
-        table = AttributeTable([attributes for _, attributes in rows])
-        files = [rows[i][0] for i in sorted(table.select(filter))]
-        ids = self.chunks.ids_of_files(store_id, files)
-        return files, np.asarray(ids, dtype=np.int64)
+        selection = self.attributes.select_inline(store_id, filter)
+        if selection is None:
+            selection = await asyncio.to_thread(self.attributes.select, store_id, filter)
+        return selection.files, selection.labels
 
     # -- vector rankings -----------------------------------------------------------------------
 

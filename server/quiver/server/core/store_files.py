@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping
 
+from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FailedPrecondition, NotFound
 from quiver.server.core.files import FileStore
@@ -41,6 +42,7 @@ class StoreFiles:
         indexes: VectorIndexes,
         scheduler: Scheduler,
         files: FileStore,
+        attributes: AttributeIndex,
         pending: PendingLabels | None = None,
     ) -> None:
         self.book = book
@@ -51,6 +53,7 @@ class StoreFiles:
         self.indexes = indexes
         self.scheduler = scheduler
         self.files = files
+        self.attributes = attributes
         self.removals = IndexRemovals(indexes, pending or PendingLabels())
 
     # -- attaching -----------------------------------------------------------------------------
@@ -96,8 +99,12 @@ class StoreFiles:
         )
         return job, stale
 
-    def drop_from_index(self, store: StoreRow, chunk_ids: list[int]) -> None:
-        """The chunks are gone from the database: out of the index too (in a thread)."""
+    def drop_from_index(
+        self, store: StoreRow, file_ids: builtins.list[str], chunk_ids: builtins.list[int]
+    ) -> None:
+        """After the commit that detached these files or attached them anew (their chunks
+        gone from the database): out of the vector index (in a thread) and of the filters'."""
+        self.attributes.changed(store.id, file_ids)
         self.removals.remove_soon(store.id, store.embedding_dimensions, chunk_ids)
 
     def create(
@@ -123,7 +130,7 @@ class StoreFiles:
                 int(self.stores.clock()),
             )
             self.stores.touch(store_id)
-        self.drop_from_index(store, stale)
+        self.drop_from_index(store, [file_id], stale)
         self.scheduler.remove(lambda j: j.key == job.key)
         self.scheduler.enqueue([job])
         return self.get(principal, store_id, file_id)
@@ -188,6 +195,7 @@ class StoreFiles:
         with self.db.transaction() as conn:
             self.rows.set_attributes(conn, store_id, file_id, attributes)
             self.stores.touch(store_id)
+        self.attributes.changed(store_id, [file_id])
         return self.get(principal, store_id, file_id)
 
     def delete(self, principal: Principal, store_id: str, file_id: str) -> None:
@@ -215,7 +223,7 @@ class StoreFiles:
 
     def after_removal(self, store: StoreRow, file_id: str, stale: builtins.list[int]) -> None:
         """After ``remove``'s transaction committed: out of the index and of the queue."""
-        self.drop_from_index(store, stale)
+        self.drop_from_index(store, [file_id], stale)
         self.scheduler.remove(lambda j: j.key == (store.id, file_id))
 
     def stores_holding(

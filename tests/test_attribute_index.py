@@ -1,0 +1,152 @@
+"""The filters' attribute index (core/attribute_index.py) kept between queries: its table
+changed row by row equals the reference evaluator (property based), and through a real
+server it follows every change (attributes updated, file detached, file attached and
+completed, store deleted) without a rebuild, and stays right with more stores than its cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from quiver.server.core.filters import AttributeTable, parse_filter
+from quiver.v1 import common_pb2, vector_stores_pb2
+
+from tests.conftest import Running, Tenant, code_of, examples
+from tests.rpc_helpers import upload
+from tests.test_filters import FilterDict, Scalar, raw, reference, unit_attributes, unit_filters
+from tests.test_search import Store, build_store, eq, real_docs, search, value
+
+pb = vector_stores_pb2
+
+# -- unit: a table changed in place equals the reference ---------------------------------------
+
+changes = st.lists(st.tuples(st.integers(0, 7), st.one_of(st.none(), unit_attributes)), max_size=30)
+
+
+@hypothesis_settings(max_examples=examples(800), deadline=None)
+@given(unit_filters, st.lists(unit_attributes, max_size=8), changes)
+def test_table_changed_in_place_equals_reference(
+    node: FilterDict,
+    initial: list[dict[str, Scalar]],
+    steps: list[tuple[int, dict[str, Scalar] | None]],
+) -> None:
+    table = AttributeTable(initial)  # type: ignore[arg-type]
+    rows: dict[int, dict[str, Scalar]] = dict(enumerate(initial))
+    for row, attributes in steps:  # None: the row is dropped
+        if attributes is None:
+            table.drop(row)
+            rows.pop(row, None)
+        else:
+            table.put(row, attributes)
+            rows[row] = attributes
+    parsed = parse_filter(raw(node))
+    expected = {i for i, attributes in rows.items() if reference(node, attributes)}
+    assert set(table.select(parsed)) == expected
+    assert table.size == len(rows)
+
+
+# -- through the server ------------------------------------------------------------------------
+
+
+async def files_matching(tenant: Tenant, store_id: str, filters: pb.Filter) -> set[str]:
+    """The files of every chunk a filtered search returns (ranker none, 50 results: more
+    than the chunks of these small stores)."""
+    reply = await search(tenant, store_id, "the", ranker="none", max_results=50, filters=filters)
+    return {r.file_id for r in reply.data}
+
+
+def group_members(store: Store, group: str) -> set[str]:
+    return {f for f, attributes in store.attributes.items() if attributes["group"] == group}
+
+
+async def test_filtered_search_follows_every_change(running: Running) -> None:
+    alice = running.alice
+    attributes = running.server.core.attributes
+    store = await build_store(alice, real_docs(6))  # groups a, b, c, a, b, c
+    in_a = eq("group", "a")
+    assert await files_matching(alice, store.id, in_a) == group_members(store, "a")
+    assert attributes.builds == 1
+
+    # Attributes updated: the file moves from b to a.
+    moved = store.file_ids[1]
+    await alice.stores.UpdateVectorStoreFile(
+        pb.UpdateVectorStoreFileRequest(
+            vector_store_id=store.id,
+            file_id=moved,
+            attributes={"group": value("a"), "n": value(1.0)},
+        ),
+        metadata=alice.metadata,
+    )
+    expected = group_members(store, "a") | {moved}
+    assert await files_matching(alice, store.id, in_a) == expected
+    assert await files_matching(alice, store.id, eq("group", "b")) == {store.file_ids[4]}
+    # Its old keys are gone with the old attributes.
+    assert await files_matching(alice, store.id, eq("even", False)) == {
+        store.file_ids[3],
+        store.file_ids[5],
+    }
+
+    # Detached: gone from the filter's matches.
+    gone = store.file_ids[0]
+    await alice.stores.DeleteVectorStoreFile(
+        pb.DeleteVectorStoreFileRequest(vector_store_id=store.id, file_id=gone),
+        metadata=alice.metadata,
+    )
+    expected.discard(gone)
+    assert await files_matching(alice, store.id, in_a) == expected
+
+    # A new file attached in group a: found once it is completed (not while in progress).
+    doc = real_docs(7)[6]
+    new = (await upload(alice, doc.name, doc.text.encode())).id
+    await alice.stores.CreateVectorStoreFile(
+        pb.CreateVectorStoreFileRequest(
+            vector_store_id=store.id, file_id=new, attributes={"group": value("a")}
+        ),
+        metadata=alice.metadata,
+    )
+    for _ in range(600):
+        reply = await alice.stores.GetVectorStoreFile(
+            pb.GetVectorStoreFileRequest(vector_store_id=store.id, file_id=new),
+            metadata=alice.metadata,
+        )
+        if reply.vector_store_file.status != common_pb2.VECTOR_STORE_FILE_STATUS_IN_PROGRESS:
+            break
+        await asyncio.sleep(0.05)
+    expected.add(new)
+    assert await files_matching(alice, store.id, in_a) == expected
+    assert attributes.builds == 1, "each change was applied in place, never by a rebuild"
+
+    # Store deleted: its entry is dropped and it is not found.
+    cached = attributes.cached_stores
+    await alice.stores.DeleteVectorStore(
+        pb.DeleteVectorStoreRequest(vector_store_id=store.id), metadata=alice.metadata
+    )
+    assert attributes.cached_stores == cached - 1
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await files_matching(alice, store.id, in_a)
+    assert code_of(caught.value) == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("overrides", [{"attribute_index_stores": 2}])
+async def test_more_stores_than_the_cap_answer_correctly(running: Running) -> None:
+    alice = running.alice
+    attributes = running.server.core.attributes
+    docs = real_docs(3)
+    stores = [await build_store(alice, docs) for _ in range(4)]
+    filters: list[tuple[pb.Filter, Any]] = [
+        (eq("group", "b"), lambda a: a["group"] == "b"),
+        (pb.Filter(type="gte", key="n", value=value(1.0)), lambda a: a["n"] >= 1.0),
+    ]
+    for _ in range(2):  # round robin: every store evicted and rebuilt in turn
+        for store in stores:
+            for filter, wanted in filters:
+                expected = {f for f, a in store.attributes.items() if wanted(a)}
+                assert await files_matching(alice, store.id, filter) == expected
+            assert attributes.cached_stores <= 2
+    assert attributes.builds == 8
