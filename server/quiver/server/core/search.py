@@ -45,6 +45,8 @@ MAX_QUERY_CHARS = 4096
 MAX_RESULTS = 50
 DEFAULT_RESULTS = 10
 FUSION_CANDIDATES = 50
+EXACT_READ_SLICE = 10_000
+"""Chunk ids per database read of an exact search (under SQLite's bound parameters)."""
 _DATED_DEFAULT = re.compile(r"^default-\d{4}-\d{2}-\d{2}$")
 
 
@@ -211,13 +213,26 @@ class Searcher:
         allowed: npt.NDArray[np.int64],
         k: int,
     ) -> list[tuple[int, float]]:
-        """Brute force over few chunks (from a thread: it reads the index under its lock)."""
-        if len(allowed) == 0:
+        """Brute force over few chunks, their stored vectors read from the database (from a
+        thread). Measured at 20k chunks: 200 vectors in ~1.3 ms this way against ~12 ms
+        through hnswlib's ``get_items`` (docs/BENCHMARKS.md, filtered search)."""
+        ids: list[int] = []
+        blobs: list[bytes] = []
+        wanted = allowed.tolist()
+        for start in range(0, len(wanted), EXACT_READ_SLICE):
+            for chunk_id, blob in self.chunks.vectors_from_thread(
+                wanted[start : start + EXACT_READ_SLICE]
+            ):
+                if len(blob) == 4 * dim:
+                    ids.append(chunk_id)
+                    blobs.append(blob)
+        if not ids:
             return []
-        vectors = self.indexes.get(store_id, dim).vectors(allowed)
-        similarity = vectors @ query
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
+        norms = np.linalg.norm(vectors, axis=1)
+        similarity = (vectors @ query) / np.where(norms > 0, norms, 1.0)
         top = np.argsort(-similarity, kind="stable")[:k]
-        return [(int(allowed[i]), float(similarity[i])) for i in top]
+        return [(ids[i], float(similarity[i])) for i in top]
 
     def _approximate(
         self,
