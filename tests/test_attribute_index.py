@@ -7,6 +7,7 @@ completed, store deleted) without a rebuild, and stays right with more stores th
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.filters import AttributeTable, parse_filter
 from quiver.v1 import common_pb2, vector_stores_pb2
 
@@ -150,3 +152,55 @@ async def test_more_stores_than_the_cap_answer_correctly(running: Running) -> No
                 assert await files_matching(alice, store.id, filter) == expected
             assert attributes.cached_stores <= 2
     assert attributes.builds == 8
+
+
+# -- unit: changes told while an entry is being built ------------------------------------------
+
+
+class Rows:
+    """The two reads the index makes, over a dict the test changes (as storage would after a
+    commit); ``hold`` pauses the first full read until ``go`` is set."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, dict[str, Any]] = {"f1": {"g": "a"}, "f2": {"g": "b"}}
+        self.hold = threading.Event()
+        self.go = threading.Event()
+
+    def completed_attributes(
+        self, store_id: str, file_ids: list[str] | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        snapshot = dict(self.files)
+        if file_ids is None and not self.hold.is_set():
+            self.hold.set()
+            assert self.go.wait(10)
+        return [(f, a) for f, a in snapshot.items() if file_ids is None or f in file_ids]
+
+    def ids_by_file(self, store_id: str, file_ids: list[str] | None = None) -> dict[str, list[int]]:
+        number = {"f1": [1, 2], "f2": [3], "f3": [4, 5]}
+        return {f: number[f] for f in self.files if file_ids is None or f in file_ids}
+
+
+def test_a_change_during_the_build_is_read_by_the_next_selection() -> None:
+    rows = Rows()
+    index = AttributeIndex(rows, rows, max_stores=4)  # type: ignore[arg-type]
+    in_a = parse_filter(raw({"type": "eq", "key": "g", "value": "a"}))
+    first: list[Any] = []
+    building = threading.Thread(target=lambda: first.append(index.select("vs", in_a)))
+    building.start()
+    assert rows.hold.wait(10)
+    rows.files["f3"] = {"g": "a"}  # committed while the build read the old rows…
+    index.changed("vs", ["f3"])  # …and told after the commit
+    rows.go.set()
+    building.join(10)
+    assert first[0].files == ["f1"] and first[0].labels.tolist() == [1, 2]
+    assert index.select_inline("vs", in_a) is None  # an unread change: not inline
+    second = index.select("vs", in_a)
+    assert second.files == ["f1", "f3"] and second.labels.tolist() == [1, 2, 4, 5]
+    assert index.builds == 1
+    inline = index.select_inline("vs", in_a)  # up to date and small: evaluated inline
+    assert inline is not None and inline.files == ["f1", "f3"]
+    del rows.files["f1"]
+    index.changed("vs", ["f1"])
+    assert index.select("vs", in_a).files == ["f3"]
+    index.forget("vs")
+    assert index.cached_stores == 0
