@@ -54,6 +54,7 @@ class Settings:
     job_lease_seconds: float = 30.0
     job_renew_seconds: float = 10.0
     exact_search_max_chunks: int = 2000
+    attribute_index_stores: int = 64
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 256
@@ -134,6 +135,8 @@ _HELP: dict[str, str] = {
     "after a crash (SIGKILL) the files it held are taken up again once their leases expire",
     "job_renew_seconds": "seconds between renewals of the server's job leases and sweeps for "
     "expired ones (less than --job-lease-seconds)",
+    "attribute_index_stores": "stores whose file attributes are kept indexed in memory for "
+    "filtered search (least recently searched out; rebuilt from the database on next use)",
     "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "
     "is exact (numpy) instead of approximate (hnswlib)",
     "hnsw_m": "hnswlib M (graph degree) for new indexes",

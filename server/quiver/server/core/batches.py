@@ -216,7 +216,7 @@ class FileBatches:
 
     def _queue(self, store: StoreRow, jobs: list[Job], stale: list[int]) -> None:
         """After the commit: drops superseded chunks and queues the batch's files."""
-        self.store_files.drop_from_index(store, stale)
+        self.store_files.drop_from_index(store, [j.file_id for j in jobs], stale)
         keys = {j.key for j in jobs}
         self.scheduler.remove(lambda j: j.key in keys)  # superseded attachments
         self.scheduler.enqueue(jobs)

@@ -8,6 +8,7 @@ type makes every comparison false except ``ne`` and ``nin``, which are then true
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -193,20 +194,57 @@ Posting = dict[tuple[str, AttributeValue], set[int]]
 class AttributeTable:
     """The attributes of many files, indexed per key and value, so that a filter is
     evaluated as set operations over files (C-speed unions and intersections) instead of
-    walking the filter once per file. ``select`` equals ``matches`` applied to each file."""
+    walking the filter once per file. ``select`` equals ``matches`` applied to each file.
+
+    Rows are numbered 0… in the order given; ``put`` and ``drop`` change one row in place
+    (core/attribute_index.py keeps one table per store between queries). Not thread-safe:
+    the caller serialises changes and selections."""
 
     def __init__(self, rows: list[Mapping[str, AttributeValue]]) -> None:
-        self.size = len(rows)
-        self.everyone = frozenset(range(self.size))
+        self._rows: dict[int, Mapping[str, AttributeValue]] = {}
+        self._everyone: set[int] = set()
         self._by_key: dict[str, Posting] = {}
+        self._sorted: dict[tuple[str, str], list[Any]] = {}
+        """Per key and kind (numbers, strings): its distinct values in order, for ranges;
+        built on first use, dropped when a row holding that key changes."""
         for i, attributes in enumerate(rows):
-            for key, value in attributes.items():
-                if value is None:
-                    continue
-                self._by_key.setdefault(key, {}).setdefault((_kind(value), value), set()).add(i)
+            self.put(i, attributes)
+
+    @property
+    def size(self) -> int:
+        return len(self._rows)
+
+    def put(self, row: int, attributes: Mapping[str, AttributeValue]) -> None:
+        """Row ``row`` holds ``attributes`` from now on (replacing what it held)."""
+        self.drop(row)
+        self._rows[row] = dict(attributes)
+        self._everyone.add(row)
+        for key, value in attributes.items():
+            if value is None:
+                continue
+            self._sorted.pop((key, _kind(value)), None)
+            self._by_key.setdefault(key, {}).setdefault((_kind(value), value), set()).add(row)
+
+    def drop(self, row: int) -> None:
+        """Row ``row`` is gone (nothing happens if it was not there)."""
+        attributes = self._rows.pop(row, None)
+        if attributes is None:
+            return
+        self._everyone.discard(row)
+        for key, value in attributes.items():
+            if value is None:
+                continue
+            self._sorted.pop((key, _kind(value)), None)
+            postings = self._by_key[key]
+            held = postings[(_kind(value), value)]
+            held.discard(row)
+            if not held:
+                del postings[(_kind(value), value)]
+                if not postings:
+                    del self._by_key[key]
 
     def select(self, filter: Filter) -> frozenset[int]:
-        """The indexes of the rows ``filter`` matches."""
+        """The numbers of the rows ``filter`` matches."""
         if isinstance(filter, Compound):
             parts = [self.select(f) for f in filter.filters]
             if filter.op == "and":
@@ -218,15 +256,40 @@ class AttributeTable:
             found: set[int] = set()
             for value in filter.value:
                 found.update(postings.get((_kind(value), value), ()))
-            return frozenset(found) if filter.op == "in" else self.everyone - found
+            return frozenset(found) if filter.op == "in" else frozenset(self._everyone - found)
         assert not isinstance(filter.value, tuple)
         expected = filter.value
         if filter.op in ("eq", "ne"):
             equal = postings.get((_kind(expected), expected), set())
-            return frozenset(equal) if filter.op == "eq" else self.everyone - equal
+            return frozenset(equal) if filter.op == "eq" else frozenset(self._everyone - equal)
         kind = _kind(expected)
+        values = self._values_in_order(filter.key, kind)
+        if filter.op == "gt":
+            lo, hi = bisect.bisect_right(values, expected), len(values)
+        elif filter.op == "gte":
+            lo, hi = bisect.bisect_left(values, expected), len(values)
+        elif filter.op == "lt":
+            lo, hi = 0, bisect.bisect_left(values, expected)
+        else:
+            lo, hi = 0, bisect.bisect_right(values, expected)
         hits: set[int] = set()
-        for (value_kind, value), rows in postings.items():
-            if value_kind == kind and matches(filter, {filter.key: value}):
-                hits.update(rows)
+        for value in values[lo:hi]:
+            hits.update(postings[(kind, value)])
         return frozenset(hits)
+
+    def _values_in_order(self, key: str, kind: str) -> list[Any]:
+        """The key's distinct values of that kind (``n`` numbers, ``s`` strings), sorted:
+        numbers numerically, strings by code point (Python's order for each)."""
+        cached = self._sorted.get((key, kind))
+        if cached is None:
+            postings = self._by_key.get(key, {})
+            cached = sorted(value for value_kind, value in postings if value_kind == kind)
+            self._sorted[(key, kind)] = cached
+        return cached
+
+
+def filter_nodes(filter: Filter) -> int:
+    """How many comparisons and compounds ``filter`` holds (its evaluation cost grows with it)."""
+    if isinstance(filter, Compound):
+        return 1 + sum(filter_nodes(f) for f in filter.filters)
+    return 1

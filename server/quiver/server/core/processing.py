@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.chunk_writer import (
     ChunkWriter,
     NotWanted,
@@ -74,6 +75,7 @@ class Processing:
         scheduler: Scheduler,
         spec_for: SpecFor,
         metrics: Metrics,
+        attributes: AttributeIndex,
         *,
         commit_attempts: int = 8,
         retry_delay: float = 1.0,
@@ -93,6 +95,7 @@ class Processing:
         self.spec_for = spec_for
         self.scheduler = scheduler  # runs ``process``: given it at ``Scheduler.start``
         self.metrics = metrics
+        self.attributes = attributes
         self.writer = ChunkWriter(db)
         self.pending = pending or PendingLabels()
         self.commit_attempts = max(1, commit_attempts)
@@ -325,6 +328,7 @@ class Processing:
                 return
         finally:
             self.pending.discard(job.store_id, ids)
+        self.attributes.changed(job.store_id, [job.file_id])  # filterable from now on
         self.indexes.changed(job.store_id, index)
         await asyncio.to_thread(self.db.checkpoint)
         m = self.metrics

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from quiver.server.config import Settings
+from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.batches import FileBatches
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.clock import Clock, system_clock
@@ -42,8 +43,10 @@ from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
+from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.database import Database
 from quiver.server.storage.jobs import JobsRepository
+from quiver.server.storage.store_file_rows import StoreFileRows
 
 log = logging.getLogger("quiver.server")
 
@@ -99,6 +102,8 @@ class Core:
     """The heartbeat renewing those claims and the sweep taking up expired ones."""
     query_embedding: QueryEmbedding
     """Search queries' embedding lanes: bounded per provider that calls out (``openai``)."""
+    attributes: AttributeIndex
+    """Per store, its completed files' attributes indexed for filters (a rebuildable cache)."""
 
     async def start_workers(self) -> None:
         """Starts the ingest worker processes (WorkerStartFailed if they cannot start)."""
@@ -223,7 +228,10 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     choice = EmbedderChoice(
         settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
     )
-    stores = VectorStores(db, choice.resolve, book, scheduler, indexes, clock=clock)
+    attributes = AttributeIndex(
+        StoreFileRows(db), ChunkRows(db), max_stores=settings.attribute_index_stores
+    )
+    stores = VectorStores(db, choice.resolve, book, scheduler, indexes, attributes, clock=clock)
     leases = JobLeases(JobsRepository(db), new_owner_id(), settings.job_lease_seconds)
     processing = Processing(
         db,
@@ -235,12 +243,15 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         scheduler,
         embedders.spec_for,
         metrics,
+        attributes,
         commit_attempts=settings.commit_attempts,
         retry_delay=settings.commit_retry_delay,
         pending=pending,
         leases=leases,
     )
-    store_files = StoreFiles(book, stores, indexes, scheduler, files, pending, leases=leases)
+    store_files = StoreFiles(
+        book, stores, indexes, scheduler, files, attributes, pending, leases=leases
+    )
     lease_keeper = LeaseKeeper(leases, processing.sweep, settings.job_renew_seconds)
     file_deletion = FileDeletion(book, files, store_files)
     batches = FileBatches(book, store_files, hub)
@@ -261,6 +272,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         exact_max_chunks=settings.exact_search_max_chunks,
         pending=pending,
         query_embedding=query_embedding,
+        attributes=attributes,
     )
     metrics.watch_gauges(
         queue_depth=lambda: scheduler.queued,
@@ -292,4 +304,5 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         leases=leases,
         lease_keeper=lease_keeper,
         query_embedding=query_embedding,
+        attributes=attributes,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping
 
+from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FailedPrecondition, NotFound
 from quiver.server.core.files import FileStore
@@ -42,6 +43,7 @@ class StoreFiles:
         indexes: VectorIndexes,
         scheduler: Scheduler,
         files: FileStore,
+        attributes: AttributeIndex,
         pending: PendingLabels | None = None,
         *,
         leases: JobLeases,
@@ -54,6 +56,7 @@ class StoreFiles:
         self.indexes = indexes
         self.scheduler = scheduler
         self.files = files
+        self.attributes = attributes
         self.removals = IndexRemovals(indexes, pending or PendingLabels())
         self.leases = leases
 
@@ -101,8 +104,12 @@ class StoreFiles:
         self.leases.stamp(conn, job)  # the attach is this server's claim of the file
         return job, stale
 
-    def drop_from_index(self, store: StoreRow, chunk_ids: list[int]) -> None:
-        """The chunks are gone from the database: out of the index too (in a thread)."""
+    def drop_from_index(
+        self, store: StoreRow, file_ids: builtins.list[str], chunk_ids: builtins.list[int]
+    ) -> None:
+        """After the commit that detached these files or attached them anew (their chunks
+        gone from the database): out of the vector index (in a thread) and of the filters'."""
+        self.attributes.changed(store.id, file_ids)
         self.removals.remove_soon(store.id, store.embedding_dimensions, chunk_ids)
 
     def create(
@@ -128,7 +135,7 @@ class StoreFiles:
                 int(self.stores.clock()),
             )
             self.stores.touch(store_id)
-        self.drop_from_index(store, stale)
+        self.drop_from_index(store, [file_id], stale)
         self.scheduler.remove(lambda j: j.key == job.key)
         self.scheduler.enqueue([job])
         return self.get(principal, store_id, file_id)
@@ -193,6 +200,7 @@ class StoreFiles:
         with self.db.transaction() as conn:
             self.rows.set_attributes(conn, store_id, file_id, attributes)
             self.stores.touch(store_id)
+        self.attributes.changed(store_id, [file_id])
         return self.get(principal, store_id, file_id)
 
     def delete(self, principal: Principal, store_id: str, file_id: str) -> None:
@@ -220,7 +228,7 @@ class StoreFiles:
 
     def after_removal(self, store: StoreRow, file_id: str, stale: builtins.list[int]) -> None:
         """After ``remove``'s transaction committed: out of the index and of the queue."""
-        self.drop_from_index(store, stale)
+        self.drop_from_index(store, [file_id], stale)
         self.scheduler.remove(lambda j: j.key == (store.id, file_id))
 
     def stores_holding(

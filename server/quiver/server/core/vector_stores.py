@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from quiver.server.core import ids
+from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.chunk_writer import ChunkWriter
 from quiver.server.core.clock import Clock, system_clock
 from quiver.server.core.embedder_choice import Choice
@@ -74,7 +75,8 @@ class NewStore:
 
 class VectorStores:
     """``book``: deleting a store ends its running batches (their watchers hear of it);
-    ``scheduler`` and ``indexes``: its queued files and its index go with it."""
+    ``scheduler``, ``indexes`` and ``attributes``: its queued files, its vector index and its
+    filters' index go with it."""
 
     def __init__(
         self,
@@ -83,6 +85,7 @@ class VectorStores:
         book: StatusBook,
         scheduler: Scheduler,
         indexes: VectorIndexes,
+        attributes: AttributeIndex,
         *,
         clock: Clock = system_clock,
     ) -> None:
@@ -94,6 +97,7 @@ class VectorStores:
         self.book = book
         self.scheduler = scheduler
         self.indexes = indexes
+        self.attributes = attributes
         self.clock = clock
 
     # -- reading -------------------------------------------------------------------------
@@ -305,4 +309,5 @@ class VectorStores:
                 self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
             self.rows.delete(conn, store_id)
         self.indexes.drop(store_id)
+        self.attributes.forget(store_id)
         await asyncio.to_thread(ChunkWriter(self.db).delete_store, store_id)

@@ -165,6 +165,19 @@ class ChunkRows:
             )
         ]
 
+    def ids_by_file(self, store_id: str, file_ids: list[str] | None = None) -> dict[str, list[int]]:
+        """The ids of the store's chunks (of those files only, if ``file_ids``), by file.
+        Blocking: from a thread."""
+        sql = "SELECT file_id, id FROM chunks WHERE vector_store_id = ?"
+        params: tuple[str, ...] = (store_id,)
+        if file_ids is not None:
+            sql += " AND file_id IN (SELECT value FROM json_each(?))"
+            params = (store_id, json.dumps(file_ids))
+        out: dict[str, list[int]] = {}
+        for file_id, chunk_id in self.db.reader().execute(sql, params):
+            out.setdefault(file_id, []).append(int(chunk_id))
+        return out
+
     def vectors_from_thread(self, ids: Sequence[int]) -> list[tuple[int, bytes]]:
         """(id, stored float32 vector bytes) of these chunks. Blocking: from a thread."""
         marks = ",".join("?" * len(ids))

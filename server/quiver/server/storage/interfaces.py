@@ -151,7 +151,7 @@ class StoreFileRepository(Protocol):
     def in_progress(self, tx: Tx, store_id: str) -> list[str]: ...
 
     def completed_attributes(
-        self, store_id: str
+        self, store_id: str, file_ids: list[str] | None = None
     ) -> list[tuple[str, dict[str, AttributeValue]]]: ...
 
 
@@ -237,6 +237,10 @@ class ChunkRepository(Protocol):
     def texts_from(self, store_id: str, file_id: str, start: int) -> Iterator[tuple[int, str]]: ...
 
     def ids_of_files(self, store_id: str, file_ids: list[str]) -> list[int]: ...
+
+    def ids_by_file(
+        self, store_id: str, file_ids: list[str] | None = None
+    ) -> dict[str, list[int]]: ...
 
     def vectors_from_thread(self, ids: Sequence[int]) -> list[tuple[int, bytes]]: ...
 

@@ -192,16 +192,18 @@ class StoreFileRows:
             .fetchall()
         ]
 
-    def completed_attributes(self, store_id: str) -> list[tuple[str, dict[str, AttributeValue]]]:
-        """(file id, attributes) of the store's completed files. Blocking (it may read many
-        rows): call it from a thread."""
-        rows = (
-            self.db.reader()
-            .execute(
-                "SELECT file_id, attributes FROM vector_store_files "
-                "WHERE vector_store_id = ? AND status = ?",
-                (store_id, FileStatus.COMPLETED.value),
-            )
-            .fetchall()
+    def completed_attributes(
+        self, store_id: str, file_ids: list[str] | None = None
+    ) -> list[tuple[str, dict[str, AttributeValue]]]:
+        """(file id, attributes) of the store's completed files (of those of ``file_ids``
+        only, if given). Blocking (it may read many rows): call it from a thread."""
+        sql = (
+            "SELECT file_id, attributes FROM vector_store_files "
+            "WHERE vector_store_id = ? AND status = ?"
         )
+        params: tuple[str, ...] = (store_id, FileStatus.COMPLETED.value)
+        if file_ids is not None:
+            sql += " AND file_id IN (SELECT value FROM json_each(?))"
+            params = (*params, json.dumps(file_ids))
+        rows = self.db.reader().execute(sql, params).fetchall()
         return [(file_id, json.loads(attributes)) for file_id, attributes in rows]
