@@ -25,6 +25,9 @@ queries one after another (one client), top ``K``:
   hnswlib with the allowed set as its filter, as ``core/search.py`` does. The attribute
   table is built once here; the server (gRPC) still reads every file's attributes from
   SQLite per filtered query (issue 12, item 1), which this in-process figure leaves out.
+- ``quiver (gRPC)`` (unless ``--no-grpc``): a real ``quiver serve`` process, each chunk
+  ingested as a file with its attributes, queried as text (``bench/peers_grpc.py``);
+  ranker ``none`` for the vector scenarios, ``auto`` for hybrid.
 - Peers, each installed by this benchmark into a virtualenv of its own under
   ``.bench-venvs/<peer>`` (gitignored; never the project's ``.venv``) and run in a
   subprocess with that venv's python and a driver script (``bench/peer_drivers/``) that
@@ -266,7 +269,7 @@ def run_quiver(data: Dataset, work: Path, exact_max: int) -> dict[str, Any]:
 
         out["scenarios"][scenario.name] = timed_loop(search, len(data.queries))
     out["scenarios"]["hybrid"] = None
-    out["hybrid_note"] = "not in-process (the keyword ranking reads SQLite through the server)"
+    out["hybrid_note"] = "hybrid n/a: the keyword ranking is the server's (FTS5), see gRPC"
     return out
 
 
@@ -414,6 +417,9 @@ def main() -> None:
     parser.add_argument(
         "--peers", default=",".join(p.name for p in PEERS), help="comma-separated, or ''"
     )
+    parser.add_argument(
+        "--no-grpc", action="store_true", help="skip Quiver through a quiver serve process"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "peers.json")
     args = parser.parse_args()
     if args.chunks < 100 or args.queries < 1:
@@ -433,6 +439,11 @@ def main() -> None:
         log("quiver (in-process): loading and querying")
         exact_max = Settings().exact_search_max_chunks
         engines["quiver (in-process)"] = figures(data, run_quiver(data, work, exact_max))
+        if not args.no_grpc:
+            from bench.peers_grpc import run_grpc  # imports this module: only when asked
+
+            log("quiver (gRPC, quiver serve): ingesting and querying")
+            engines["quiver (gRPC)"] = figures(data, run_grpc(data, log))
         for peer in chosen:
             engines[peer.name] = figures(data, run_peer(peer, inputs, work, log))
             shutil.rmtree(work / f"{peer.name}-store", ignore_errors=True)
