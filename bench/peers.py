@@ -432,6 +432,20 @@ def main() -> None:
     log(f"building {args.chunks:,} chunks and {args.queries} queries")
     data = build_dataset(args.chunks, args.queries, args.seed)
     engines: dict[str, dict[str, Any]] = {}
+
+    def save() -> None:  # after each engine, so an interrupted run keeps what it measured
+        save_results(
+            args.out,
+            {
+                "command": " ".join([".venv/bin/python -m bench.peers", *sys.argv[1:]]),
+                "chunks": len(data.texts),
+                "queries": len(data.queries),
+                "k": K,
+                "hnsw": {"m": M, "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH},
+                "engines": engines,
+            },
+        )
+
     with tempfile.TemporaryDirectory(prefix="quiver-peers-") as tmp:
         work = Path(tmp)
         inputs = work / "inputs"
@@ -439,14 +453,17 @@ def main() -> None:
         log("quiver (in-process): loading and querying")
         exact_max = Settings().exact_search_max_chunks
         engines["quiver (in-process)"] = figures(data, run_quiver(data, work, exact_max))
+        save()
+        for peer in chosen:
+            engines[peer.name] = figures(data, run_peer(peer, inputs, work, log))
+            shutil.rmtree(work / f"{peer.name}-store", ignore_errors=True)
+            save()
         if not args.no_grpc:
             from bench.peers_grpc import run_grpc  # imports this module: only when asked
 
             log("quiver (gRPC, quiver serve): ingesting and querying")
             engines["quiver (gRPC)"] = figures(data, run_grpc(data, log))
-        for peer in chosen:
-            engines[peer.name] = figures(data, run_peer(peer, inputs, work, log))
-            shutil.rmtree(work / f"{peer.name}-store", ignore_errors=True)
+            save()
     print(
         f"\n{len(data.texts):,} chunks, {len(data.queries)} queries, k={K}, {DIM}-d hash "
         f"vectors, cosine; cells: p50 / p99 latency, QPS (1 client), R = recall@{K}\n"
@@ -455,17 +472,6 @@ def main() -> None:
     for name, result in engines.items():
         if result.get("notes"):
             print(f"- {name}: {result['notes']}")
-    save_results(
-        args.out,
-        {
-            "command": " ".join([".venv/bin/python -m bench.peers", *sys.argv[1:]]),
-            "chunks": len(data.texts),
-            "queries": len(data.queries),
-            "k": K,
-            "hnsw": {"m": M, "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH},
-            "engines": engines,
-        },
-    )
     log(f"figures written to {args.out}")
 
 
