@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test test-fast pytest-fast lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench soak clean
+.PHONY: install dev serve test test-fast pytest-fast lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench bench-peers soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -152,6 +152,12 @@ docs-corpus:
 			&& { apt-get install -y -qq linux-doc-6.1 >/dev/null 2>&1 \
 				|| { apt-get update -qq && apt-get install -y -qq linux-doc-6.1 >/dev/null; }; }; } \
 		|| echo "linux-doc-6.1 is not installed: the ingest corpus will be under 50 MB"
+
+# Quiver's engine next to Chroma, LanceDB and Qdrant's embedded engine on the same chunks and
+# vectors (bench/peers.py). Each peer is pip-installed into its own venv under .bench-venvs/
+# (never into $(VENV)); ARGS="--chunks 100000" for the larger run. Not part of `make test`.
+bench-peers: dev docs-corpus
+	$(PY) -m bench.peers $(ARGS)
 
 bench: dev docs-corpus
 	$(PY) -m bench.ingest --mb 50

@@ -2,7 +2,8 @@
 the model's own speed in-process against a ``local:`` store's ingest through Quiver's gRPC API
 on the same cores, and query latency.
 
-1. Files of real text (``bench/corpus.py``, the kernel's documentation) are taken until their
+1. Files of real text (``tests/support/corpus.py``, the kernel's documentation) are taken
+   until their
    800-token chunks (overlap 400, the default chunking) number ``--chunks``.
 2. In-process: the same chunks (Quiver's chunker) embedded by the model with one ONNX Runtime
    thread, 256 at a time as a worker does: chunks/s per core (wall and per CPU second).

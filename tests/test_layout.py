@@ -1,6 +1,7 @@
 """Tests and benchmarks share code through tests/support/ only: no test module imports
-bench/, bench/ imports nothing of tests/ but tests.support, and tests/support/ imports no
-test module (nor conftest)."""
+bench/ (but ``tests/test_bench_<name>.py``, whose subject is ``bench/<name>.py`` itself, may
+import that one module), bench/ imports nothing of tests/ but tests.support, and
+tests/support/ imports no test module (nor conftest)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,14 @@ def python_files(folder: str) -> list[Path]:
 
 @pytest.mark.parametrize("path", python_files("tests"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_tests_never_import_bench(path: Path) -> None:
-    wrong = {m for m in imported_modules(path) if m == "bench" or m.startswith("bench.")}
+    subject = f"bench.{path.stem.removeprefix('test_bench_')}"
+    own = path.stem.startswith("test_bench_")
+    wrong = {
+        m
+        for m in imported_modules(path)
+        if (m == "bench" or m.startswith("bench."))
+        and not (own and (m == subject or m.startswith(f"{subject}.")))
+    }
     assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}: use tests/support/"
 
 
