@@ -140,6 +140,9 @@ def _pair_shares(
 
 def idfs(index: KeywordIndex, words: Sequence[str]) -> list[float]:
     """FTS5's ``bm25()`` IDF of each word: ``ln((N - n + 0.5) / (n + 0.5))``, at least
-    1e-6, where N is the number of indexed chunks and n those holding the word."""
+    1e-6, where N is the number of indexed chunks and n those holding the word.
+
+    N and the n are two reads: chunks committed between them can make an n exceed N, so
+    each n is taken as at most N (the word is then in every chunk: the smallest IDF)."""
     total, counts = index.document_frequencies(words)
-    return [max(1e-6, math.log((total - n + 0.5) / (n + 0.5))) for n in counts]
+    return [max(1e-6, math.log((total - min(n, total) + 0.5) / (n + 0.5))) for n in counts]
