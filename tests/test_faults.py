@@ -43,7 +43,7 @@ from tests.support.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.support.http_double import reply_json, serve_http, vector
+from tests.support.http_double import fake_vector, reply_json, serve_http
 from tests.support.inproc import Running
 from tests.support.rpc_helpers import wait_for
 
@@ -100,7 +100,7 @@ def make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
                 return
             dims = int(body.get("dimensions") or 8)
             data = [
-                {"object": "embedding", "index": i, "embedding": vector(text, dims)}
+                {"object": "embedding", "index": i, "embedding": fake_vector(text, dims)}
                 for i, text in enumerate(body["input"])
             ]
             reply_json(

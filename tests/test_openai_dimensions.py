@@ -28,7 +28,7 @@ from tests.support.batch_helpers import (
     upload_all,
     watch_to_end,
 )
-from tests.support.http_double import reply_json, serve_http, vector
+from tests.support.http_double import fake_vector, reply_json, serve_http
 from tests.support.inproc import Running
 from tests.support.rpc_helpers import rpc_error, violated_fields
 
@@ -68,7 +68,11 @@ def _handler(state: Ada002) -> type[BaseHTTPRequestHandler]:
                 reply = {
                     "object": "list",
                     "data": [
-                        {"object": "embedding", "index": i, "embedding": vector(t, ADA_DIMENSIONS)}
+                        {
+                            "object": "embedding",
+                            "index": i,
+                            "embedding": fake_vector(t, ADA_DIMENSIONS),
+                        }
                         for i, t in enumerate(body["input"])
                     ],
                     "model": body["model"],

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import numpy as np
-
 
 @contextlib.contextmanager
 def serve_http(handler: type[BaseHTTPRequestHandler], name: str) -> Iterator[str]:
@@ -159,9 +157,3 @@ def slow_embeddings(**options: Any) -> Iterator[SlowEmbeddings]:
         finally:
             endpoint.hanging = False
             endpoint.release.set()
-
-
-def vector(text: str, dimensions: int) -> list[float]:
-    """A fake embedding of ``text``: the same text always gives the same vector."""
-    rng = np.random.default_rng(abs(hash(text)) % (2**32))
-    return [float(x) for x in rng.standard_normal(dimensions) + 0.01]
