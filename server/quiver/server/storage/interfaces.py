@@ -32,7 +32,9 @@ from quiver.server.storage.rows import (
     BatchFileChange,
     BatchRow,
     ChunkHit,
+    ChunkState,
     Owner,
+    ReplicaRow,
     StoreActivity,
     StoreRow,
     Tx,
@@ -43,7 +45,9 @@ __all__ = [
     "BatchRepository",
     "ChunkRepository",
     "FileRepository",
+    "IndexSyncRepository",
     "KeywordIndex",
+    "ReplicaRepository",
     "StoreFileRepository",
     "Transactions",
     "Tx",
@@ -267,3 +271,28 @@ class KeywordIndex(Protocol):
     def holding(self, phrase: str) -> list[int]: ...
 
     def document_frequencies(self, words: Sequence[str]) -> tuple[int, list[int]]: ...
+
+
+class ReplicaRepository(Protocol):
+    """The ``replicas`` table: membership by heartbeat (blocking: from a thread).
+
+    ``storage/replica_rows.py`` is the SQLite one. Times are unix seconds of the calling
+    replica's clock (replicas' clocks are assumed synchronised, e.g. by NTP, to well within
+    the live window)."""
+
+    def beat(self, replica_id: str, address: str, now: float) -> None: ...
+
+    def live(self, since: float) -> list[ReplicaRow]: ...
+
+    def leave(self, replica_id: str) -> None: ...
+
+    def forget_before(self, before: float) -> int: ...
+
+
+class IndexSyncRepository(Protocol):
+    """What a store's vector index must hold (blocking: from a thread);
+    ``storage/index_sync_rows.py`` is the SQLite one."""
+
+    def chunks_after(self, store_id: str, after: int, limit: int) -> list[ChunkState]: ...
+
+    def vectors(self, ids: list[int]) -> dict[int, bytes]: ...

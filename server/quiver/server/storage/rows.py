@@ -97,3 +97,20 @@ class Owner:
 
 class NotWanted(Exception):
     """The job's file was detached, re-attached or cancelled while its chunks were written."""
+
+
+@dataclass(frozen=True)
+class ReplicaRow:
+    """A replica's row in ``replicas``: who, where to reach it, and its last heartbeat."""
+
+    replica_id: str
+    address: str
+    heartbeat_at: float
+
+
+@dataclass(frozen=True)
+class ChunkState:
+    """A chunk id of a store, and whether its file is completed (searchable)."""
+
+    id: int
+    completed: bool

@@ -120,6 +120,16 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_store ON chunks (vector_store_id, id);
 
+-- The replicas serving this database (core/replicas.py): each one heartbeats its row; a row
+-- whose heartbeat_at (unix seconds, the replica's clock) is older than the live window is a
+-- dead replica's. address: the host:port other replicas forward searches to.
+CREATE TABLE IF NOT EXISTS replicas (
+    id TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
     text, content='chunks', content_rowid='id',
     tokenize='porter unicode61 remove_diacritics 2'
