@@ -75,6 +75,11 @@ class Settings:
     tls_client_ca: Path | None = None
     insecure: bool = False
     reload_interval: float = 2.0
+    # -- replicas --
+    advertise: str = ""
+    replica_heartbeat_seconds: float = 2.0
+    replica_timeout_seconds: float = 10.0
+    replica_forward_timeout_seconds: float = 5.0
 
 
 _HELP: dict[str, str] = {
@@ -142,6 +147,16 @@ _HELP: dict[str, str] = {
     "hnsw_m": "hnswlib M (graph degree) for new indexes",
     "hnsw_ef_construction": "hnswlib ef_construction for new indexes",
     "hnsw_ef_search": "hnswlib ef used for queries (raised as needed for k and filters)",
+    "advertise": "host:port other replicas reach this one's gRPC at, to forward searches of "
+    "the stores it owns (empty = the --listen address with the port bound, its host "
+    "replaced by this machine's name when it is a wildcard such as 0.0.0.0)",
+    "replica_heartbeat_seconds": "seconds between this replica's heartbeats in the database "
+    "(and reads of which replicas are live)",
+    "replica_timeout_seconds": "seconds without a heartbeat after which a replica counts as "
+    "dead and its stores move to the others (at least twice --replica-heartbeat-seconds)",
+    "replica_forward_timeout_seconds": "seconds a search forwarded to the replica owning the "
+    "store may take (at most the caller's deadline); an owner that does not answer in time "
+    "or is unreachable is marked dead and the search is answered here",
     "metrics_listen": "host:port for a Prometheus /metrics endpoint (off when empty), "
     "e.g. 127.0.0.1:9464",
     "openai_base_url": "OpenAI-compatible endpoint for 'openai:<model>' stores, "

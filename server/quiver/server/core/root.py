@@ -20,10 +20,12 @@ from quiver.server.core.clock import Clock, system_clock
 from quiver.server.core.embedder_choice import EmbedderChoice
 from quiver.server.core.file_deletion import FileDeletion
 from quiver.server.core.files import FileStore
+from quiver.server.core.index_sync import IndexSync
 from quiver.server.core.job_leases import JobLeases, check_lease_settings, new_owner_id
 from quiver.server.core.lease_keeper import LeaseKeeper
 from quiver.server.core.processing import Processing
 from quiver.server.core.query_embedding import LaneLimits, QueryEmbedding
+from quiver.server.core.replicas import Replicas, check_advertise, check_replica_settings
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
 from quiver.server.core.status_book import StatusBook
@@ -45,7 +47,9 @@ from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.database import Database
+from quiver.server.storage.index_sync_rows import IndexSyncRows
 from quiver.server.storage.jobs import JobsRepository
+from quiver.server.storage.replica_rows import ReplicaRows
 from quiver.server.storage.store_file_rows import StoreFileRows
 
 log = logging.getLogger("quiver.server")
@@ -104,6 +108,8 @@ class Core:
     """Search queries' embedding lanes: bounded per provider that calls out (``openai``)."""
     attributes: AttributeIndex
     """Per store, its completed files' attributes indexed for filters (a rebuildable cache)."""
+    replicas: Replicas
+    """This replica's heartbeat and the live replicas: who owns each store's index."""
 
     async def start_workers(self) -> None:
         """Starts the ingest worker processes (WorkerStartFailed if they cannot start)."""
@@ -189,6 +195,14 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     """
     memory = worker_memory_bytes(settings.worker_memory, settings.ingest_workers)
     check_lease_settings(settings.job_lease_seconds, settings.job_renew_seconds)
+    check_replica_settings(
+        settings.replica_heartbeat_seconds,
+        settings.replica_timeout_seconds,
+        settings.replica_forward_timeout_seconds,
+    )
+    bad_advertise = check_advertise(settings.advertise)
+    if bad_advertise is not None:
+        raise ValueError(bad_advertise)
     limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
     tuning = openai_tuning(settings)
     data = settings.data_dir
@@ -232,7 +246,15 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         StoreFileRows(db), ChunkRows(db), max_stores=settings.attribute_index_stores
     )
     stores = VectorStores(db, choice.resolve, book, scheduler, indexes, attributes, clock=clock)
-    leases = JobLeases(JobsRepository(db), new_owner_id(), settings.job_lease_seconds)
+    instance = new_owner_id()  # this server's id: its job leases' owner and its replica id
+    leases = JobLeases(JobsRepository(db), instance, settings.job_lease_seconds)
+    replicas = Replicas(
+        ReplicaRows(db),
+        instance,
+        heartbeat_s=settings.replica_heartbeat_seconds,
+        window_s=settings.replica_timeout_seconds,
+        clock=clock,
+    )
     processing = Processing(
         db,
         book,
@@ -273,6 +295,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         pending=pending,
         query_embedding=query_embedding,
         attributes=attributes,
+        sync=IndexSync(IndexSyncRows(db), indexes, lambda: replicas.epoch),
     )
     metrics.watch_gauges(
         queue_depth=lambda: scheduler.queued,
@@ -305,4 +328,5 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         lease_keeper=lease_keeper,
         query_embedding=query_embedding,
         attributes=attributes,
+        replicas=replicas,
     )

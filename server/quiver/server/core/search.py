@@ -28,6 +28,7 @@ from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FieldViolation
 from quiver.server.core.filters import Filter
 from quiver.server.core.fusion import fuse, fusion_for
+from quiver.server.core.index_sync import IndexSync
 from quiver.server.core.keyword_ranking import KeywordMatches, keyword_matches
 from quiver.server.core.models import AttributeValue
 from quiver.server.core.ports import VectorIndexes
@@ -123,6 +124,7 @@ class Searcher:
         query_embedding: QueryEmbedding,
         attributes: AttributeIndex,
         pending: PendingLabels | None = None,
+        sync: IndexSync | None = None,
     ) -> None:
         self.stores = stores
         self.db = stores.db
@@ -134,6 +136,9 @@ class Searcher:
         self.pending = pending or PendingLabels()
         self.query_embedding = query_embedding
         self.attributes = attributes
+        self.sync = sync
+        """Catches the store's index up with chunks other replicas committed (read-your-
+        writes), before an approximate search reads it."""
 
     async def search(
         self,
@@ -242,6 +247,8 @@ class Searcher:
         allowed: npt.NDArray[np.int64] | None,
         k: int,
     ) -> list[tuple[int, float]]:
+        if self.sync is not None:
+            self.sync.catch_up(store_id, dim)
         index = self.indexes.get(store_id, dim)
         hidden = self.pending.of(store_id) if allowed is None else frozenset()
         if allowed is None and not hidden:

@@ -1,0 +1,160 @@
+"""Read-your-writes for a store's index (core/index_sync.py) on a real SQLite database and
+hnswlib index: chunks another replica committed, written here as that replica would leave
+them in the shared database (rows only, never this replica's index), and the replicas table
+(storage/replica_rows.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from quiver.server.core.index_sync import IndexSync
+from quiver.server.index.manager import IndexManager
+from quiver.server.storage.database import Database
+from quiver.server.storage.index_sync_rows import IndexSyncRows
+from quiver.server.storage.replica_rows import ReplicaRows
+
+DIM = 16
+STORE = "vs_sync"
+
+
+class Epoch:
+    def __init__(self) -> None:
+        self.value = 1
+
+    def __call__(self) -> int:
+        return self.value
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(tmp_path / "quiver.sqlite3")
+    database.execute(
+        "INSERT INTO vector_stores (id, tenant, subject, name, created_at, last_active_at, "
+        "embedding_model, embedding_dimensions) VALUES (?, 't', '', 'n', 0, 0, 'hash', ?)",
+        (STORE, DIM),
+    )
+    return database
+
+
+def vector(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def commit_file(db: Database, file_id: str, chunks: int, status: str = "completed") -> list[int]:
+    """What another replica leaves in the database for one file: its store-file row and
+    its chunks (ids from the database's sequence)."""
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO vector_store_files (vector_store_id, file_id, tenant, subject, "
+            "created_at, status, chunk_max_tokens, chunk_overlap_tokens, chunk_auto) "
+            "VALUES (?, ?, 't', '', 0, ?, 800, 400, 1)",
+            (STORE, file_id, status),
+        )
+        ids = []
+        for i in range(chunks):
+            seed = zlib.crc32(f"{file_id}:{i}".encode())
+            cursor = conn.execute(
+                "INSERT INTO chunks (vector_store_id, file_id, tenant, subject, chunk_index, "
+                "token_count, text, vector) VALUES (?, ?, 't', '', ?, 1, ?, ?)",
+                (STORE, file_id, i, f"{file_id} {i}", vector(seed).tobytes()),
+            )
+            assert cursor.lastrowid is not None
+            ids.append(int(cursor.lastrowid))
+    return ids
+
+
+def set_status(db: Database, file_id: str, status: str) -> None:
+    db.execute(
+        "UPDATE vector_store_files SET status = ? WHERE vector_store_id = ? AND file_id = ?",
+        (status, STORE, file_id),
+    )
+
+
+def delete_file(db: Database, file_id: str) -> None:
+    with db.transaction() as conn:
+        conn.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
+        conn.execute("DELETE FROM vector_store_files WHERE file_id = ?", (file_id,))
+
+
+def stored_vector(db: Database, chunk_id: int) -> np.ndarray:
+    blob = db.execute("SELECT vector FROM chunks WHERE id = ?", (chunk_id,)).fetchone()[0]
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+def make(tmp_path: Path, db: Database) -> tuple[IndexSync, IndexManager, Epoch]:
+    indexes = IndexManager(tmp_path / "indexes", m=16, ef_construction=100, ef_search=64)
+    epoch = Epoch()
+    return IndexSync(IndexSyncRows(db), indexes, epoch), indexes, epoch
+
+
+def test_chunks_committed_elsewhere_are_searchable_after_catch_up(
+    tmp_path: Path, db: Database
+) -> None:
+    sync, indexes, _ = make(tmp_path, db)
+    first = commit_file(db, "file-1", 5)
+    report = sync.catch_up(STORE, DIM)
+    assert (report.added, report.full, report.watermark) == (5, True, first[-1])
+    later = commit_file(db, "file-2", 3)
+    index = indexes.get(STORE, DIM)
+    labels, _ = index.knn(stored_vector(db, later[1]), 1)
+    assert int(labels[0][0]) != later[1]  # not in the index yet
+    report = sync.catch_up(STORE, DIM)
+    assert (report.added, report.full, report.watermark) == (3, False, later[-1])
+    labels, distances = index.knn(stored_vector(db, later[1]), 1)
+    assert int(labels[0][0]) == later[1] and distances[0][0] < 1e-4
+    assert sync.catch_up(STORE, DIM).added == 0  # nothing new: nothing added
+
+
+def test_a_file_still_in_progress_is_added_once_it_completes(tmp_path: Path, db: Database) -> None:
+    sync, indexes, _ = make(tmp_path, db)
+    done = commit_file(db, "file-1", 2)
+    pending = commit_file(db, "file-2", 4, status="in_progress")
+    after = commit_file(db, "file-3", 2)
+    report = sync.catch_up(STORE, DIM)
+    assert report.added == 4 and report.watermark == done[-1]  # stops below file-2
+    index = indexes.get(STORE, DIM)
+    assert not index.holds(pending).any() and index.holds(after).all()
+    set_status(db, "file-2", "completed")
+    report = sync.catch_up(STORE, DIM)
+    assert report.added == 4 and report.watermark == after[-1]
+    assert index.holds(pending).all()
+
+
+def test_a_new_epoch_reconciles_in_full_and_drops_chunks_deleted_elsewhere(
+    tmp_path: Path, db: Database
+) -> None:
+    sync, indexes, epoch = make(tmp_path, db)
+    gone = commit_file(db, "file-1", 3)
+    kept = commit_file(db, "file-2", 3)
+    sync.catch_up(STORE, DIM)
+    delete_file(db, "file-1")  # by another replica, while this one owned the store
+    report = sync.catch_up(STORE, DIM)
+    assert not report.full and report.removed == 0  # same epoch: only new chunks are read
+    epoch.value += 1  # the live replicas changed
+    report = sync.catch_up(STORE, DIM)
+    assert report.full and report.removed == 3 and report.added == 0
+    index = indexes.get(STORE, DIM)
+    assert not index.holds(gone).any() and index.holds(kept).all()
+    assert index.labels().tolist() == kept
+
+
+def test_the_replicas_table_keeps_live_rows_by_heartbeat(db: Database) -> None:
+    rows = ReplicaRows(db)
+    rows.beat("a", "10.0.0.1:1", 100.0)
+    rows.beat("b", "10.0.0.2:1", 100.0)
+    rows.beat("a", "10.0.0.1:2", 105.0)  # a heartbeat updates the row (and its address)
+    assert [(r.replica_id, r.address, r.heartbeat_at) for r in rows.live(101.0)] == [
+        ("a", "10.0.0.1:2", 105.0)
+    ]
+    assert [r.replica_id for r in rows.live(100.0)] == ["a", "b"]
+    rows.leave("a")
+    assert [r.replica_id for r in rows.live(0.0)] == ["b"]
+    assert rows.forget_before(101.0) == 1
+    assert rows.live(0.0) == []
+    started = sqlite3.connect(db.path).execute("SELECT COUNT(*) FROM replicas").fetchone()[0]
+    assert started == 0
