@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -79,7 +79,9 @@ class PeerChannels:
                 _, oldest = self._open.popitem(last=False)
                 self._closing.append(oldest)
         self._open.move_to_end(address)
-        return vector_stores_pb2_grpc.VectorStoreServiceAsyncStub(channel)
+        # The async stub is a typing-only name: the generated class serves both.
+        stub: Any = vector_stores_pb2_grpc.VectorStoreServiceStub(channel)
+        return cast("vector_stores_pb2_grpc.VectorStoreServiceAsyncStub", stub)
 
     async def drop(self, address: str) -> None:
         channel = self._open.pop(address, None)

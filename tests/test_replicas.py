@@ -1,0 +1,211 @@
+"""Search from any replica (api/forwarding.py, core/replicas.py) with real servers in-process
+on port 0, through generated stubs.
+
+Two servers cannot share one SQLite data directory (its lock), so each runs on its own copy
+of one directory holding the same store, files and chunks (made by one server, then copied
+while stopped), and each is told of the other the way it learns of replicas: by a heartbeat
+row in its own ``replicas`` table. The owner of the store then follows from rendezvous
+hashing, and the tests check who answered (``x-quiver-replica``), how many hops were taken,
+and that the answers are the same. Sharing one database between replicas waits for the
+PostgreSQL backend (issue 15).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+from quiver.server.app import QuiverServer
+from quiver.server.config import Settings
+from quiver.server.core.ownership import Replica, owner_of
+from quiver.server.storage.replica_rows import ReplicaRows
+from quiver.v1 import vector_stores_pb2 as pb
+
+from tests.support.batch_helpers import create_batch, create_store, poll_batch, prose, upload_all
+from tests.support.inproc import Tenant, _tenant, keyed
+from tests.support.rpc_helpers import error_reason
+
+SERVED_BY = "x-quiver-replica"
+QUERY = "the quiet river under the northern bridge"
+
+
+@dataclass
+class Node:
+    server: QuiverServer
+    channel: aio.Channel
+    alice: Tenant
+    bob: Tenant
+
+    @property
+    def id(self) -> str:
+        return self.server.core.replicas.replica_id
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    async def hear_of(self, replica_id: str, address: str) -> None:
+        """A heartbeat row for ``replica_id`` in this node's database, then a refresh."""
+        rows = ReplicaRows(self.server.core.db)
+        await asyncio.to_thread(rows.beat, replica_id, address, time.time())
+        await self.server.core.replicas.refresh()
+
+
+async def start(settings: Settings, keys: dict[str, str]) -> Node:
+    server = QuiverServer(settings)
+    port = await server.start()
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    alice = _tenant("alice", keys["alice"], channel)
+    return Node(server, channel, alice, _tenant("bob", keys["bob"], channel))
+
+
+async def stop(node: Node) -> None:
+    await node.channel.close(None)
+    await node.server.stop(grace=1.0)
+
+
+@dataclass
+class Pair:
+    store_id: str
+    owner: Node
+    other: Node
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """Two replicas on copies of one data directory holding a store of four files, each
+    heartbeating in the other's table: ``owner`` owns the store, ``other`` does not."""
+    base, keys = keyed(
+        Settings(
+            listen="127.0.0.1:0",
+            http_listen="off",
+            data_dir=tmp_path / "a",
+            ingest_workers=1,
+            replica_heartbeat_seconds=0.2,
+            replica_timeout_seconds=60.0,  # the rows the tests write stay live meanwhile
+        )
+    )
+    first = await start(base, keys)
+    try:
+        store = await create_store(first.alice, name="shared")
+        ids = await upload_all(
+            first.alice, [(f"doc{i}.txt", prose(i, 3000).encode()) for i in range(4)]
+        )
+        batch = await create_batch(first.alice, store.id, ids)
+        assert (await poll_batch(first.alice, store.id, batch.id)).file_counts.completed == 4
+    finally:
+        await stop(first)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    a = await start(base, keys)
+    b = await start(replace(base, data_dir=tmp_path / "b"), keys)
+    try:
+        await a.hear_of(b.id, b.address)
+        await b.hear_of(a.id, a.address)
+        owner_id = owner_of(store.id, [Replica(a.id, ""), Replica(b.id, "")])
+        assert owner_id is not None
+        owner, other = (a, b) if owner_id.replica_id == a.id else (b, a)
+        assert owner.server.core.replicas.route(store.id).local
+        assert not other.server.core.replicas.route(store.id).local
+        yield Pair(store.id, owner, other)
+    finally:
+        await stop(a)
+        await stop(b)
+
+
+async def search(tenant: Tenant, store_id: str) -> tuple[list[tuple[str, float, str]], str]:
+    """The hits (file, score, text) and the replica that searched."""
+    call = tenant.stores.SearchVectorStore(
+        pb.SearchVectorStoreRequest(vector_store_id=store_id, query=[QUERY], max_num_results=8),
+        metadata=tenant.metadata,
+        timeout=30,
+    )
+    reply = await call
+    served = [v for k, v in await call.trailing_metadata() or () if k == SERVED_BY]
+    hits = [(h.file_id, h.score, h.content[0].text) for h in reply.data]
+    return hits, str(served[0]) if served else ""
+
+
+def unused_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def id_winning(store_id: str, others: list[str], prefix: str) -> str:
+    """A replica id that would own ``store_id`` among ``others``."""
+    for n in itertools.count():
+        candidate = f"{prefix}-{n}"
+        replicas = [Replica(r, "") for r in [*others, candidate]]
+        found = owner_of(store_id, replicas)
+        if found is not None and found.replica_id == candidate:
+            return candidate
+    raise AssertionError("unreachable")
+
+
+async def test_a_search_on_any_replica_is_answered_by_the_owner_once(pair: Pair) -> None:
+    direct, served = await search(pair.owner.alice, pair.store_id)
+    assert direct and served == pair.owner.id
+    assert pair.owner.server.forwarder.forwarded == 0
+    through, served = await search(pair.other.alice, pair.store_id)
+    assert served == pair.owner.id  # one hop, to the owner
+    assert through == direct
+    assert pair.other.server.forwarder.forwarded == 1
+    assert pair.owner.server.forwarder.forwarded == 0  # the owner answered, never forwarded
+
+
+async def test_a_forwarded_search_is_never_forwarded_again(pair: Pair) -> None:
+    """Views that disagree (the owner believes a third replica, reached at the other's
+    address, owns the store) still cost one hop at most."""
+    direct, _ = await search(pair.owner.alice, pair.store_id)
+    third = id_winning(pair.store_id, [pair.owner.id, pair.other.id], "third")
+    await pair.owner.hear_of(third, pair.other.address)
+    assert not pair.owner.server.core.replicas.route(pair.store_id).local
+    # other → owner (marked forwarded) → answered by the owner, though it would forward.
+    hits, served = await search(pair.other.alice, pair.store_id)
+    assert (hits, served) == (direct, pair.owner.id)
+    # owner → "third" (the other) → answered there, though it thinks the owner owns it.
+    hits, served = await search(pair.owner.alice, pair.store_id)
+    assert (hits, served) == (direct, pair.other.id)
+    assert pair.owner.server.forwarder.forwarded == 1
+    assert pair.other.server.forwarder.forwarded == 1
+
+
+async def test_the_owner_answers_another_tenant_as_it_would_directly(pair: Pair) -> None:
+    with pytest.raises(aio.AioRpcError) as direct:
+        await search(pair.owner.bob, pair.store_id)
+    with pytest.raises(aio.AioRpcError) as forwarded:
+        await search(pair.other.bob, pair.store_id)
+    assert direct.value.code() == forwarded.value.code() == grpc.StatusCode.NOT_FOUND
+    assert direct.value.details() == forwarded.value.details()
+    assert error_reason(direct.value) == error_reason(forwarded.value)
+    assert pair.other.server.forwarder.forwarded == 1
+
+
+async def test_an_unreachable_owner_is_marked_dead_and_the_search_answered_here(
+    pair: Pair,
+) -> None:
+    direct, _ = await search(pair.owner.alice, pair.store_id)
+    ghost = id_winning(pair.store_id, [pair.owner.id, pair.other.id], "ghost")
+    await pair.other.hear_of(ghost, unused_address())
+    replicas = pair.other.server.core.replicas
+    epoch = replicas.epoch
+    assert replicas.route(pair.store_id).owner.replica_id == ghost
+    hits, served = await search(pair.other.alice, pair.store_id)
+    assert (hits, served) == (direct, pair.other.id)
+    assert pair.other.server.forwarder.fallbacks == 1
+    assert ghost not in [r.replica_id for r in replicas.view.replicas]
+    assert replicas.epoch == epoch + 1
+    # Its row is still within the window, but it stays out until it heartbeats again.
+    await replicas.refresh()
+    hits, served = await search(pair.other.alice, pair.store_id)
+    assert (hits, served) == (direct, pair.owner.id)
+    assert pair.other.server.forwarder.fallbacks == 1
