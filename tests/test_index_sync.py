@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +87,38 @@ def stored_vector(db: Database, chunk_id: int) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float32)
 
 
-def make(tmp_path: Path, db: Database) -> tuple[IndexSync, IndexManager, Epoch]:
+class Told:
+    """What the attribute index is told."""
+
+    def __init__(self) -> None:
+        self.changed: list[tuple[str, set[str]]] = []
+        self.forgotten: list[str] = []
+
+    def changed_files(self, store_id: str, file_ids: Iterable[str]) -> None:
+        self.changed.append((store_id, set(file_ids)))
+
+    def forget(self, store_id: str) -> None:
+        self.forgotten.append(store_id)
+
+
+class Recorder:
+    def __init__(self, told: Told) -> None:
+        self.told = told
+
+    def changed(self, store_id: str, file_ids: Iterable[str]) -> None:
+        self.told.changed_files(store_id, file_ids)
+
+    def forget(self, store_id: str) -> None:
+        self.told.forget(store_id)
+
+
+def make(
+    tmp_path: Path, db: Database, told: Told | None = None
+) -> tuple[IndexSync, IndexManager, Epoch]:
     indexes = IndexManager(tmp_path / "indexes", m=16, ef_construction=100, ef_search=64)
     epoch = Epoch()
-    return IndexSync(IndexSyncRows(db), indexes, epoch), indexes, epoch
+    files = Recorder(told) if told is not None else None
+    return IndexSync(IndexSyncRows(db), indexes, epoch, files=files), indexes, epoch
 
 
 def test_chunks_committed_elsewhere_are_searchable_after_catch_up(
@@ -141,6 +170,25 @@ def test_a_new_epoch_reconciles_in_full_and_drops_chunks_deleted_elsewhere(
     index = indexes.get(STORE, DIM)
     assert not index.holds(gone).any() and index.holds(kept).all()
     assert index.labels().tolist() == kept
+
+
+def test_the_attribute_index_hears_of_files_completed_elsewhere(
+    tmp_path: Path, db: Database
+) -> None:
+    told = Told()
+    sync, _, epoch = make(tmp_path, db, told)
+    commit_file(db, "file-1", 2)
+    sync.catch_up(STORE, DIM)
+    assert told.forgotten == [STORE]  # a full reconcile: rebuilt at the next filtered search
+    commit_file(db, "file-2", 2)
+    commit_file(db, "file-3", 1)
+    sync.catch_up(STORE, DIM)
+    assert told.changed == [(STORE, {"file-2", "file-3"})]
+    sync.catch_up(STORE, DIM)
+    assert len(told.changed) == 1  # nothing new, nothing told
+    epoch.value += 1
+    sync.catch_up(STORE, DIM)
+    assert told.forgotten == [STORE, STORE]
 
 
 def test_the_replicas_table_keeps_live_rows_by_heartbeat(db: Database) -> None:

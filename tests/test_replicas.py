@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc import aio
 from quiver.server.app import QuiverServer
@@ -30,7 +31,14 @@ from quiver.server.core.ownership import Replica, owner_of
 from quiver.server.storage.replica_rows import ReplicaRows
 from quiver.v1 import vector_stores_pb2 as pb
 
-from tests.support.batch_helpers import create_batch, create_store, poll_batch, prose, upload_all
+from tests.support.batch_helpers import (
+    create_batch,
+    create_store,
+    get_store,
+    poll_batch,
+    prose,
+    upload_all,
+)
 from tests.support.inproc import Tenant, _tenant, keyed
 from tests.support.rpc_helpers import error_reason
 
@@ -121,10 +129,17 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         await stop(b)
 
 
-async def search(tenant: Tenant, store_id: str) -> tuple[list[tuple[str, float, str]], str]:
+async def search(
+    tenant: Tenant, store_id: str, query: str = QUERY, ranker: str = ""
+) -> tuple[list[tuple[str, float, str]], str]:
     """The hits (file, score, text) and the replica that searched."""
     call = tenant.stores.SearchVectorStore(
-        pb.SearchVectorStoreRequest(vector_store_id=store_id, query=[QUERY], max_num_results=8),
+        pb.SearchVectorStoreRequest(
+            vector_store_id=store_id,
+            query=[query],
+            max_num_results=8,
+            ranking_options=pb.RankingOptions(ranker=ranker),
+        ),
         metadata=tenant.metadata,
         timeout=30,
     )
@@ -209,3 +224,45 @@ async def test_an_unreachable_owner_is_marked_dead_and_the_search_answered_here(
     hits, served = await search(pair.other.alice, pair.store_id)
     assert (hits, served) == (direct, pair.owner.id)
     assert pair.other.server.forwarder.fallbacks == 1
+
+
+def commit_elsewhere(node: Node, store_id: str, text: str, vector: np.ndarray) -> None:
+    """What another replica leaves in the shared database for one completed file of one
+    chunk (rows only: this node's index never hears of it)."""
+    now = int(time.time())
+    with node.server.core.db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO files (id, tenant, subject, filename, purpose, bytes, sha256, "
+            "created_at) VALUES ('file-elsewhere', 'alice', '', 'elsewhere.txt', "
+            "'assistants', ?, ?, ?)",
+            (len(text), "0" * 64, now),
+        )
+        conn.execute(
+            "INSERT INTO vector_store_files (vector_store_id, file_id, tenant, subject, "
+            "created_at, status, chunk_max_tokens, chunk_overlap_tokens, chunk_auto) "
+            "VALUES (?, 'file-elsewhere', 'alice', '', ?, 'completed', 800, 400, 1)",
+            (store_id, now),
+        )
+        conn.execute(
+            "INSERT INTO chunks (vector_store_id, file_id, tenant, subject, chunk_index, "
+            "token_count, text, vector) VALUES (?, 'file-elsewhere', 'alice', '', 0, 8, ?, ?)",
+            (store_id, text, vector.astype(np.float32).tobytes()),
+        )
+
+
+async def test_the_owner_catches_up_with_chunks_committed_elsewhere(pair: Pair) -> None:
+    """Read-your-writes: a chunk another replica committed is found at once, through any
+    replica, by the vector ranking alone (ranker none: no keyword search reads it)."""
+    fresh = "zebra quartz xylophone marmalade"
+    store = await get_store(pair.owner.alice, pair.store_id)
+    embedder = pair.owner.server.core.embedders.embedder_for(
+        store.embedding_model, store.embedding_dimensions, True
+    )
+    vector = embedder.embed([fresh])[0]
+    before, _ = await search(pair.other.alice, pair.store_id, fresh, "none")
+    assert before and all(text != fresh for _, _, text in before)
+    commit_elsewhere(pair.owner, pair.store_id, fresh, vector / np.linalg.norm(vector))
+    hits, served = await search(pair.other.alice, pair.store_id, fresh, "none")
+    assert served == pair.owner.id
+    assert hits[0][0] == "file-elsewhere" and hits[0][2] == fresh
+    assert hits[0][1] > 0.99

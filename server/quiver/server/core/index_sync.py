@@ -10,14 +10,19 @@ marked deleted. Chunks of files still in progress are never added here (this rep
 are added by its ingest, hidden until completed); the watermark stops below the first of
 them, so they are added once their file completes.
 
-Blocking: ``catch_up`` runs on the search's thread, never on the event loop.
+Files whose chunks are added here completed elsewhere: the store's attribute index (filters)
+is told, and forgets the store at a full reconcile (rebuilt at its next filtered search).
+Off (``active`` false) while this replica has never seen another one: alone on its database,
+its own ingest keeps its indexes current, as on a single node.
+
+Blocking: ``catch_up`` runs on a thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +47,14 @@ class SyncedIndex(Protocol):
     def labels(self) -> npt.NDArray[np.int64]: ...
 
     def holds(self, labels: npt.ArrayLike) -> npt.NDArray[np.bool_]: ...
+
+
+class FileChanges(Protocol):
+    """The attribute index (core/attribute_index.py), as far as syncing tells it anything."""
+
+    def changed(self, store_id: str, file_ids: Iterable[str]) -> None: ...
+
+    def forget(self, store_id: str) -> None: ...
 
 
 class SyncedIndexes(Protocol):
@@ -70,6 +83,8 @@ class _Walk:
     completed: list[int]
     every: list[int]
     watermark: int
+    files: dict[int, str]
+    """The file of each completed chunk."""
 
 
 class IndexSync:
@@ -78,10 +93,15 @@ class IndexSync:
         rows: IndexSyncRepository,
         indexes: SyncedIndexes,
         epoch: Callable[[], int],
+        *,
+        files: FileChanges | None = None,
+        active: Callable[[], bool] = lambda: True,
     ) -> None:
         self.rows = rows
         self.indexes = indexes
         self.epoch = epoch
+        self.files = files
+        self.active = active
         self._states: OrderedDict[str, _State] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -122,6 +142,11 @@ class IndexSync:
                 index.mark_deleted(extra)
             if added or len(extra):
                 self.indexes.changed(store_id, index)
+            if self.files is not None:
+                if full:
+                    self.files.forget(store_id)
+                elif len(missing):
+                    self.files.changed(store_id, {walk.files[int(i)] for i in missing})
             with self._guard:
                 self._states[store_id] = _State(epoch, walk.watermark)
                 self._states.move_to_end(store_id)
@@ -133,7 +158,7 @@ class IndexSync:
     def _walk(self, store_id: str, after: int, every: bool) -> _Walk:
         """The completed chunk ids above ``after`` (and, when ``every``, all of them) and the
         new watermark: just below the first chunk of an unfinished file, else the last id."""
-        out = _Walk([], [], after)
+        out = _Walk([], [], after, {})
         unfinished = False
         cursor = after
         while True:
@@ -141,6 +166,7 @@ class IndexSync:
             for row in rows:
                 if row.completed:
                     out.completed.append(row.id)
+                    out.files[row.id] = row.file_id
                     if not unfinished:
                         out.watermark = row.id
                 else:

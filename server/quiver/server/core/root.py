@@ -295,7 +295,14 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         pending=pending,
         query_embedding=query_embedding,
         attributes=attributes,
-        sync=IndexSync(IndexSyncRows(db), indexes, lambda: replicas.epoch),
+        sync=IndexSync(
+            IndexSyncRows(db),
+            indexes,
+            lambda: replicas.epoch,
+            files=attributes,
+            # Alone on its database (one node), its own ingest keeps its indexes current.
+            active=lambda: replicas.epoch > 1,
+        ),
     )
     metrics.watch_gauges(
         queue_depth=lambda: scheduler.queued,

@@ -137,8 +137,8 @@ class Searcher:
         self.query_embedding = query_embedding
         self.attributes = attributes
         self.sync = sync
-        """Catches the store's index up with chunks other replicas committed (read-your-
-        writes), before an approximate search reads it."""
+        """Catches the store's index (and attribute index) up with chunks other replicas
+        committed (read-your-writes), before a search reads them."""
 
     async def search(
         self,
@@ -167,6 +167,8 @@ class Searcher:
             if request.hybrid
             else request.max_results
         )
+        if self.sync is not None and self.sync.active():
+            await asyncio.to_thread(self.sync.catch_up, store_id, dim)
         files, allowed = await self._allowed(store_id, request.filter)
         # The keyword ranking reads SQLite on a thread of its own, beside the vector search.
         keywords = (
@@ -247,8 +249,6 @@ class Searcher:
         allowed: npt.NDArray[np.int64] | None,
         k: int,
     ) -> list[tuple[int, float]]:
-        if self.sync is not None:
-            self.sync.catch_up(store_id, dim)
         index = self.indexes.get(store_id, dim)
         hidden = self.pending.of(store_id) if allowed is None else frozenset()
         if allowed is None and not hidden:

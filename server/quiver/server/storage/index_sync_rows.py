@@ -24,14 +24,14 @@ class IndexSyncRows:
         rows = (
             self.db.reader()
             .execute(
-                "SELECT c.id, f.status FROM chunks c LEFT JOIN vector_store_files f "
+                "SELECT c.id, c.file_id, f.status FROM chunks c LEFT JOIN vector_store_files f "
                 "ON f.vector_store_id = c.vector_store_id AND f.file_id = c.file_id "
                 "WHERE c.vector_store_id = ? AND c.id > ? ORDER BY c.id LIMIT ?",
                 (store_id, after, limit),
             )
             .fetchall()
         )
-        return [ChunkState(int(r[0]), r[1] == COMPLETED) for r in rows]
+        return [ChunkState(int(r[0]), r[1], r[2] == COMPLETED) for r in rows]
 
     def vectors(self, ids: list[int]) -> dict[int, bytes]:
         """The stored vectors (float32 bytes) of ``ids`` that still exist."""

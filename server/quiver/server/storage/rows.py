@@ -110,7 +110,8 @@ class ReplicaRow:
 
 @dataclass(frozen=True)
 class ChunkState:
-    """A chunk id of a store, and whether its file is completed (searchable)."""
+    """A chunk id of a store, its file, and whether that file is completed (searchable)."""
 
     id: int
+    file_id: str
     completed: bool
