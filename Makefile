@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test test-fast pytest-fast lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench bench-peers soak clean
+.PHONY: install dev serve test test-fast pytest-fast cluster-test lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench bench-peers soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -131,6 +131,11 @@ pytest: dev
 
 pytest-fast: dev
 	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow"
+
+# Several `quiver serve` replicas on one PostgreSQL database (tests/cluster/, with the harness
+# tests/support/cluster.py); each test says why it skips when this build cannot run it.
+cluster-test: dev
+	QUIVER_CLUSTER_TEST=1 QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -rs -s tests/cluster
 
 # The randomized search: a fresh seed, FUZZ_SCALE times the examples of every property-based
 # test; the time budget is FUZZ_TIMEOUT seconds per test (one still running then fails: lower
