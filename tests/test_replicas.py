@@ -149,6 +149,13 @@ async def search(
     return hits, str(served[0]) if served else ""
 
 
+def forwards(node: Node, outcome: str) -> float:
+    """The node's ``quiver_search_forwards_total`` for ``outcome``."""
+    registry = node.server.core.metrics.registry
+    value = registry.get_sample_value("quiver_search_forwards_total", {"outcome": outcome})
+    return 0.0 if value is None else value
+
+
 def unused_address() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,6 +182,7 @@ async def test_a_search_on_any_replica_is_answered_by_the_owner_once(pair: Pair)
     assert through == direct
     assert pair.other.server.forwarder.forwarded == 1
     assert pair.owner.server.forwarder.forwarded == 0  # the owner answered, never forwarded
+    assert forwards(pair.other, "forwarded") == 1 and forwards(pair.owner, "forwarded") == 0
 
 
 async def test_a_forwarded_search_is_never_forwarded_again(pair: Pair) -> None:
@@ -217,6 +225,7 @@ async def test_an_unreachable_owner_is_marked_dead_and_the_search_answered_here(
     hits, served = await search(pair.other.alice, pair.store_id)
     assert (hits, served) == (direct, pair.other.id)
     assert pair.other.server.forwarder.fallbacks == 1
+    assert forwards(pair.other, "owner_unreachable") == 1
     assert ghost not in [r.replica_id for r in replicas.view.replicas]
     assert replicas.epoch == epoch + 1
     # Its row is still within the window, but it stays out until it heartbeats again.

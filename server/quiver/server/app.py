@@ -177,6 +177,7 @@ class QuiverServer:
             self.core.replicas,
             PeerChannels(self._peer_credentials(settings), server_options(settings)[:2]),
             settings.replica_forward_timeout_seconds,
+            self.core.metrics,
         )
         self._saver: asyncio.Task[None] | None = None
         self._config_watcher: asyncio.Task[None] | None = None

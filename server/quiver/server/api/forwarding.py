@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from quiver.server.api.call_metadata import read_metadata
 from quiver.server.core.replicas import Replicas
+from quiver.server.metrics import Metrics
 from quiver.v1 import vector_stores_pb2 as pb
 from quiver.v1 import vector_stores_pb2_grpc
 
@@ -104,14 +105,25 @@ class PeerChannels:
 
 
 class SearchForwarder:
-    def __init__(self, replicas: Replicas, channels: PeerChannels, timeout_s: float) -> None:
+    def __init__(
+        self,
+        replicas: Replicas,
+        channels: PeerChannels,
+        timeout_s: float,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.replicas = replicas
+        self.metrics = metrics
         self.channels = channels
         self.timeout_s = timeout_s
         self.forwarded = 0
         """Searches this replica forwarded and the owner answered (errors included)."""
         self.fallbacks = 0
         """Searches answered here because the owner could not be reached."""
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.search_forwards.labels(outcome).inc()
 
     def answered_here(self, context: Ctx) -> None:
         """The search is answered by this replica: say so in the trailing metadata."""
@@ -149,6 +161,7 @@ class SearchForwarder:
             )
             if unreachable or (code == grpc.StatusCode.DEADLINE_EXCEEDED and ours):
                 self.fallbacks += 1
+                self._count("owner_unreachable")
                 log.warning(
                     "the owner of %s did not answer (%s: %s): searching here",
                     store_id,
@@ -160,12 +173,14 @@ class SearchForwarder:
                 await self.channels.drop(address)
                 return None
             self.forwarded += 1
+            self._count("forwarded")
             passed = tuple(
                 (str(m[0]), m[1]) for m in trailers or () if m[0] in (STATUS_DETAILS, SERVED_BY)
             )
             await context.abort(code, exc.details() or "", passed)
             raise AssertionError("unreachable: abort raises") from exc
         self.forwarded += 1
+        self._count("forwarded")
         served = [m[1] for m in await call.trailing_metadata() or () if m[0] == SERVED_BY]
         context.set_trailing_metadata(((SERVED_BY, str(served[0]) if served else address),))
         return response
