@@ -18,6 +18,9 @@ from quiver.server.storage.database import Database
 from quiver.server.storage.index_sync_rows import IndexSyncRows
 from quiver.server.storage.replica_rows import ReplicaRows
 
+from tests.support import elsewhere
+from tests.support.elsewhere import add_store, unit_vectors
+
 DIM = 16
 STORE = "vs_sync"
 
@@ -33,40 +36,15 @@ class Epoch:
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
     database = Database(tmp_path / "quiver.sqlite3")
-    database.execute(
-        "INSERT INTO vector_stores (id, tenant, subject, name, created_at, last_active_at, "
-        "embedding_model, embedding_dimensions) VALUES (?, 't', '', 'n', 0, 0, 'hash', ?)",
-        (STORE, DIM),
-    )
+    add_store(database, STORE, DIM)
     return database
 
 
-def vector(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
 def commit_file(db: Database, file_id: str, chunks: int, status: str = "completed") -> list[int]:
-    """What another replica leaves in the database for one file: its store-file row and
-    its chunks (ids from the database's sequence)."""
-    with db.transaction() as conn:
-        conn.execute(
-            "INSERT INTO vector_store_files (vector_store_id, file_id, tenant, subject, "
-            "created_at, status, chunk_max_tokens, chunk_overlap_tokens, chunk_auto) "
-            "VALUES (?, ?, 't', '', 0, ?, 800, 400, 1)",
-            (STORE, file_id, status),
-        )
-        ids = []
-        for i in range(chunks):
-            seed = zlib.crc32(f"{file_id}:{i}".encode())
-            cursor = conn.execute(
-                "INSERT INTO chunks (vector_store_id, file_id, tenant, subject, chunk_index, "
-                "token_count, text, vector) VALUES (?, ?, 't', '', ?, 1, ?, ?)",
-                (STORE, file_id, i, f"{file_id} {i}", vector(seed).tobytes()),
-            )
-            assert cursor.lastrowid is not None
-            ids.append(int(cursor.lastrowid))
-    return ids
+    """What another replica leaves in the database for one file of ``chunks`` chunks."""
+    return elsewhere.commit_file(
+        db, STORE, file_id, unit_vectors(chunks, DIM, zlib.crc32(file_id.encode())), status
+    )
 
 
 def set_status(db: Database, file_id: str, status: str) -> None:
