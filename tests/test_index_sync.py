@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from quiver.server.core import index_sync
 from quiver.server.core.index_sync import IndexSync
 from quiver.server.index.manager import IndexManager
 from quiver.server.storage.database import Database
@@ -184,3 +185,25 @@ def test_the_replicas_table_keeps_live_rows_by_heartbeat(db: Database) -> None:
     assert rows.live(0.0) == []
     started = sqlite3.connect(db.path).execute("SELECT COUNT(*) FROM replicas").fetchone()[0]
     assert started == 0
+
+
+def test_a_big_rebuild_runs_in_the_background_and_is_reported_once(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_sync, "INLINE_ADDS", 5)
+    sync, indexes, epoch = make(tmp_path, db)
+    small = commit_file(db, "file-1", 4)
+    assert sync.prepare(STORE, DIM) is None  # 4 to add: inline
+    assert indexes.get(STORE, DIM).holds(small).all()
+    big = commit_file(db, "file-2", 30)
+    epoch.value += 1  # e.g. the owner died: a full reconcile, 30 to add
+    rebuilding = sync.prepare(STORE, DIM)
+    assert rebuilding is not None
+    assert rebuilding.completed.tolist() == small + big  # what a search ranks meanwhile
+    again = sync.prepare(STORE, DIM)
+    assert again is None or again is rebuilding  # never a second rebuild of the store
+    rebuilding.done.result(timeout=60)
+    assert indexes.get(STORE, DIM).holds(big).all()
+    assert sync.prepare(STORE, DIM) is None
+    assert sync.catch_up(STORE, DIM).added == 0
+    sync.close()

@@ -16,17 +16,21 @@ import asyncio
 import itertools
 import shutil
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 from grpc import aio
-from quiver.server.app import QuiverServer
+from quiver.server.api.forwarding import PeerChannels
+from quiver.server.app import ConfigError, QuiverServer
 from quiver.server.config import Settings
+from quiver.server.core import index_sync
 from quiver.server.core.ownership import Replica, owner_of
 from quiver.server.storage.replica_rows import ReplicaRows
 from quiver.v1 import vector_stores_pb2 as pb
@@ -40,9 +44,10 @@ from tests.support.batch_helpers import (
     upload_all,
 )
 from tests.support.inproc import Tenant, _tenant, keyed
-from tests.support.rpc_helpers import error_reason
+from tests.support.rpc_helpers import error_reason, wait_for
 
 SERVED_BY = "x-quiver-replica"
+FORWARDED = "x-quiver-forwarded-by"
 QUERY = "the quiet river under the northern bridge"
 
 
@@ -275,3 +280,70 @@ async def test_the_owner_catches_up_with_chunks_committed_elsewhere(pair: Pair) 
     assert served == pair.owner.id
     assert hits[0][0] == "file-elsewhere" and hits[0][2] == fresh
     assert hits[0][1] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        ({"advertise": "0.0.0.0:50051"}, "--advertise"),
+        ({"advertise": "replica-1"}, "--advertise"),
+        ({"replica_heartbeat_seconds": 5.0, "replica_timeout_seconds": 6.0}, "--replica-timeout"),
+        ({"replica_forward_timeout_seconds": -1.0}, "--replica-forward-timeout-seconds"),
+    ],
+)
+def test_replica_settings_that_cannot_work_refuse_to_start(
+    tmp_path: Path, change: dict[str, Any], flag: str
+) -> None:
+    settings = replace(
+        Settings(listen="127.0.0.1:0", http_listen="off", data_dir=tmp_path), **change
+    )
+    with pytest.raises(ConfigError, match=flag):
+        QuiverServer(settings)
+
+
+async def test_peer_channels_are_bounded() -> None:
+    channels = PeerChannels(None, [], max_channels=2)
+    for port in (1, 2, 3, 2):
+        channels.stub(f"127.0.0.1:{port}")
+    assert channels.open_count == 2
+    await channels.close()
+    assert channels.open_count == 0
+
+
+async def test_while_a_taken_over_store_is_rebuilt_it_is_searched_exactly(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner unreachable, the other replica takes the store, whose index it does not
+    hold (dropped here); the index is rebuilt in the background (forced for any full
+    reconcile, and held back until the search answered), and meanwhile the search ranks the
+    stored vectors exactly: the same files and texts, the same scores to float rounding."""
+    monkeypatch.setattr(index_sync, "INLINE_ADDS", -1)
+    release = threading.Event()
+    rebuild = index_sync.IndexSync._rebuild
+
+    def held_back(self: index_sync.IndexSync, plan: Any) -> None:
+        release.wait(30)
+        rebuild(self, plan)
+
+    monkeypatch.setattr(index_sync.IndexSync, "_rebuild", held_back)
+    direct, _ = await search(pair.owner.alice, pair.store_id, ranker="none")
+    indexes = pair.other.server.core.indexes
+    indexes.drop(pair.store_id)  # this replica holds nothing of the store
+    ghost = id_winning(pair.store_id, [pair.owner.id, pair.other.id], "ghost")
+    await pair.other.hear_of(ghost, unused_address())
+    try:
+        hits, served = await search(pair.other.alice, pair.store_id, ranker="none")
+    finally:
+        release.set()
+    assert served == pair.other.id
+    assert [(f, t) for f, _, t in hits] == [(f, t) for f, _, t in direct]
+    assert [s for _, s, _ in hits] == pytest.approx([s for _, s, _ in direct], abs=1e-5)
+    sync = pair.other.server.core.searcher.sync
+    assert sync is not None
+    await wait_for(lambda: sync.rebuilds_in_progress == 0, within=30)
+    # Its own index, rebuilt (a call marked as forwarded already is answered where it lands).
+    here = replace(pair.other.alice, metadata=(*pair.other.alice.metadata, (FORWARDED, "test")))
+    hits, served = await search(here, pair.store_id, ranker="none")
+    assert served == pair.other.id
+    assert [(f, t) for f, _, t in hits] == [(f, t) for f, _, t in direct]
+    assert [s for _, s, _ in hits] == pytest.approx([s for _, s, _ in direct], abs=1e-5)

@@ -55,6 +55,14 @@ async def search(who: Tenant, store_id: str, query: str, timeout: float = 10) ->
     return [(h.file_id, h.score, h.content[0].text) for h in reply.data], str(served[0])
 
 
+def same(a: Hits, b: Hits) -> bool:
+    """The same files and texts in the same order, the same scores to float rounding (an
+    index rebuilt from the database, or the exact ranking meanwhile, may round otherwise)."""
+    return [(f, t) for f, _, t in a] == [(f, t) for f, _, t in b] and all(
+        abs(x - y) <= 1e-5 for (_, x, _), (_, y, _) in zip(a, b, strict=True)
+    )
+
+
 async def answers(
     cluster: Cluster, keys: dict[str, str], store_id: str
 ) -> tuple[dict[str, Hits], set[str]]:
@@ -67,7 +75,7 @@ async def answers(
             hits, by = await search(tenant(replica, "alice", keys), store_id, query)
             assert hits, f"no hits on replica {replica.index}"
             if query in seen:
-                assert hits == seen[query], f"replica {replica.index} answers otherwise"
+                assert same(hits, seen[query]), f"replica {replica.index} answers otherwise"
             seen[query] = hits
             served.add(by)
     return seen, served
@@ -111,20 +119,20 @@ async def test_search_from_every_replica_also_after_the_owner_is_killed(
         survivor = next(r for r in cluster.live())
         hits, by = await search(tenant(survivor, "alice", keys), store.id, QUERIES[0])
         unserved = time.monotonic() - killed
-        assert hits == before[QUERIES[0]] and by != owner_id
+        assert same(hits, before[QUERIES[0]]) and by != owner_id
         after, served = await answers(cluster, keys, store.id)
-        assert after == before and owner_id not in served
+        assert all(same(after[q], before[q]) for q in QUERIES) and owner_id not in served
         print(f"\nthe store was served again {unserved * 1000:.0f} ms after its owner was killed")
 
         # Once the dead owner's heartbeat is out of the window, the survivors agree on one.
         await asyncio.sleep(float(REPLICA_TIMEOUT_SECONDS) + 1)
         after, served = await answers(cluster, keys, store.id)
-        assert after == before and len(served) == 1
+        assert all(same(after[q], before[q]) for q in QUERIES) and len(served) == 1
 
         await cluster.restart(owner.index)
         await asyncio.sleep(1.5)  # a few heartbeats: every replica sees it
         after, served = await answers(cluster, keys, store.id)
-        assert after == before and len(served) == 1
+        assert all(same(after[q], before[q]) for q in QUERIES) and len(served) == 1
     except BaseException:
         print(cluster.logs()[-20000:])
         raise

@@ -15,14 +15,22 @@ is told, and forgets the store at a full reconcile (rebuilt at its next filtered
 Off (``active`` false) while this replica has never seen another one: alone on its database,
 its own ingest keeps its indexes current, as on a single node.
 
-Blocking: ``catch_up`` runs on a thread, never on the event loop.
+A full reconcile that must add many chunks (a store this replica never held, typically
+just after its owner died) runs in the background instead of holding up searches (and the
+threads they run on): meanwhile the store is searched exactly over its stored vectors, or,
+when it is too big for that, the search awaits the rebuild without holding a thread.
+
+Blocking: ``catch_up`` and ``prepare`` run on a thread, never on the event loop.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,10 +38,19 @@ import numpy as np
 import numpy.typing as npt
 from quiver.server.storage.interfaces import IndexSyncRepository
 
+log = logging.getLogger("quiver.index")
+
 SCAN_ROWS = 10_000
 """Chunk ids per database read."""
 LOAD_ROWS = 500
 """Vectors per database read."""
+INLINE_ADDS = 2_000
+"""A full reconcile adding more chunks than this runs in the background (``prepare``)."""
+REBUILDERS = 2
+"""Background rebuilds at a time (the others queue; one per store at most)."""
+BRIDGE_MAX_CHUNKS = 50_000
+"""While its index is rebuilt, a store of at most this many chunks is searched exactly (its
+stored vectors read from the database: ~100 MB at 512 floats); a bigger one waits."""
 MAX_STORES = 4096
 """Stores whose sync state is kept (least recently searched out: fully reconciled at their
 next search)."""
@@ -78,6 +95,16 @@ class _State:
     watermark: int
 
 
+@dataclass(frozen=True)
+class Rebuilding:
+    """A store's index being rebuilt in the background: meanwhile a search ranks
+    ``completed`` (the chunk ids of its completed files when the rebuild started) exactly,
+    or, past BRIDGE_MAX_CHUNKS, awaits ``done``."""
+
+    completed: npt.NDArray[np.int64]
+    done: Future[None]
+
+
 @dataclass
 class _Walk:
     completed: list[int]
@@ -85,6 +112,18 @@ class _Walk:
     watermark: int
     files: dict[int, str]
     """The file of each completed chunk."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    store_id: str
+    dim: int
+    epoch: int
+    index: SyncedIndex
+    full: bool
+    walk: _Walk
+    missing: npt.NDArray[np.int64]
+    extra: npt.NDArray[np.int64]
 
 
 class IndexSync:
@@ -105,6 +144,9 @@ class IndexSync:
         self._states: OrderedDict[str, _State] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._building: dict[str, Rebuilding] = {}
+        self._builder = ThreadPoolExecutor(REBUILDERS, thread_name_prefix="index-rebuild")
+        self._closed = False
 
     def _lock_for(self, store_id: str) -> threading.Lock:
         with self._guard:
@@ -121,39 +163,102 @@ class IndexSync:
 
     def catch_up(self, store_id: str, dim: int) -> SyncReport:
         """Blocking: the store's index holds every chunk of its completed files (see the
-        module's docstring); returns what changed."""
-        epoch = self.epoch()
+        module's docstring), however many it takes; returns what changed."""
         with self._lock_for(store_id):
-            index = self.indexes.get(store_id, dim)
+            return self._apply(self._plan(store_id, dim))
+
+    def prepare(self, store_id: str, dim: int) -> Rebuilding | None:
+        """Blocking (short): None once the store's index is caught up (as ``catch_up``),
+        or, when that takes adding more than INLINE_ADDS chunks at a new epoch (a store this
+        replica did not hold, e.g. its owner just died), the rebuild started in the
+        background (at most REBUILDERS at a time), which the caller searches around."""
+        with self._guard:
+            building = self._building.get(store_id)
+        if building is not None:
+            return building
+        with self._lock_for(store_id):
             with self._guard:
-                state = self._states.get(store_id)
-            full = state is None or state.epoch != epoch
-            walk = self._walk(store_id, 0 if state is None or full else state.watermark, full)
-            wanted = np.asarray(walk.completed, dtype=np.int64)
-            if full:
-                held = index.labels()
-                missing = np.setdiff1d(wanted, held)
-                extra = np.setdiff1d(held, np.asarray(walk.every, dtype=np.int64))
-            else:
-                missing = wanted[~index.holds(wanted)] if len(wanted) else wanted
-                extra = np.empty(0, dtype=np.int64)
-            added = self._add(index, missing, dim)
-            if len(extra):
-                index.mark_deleted(extra)
-            if added or len(extra):
-                self.indexes.changed(store_id, index)
-            if self.files is not None:
-                if full:
-                    self.files.forget(store_id)
-                elif len(missing):
-                    self.files.changed(store_id, {walk.files[int(i)] for i in missing})
+                building = self._building.get(store_id)
+            if building is not None:
+                return building
+            plan = self._plan(store_id, dim)
+            if not plan.full or len(plan.missing) <= INLINE_ADDS:
+                self._apply(plan)
+                return None
             with self._guard:
-                self._states[store_id] = _State(epoch, walk.watermark)
-                self._states.move_to_end(store_id)
-                while len(self._states) > MAX_STORES:
-                    evicted, _ = self._states.popitem(last=False)
-                    self._locks.pop(evicted, None)
-            return SyncReport(store_id, added, len(extra), full, walk.watermark)
+                done = self._builder.submit(self._rebuild, plan)
+                building = Rebuilding(np.asarray(plan.walk.completed, dtype=np.int64), done)
+                self._building[store_id] = building
+            log.info(
+                "rebuilding the index of %s from the database in the background",
+                store_id,
+                extra={"chunks": len(plan.missing)},
+            )
+            return building
+
+    def _rebuild(self, plan: _Plan) -> None:
+        started = time.perf_counter()
+        try:
+            report = self._apply(plan)
+        except Exception:  # the next search plans it again
+            log.exception("rebuilding the index of %s failed", plan.store_id)
+        else:
+            log.info(
+                "rebuilt the index of %s",
+                plan.store_id,
+                extra={"added": report.added, "seconds": round(time.perf_counter() - started, 3)},
+            )
+        finally:
+            with self._guard:
+                self._building.pop(plan.store_id, None)
+
+    @property
+    def rebuilds_in_progress(self) -> int:
+        """Stores whose index is being rebuilt in the background (or queued for it)."""
+        with self._guard:
+            return len(self._building)
+
+    def close(self) -> None:
+        """Stops the background rebuilds (one in progress finishes its slice of vectors)."""
+        self._closed = True
+        self._builder.shutdown(wait=False, cancel_futures=True)
+
+    def _plan(self, store_id: str, dim: int) -> _Plan:
+        epoch = self.epoch()
+        index = self.indexes.get(store_id, dim)
+        with self._guard:
+            state = self._states.get(store_id)
+        full = state is None or state.epoch != epoch
+        walk = self._walk(store_id, 0 if state is None or full else state.watermark, full)
+        wanted = np.asarray(walk.completed, dtype=np.int64)
+        if full:
+            held = index.labels()
+            missing = np.setdiff1d(wanted, held)
+            extra = np.setdiff1d(held, np.asarray(walk.every, dtype=np.int64))
+        else:
+            missing = wanted[~index.holds(wanted)] if len(wanted) else wanted
+            extra = np.empty(0, dtype=np.int64)
+        return _Plan(store_id, dim, epoch, index, full, walk, missing, extra)
+
+    def _apply(self, plan: _Plan) -> SyncReport:
+        store_id, index = plan.store_id, plan.index
+        added = self._add(index, plan.missing, plan.dim)
+        if len(plan.extra):
+            index.mark_deleted(plan.extra)
+        if added or len(plan.extra):
+            self.indexes.changed(store_id, index)
+        if self.files is not None:
+            if plan.full:
+                self.files.forget(store_id)
+            elif len(plan.missing):
+                self.files.changed(store_id, {plan.walk.files[int(i)] for i in plan.missing})
+        with self._guard:
+            self._states[store_id] = _State(plan.epoch, plan.walk.watermark)
+            self._states.move_to_end(store_id)
+            while len(self._states) > MAX_STORES:
+                evicted, _ = self._states.popitem(last=False)
+                self._locks.pop(evicted, None)
+        return SyncReport(store_id, added, len(plan.extra), plan.full, plan.walk.watermark)
 
     def _walk(self, store_id: str, after: int, every: bool) -> _Walk:
         """The completed chunk ids above ``after`` (and, when ``every``, all of them) and the
@@ -180,6 +285,8 @@ class IndexSync:
     def _add(self, index: SyncedIndex, ids: npt.NDArray[np.int64], dim: int) -> int:
         added = 0
         for start in range(0, len(ids), LOAD_ROWS):
+            if self._closed:
+                break
             part = [int(i) for i in ids[start : start + LOAD_ROWS]]
             found = self.rows.vectors(part)
             keep = [i for i in part if len(found.get(i, b"")) == 4 * dim]

@@ -144,6 +144,8 @@ class Core:
     def close(self) -> None:
         """Stops the query lanes and the workers, saves the indexes and closes the database."""
         self.query_embedding.close()
+        if self.searcher.sync is not None:
+            self.searcher.sync.close()
         self.pool.close()
         self.indexes.save_all()
         self.db.close()

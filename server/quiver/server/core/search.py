@@ -28,7 +28,7 @@ from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FieldViolation
 from quiver.server.core.filters import Filter
 from quiver.server.core.fusion import fuse, fusion_for
-from quiver.server.core.index_sync import IndexSync
+from quiver.server.core.index_sync import BRIDGE_MAX_CHUNKS, IndexSync, Rebuilding
 from quiver.server.core.keyword_ranking import KeywordMatches, keyword_matches
 from quiver.server.core.models import AttributeValue
 from quiver.server.core.ports import VectorIndexes
@@ -167,8 +167,9 @@ class Searcher:
             if request.hybrid
             else request.max_results
         )
+        rebuilding = None
         if self.sync is not None and self.sync.active():
-            await asyncio.to_thread(self.sync.catch_up, store_id, dim)
+            rebuilding = await asyncio.to_thread(self.sync.prepare, store_id, dim)
         files, allowed = await self._allowed(store_id, request.filter)
         # The keyword ranking reads SQLite on a thread of its own, beside the vector search.
         keywords = (
@@ -178,7 +179,12 @@ class Searcher:
             if request.hybrid
             else None
         )
-        if allowed is not None and len(allowed) <= self.exact_max_chunks:
+        bridge = await _bridge(rebuilding, allowed)
+        if bridge is not None:  # the store's index is being rebuilt: rank its chunks exactly
+            vector_ranking = await asyncio.to_thread(
+                self._exact, store_id, dim, query, bridge, wanted
+            )
+        elif allowed is not None and len(allowed) <= self.exact_max_chunks:
             vector_ranking = await asyncio.to_thread(
                 self._exact, store_id, dim, query, allowed, wanted
             )
@@ -309,6 +315,22 @@ class Searcher:
             if chunk_id in rows
         ]
         return hits[:limit]
+
+
+async def _bridge(
+    rebuilding: Rebuilding | None, allowed: npt.NDArray[np.int64] | None
+) -> npt.NDArray[np.int64] | None:
+    """While the store's index is rebuilt in the background (core/index_sync.py): the chunk
+    ids to rank exactly instead (the filter's, else every completed file's), or None once
+    the index may be searched: there is no rebuild, or there were too many chunks to rank
+    exactly, so the rebuild was awaited (without holding a thread)."""
+    if rebuilding is None:
+        return None
+    bridge = rebuilding.completed if allowed is None else allowed
+    if len(bridge) <= BRIDGE_MAX_CHUNKS:
+        return bridge
+    await asyncio.shield(asyncio.wrap_future(rebuilding.done))
+    return None
 
 
 def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
