@@ -12,12 +12,14 @@ hnswlib index, in-process:
 
 Chunks are random unit vectors of ``--dim`` floats, written as another replica leaves them
 (tests/support/elsewhere.py). Figures go to ``bench/results/index_catch_up.json``. Timings
-depend on the machine and its load.
+depend on the machine and its load: ``rebuild_cpu_s`` (this process's CPU time) and the
+load average are recorded beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -50,9 +52,9 @@ def run(chunks: int, dim: int, repeat: int, root: Path) -> dict[str, float | int
         ef_search=defaults.hnsw_ef_search,
     )
     sync = IndexSync(IndexSyncRows(db), indexes, lambda: 1)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     report = sync.catch_up(STORE, dim)
-    rebuild = time.perf_counter() - started
+    rebuild, rebuild_cpu = time.perf_counter() - started, time.process_time() - cpu
     assert report.full and report.added == chunks
     idle = []
     for _ in range(repeat):
@@ -70,8 +72,10 @@ def run(chunks: int, dim: int, repeat: int, root: Path) -> dict[str, float | int
         "chunks": chunks,
         "dim": dim,
         "rebuild_s": round(rebuild, 3),
+        "rebuild_cpu_s": round(rebuild_cpu, 3),
         "idle_ms": round(statistics.median(idle) * 1000, 3),
         "new_100_ms": round(statistics.median(fresh) * 1000, 2),
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 

@@ -6,6 +6,7 @@ them in the shared database (rows only, never this replica's index), and the rep
 from __future__ import annotations
 
 import sqlite3
+import time
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -207,3 +208,19 @@ def test_a_big_rebuild_runs_in_the_background_and_is_reported_once(
     assert sync.prepare(STORE, DIM) is None
     assert sync.catch_up(STORE, DIM).added == 0
     sync.close()
+
+
+def test_a_searched_index_is_reconciled_in_full_now_and_then(tmp_path: Path, db: Database) -> None:
+    """What the watermark cannot see (here: a file deleted elsewhere) is caught up within
+    ``full_every_s``, at the same epoch."""
+    indexes = IndexManager(tmp_path / "indexes", m=16, ef_construction=100, ef_search=64)
+    sync = IndexSync(IndexSyncRows(db), indexes, lambda: 1, full_every_s=0.3)
+    gone = commit_file(db, "file-1", 3)
+    assert sync.catch_up(STORE, DIM).full
+    delete_file(db, "file-1")
+    assert not sync.catch_up(STORE, DIM).full
+    assert indexes.get(STORE, DIM).holds(gone).all()
+    time.sleep(0.35)
+    report = sync.catch_up(STORE, DIM)
+    assert report.full and report.removed == 3
+    assert not sync.catch_up(STORE, DIM).full

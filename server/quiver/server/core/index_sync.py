@@ -6,7 +6,8 @@ chunk id below which every chunk of a completed file is in the index. A search a
 epoch reads only the chunk ids above the watermark (a short indexed range read); at another
 epoch (the live replicas changed, so the store may have been served elsewhere meanwhile) the
 index is first reconciled in full: chunks of completed files added, chunks no longer stored
-marked deleted. Chunks of files still in progress are never added here (this replica's own
+marked deleted; so it is, too, at least every FULL_EVERY_S seconds. Chunks of files still
+in progress are never added here (this replica's own
 are added by its ingest, hidden until completed); the watermark stops below the first of
 them, so they are added once their file completes.
 
@@ -51,6 +52,10 @@ REBUILDERS = 2
 BRIDGE_MAX_CHUNKS = 50_000
 """While its index is rebuilt, a store of at most this many chunks is searched exactly (its
 stored vectors read from the database: ~100 MB at 512 floats); a bigger one waits."""
+FULL_EVERY_S = 60.0
+"""A store's index is reconciled in full at least this often while searched: what the
+watermark cannot see (chunks deleted, attributes changed elsewhere; with a database whose
+ids are not assigned in commit order, a chunk committed below it) is caught up within it."""
 MAX_STORES = 4096
 """Stores whose sync state is kept (least recently searched out: fully reconciled at their
 next search)."""
@@ -93,6 +98,8 @@ class SyncReport:
 class _State:
     epoch: int
     watermark: int
+    reconciled_at: float
+    """When the index was last reconciled in full (``time.monotonic()``)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class _Plan:
     store_id: str
     dim: int
     epoch: int
+    started: float
     index: SyncedIndex
     full: bool
     walk: _Walk
@@ -135,12 +143,14 @@ class IndexSync:
         *,
         files: FileChanges | None = None,
         active: Callable[[], bool] = lambda: True,
+        full_every_s: float = FULL_EVERY_S,
     ) -> None:
         self.rows = rows
         self.indexes = indexes
         self.epoch = epoch
         self.files = files
         self.active = active
+        self.full_every_s = full_every_s
         self._states: OrderedDict[str, _State] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -224,11 +234,16 @@ class IndexSync:
         self._builder.shutdown(wait=False, cancel_futures=True)
 
     def _plan(self, store_id: str, dim: int) -> _Plan:
+        started = time.monotonic()
         epoch = self.epoch()
         index = self.indexes.get(store_id, dim)
         with self._guard:
             state = self._states.get(store_id)
-        full = state is None or state.epoch != epoch
+        full = (
+            state is None
+            or state.epoch != epoch
+            or time.monotonic() - state.reconciled_at >= self.full_every_s
+        )
         walk = self._walk(store_id, 0 if state is None or full else state.watermark, full)
         wanted = np.asarray(walk.completed, dtype=np.int64)
         if full:
@@ -238,7 +253,7 @@ class IndexSync:
         else:
             missing = wanted[~index.holds(wanted)] if len(wanted) else wanted
             extra = np.empty(0, dtype=np.int64)
-        return _Plan(store_id, dim, epoch, index, full, walk, missing, extra)
+        return _Plan(store_id, dim, epoch, started, index, full, walk, missing, extra)
 
     def _apply(self, plan: _Plan) -> SyncReport:
         store_id, index = plan.store_id, plan.index
@@ -253,7 +268,9 @@ class IndexSync:
             elif len(plan.missing):
                 self.files.changed(store_id, {plan.walk.files[int(i)] for i in plan.missing})
         with self._guard:
-            self._states[store_id] = _State(plan.epoch, plan.walk.watermark)
+            before = self._states.get(store_id)
+            reconciled_at = plan.started if plan.full or before is None else before.reconciled_at
+            self._states[store_id] = _State(plan.epoch, plan.walk.watermark, reconciled_at)
             self._states.move_to_end(store_id)
             while len(self._states) > MAX_STORES:
                 evicted, _ = self._states.popitem(last=False)
