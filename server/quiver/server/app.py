@@ -335,6 +335,7 @@ class QuiverServer:
         grace = self.settings.grace_period if grace is None else grace
         log.info("draining", extra={"grace_s": grace})
         await self._set_health(Serving.NOT_SERVING)
+        await self.core.replicas.stop()  # its row goes: the others stop forwarding here
         if self.settings.drain_delay > 0:  # let load balancers see NOT_SERVING and move away
             await asyncio.sleep(self.settings.drain_delay)
         self.interceptor.closed_reason = "the server is shutting down"
@@ -348,7 +349,6 @@ class QuiverServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self.core.replicas.stop()  # the others stop forwarding here
         await self.forwarder.channels.close()
         await self.core.stop_processing()  # unfinished files resume at the next start
         self._close_storage()
