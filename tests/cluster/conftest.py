@@ -44,12 +44,3 @@ def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
-
-
-def shared_blobs(root: Path) -> list[str]:
-    """``--blobs DIR`` (a directory every replica shares) when this build has it."""
-    if "blobs" not in SETTINGS:
-        return []
-    path = root / "blobs"
-    path.mkdir(parents=True, exist_ok=True)
-    return ["--blobs", str(path)]

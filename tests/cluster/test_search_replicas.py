@@ -14,9 +14,8 @@ from grpc import aio
 from quiver.server.auth.keys import hash_key, new_key
 from quiver.v1 import vector_stores_pb2 as pb
 
-from tests.cluster.conftest import shared_blobs
 from tests.support.batch_helpers import create_batch, create_store, poll_batch, prose, upload_all
-from tests.support.cluster import REPLICA_TIMEOUT_SECONDS, Cluster, ClusterReplica
+from tests.support.cluster import REPLICA_TIMEOUT_SECONDS, Cluster, ClusterReplica, shared_blobs
 from tests.support.inproc import Tenant, _tenant
 from tests.support.postgres import PostgresServer
 from tests.support.rpc_helpers import error_reason

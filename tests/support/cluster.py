@@ -20,11 +20,12 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO
 
 from grpc import aio
+from quiver.server.config import Settings
 
 from tests.support.serve import clean_env, free_port, is_serving_async, serve_command
 
@@ -102,6 +103,15 @@ class ClusterReplica:
         if self.channel is not None:
             await self.channel.close(None)
             self.channel = None
+
+
+def shared_blobs(root: Path) -> list[str]:
+    """``--blobs DIR`` (a directory every replica shares) when this build has that setting."""
+    if "blobs" not in {f.name for f in fields(Settings)}:
+        return []
+    path = root / "blobs"
+    path.mkdir(parents=True, exist_ok=True)
+    return ["--blobs", str(path)]
 
 
 class Cluster:
