@@ -10,6 +10,8 @@ import io
 import itertools
 import os
 import pickle
+import threading
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,11 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from grpc import aio
+from grpc import StatusCode, aio
 from quiver.server.app import ConfigError, QuiverServer
 from quiver.server.config import Settings
 from quiver.server.core.errors import DataLoss
+from quiver.server.core.files import FileStore
 from quiver.server.core.models import StoredFile
+from quiver.server.core.principal import Principal
 from quiver.server.core.verified_content import VerifiedContent
 from quiver.server.embedders.registry import EmbedderSpec
 from quiver.server.ingest import worker
@@ -30,13 +34,22 @@ from quiver.server.storage.blob_location import BlobRef, DirLocation, S3Location
 from quiver.server.storage.blob_reader import read_blob
 from quiver.server.storage.blob_stores import open_blob_store
 from quiver.server.storage.blobs import BlobStore
+from quiver.server.storage.blobs import BlobWriter as LocalBlobWriter
+from quiver.server.storage.database import Database
 from quiver.server.storage.s3_blobs import S3BlobStore
 from quiver.server.storage.s3_client import BlobStoreError
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
 from tests.support.batch_helpers import create_batch, create_store, poll_batch, prose
 from tests.support.inproc import Running, _tenant, keyed
-from tests.support.rpc_helpers import blob_files, download, sha256_hex, tmp_files, upload
+from tests.support.rpc_helpers import (
+    blob_files,
+    download,
+    error_reason,
+    sha256_hex,
+    tmp_files,
+    upload,
+)
 from tests.support.seaweedfs import SeaweedS3, seaweedfs_missing
 
 _names = itertools.count()
@@ -376,3 +389,75 @@ def test_a_worker_reads_a_blob_from_a_directory_by_address(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="sha256"):
         store.ref("../../etc/passwd", 1)
     assert hashlib.sha256(data).hexdigest() == digest
+
+
+class _SlowCommitStore(BlobStore):
+    """The local store, with commits held until ``gate`` opens (a slow object store)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def writer(self) -> LocalBlobWriter:
+        store = self
+
+        class Held(LocalBlobWriter):
+            def commit(self) -> str:
+                store.entered.set()
+                assert store.gate.wait(30)
+                return super().commit()
+
+        return Held(self)
+
+
+def test_abort_from_the_loop_never_waits_for_a_seal_in_progress(tmp_path: Path) -> None:
+    store = _SlowCommitStore(tmp_path / "blobs")
+    files = FileStore(Database(tmp_path / "q.sqlite3"), store, max_file_bytes=1 << 20)
+    upload = files.begin_upload(Principal("t"), "a.txt", "assistants", "")
+    upload.write(b"some bytes")
+    sealing = threading.Thread(target=upload.seal)
+    sealing.start()
+    try:
+        assert store.entered.wait(10)
+        started = time.monotonic()
+        upload.abort()  # a cancelled call, on the event loop
+        assert time.monotonic() - started < 0.5
+    finally:
+        store.gate.set()
+        sealing.join(30)
+    assert list(store.tmp_dir.iterdir()) == []
+    upload.write(b"more")  # aborted: ignored
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.slow
+async def test_an_object_store_that_goes_away_answers_unavailable_and_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = seaweedfs_missing()
+    if why is not None:
+        pytest.skip(why)
+    own = SeaweedS3.start(tmp_path / "seaweedfs")
+    try:
+        own.create_bucket("going-away")
+        for key, value in own.env().items():
+            monkeypatch.setenv(key, value)
+        data_dir = tmp_path / "data"
+        async with _serving(_settings(data_dir, "s3://going-away/b")) as running:
+            stored = await upload(running.alice, "kept.txt", b"stored before the outage")
+            own.stop()
+            with pytest.raises(aio.AioRpcError) as caught:
+                await upload(running.alice, "lost.txt", b"sent during the outage")
+            assert caught.value.code() == StatusCode.UNAVAILABLE
+            assert error_reason(caught.value) == "BLOB_STORE_UNAVAILABLE"
+            assert tmp_files(data_dir) == []
+            with pytest.raises(aio.AioRpcError) as caught:
+                await download(running.alice, stored.id)
+            assert caught.value.code() == StatusCode.UNAVAILABLE
+            files = await running.alice.files.ListFiles(
+                files_pb2.ListFilesRequest(), metadata=running.alice.metadata
+            )
+            assert [f.id for f in files.data] == [stored.id]
+    finally:
+        own.stop()
