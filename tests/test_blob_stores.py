@@ -5,6 +5,7 @@ Workers read a file by its content address (``BlobRef``), never by a server-loca
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import itertools
@@ -41,7 +42,7 @@ from quiver.server.storage.s3_client import BlobStoreError
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
 from tests.support.batch_helpers import create_batch, create_store, poll_batch, prose
-from tests.support.inproc import Running, _tenant, keyed
+from tests.support.inproc import Running, Tenant, _tenant, keyed, open_tenant
 from tests.support.rpc_helpers import (
     blob_files,
     download,
@@ -51,6 +52,7 @@ from tests.support.rpc_helpers import (
     upload,
 )
 from tests.support.seaweedfs import SeaweedS3, seaweedfs_missing
+from tests.support.serve import kill_quietly, start_serve, terminate, wait_serving
 
 _names = itertools.count()
 
@@ -287,8 +289,7 @@ def _settings(data_dir: Path, blobs: str) -> Settings:
     )
 
 
-async def _ingest_and_search(running: Running, files: dict[str, bytes]) -> tuple[str, list[str]]:
-    alice = running.alice
+async def _ingest_and_search(alice: Tenant, files: dict[str, bytes]) -> tuple[str, list[str]]:
     ids = [(await upload(alice, name, data)).id for name, data in files.items()]
     store = await create_store(alice)
     batch = await create_batch(alice, store.id, ids)
@@ -317,7 +318,7 @@ async def test_a_server_on_s3_ingests_searches_and_deletes_through_the_bucket(
 ) -> None:
     data_dir = tmp_path / "data"
     async with _serving(_settings(data_dir, f"s3://{bucket}/{prefix}/q")) as running:
-        _, ids = await _ingest_and_search(running, FILES)
+        _, ids = await _ingest_and_search(running.alice, FILES)
         digests = sorted(sha256_hex(d) for d in FILES.values())
         assert seaweed.keys(bucket, prefix) == [f"{prefix}/q/{d}" for d in digests]
         assert blob_files(data_dir) == [] and tmp_files(data_dir) == []  # nothing local
@@ -342,9 +343,9 @@ async def test_two_servers_sharing_a_bucket_store_the_same_content_once(
         _serving(_settings(tmp_path / "one", blobs)) as one,
         _serving(_settings(tmp_path / "two", blobs)) as two,
     ):
-        await _ingest_and_search(one, {"a.txt": data})
+        await _ingest_and_search(one.alice, {"a.txt": data})
         first = seaweed.client().head_object(Bucket=bucket, Key=key)
-        await _ingest_and_search(two, {"copy-of-a.txt": data})
+        await _ingest_and_search(two.alice, {"copy-of-a.txt": data})
         second = seaweed.client().head_object(Bucket=bucket, Key=key)
     assert seaweed.keys(bucket, prefix) == [key]
     assert second["LastModified"] == first["LastModified"]  # not written again
@@ -364,9 +365,9 @@ async def test_two_servers_sharing_a_directory_store_the_same_content_once(
         _serving(_settings(tmp_path / "two", str(shared))) as two,
     ):
         assert (shared / "tmp" / "upload-elsewhere").exists()
-        await _ingest_and_search(one, {"a.txt": data})
+        await _ingest_and_search(one.alice, {"a.txt": data})
         inode = (shared / digest[:2] / digest).stat().st_ino
-        _, ids = await _ingest_and_search(two, {"copy.txt": data, "b.txt": FILES["b.txt"]})
+        _, ids = await _ingest_and_search(two.alice, {"copy.txt": data, "b.txt": FILES["b.txt"]})
         assert (shared / digest[:2] / digest).stat().st_ino == inode  # not written again
         assert blob_files(tmp_path / "one") == [] == blob_files(tmp_path / "two")
         await two.alice.files.DeleteFile(
@@ -461,3 +462,34 @@ async def test_an_object_store_that_goes_away_answers_unavailable_and_keeps_noth
             assert [f.id for f in files.data] == [stored.id]
     finally:
         own.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+async def test_quiver_serve_on_s3_ingests_and_deletes_and_refuses_a_missing_bucket(
+    seaweed: SeaweedS3, bucket: str, tmp_path: Path, prefix: str
+) -> None:
+    refused = start_serve(
+        tmp_path / "refused", tmp_path / "refused.log", "--blobs", "s3://nope-x/y"
+    )
+    try:
+        assert refused.proc.wait(timeout=60) != 0
+    finally:
+        kill_quietly(refused)
+    assert "s3://nope-x/y" in refused.logs() and "bucket does not exist" in refused.logs()
+
+    served = start_serve(
+        tmp_path / "data", tmp_path / "serve.log", "--blobs", f"s3://{bucket}/{prefix}"
+    )
+    try:
+        await asyncio.to_thread(wait_serving, served, 60)
+        async with aio.insecure_channel(served.address) as channel:
+            caller = open_tenant(channel)
+            _, ids = await _ingest_and_search(caller, FILES)
+            assert len(seaweed.keys(bucket, prefix)) == 2
+            for file_id in ids:
+                await caller.files.DeleteFile(files_pb2.DeleteFileRequest(file_id=file_id))
+            assert seaweed.keys(bucket, prefix) == []
+        assert terminate(served) == 0
+    finally:
+        kill_quietly(served)
