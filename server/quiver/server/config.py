@@ -17,6 +17,7 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     http_listen: str = "127.0.0.1:8080"
     data_dir: Path = Path("./quiver-data")
+    blobs: str = ""
     api_keys_file: Path | None = None
     api_keys: str = ""
     # -- limits per request, upload and stream --
@@ -87,6 +88,11 @@ _HELP: dict[str, str] = {
     "http_listen": "host:port to serve the HTTP/JSON API on (OpenAI's REST paths under /v1 "
     "and /api/v1/llm), in the same process; 'off' disables it",
     "data_dir": "directory for the SQLite database, file blobs and indexes",
+    "blobs": "where uploaded files' bytes are kept: empty = DATA_DIR/blobs; an absolute "
+    "directory every replica shares (an NFS-style mount); or s3://BUCKET/PREFIX, with the "
+    "endpoint, region and credentials from AWS_ENDPOINT_URL(_S3), AWS_REGION (or "
+    "AWS_DEFAULT_REGION) and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (needs the extra "
+    "quiver-vectorstore[s3])",
     "api_keys_file": "file of hashed API keys ('quiver keys add' writes it); none = open mode, "
     "loopback only",
     "api_keys": "hashed API keys inline, same format as the file, comma separated",

@@ -9,13 +9,13 @@ database are in ``storage/interfaces.py``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 from quiver.server.index.manager import ReconcileReport, VectorLoader
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
+from quiver.server.storage.blob_location import BlobLocation, BlobRef
 
 
 class IngestExecutor(Protocol):
@@ -43,14 +43,30 @@ class BlobWriter(Protocol):
     def abort(self) -> None: ...
 
 
-class Blobs(Protocol):
-    """Uploaded files' bytes, by sha256 (content-addressed)."""
+class BlobReader(Protocol):
+    """A stored blob read piece by piece (``read`` may block: call it in a thread)."""
 
-    def path_for(self, sha256: str) -> Path: ...
+    def read(self, size: int = -1) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Blobs(Protocol):
+    """Uploaded files' bytes, by sha256 (content-addressed). Every method but ``ref`` and
+    ``open`` may block (disk or network): run them off the event loop."""
+
+    @property
+    def location(self) -> BlobLocation: ...
+
+    def ref(self, sha256: str, size: int) -> BlobRef:
+        """The blob's address, for an ingest worker (which reads it with ``read_blob``)."""
+        ...
 
     def writer(self) -> BlobWriter: ...
 
-    def open(self, sha256: str) -> BinaryIO: ...
+    def open(self, sha256: str) -> BlobReader:
+        """Reading starts at the first ``read`` (FileNotFoundError there if missing)."""
+        ...
 
     def delete(self, sha256: str) -> None: ...
 

@@ -110,7 +110,7 @@ class Processing:
         lease held by this server)."""
         row: sqlite3.Row | None = self.db.execute(
             "SELECT f.*, s.embedding_model, s.embedding_dimensions, s.dimensions_sent, "
-            "files.sha256, "
+            "files.sha256, files.bytes AS file_bytes, "
             "files.filename FROM vector_store_files f "
             "JOIN vector_stores s ON s.id = f.vector_store_id "
             "JOIN files ON files.id = f.file_id "
@@ -155,7 +155,7 @@ class Processing:
             self._fail_expired(job, "the vector store expired before this file was processed")
             return
         work = WorkerInput(
-            path=str(self.blobs.path_for(row["sha256"])),
+            blob=self.blobs.ref(row["sha256"], row["file_bytes"]),
             filename=row["filename"],
             max_tokens=row["chunk_max_tokens"],
             overlap_tokens=row["chunk_overlap_tokens"],

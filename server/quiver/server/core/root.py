@@ -23,6 +23,7 @@ from quiver.server.core.files import FileStore
 from quiver.server.core.index_sync import IndexSync
 from quiver.server.core.job_leases import JobLeases, check_lease_settings, new_owner_id
 from quiver.server.core.lease_keeper import LeaseKeeper
+from quiver.server.core.ports import Blobs
 from quiver.server.core.processing import Processing
 from quiver.server.core.query_embedding import LaneLimits, QueryEmbedding
 from quiver.server.core.replicas import Replicas, check_advertise, check_replica_settings
@@ -44,7 +45,8 @@ from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
-from quiver.server.storage.blobs import BlobStore
+from quiver.server.storage.blob_location import blob_location
+from quiver.server.storage.blob_stores import open_blob_store
 from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.database import Database
 from quiver.server.storage.index_sync_rows import IndexSyncRows
@@ -66,8 +68,9 @@ class Core:
 
     db: Database
     """The SQLite database (``quiver.sqlite3`` in the data directory)."""
-    blobs: BlobStore
-    """Uploaded files' bytes, by sha256."""
+    blobs: Blobs
+    """Uploaded files' bytes, by sha256 (``--blobs``: data_dir/blobs, a shared directory
+    or an S3 bucket)."""
     indexes: IndexManager
     """One vector index per store, opened on demand."""
     pool: IngestPool
@@ -208,8 +211,9 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
     tuning = openai_tuning(settings)
     data = settings.data_dir
+    location = blob_location(settings.blobs, data)
+    blobs = open_blob_store(location, data)
     db = Database(data / "quiver.sqlite3")
-    blobs = BlobStore(data / "blobs")
     indexes = IndexManager(
         data / "indexes",
         m=settings.hnsw_m,
