@@ -38,6 +38,7 @@ from quiver.server.embedders.openai_tuning import (
     check_openai_tuning,
     hung_endpoint_seconds,
 )
+from quiver.server.index.keyword_manager import KeywordIndexes
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
@@ -66,6 +67,8 @@ class Core:
     """Uploaded files' bytes, by sha256."""
     indexes: IndexManager
     """One vector index per store, opened on demand."""
+    keywords: KeywordIndexes
+    """One keyword (tantivy) index per store, a cache of its completed chunks."""
     pool: IngestPool
     """The worker processes that parse, chunk and embed files."""
     metrics: Metrics
@@ -140,6 +143,7 @@ class Core:
         self.query_embedding.close()
         self.pool.close()
         self.indexes.save_all()
+        self.keywords.close()
         self.db.close()
 
 
@@ -192,6 +196,11 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
     tuning = openai_tuning(settings)
     data = settings.data_dir
+    keywords = KeywordIndexes(
+        data / "keyword",
+        commit_seconds=settings.keyword_commit_seconds,
+        max_pending=settings.keyword_pending_chunks,
+    )
     db = Database(data / "quiver.sqlite3")
     blobs = BlobStore(data / "blobs")
     indexes = IndexManager(
@@ -231,7 +240,9 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     attributes = AttributeIndex(
         StoreFileRows(db), ChunkRows(db), max_stores=settings.attribute_index_stores
     )
-    stores = VectorStores(db, choice.resolve, book, scheduler, indexes, attributes, clock=clock)
+    stores = VectorStores(
+        db, choice.resolve, book, scheduler, indexes, attributes, keywords, clock=clock
+    )
     leases = JobLeases(JobsRepository(db), new_owner_id(), settings.job_lease_seconds)
     processing = Processing(
         db,
@@ -248,6 +259,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         retry_delay=settings.commit_retry_delay,
         pending=pending,
         leases=leases,
+        keywords=keywords,
     )
     store_files = StoreFiles(
         book, stores, indexes, scheduler, files, attributes, pending, leases=leases
@@ -273,6 +285,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         pending=pending,
         query_embedding=query_embedding,
         attributes=attributes,
+        keywords=keywords,
     )
     metrics.watch_gauges(
         queue_depth=lambda: scheduler.queued,
@@ -286,6 +299,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         db=db,
         blobs=blobs,
         indexes=indexes,
+        keywords=keywords,
         pool=pool,
         metrics=metrics,
         hub=hub,
