@@ -81,8 +81,11 @@ class StoreKeywordIndex:
             opened.chunk_ids()  # reads every segment's fast field: damage shows here
         except DamagedKeywordIndex:
             raise
-        except (ValueError, OSError, RuntimeError) as exc:
-            raise DamagedKeywordIndex(f"{path}: {exc}") from exc
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # tantivy's errors, and its panics on damaged files
+            # (pyo3's PanicException derives from BaseException)
+            raise DamagedKeywordIndex(f"{path}: {type(exc).__name__}: {exc}") from exc
         return opened
 
     @staticmethod
@@ -116,8 +119,12 @@ class StoreKeywordIndex:
 
     def delete_chunks(self, chunk_ids: Iterable[int]) -> None:
         writer = self._writer_()
-        for chunk_id in chunk_ids:
-            writer.delete_documents_by_term("chunk_id", int(chunk_id))
+        ids = [int(c) for c in chunk_ids]
+        for start in range(0, len(ids), 10_000):  # (a plain int term is not the u64's)
+            part = ids[start : start + 10_000]
+            writer.delete_documents_by_query(
+                tantivy.Query.term_set_query(self._schema, "chunk_id", part)
+            )
 
     def commit(self) -> None:
         """Makes the writes so far durable (tantivy's atomic meta.json switch) and visible."""
