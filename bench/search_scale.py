@@ -441,6 +441,7 @@ def run_size(
         print(
             f"  built in {s['total']:.1f} s (windows {s['windows']:.1f}, files {s['files']:.1f}, "
             f"embed {s['embed']:.1f}, SQLite {s['sqlite']:.1f}, hnswlib add {s['index']:.1f}, "
+            f"tantivy {s['keyword']:.1f}, "
             f"save {s['save']:.1f}); {built.files:,} files, stride {built.stride:.1f} tokens, "
             f"{built.shifted:,} windows shifted for distinct texts; index "
             f"{built.index_bytes / 1e6:,.0f} MB, SQLite {built.sqlite_bytes / 1e6:,.0f} MB",
