@@ -150,13 +150,17 @@ class KeywordIndexes:
     # -- applying them (threads) ------------------------------------------------------------------
 
     def searchable(self, store_id: str) -> StoreKeywordIndex:
-        """The store's index with every write told so far committed (read-your-writes).
-        Blocking: from the search's thread."""
+        """The store's index with every write told so far committed (read-your-writes; if
+        the commit fails, its last commit). Blocking: from the search's thread."""
         queue = self._queue(store_id)
         with self._lock:
             behind = queue.done < queue.told
         if behind:
-            self.flush(store_id)
+            try:
+                self.flush(store_id)
+            except Exception as exc:  # e.g. a full disk: the last commit answers meanwhile
+                self.failed_commits += 1
+                log.warning("keyword index of %s not committed: %s", store_id, exc)
         return self.get(store_id)
 
     def flush(self, store_id: str) -> None:
