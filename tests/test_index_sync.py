@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from quiver.server.core import index_sync
 from quiver.server.core.index_sync import IndexSync
+from quiver.server.index.keyword_manager import KeywordIndexes
 from quiver.server.index.manager import IndexManager
+from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.database import Database
 from quiver.server.storage.index_sync_rows import IndexSyncRows
 from quiver.server.storage.replica_rows import ReplicaRows
@@ -224,3 +226,31 @@ def test_a_searched_index_is_reconciled_in_full_now_and_then(tmp_path: Path, db:
     report = sync.catch_up(STORE, DIM)
     assert report.full and report.removed == 3
     assert not sync.catch_up(STORE, DIM).full
+
+
+def test_the_keyword_index_follows_chunks_committed_elsewhere(tmp_path: Path, db: Database) -> None:
+    """Catch-up adds the same chunks to the store's keyword (tantivy) index, and a full pass
+    at a new epoch makes it hold exactly the completed chunks."""
+    indexes = IndexManager(tmp_path / "indexes", m=16, ef_construction=100, ef_search=64)
+    keywords = KeywordIndexes(tmp_path / "keyword", commit_seconds=60.0, max_pending=10_000)
+    epoch = Epoch()
+    sync = IndexSync(
+        IndexSyncRows(db),
+        indexes,
+        epoch,
+        keywords=keywords,
+        keyword_rows=ChunkRows(db).keyword_rows,
+    )
+    try:
+        gone = commit_file(db, "file-1", 3)
+        sync.catch_up(STORE, DIM)  # the first pass is full
+        assert keywords.searchable(STORE).chunk_ids().tolist() == gone
+        later = commit_file(db, "file-2", 2)
+        assert not sync.catch_up(STORE, DIM).full
+        assert sorted(keywords.searchable(STORE).chunk_ids().tolist()) == gone + later
+        delete_file(db, "file-1")  # by another replica
+        epoch.value += 1
+        assert sync.catch_up(STORE, DIM).full
+        assert keywords.searchable(STORE).chunk_ids().tolist() == later
+    finally:
+        keywords.close()

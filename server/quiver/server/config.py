@@ -56,6 +56,8 @@ class Settings:
     job_renew_seconds: float = 10.0
     exact_search_max_chunks: int = 2000
     attribute_index_stores: int = 64
+    keyword_commit_seconds: float = 1.0
+    keyword_pending_chunks: int = 20_000
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 256
@@ -148,6 +150,10 @@ _HELP: dict[str, str] = {
     "expired ones (less than --job-lease-seconds)",
     "attribute_index_stores": "stores whose file attributes are kept indexed in memory for "
     "filtered search (least recently searched out; rebuilt from the database on next use)",
+    "keyword_commit_seconds": "seconds a completed file's chunks may wait before the keyword "
+    "index commits them with others (a search of the store commits them first)",
+    "keyword_pending_chunks": "chunks a store's keyword index may hold uncommitted; past it, "
+    "ingest waits for a commit",
     "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "
     "is exact (numpy) instead of approximate (hnswlib)",
     "hnsw_m": "hnswlib M (graph degree) for new indexes",

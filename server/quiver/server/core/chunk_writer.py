@@ -26,8 +26,8 @@ __all__ = ["ChunkWriter", "NotWanted", "Owner", "PendingLabels", "add_to_index"]
 
 SLICE_SECONDS = 0.02
 """How long one write transaction should hold SQLite's write lock: the event loop's own
-writes wait at most about this long. Rows per slice adapt to it (a chunk with its FTS5
-postings costs from ~0.05 ms to a few ms, by its length and the machine's load)."""
+writes wait at most about this long. Rows per slice adapt to it (a chunk
+costs from ~0.05 ms to a few ms, by its length and the machine's load)."""
 MIN_SLICE_ROWS = 8
 MAX_SLICE_ROWS = 256
 INDEX_SLICE = 256

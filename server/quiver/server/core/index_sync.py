@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -77,6 +77,22 @@ class FileChanges(Protocol):
     def changed(self, store_id: str, file_ids: Iterable[str]) -> None: ...
 
     def forget(self, store_id: str) -> None: ...
+
+
+class SyncedKeywords(Protocol):
+    """The stores' keyword indexes (``index/keyword_manager.py``), caught up like the vector
+    index: chunks completed elsewhere added, a full reconcile at a new epoch."""
+
+    def add(self, store_id: str, rows: list[tuple[int, str, str]]) -> bool: ...
+
+    def flush(self, store_id: str) -> None: ...
+
+    def reconcile(
+        self,
+        store_id: str,
+        stored: npt.NDArray[np.int64],
+        load: Callable[[Sequence[int]], list[tuple[int, str, str]]],
+    ) -> object: ...
 
 
 class SyncedIndexes(Protocol):
@@ -142,6 +158,8 @@ class IndexSync:
         epoch: Callable[[], int],
         *,
         files: FileChanges | None = None,
+        keywords: SyncedKeywords | None = None,
+        keyword_rows: Callable[[Sequence[int]], list[tuple[int, str, str]]] | None = None,
         active: Callable[[], bool] = lambda: True,
         full_every_s: float = FULL_EVERY_S,
     ) -> None:
@@ -149,6 +167,8 @@ class IndexSync:
         self.indexes = indexes
         self.epoch = epoch
         self.files = files
+        self.keywords = keywords
+        self.keyword_rows = keyword_rows
         self.active = active
         self.full_every_s = full_every_s
         self._states: OrderedDict[str, _State] = OrderedDict()
@@ -262,6 +282,7 @@ class IndexSync:
             index.mark_deleted(plan.extra)
         if added or len(plan.extra):
             self.indexes.changed(store_id, index)
+        self._sync_keywords(plan)
         if self.files is not None:
             if plan.full:
                 self.files.forget(store_id)
@@ -276,6 +297,21 @@ class IndexSync:
                 evicted, _ = self._states.popitem(last=False)
                 self._locks.pop(evicted, None)
         return SyncReport(store_id, added, len(plan.extra), plan.full, plan.walk.watermark)
+
+    def _sync_keywords(self, plan: _Plan) -> None:
+        """The keyword index follows the vector index: the same chunks added, and at a full
+        pass made to hold exactly the completed chunks (a chunk this replica's own ingest
+        queued meanwhile may be added twice; the next full pass removes the copy)."""
+        if self.keywords is None or self.keyword_rows is None:
+            return
+        if plan.full:
+            wanted = np.asarray(plan.walk.completed, dtype=np.int64)
+            self.keywords.reconcile(plan.store_id, wanted, self.keyword_rows)
+        elif len(plan.missing):
+            for start in range(0, len(plan.missing), LOAD_ROWS):
+                part = [int(i) for i in plan.missing[start : start + LOAD_ROWS]]
+                if self.keywords.add(plan.store_id, self.keyword_rows(part)):
+                    self.keywords.flush(plan.store_id)
 
     def _walk(self, store_id: str, after: int, every: bool) -> _Walk:
         """The completed chunk ids above ``after`` (and, when ``every``, all of them) and the

@@ -29,7 +29,13 @@ from quiver.server.core.chunk_writer import (
 from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.job_leases import JobLeases
 from quiver.server.core.models import BatchStatus, FileStatus, LastError
-from quiver.server.core.ports import Blobs, IngestExecutor, VectorIndex, VectorIndexes
+from quiver.server.core.ports import (
+    Blobs,
+    IngestExecutor,
+    KeywordIndexes,
+    VectorIndex,
+    VectorIndexes,
+)
 from quiver.server.core.scheduler import Job, Scheduler
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.vector_stores import VectorStores
@@ -81,6 +87,7 @@ class Processing:
         retry_delay: float = 1.0,
         pending: PendingLabels | None = None,
         leases: JobLeases,
+        keywords: KeywordIndexes,
     ) -> None:
         self.db = db
         self.batch_rows: BatchRepository = BatchRows(db)
@@ -102,6 +109,7 @@ class Processing:
         self.retry_delay = retry_delay
         self._later: set[asyncio.Task[None]] = set()
         self.leases = leases
+        self.keywords = keywords
 
     # -- one file ----------------------------------------------------------------------------
 
@@ -326,9 +334,19 @@ class Processing:
             if not completed:
                 await self._discard(job.store_id, index, ids)
                 return
+            # Told before anything else runs on the loop: a search from now on reads them.
+            full = self.keywords.add(
+                job.store_id,
+                [(int(i), job.file_id, t) for i, t in zip(ids.tolist(), output.texts, strict=True)],
+            )
         finally:
             self.pending.discard(job.store_id, ids)
         self.attributes.changed(job.store_id, [job.file_id])  # filterable from now on
+        if full:  # the store's keyword queue is at its bound: wait for its commit
+            try:
+                await asyncio.to_thread(self.keywords.flush, job.store_id)
+            except Exception as exc:  # kept queued (and reconciled at the next start)
+                log.warning("keyword index of %s not committed: %s", job.store_id, exc)
         self.indexes.changed(job.store_id, index)
         await asyncio.to_thread(self.db.checkpoint)
         m = self.metrics
@@ -465,7 +483,24 @@ class Processing:
             self.writer.delete_store(store_id)
 
     def reconcile_indexes(self) -> None:
-        for store_id, dim in self.store_rows.dimensioned():
+        stores = self.store_rows.dimensioned()
+        for store_id in self.keywords.forget_others({s for s, _ in stores}):
+            log.info("removed the keyword index of deleted store %s", store_id)
+        for store_id, _ in stores:
+            kw = self.keywords.reconcile(
+                store_id, self.chunk_rows.completed_ids(store_id), self.chunk_rows.keyword_rows
+            )
+            if kw.added or kw.removed or kw.rebuilt:
+                log.info(
+                    "reconciled keyword index",
+                    extra={
+                        "store": store_id,
+                        "added": kw.added,
+                        "removed": kw.removed,
+                        "rebuilt": kw.rebuilt,
+                    },
+                )
+        for store_id, dim in stores:
             stored = self.chunk_rows.ids_of_store(store_id)
             report = self.indexes.reconcile(store_id, dim, stored, self._vector_loader(dim))
             if report.added or report.removed or report.rebuilt:

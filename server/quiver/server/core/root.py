@@ -41,6 +41,7 @@ from quiver.server.embedders.openai_tuning import (
     check_openai_tuning,
     hung_endpoint_seconds,
 )
+from quiver.server.index.keyword_manager import KeywordIndexes
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
@@ -73,6 +74,8 @@ class Core:
     or an S3 bucket)."""
     indexes: IndexManager
     """One vector index per store, opened on demand."""
+    keywords: KeywordIndexes
+    """One keyword (tantivy) index per store, a cache of its completed chunks."""
     pool: IngestPool
     """The worker processes that parse, chunk and embed files."""
     metrics: Metrics
@@ -151,6 +154,7 @@ class Core:
             self.searcher.sync.close()
         self.pool.close()
         self.indexes.save_all()
+        self.keywords.close()
         self.db.close()
 
 
@@ -213,6 +217,11 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     data = settings.data_dir
     location = blob_location(settings.blobs, data)
     blobs = open_blob_store(location, data)
+    keywords = KeywordIndexes(
+        data / "keyword",
+        commit_seconds=settings.keyword_commit_seconds,
+        max_pending=settings.keyword_pending_chunks,
+    )
     db = Database(data / "quiver.sqlite3")
     indexes = IndexManager(
         data / "indexes",
@@ -251,7 +260,9 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     attributes = AttributeIndex(
         StoreFileRows(db), ChunkRows(db), max_stores=settings.attribute_index_stores
     )
-    stores = VectorStores(db, choice.resolve, book, scheduler, indexes, attributes, clock=clock)
+    stores = VectorStores(
+        db, choice.resolve, book, scheduler, indexes, attributes, keywords, clock=clock
+    )
     instance = new_owner_id()  # this server's id: its job leases' owner and its replica id
     leases = JobLeases(JobsRepository(db), instance, settings.job_lease_seconds)
     replicas = Replicas(
@@ -276,6 +287,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         retry_delay=settings.commit_retry_delay,
         pending=pending,
         leases=leases,
+        keywords=keywords,
     )
     store_files = StoreFiles(
         book, stores, indexes, scheduler, files, attributes, pending, leases=leases
@@ -306,9 +318,12 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
             indexes,
             lambda: replicas.epoch,
             files=attributes,
+            keywords=keywords,
+            keyword_rows=ChunkRows(db).keyword_rows,
             # Alone on its database (one node), its own ingest keeps its indexes current.
             active=lambda: replicas.epoch > 1,
         ),
+        keywords=keywords,
     )
     metrics.watch_gauges(
         queue_depth=lambda: scheduler.queued,
@@ -322,6 +337,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         db=db,
         blobs=blobs,
         indexes=indexes,
+        keywords=keywords,
         pool=pool,
         metrics=metrics,
         hub=hub,

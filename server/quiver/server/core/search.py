@@ -1,5 +1,6 @@
 """SearchVectorStore: embed the query, k-NN in the store's index (or exact search when a
-filter leaves few chunks), optionally fused with an FTS5 keyword ranking.
+filter leaves few chunks), optionally fused with a keyword ranking (the store's tantivy
+index, ``index/keyword.py``).
 
 Scores, always in [0, 1], higher is better, comparable across rankers:
 
@@ -31,15 +32,14 @@ from quiver.server.core.fusion import fuse, fusion_for
 from quiver.server.core.index_sync import BRIDGE_MAX_CHUNKS, IndexSync, Rebuilding
 from quiver.server.core.keyword_ranking import KeywordMatches, keyword_matches
 from quiver.server.core.models import AttributeValue
-from quiver.server.core.ports import VectorIndexes
+from quiver.server.core.ports import KeywordIndexes, VectorIndexes
 from quiver.server.core.principal import Principal
 from quiver.server.core.query_embedding import QueryEmbedding
 from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.base import Embedder
 from quiver.server.storage.chunk_rows import ChunkRows
-from quiver.server.storage.interfaces import ChunkRepository, KeywordIndex
-from quiver.server.storage.keyword_index import Fts5Keywords
+from quiver.server.storage.interfaces import ChunkRepository
 
 MAX_QUERIES = 10
 MAX_QUERY_CHARS = 4096
@@ -123,13 +123,14 @@ class Searcher:
         exact_max_chunks: int,
         query_embedding: QueryEmbedding,
         attributes: AttributeIndex,
+        keywords: KeywordIndexes,
         pending: PendingLabels | None = None,
         sync: IndexSync | None = None,
     ) -> None:
         self.stores = stores
         self.db = stores.db
         self.chunks: ChunkRepository = ChunkRows(stores.db)
-        self.keyword_index: KeywordIndex = Fts5Keywords(stores.db)
+        self.keywords = keywords
         self.indexes = indexes
         self.embedder_for = embedder_for
         self.exact_max_chunks = exact_max_chunks
@@ -171,7 +172,8 @@ class Searcher:
         if self.sync is not None and self.sync.active():
             rebuilding = await asyncio.to_thread(self.sync.prepare, store_id, dim)
         files, allowed = await self._allowed(store_id, request.filter)
-        # The keyword ranking reads SQLite on a thread of its own, beside the vector search.
+        # The keyword ranking reads the store's index on a thread of its own, beside the
+        # vector search.
         keywords = (
             asyncio.create_task(
                 asyncio.to_thread(self._keywords, store_id, request.queries, wanted, files, query)
@@ -280,10 +282,11 @@ class Searcher:
         files: list[str] | None,
         query: npt.NDArray[np.float32],
     ) -> tuple[KeywordMatches, dict[int, float]]:
-        """The keyword ranking (core/keyword_ranking.py) on a read-only connection of the
-        calling thread, and the cosine similarity of its chunks (their stored vectors)
-        for the fusion."""
-        found = keyword_matches(self.keyword_index, store_id, queries, k, files)
+        """The keyword ranking (core/keyword_ranking.py) in the store's index, with every
+        write told so far committed first, and the cosine similarity of its chunks (their
+        stored vectors) for the fusion."""
+        index = self.keywords.searchable(store_id)
+        found = keyword_matches(index, queries, k, files)
         if not found.relevance:
             return found, {}
         rows = self.chunks.vectors_from_thread(list(found.relevance))

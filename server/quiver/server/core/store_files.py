@@ -108,7 +108,9 @@ class StoreFiles:
         self, store: StoreRow, file_ids: builtins.list[str], chunk_ids: builtins.list[int]
     ) -> None:
         """After the commit that detached these files or attached them anew (their chunks
-        gone from the database): out of the vector index (in a thread) and of the filters'."""
+        gone from the database): out of the vector index (in a thread), of the filters' and
+        of the keyword index (told now: a search from now on no longer finds them)."""
+        self.stores.keywords.remove_files(store.id, file_ids)
         self.attributes.changed(store.id, file_ids)
         self.removals.remove_soon(store.id, store.embedding_dimensions, chunk_ids)
 

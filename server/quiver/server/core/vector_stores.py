@@ -23,7 +23,7 @@ from quiver.server.core.models import (
     VectorStore,
 )
 from quiver.server.core.pages import page_of
-from quiver.server.core.ports import VectorIndexes
+from quiver.server.core.ports import KeywordIndexes, VectorIndexes
 from quiver.server.core.principal import Principal
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.status_book import StatusBook
@@ -86,6 +86,7 @@ class VectorStores:
         scheduler: Scheduler,
         indexes: VectorIndexes,
         attributes: AttributeIndex,
+        keywords: KeywordIndexes,
         *,
         clock: Clock = system_clock,
     ) -> None:
@@ -98,6 +99,7 @@ class VectorStores:
         self.scheduler = scheduler
         self.indexes = indexes
         self.attributes = attributes
+        self.keywords = keywords
         self.clock = clock
 
     # -- reading -------------------------------------------------------------------------
@@ -299,7 +301,7 @@ class VectorStores:
 
     async def delete(self, principal: Principal, store_id: str) -> None:
         """Deletes the store's rows in one short transaction; then its chunks (possibly
-        millions of rows with their text index), in slices from a thread. Chunks of a store
+        millions of rows), in slices from a thread, and its keyword index. Chunks of a store
         that no longer exists are never read, and start-up deletes any left by a crash."""
         self.get_row(principal, store_id)
         self.scheduler.remove(lambda j: j.store_id == store_id)
@@ -310,4 +312,5 @@ class VectorStores:
             self.rows.delete(conn, store_id)
         self.indexes.drop(store_id)
         self.attributes.forget(store_id)
+        await asyncio.to_thread(self.keywords.drop, store_id)
         await asyncio.to_thread(ChunkWriter(self.db).delete_store, store_id)

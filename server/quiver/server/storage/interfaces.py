@@ -1,8 +1,9 @@
 """The repositories the core reads and writes the database through, as ``typing.Protocol``s:
 one per aggregate. The SQLite implementations (the embedded default) are the modules beside
 this one (``file_rows.py``, ``vector_store_rows.py``, ``store_file_rows.py``,
-``batch_rows.py``, ``chunk_rows.py``, ``keyword_index.py``); another database implements
-the same Protocols.
+``batch_rows.py``, ``chunk_rows.py``); another database implements the same Protocols. The
+keyword index is not in the database: it is a cache built from ``ChunkRepository`` rows
+(``index/keyword_manager.py``).
 
 Methods taking a ``Tx`` run inside that open transaction (from ``Database.transaction()``);
 the others read (or, ``touch``, write) on their own. Methods documented as blocking run
@@ -41,22 +42,16 @@ from quiver.server.storage.rows import (
 )
 
 __all__ = [
-    "BadKeywordQuery",
     "BatchRepository",
     "ChunkRepository",
     "FileRepository",
     "IndexSyncRepository",
-    "KeywordIndex",
     "ReplicaRepository",
     "StoreFileRepository",
     "Transactions",
     "Tx",
     "VectorStoreRepository",
 ]
-
-
-class BadKeywordQuery(ValueError):
-    """An expression the full-text engine cannot parse."""
 
 
 class Transactions(Protocol):
@@ -252,25 +247,13 @@ class ChunkRepository(Protocol):
 
     def ids_of_store(self, store_id: str) -> npt.NDArray[np.int64]: ...
 
+    def completed_ids(self, store_id: str) -> npt.NDArray[np.int64]: ...
+
+    def keyword_rows(self, ids: Sequence[int]) -> list[tuple[int, str, str]]: ...
+
     def vectors(self, ids: Sequence[int]) -> dict[int, bytes]: ...
 
     def hits(self, store_id: str, ids: Sequence[int]) -> dict[int, ChunkHit]: ...
-
-
-class KeywordIndex(Protocol):
-    """Full-text search over the chunks (blocking: from a thread)."""
-
-    def best(
-        self, store_id: str, phrases: Sequence[str], k: int, files: list[str] | None
-    ) -> list[tuple[int, float]]: ...
-
-    def ranked(
-        self, store_id: str, phrases: Sequence[str], k: int, files: list[str] | None
-    ) -> list[tuple[int, float]]: ...
-
-    def holding(self, phrase: str) -> list[int]: ...
-
-    def document_frequencies(self, words: Sequence[str]) -> tuple[int, list[int]]: ...
 
 
 class ReplicaRepository(Protocol):
