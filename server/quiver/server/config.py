@@ -17,6 +17,7 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     http_listen: str = "127.0.0.1:8080"
     data_dir: Path = Path("./quiver-data")
+    database: str = ""
     api_keys_file: Path | None = None
     api_keys: str = ""
     # -- limits per request, upload and stream --
@@ -82,6 +83,8 @@ _HELP: dict[str, str] = {
     "http_listen": "host:port to serve the HTTP/JSON API on (OpenAI's REST paths under /v1 "
     "and /api/v1/llm), in the same process; 'off' disables it",
     "data_dir": "directory for the SQLite database, file blobs and indexes",
+    "database": "where the rows live: empty = the SQLite file in the data directory; "
+    "postgresql://USER@HOST:PORT/DB = PostgreSQL (the [postgres] extra)",
     "api_keys_file": "file of hashed API keys ('quiver keys add' writes it); none = open mode, "
     "loopback only",
     "api_keys": "hashed API keys inline, same format as the file, comma separated",
@@ -231,9 +234,29 @@ def check_http_listen(value: str) -> str | None:
     return None
 
 
+def check_database(value: str) -> str | None:
+    """Why ``--database`` cannot be used, or None: empty (SQLite) or a postgresql:// URL."""
+    if value == "":
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return (
+            "database must be empty (the SQLite file in the data directory) or a "
+            f"postgresql://USER@HOST:PORT/DB URL, not {value[:80]!r}"
+        )
+    location = rest.split("?", 1)[0]
+    host, slash, name = location.rpartition("/")
+    if not slash or not name or not host.rpartition("@")[2]:
+        return (
+            "database: the URL names no host and database "
+            f"(postgresql://USER@HOST:PORT/DB), not {value[:80]!r}"
+        )
+    return None
+
+
 def from_namespace(ns: argparse.Namespace) -> Settings:
     settings = Settings(**{f.name: getattr(ns, f.name) for f in fields(Settings)})
-    problem = check_http_listen(settings.http_listen)
+    problem = check_http_listen(settings.http_listen) or check_database(settings.database)
     if problem is not None:
         raise SystemExit(f"quiver serve: {problem}")
     return settings

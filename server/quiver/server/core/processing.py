@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,18 +41,15 @@ from quiver.server.ingest.pool import (
 )
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.server.metrics import Metrics
-from quiver.server.storage.batch_rows import BatchRows
-from quiver.server.storage.chunk_rows import ChunkRows
-from quiver.server.storage.database import Database, DatabaseError, is_disk_full
+from quiver.server.storage.database import DatabaseError, is_disk_full
 from quiver.server.storage.interfaces import (
     BatchRepository,
     ChunkRepository,
+    Storage,
     StoreFileRepository,
     Tx,
     VectorStoreRepository,
 )
-from quiver.server.storage.store_file_rows import StoreFileRows
-from quiver.server.storage.vector_store_rows import VectorStoreRows
 
 log = logging.getLogger("quiver.ingest")
 
@@ -66,7 +63,7 @@ SpecFor = Callable[[str, int, bool], EmbedderSpec]
 class Processing:
     def __init__(
         self,
-        db: Database,
+        db: Storage,
         book: StatusBook,
         blobs: Blobs,
         stores: VectorStores,
@@ -83,10 +80,10 @@ class Processing:
         leases: JobLeases,
     ) -> None:
         self.db = db
-        self.batch_rows: BatchRepository = BatchRows(db)
-        self.file_rows: StoreFileRepository = StoreFileRows(db)
-        self.store_rows: VectorStoreRepository = VectorStoreRows(db)
-        self.chunk_rows: ChunkRepository = ChunkRows(db)
+        self.batch_rows: BatchRepository = db.batches
+        self.file_rows: StoreFileRepository = db.store_files
+        self.store_rows: VectorStoreRepository = db.stores
+        self.chunk_rows: ChunkRepository = db.chunks
         self.book = book
         self.blobs = blobs
         self.stores = stores
@@ -105,18 +102,10 @@ class Processing:
 
     # -- one file ----------------------------------------------------------------------------
 
-    def _current(self, job: Job) -> sqlite3.Row | None:
+    def _current(self, job: Job) -> dict[str, Any] | None:
         """The file's row if this job is still wanted (in progress, same generation, its
         lease held by this server)."""
-        row: sqlite3.Row | None = self.db.execute(
-            "SELECT f.*, s.embedding_model, s.embedding_dimensions, s.dimensions_sent, "
-            "files.sha256, "
-            "files.filename FROM vector_store_files f "
-            "JOIN vector_stores s ON s.id = f.vector_store_id "
-            "JOIN files ON files.id = f.file_id "
-            "WHERE f.vector_store_id = ? AND f.file_id = ?",
-            (job.store_id, job.file_id),
-        ).fetchone()
+        row = self.db.jobs.current(job.store_id, job.file_id)
         if (
             row is None
             or row["status"] != FileStatus.IN_PROGRESS
@@ -129,7 +118,7 @@ class Processing:
     def _note_dropped(self, job: Job) -> None:
         """``job``'s result is being dropped: if that is because the file was claimed again
         (its lease lost to another server, or re-claimed after it expired), count and log it."""
-        lease = self.leases.lease(self.db.conn, job)
+        lease = self.leases.lease(None, job)
         if lease is None or lease.status != FileStatus.IN_PROGRESS:
             return  # detached, deleted or settled meanwhile: nothing unusual
         if self.leases.holds(lease, job):
@@ -233,7 +222,7 @@ class Processing:
                 log.warning("disk still full: %s stays in progress for now", job.file_id)
 
     @staticmethod
-    def _owner(job: Job, row: sqlite3.Row) -> Owner:
+    def _owner(job: Job, row: dict[str, Any]) -> Owner:
         return Owner(
             job.store_id,
             job.file_id,

@@ -43,10 +43,10 @@ from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
-from quiver.server.storage.chunk_rows import ChunkRows
+from quiver.server.storage.choice import open_storage
 from quiver.server.storage.database import Database
-from quiver.server.storage.jobs import JobsRepository
-from quiver.server.storage.store_file_rows import StoreFileRows
+from quiver.server.storage.interfaces import Storage
+from quiver.server.storage.sqlite_storage import SqliteStorage
 
 log = logging.getLogger("quiver.server")
 
@@ -60,8 +60,9 @@ class Core:
     ``stop_processing`` → ``close``. Requests may be served once ``recover`` returned.
     """
 
-    db: Database
-    """The SQLite database (``quiver.sqlite3`` in the data directory)."""
+    storage: Storage
+    """The database with its repositories: SQLite (``quiver.sqlite3`` in the data directory)
+    or PostgreSQL (``--database postgresql://...``)."""
     blobs: BlobStore
     """Uploaded files' bytes, by sha256."""
     indexes: IndexManager
@@ -105,6 +106,13 @@ class Core:
     attributes: AttributeIndex
     """Per store, its completed files' attributes indexed for filters (a rebuildable cache)."""
 
+    @property
+    def db(self) -> Database:
+        """The SQLite database (with the SQLite storage only; TypeError otherwise)."""
+        if not isinstance(self.storage, SqliteStorage):
+            raise TypeError(f"the storage is {type(self.storage).__name__}, not SQLite")
+        return self.storage.database
+
     async def start_workers(self) -> None:
         """Starts the ingest worker processes (WorkerStartFailed if they cannot start)."""
         await self.pool.start()
@@ -140,7 +148,7 @@ class Core:
         self.query_embedding.close()
         self.pool.close()
         self.indexes.save_all()
-        self.db.close()
+        self.storage.close()
 
 
 def openai_tuning(settings: Settings) -> OpenAITuning:
@@ -192,7 +200,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
     tuning = openai_tuning(settings)
     data = settings.data_dir
-    db = Database(data / "quiver.sqlite3")
+    db = open_storage(settings.database, data)
     blobs = BlobStore(data / "blobs")
     indexes = IndexManager(
         data / "indexes",
@@ -229,10 +237,10 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
     )
     attributes = AttributeIndex(
-        StoreFileRows(db), ChunkRows(db), max_stores=settings.attribute_index_stores
+        db.store_files, db.chunks, max_stores=settings.attribute_index_stores
     )
     stores = VectorStores(db, choice.resolve, book, scheduler, indexes, attributes, clock=clock)
-    leases = JobLeases(JobsRepository(db), new_owner_id(), settings.job_lease_seconds)
+    leases = JobLeases(db.jobs, new_owner_id(), settings.job_lease_seconds)
     processing = Processing(
         db,
         book,
@@ -283,7 +291,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         pool_restarts=lambda: pool.restarts,
     )
     return Core(
-        db=db,
+        storage=db,
         blobs=blobs,
         indexes=indexes,
         pool=pool,

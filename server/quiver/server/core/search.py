@@ -36,9 +36,7 @@ from quiver.server.core.query_embedding import QueryEmbedding
 from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.base import Embedder
-from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.interfaces import ChunkRepository, KeywordIndex
-from quiver.server.storage.keyword_index import Fts5Keywords
 
 MAX_QUERIES = 10
 MAX_QUERY_CHARS = 4096
@@ -126,8 +124,8 @@ class Searcher:
     ) -> None:
         self.stores = stores
         self.db = stores.db
-        self.chunks: ChunkRepository = ChunkRows(stores.db)
-        self.keyword_index: KeywordIndex = Fts5Keywords(stores.db)
+        self.chunks: ChunkRepository = stores.db.chunks
+        self.keyword_index: KeywordIndex = stores.db.keywords
         self.indexes = indexes
         self.embedder_for = embedder_for
         self.exact_max_chunks = exact_max_chunks

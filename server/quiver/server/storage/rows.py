@@ -97,3 +97,11 @@ class Owner:
 
 class NotWanted(Exception):
     """The job's file was detached, re-attached or cancelled while its chunks were written."""
+
+
+class StorageError(RuntimeError):
+    """A statement of a networked database (PostgreSQL) failed."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached (down, restarting, or too slow to answer): retry."""

@@ -1,0 +1,32 @@
+"""Which storage ``--database`` selects: empty, the SQLite file in the data directory (the
+embedded default); ``postgresql://...``, PostgreSQL (the ``[postgres]`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quiver.server.config import check_database
+from quiver.server.storage.interfaces import Storage
+from quiver.server.storage.sqlite_storage import SqliteStorage
+
+
+def is_postgres(database: str) -> bool:
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+def open_storage(database: str, data_dir: Path) -> Storage:
+    """ValueError for a URL that cannot work or a missing extra; StorageUnavailable when
+    the PostgreSQL server cannot be reached."""
+    problem = check_database(database)
+    if problem is not None:
+        raise ValueError(problem)
+    if not is_postgres(database):
+        return SqliteStorage(data_dir / "quiver.sqlite3")
+    try:
+        from quiver.server.storage.postgres.storage import PostgresStorage
+    except ImportError as exc:
+        raise ValueError(
+            f"--database {database.split('://')[0]}://... needs the PostgreSQL extra: "
+            f"pip install 'quiver-vectorstore[postgres]' ({exc})"
+        ) from None
+    return PostgresStorage(database)
