@@ -26,6 +26,7 @@ from quiver.server.core.processing import Processing
 from quiver.server.core.query_embedding import LaneLimits, QueryEmbedding
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
+from quiver.server.core.shared_watch import SharedWatch
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.store_embedders import StoreEmbedders
 from quiver.server.core.store_files import StoreFiles
@@ -43,7 +44,7 @@ from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blobs import BlobStore
-from quiver.server.storage.choice import open_storage
+from quiver.server.storage.choice import change_listener, open_storage
 from quiver.server.storage.database import Database
 from quiver.server.storage.interfaces import Storage
 from quiver.server.storage.sqlite_storage import SqliteStorage
@@ -105,6 +106,8 @@ class Core:
     """Search queries' embedding lanes: bounded per provider that calls out (``openai``)."""
     attributes: AttributeIndex
     """Per store, its completed files' attributes indexed for filters (a rebuildable cache)."""
+    shared_watch: SharedWatch | None = None
+    """With a shared database (PostgreSQL): watchers here hear of other servers' commits."""
 
     @property
     def db(self) -> Database:
@@ -132,10 +135,14 @@ class Core:
         """Queued files start going through the worker pool."""
         self.scheduler.start(self.processing.process)
         self.lease_keeper.start()
+        if self.shared_watch is not None:
+            self.shared_watch.start()
 
     async def stop_processing(self) -> None:
         """Stops taking files; those in flight stay in progress and resume at the next
         start (at once: their leases are released)."""
+        if self.shared_watch is not None:
+            await self.shared_watch.stop()
         await self.lease_keeper.stop()
         await self.scheduler.stop()
         try:
@@ -290,6 +297,8 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         indexes_open=lambda: indexes.open_count,
         pool_restarts=lambda: pool.restarts,
     )
+    listen = change_listener(db)
+    shared_watch = None if listen is None else SharedWatch(db.batches, book, hub, listen)
     return Core(
         storage=db,
         blobs=blobs,
@@ -313,4 +322,5 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         lease_keeper=lease_keeper,
         query_embedding=query_embedding,
         attributes=attributes,
+        shared_watch=shared_watch,
     )

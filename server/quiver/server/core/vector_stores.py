@@ -41,7 +41,7 @@ from quiver.server.storage.interfaces import (
     Tx,
     VectorStoreRepository,
 )
-from quiver.server.storage.rows import StoreActivity, StoreRow
+from quiver.server.storage.rows import StorageError, StoreActivity, StoreRow
 
 log = logging.getLogger("quiver.stores")
 
@@ -200,7 +200,7 @@ class VectorStores:
         busy database) is logged and skipped; the read goes on."""
         try:
             self.touch(store_id)
-        except DatabaseError as exc:
+        except (DatabaseError, StorageError) as exc:
             log.warning("last_active_at of %s not updated: %s", store_id, exc)
 
     # -- writing -------------------------------------------------------------------------

@@ -96,6 +96,10 @@ class WatchHub:
     def watcher_count(self) -> int:
         return self._count
 
+    def watched(self) -> dict[str, int]:
+        """The batches watched here, each with the newest sequence its feed has heard."""
+        return {batch_id: feed.sequence for batch_id, feed in self._feeds.items()}
+
     def publish(
         self, batch: FileBatch, sequence: int, changes: list[tuple[int, FileUpdate]]
     ) -> None:

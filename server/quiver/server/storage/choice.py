@@ -3,7 +3,9 @@ embedded default); ``postgresql://...``, PostgreSQL (the ``[postgres]`` extra)."
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from quiver.server.config import check_database
 from quiver.server.storage.interfaces import Storage
@@ -30,3 +32,24 @@ def open_storage(database: str, data_dir: Path) -> Storage:
             f"pip install 'quiver-vectorstore[postgres]' ({exc})"
         ) from None
     return PostgresStorage(database)
+
+
+Wake = Callable[[set[str] | None], Awaitable[None]]
+
+
+def change_listener(storage: Storage) -> Callable[[Wake], Coroutine[Any, Any, None]] | None:
+    """How this server hears of batch changes other servers commit (LISTEN/NOTIFY with a
+    poll, for PostgreSQL); None when no other server shares the database (SQLite)."""
+    if isinstance(storage, SqliteStorage):
+        return None
+    from quiver.server.storage.postgres.notifications import listen
+    from quiver.server.storage.postgres.storage import PostgresStorage
+
+    if not isinstance(storage, PostgresStorage):
+        return None
+    url = storage.url
+
+    async def run(wake: Wake) -> None:
+        await listen(url, wake)
+
+    return run
