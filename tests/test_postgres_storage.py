@@ -218,13 +218,43 @@ async def test_the_core_on_postgresql_ingests_searches_and_deletes(pg_core: Core
     assert await core.searcher.search(ALICE, store.id, request) == []
 
 
-def test_unreachable_postgresql_is_storage_unavailable(tmp_path: Path) -> None:
+def test_an_unreachable_postgresql_at_start_is_a_clear_error(tmp_path: Path) -> None:
     from tests.support.serve import free_port
 
     started = time.monotonic()
-    with pytest.raises(StorageUnavailable, match="cannot connect"):
+    with pytest.raises(ValueError, match="--database: cannot connect"):
         open_storage(f"postgresql://quiver@127.0.0.1:{free_port()}/quiver", tmp_path)
     assert time.monotonic() - started < 15
+
+
+def test_a_dropped_connection_is_storage_unavailable(pg_url: str) -> None:
+    """A statement on a connection the server closed is StorageUnavailable (UNAVAILABLE at
+    the edges), and the next call gets a working connection."""
+    storage = open_storage(pg_url, Path("/unused"))
+    try:
+        with storage.transaction() as tx:
+            pid = storage.jobs.lease(tx, "x", "y")  # opens the pooled connection
+            assert pid is None
+        import psycopg
+
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(StorageUnavailable):
+            for _ in range(20):  # every idle pooled connection was terminated
+                storage.stores.get("vs_x", "t", "s")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert storage.stores.get("vs_x", "t", "s") is None
+                break
+            except StorageUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        storage.close()
 
 
 @pytest.mark.slow

@@ -6,8 +6,10 @@ only when ``postgres_missing()`` says no server can start here."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.support.postgres import PostgresServer, postgres_missing
@@ -29,5 +31,17 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
 
 @pytest.fixture
 def pg_url(pg_server: PostgresServer) -> str:
-    """The URL of a new, empty database on the session's server."""
-    return pg_server.create_database(f"t{next(_names)}")
+    """The URL of a new, empty database on the session's server (CREATE DATABASE fails
+    while another session is copying the template: tried again for a few seconds)."""
+    name = f"t{next(_names)}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with psycopg.connect(pg_server.url, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    return pg_server.url.rsplit("/", 1)[0] + "/" + name

@@ -9,6 +9,7 @@ from typing import Any
 
 from quiver.server.config import check_database
 from quiver.server.storage.interfaces import Storage
+from quiver.server.storage.rows import StorageUnavailable
 from quiver.server.storage.sqlite_storage import SqliteStorage
 
 
@@ -17,8 +18,8 @@ def is_postgres(database: str) -> bool:
 
 
 def open_storage(database: str, data_dir: Path) -> Storage:
-    """ValueError for a URL that cannot work or a missing extra; StorageUnavailable when
-    the PostgreSQL server cannot be reached."""
+    """ValueError for a URL that cannot work, a missing extra, or a PostgreSQL server that
+    cannot be reached (within a few seconds) or refuses the connection."""
     problem = check_database(database)
     if problem is not None:
         raise ValueError(problem)
@@ -31,7 +32,10 @@ def open_storage(database: str, data_dir: Path) -> Storage:
             f"--database {database.split('://')[0]}://... needs the PostgreSQL extra: "
             f"pip install 'quiver-vectorstore[postgres]' ({exc})"
         ) from None
-    return PostgresStorage(database)
+    try:
+        return PostgresStorage(database)
+    except StorageUnavailable as exc:  # at start: a setting to fix, or a server to start
+        raise ValueError(f"--database: {exc}") from None
 
 
 Wake = Callable[[set[str] | None], Awaitable[None]]

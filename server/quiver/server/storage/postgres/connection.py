@@ -4,8 +4,10 @@ Every call crosses a socket, so each is bounded: a connection is made within
 ``CONNECT_TIMEOUT`` seconds, a statement runs at most ``STATEMENT_TIMEOUT_MS``, a caller waits
 at most ``POOL_TIMEOUT`` seconds for one of the pool's ``max_size`` connections. Any of those
 failing, or the server being down, raises ``StorageUnavailable`` (UNAVAILABLE at the edges);
-the pool checks a connection before lending it and reconnects by itself once the server is
-back. Other database errors raise ``StorageError``.
+the pool replaces a broken connection and, after such a failure, checks its idle ones (in a
+thread), so it reconnects by itself once the server is back. (Connections are not checked
+before each loan: that round trip would double the cost of a read.) Other database errors
+raise ``StorageError``.
 
 A transaction belongs to the thread that opened it (the event loop's, or a worker thread's);
 statements issued on that thread while it is open join it, as with SQLite.
@@ -87,12 +89,12 @@ class PgDatabase:
             max_size=max_size,
             kwargs=connection_kwargs(),
             timeout=POOL_TIMEOUT,
-            check=psycopg_pool.ConnectionPool.check_connection,
             reconnect_timeout=0,  # never give up: keep trying while the server is down
             open=False,
             name="quiver",
         )
         self._local = threading.local()
+        self._checking = threading.Lock()
         try:
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
         except psycopg_pool.PoolTimeout as exc:
@@ -101,6 +103,27 @@ class PgDatabase:
                 f"cannot connect to the PostgreSQL database of --database within "
                 f"{CONNECT_TIMEOUT * 2} s: {exc}"
             ) from exc
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """``translated_errors``; once the server is found unreachable, the pool's idle
+        connections are checked (in a thread, one check at a time) so the broken ones are
+        replaced before the next callers take them."""
+        try:
+            with translated_errors():
+                yield
+        except StorageUnavailable:
+            if self._checking.acquire(blocking=False):
+                threading.Thread(target=self._check, name="pg-pool-check", daemon=True).start()
+            raise
+
+    def _check(self) -> None:
+        try:
+            self.pool.check()
+        except Exception:  # the pool closed meanwhile, or the server still down
+            pass
+        finally:
+            self._checking.release()
 
     def _open(self) -> Conn | None:
         return cast("Conn | None", getattr(self._local, "tx", None))
@@ -113,7 +136,7 @@ class PgDatabase:
         if open_tx is not None:
             yield open_tx
             return
-        with translated_errors(), self.pool.connection() as conn, conn.transaction():
+        with self._guard(), self.pool.connection() as conn, conn.transaction():
             self._local.tx = conn
             try:
                 yield conn
@@ -127,20 +150,20 @@ class PgDatabase:
         if open_tx is not None:
             yield open_tx
             return
-        with translated_errors(), self.pool.connection() as conn:
+        with self._guard(), self.pool.connection() as conn:
             yield conn
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[DictRow]:
-        with translated_errors(), self.connection() as conn:
+        with self._guard(), self.connection() as conn:
             return conn.execute(sql, params).fetchall()
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> DictRow | None:
-        with translated_errors(), self.connection() as conn:
+        with self._guard(), self.connection() as conn:
             return conn.execute(sql, params).fetchone()
 
     def run(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """A write (its own transaction unless one is open on this thread); rows changed."""
-        with translated_errors(), self.connection() as conn:
+        with self._guard(), self.connection() as conn:
             return conn.execute(sql, params).rowcount
 
     def close(self) -> None:
