@@ -111,8 +111,8 @@ class WatchHub:
             if seq > feed.sequence:  # older ones are in every follower's snapshot already
                 feed.seqs.append(seq)
                 feed.updates.append(update)
-        feed.sequence = max(feed.sequence, sequence)
-        feed.batch = batch
+        if sequence >= feed.sequence:  # an older read (another server's catch-up) keeps
+            feed.sequence, feed.batch = sequence, batch  # the newer state it raced with
         if feed.wake is None:
             delay = self._count * self.seconds_per_watcher
             feed.wake = asyncio.get_running_loop().call_later(delay, self._wake, feed)
