@@ -24,7 +24,8 @@ $(VENV)/.dev: $(VENV)/.runtime
 	@# The PostgreSQL backend's tests start a real server from the distribution's binaries.
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "==> installing the PostgreSQL server (apt-get install -y postgresql) for the tests"; \
-		if [ "$$(id -u)" = 0 ]; then apt-get install -y postgresql; else sudo apt-get install -y postgresql; fi \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
 			|| echo "    could not install postgresql: its tests will be skipped"; \
 	fi
 	touch $@
