@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from quiver.server.config import Settings, check_database
 from quiver.server.core.errors import FailedPrecondition
@@ -21,7 +22,7 @@ from quiver.server.core.root import Core, build_core
 from quiver.server.core.search import check_search
 from quiver.server.storage.choice import open_storage
 from quiver.server.storage.interfaces import Storage
-from quiver.server.storage.rows import StorageUnavailable, StoreRow
+from quiver.server.storage.rows import NotWanted, Owner, StorageUnavailable, StoreRow
 from quiver.v1 import vector_stores_pb2
 
 from tests.support.pg_fixtures import pg_server, pg_url
@@ -137,6 +138,33 @@ def test_expired_jobs_are_claimed_once_across_servers(pg_url: str) -> None:
         assert a.jobs.renew(lease.owner or "", time.time() + 120) > 0
         current = a.jobs.current("vs_1", "file_0")
         assert current is None  # no files row: the worker's join finds nothing to do
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_slice_under_a_superseded_claim_is_refused(pg_url: str) -> None:
+    """The generation fence: once another server claimed the file again, a chunk slice
+    written under the older claim raises NotWanted and stores nothing."""
+    _attach(pg_url, 1)
+    a, b = (open_storage(pg_url, Path("/unused")) for _ in range(2))
+    try:
+        now = time.time()
+        with a.transaction() as tx:
+            (mine,) = a.jobs.claim_expired(tx, "a", now, now + 0.01, 1)
+        time.sleep(0.05)  # a's lease expires without renewal
+        with b.transaction() as tx:
+            (theirs,) = b.jobs.claim_expired(tx, "b", time.time(), time.time() + 60, 1)
+        assert theirs.generation == mine.generation + 1
+        vectors = np.zeros((2, 8), dtype=np.float32)
+        stale = Owner("vs_1", "file_0", mine.generation, None, "t", "s")
+        with pytest.raises(NotWanted):
+            a.chunks.insert_slice(stale, ["x", "y"], [1, 1], vectors, 0, 2)
+        assert a.chunks.ids_of_files("vs_1", ["file_0"]) == []
+        current = Owner("vs_1", "file_0", theirs.generation, None, "t", "s")
+        ids = b.chunks.insert_slice(current, ["x", "y"], [1, 1], vectors, 0, 2)
+        assert sorted(b.chunks.ids_of_files("vs_1", ["file_0"])) == sorted(ids.tolist())
+        assert list(b.chunks.texts_from("vs_1", "file_0", 0)) == [(0, "x"), (1, "y")]
     finally:
         a.close()
         b.close()
