@@ -6,6 +6,8 @@ restart of PostgreSQL (UNAVAILABLE while it is down, then served again)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -295,7 +297,8 @@ async def test_a_postgresql_restart_answers_unavailable_then_serves_again(
 
     from tests.support.inproc import _tenant, keyed
 
-    server_pg = PostgresServer.start(tmp_path / "pg")
+    pg_root = Path(tempfile.mkdtemp(prefix="quiver-pg-"))  # see tests/support/pg_fixtures
+    server_pg = PostgresServer.start(pg_root / "cluster")
     try:
         settings, keys = keyed(
             Settings(
@@ -338,3 +341,4 @@ async def test_a_postgresql_restart_answers_unavailable_then_serves_again(
             await server.stop(grace=1.0)
     finally:
         server_pg.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)

@@ -6,8 +6,12 @@ only when ``postgres_missing()`` says no server can start here."""
 from __future__ import annotations
 
 import itertools
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,15 +22,26 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def pg_server() -> Iterator[PostgresServer]:
+    """In a directory of its own (not pytest's temporary ones: the server runs as another
+    user, and concurrent pytest sessions prune those)."""
     why = postgres_missing()
     if why is not None:
         pytest.skip(why)
-    server = PostgresServer.start(tmp_path_factory.mktemp("postgres"))
+    root = Path(tempfile.mkdtemp(prefix="quiver-pg-"))
     try:
-        yield server
+        try:
+            server = PostgresServer.start(root / "cluster")
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(
+                f"{exc.cmd[-8:]} failed: {(exc.stderr or b'').decode(errors='replace')}"
+            ) from exc
+        try:
+            yield server
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

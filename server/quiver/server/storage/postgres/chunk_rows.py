@@ -72,7 +72,7 @@ class PgChunkRows:
 
     def delete_slice(self, ids: list[int]) -> None:
         with self.db.transaction() as conn:
-            execute(conn, "DELETE FROM chunks WHERE id = ANY(%s)", (ids,))
+            execute(conn, "DELETE FROM chunks WHERE id = ANY(%s::bigint[])", (ids,))
 
     def delete_leftovers_slice(self, owner: Owner, rows: int) -> int | None:
         with self.db.transaction() as conn:
@@ -148,7 +148,8 @@ class PgChunkRows:
         return [
             (int(r["id"]), bytes(r["vector"]))
             for r in self.db.rows(
-                "SELECT id, vector FROM chunks WHERE id = ANY(%s)", ([int(i) for i in ids],)
+                "SELECT id, vector FROM chunks WHERE id = ANY(%s::bigint[])",
+                ([int(i) for i in ids],),
             )
         ]
 
@@ -176,11 +177,13 @@ class PgChunkRows:
                 int(r["id"]), r["file_id"], r["text"], dict(r["attributes"]), r["filename"]
             )
             for r in self.db.rows(
-                "SELECT c.id, c.file_id, c.text, f.attributes, files.filename FROM chunks c "
+                # The chunks first, by primary key (whatever the statistics say).
+                "WITH c AS MATERIALIZED (SELECT id, vector_store_id, file_id, text "
+                "FROM chunks WHERE id = ANY(%s::bigint[]) AND vector_store_id = %s) "
+                "SELECT c.id, c.file_id, c.text, f.attributes, files.filename FROM c "
                 "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id "
                 "AND f.file_id = c.file_id AND f.status = 'completed' "
-                "JOIN files ON files.id = c.file_id "
-                "WHERE c.vector_store_id = %s AND c.id = ANY(%s)",
-                (store_id, [int(i) for i in ids]),
+                "JOIN files ON files.id = c.file_id",
+                ([int(i) for i in ids], store_id),
             )
         }
