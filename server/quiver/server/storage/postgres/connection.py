@@ -89,7 +89,8 @@ class PgDatabase:
             max_size=max_size,
             kwargs=connection_kwargs(),
             timeout=POOL_TIMEOUT,
-            reconnect_timeout=0,  # never give up: keep trying while the server is down
+            reconnect_timeout=30,  # a replacement is retried (with backoff) for 30 s; callers
+            # waiting for a connection make the pool try again after that
             open=False,
             name="quiver",
         )
