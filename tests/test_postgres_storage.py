@@ -342,3 +342,76 @@ async def test_a_postgresql_restart_answers_unavailable_then_serves_again(
     finally:
         server_pg.stop()
         shutil.rmtree(pg_root, ignore_errors=True)
+
+
+@pytest.mark.slow
+async def test_a_batch_survives_a_postgresql_restart_mid_way(tmp_path: Path) -> None:
+    """PostgreSQL killed while a batch ingests and restarted a few seconds later: the files
+    caught by the outage are tried again, the batch completes with every file completed
+    once, and the watch sequence equals the number of files."""
+    from quiver.server.app import QuiverServer
+    from quiver.v1 import file_batches_pb2
+
+    from tests.support.batch_helpers import create_batch, create_store, prose, upload_all
+    from tests.support.inproc import _tenant, keyed
+
+    pg_root = Path(tempfile.mkdtemp(prefix="quiver-pg-"))
+    server_pg = PostgresServer.start(pg_root / "cluster")
+    try:
+        settings, keys = keyed(
+            Settings(
+                listen="127.0.0.1:0",
+                http_listen="off",
+                data_dir=tmp_path / "data",
+                ingest_workers=1,
+                database=server_pg.url,
+            )
+        )
+        server = QuiverServer(settings)
+        port = await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        alice = _tenant("alice", keys["alice"], channel)
+        try:
+            store = await create_store(alice, name="outage")
+            docs = [(f"o{i}.txt", prose(200 + i, 20_000).encode()) for i in range(16)]
+            file_ids = await upload_all(alice, docs)
+            batch = await create_batch(alice, store.id, file_ids)
+            get = file_batches_pb2.GetFileBatchRequest(vector_store_id=store.id, batch_id=batch.id)
+            while True:  # some done, some not: the outage hits the batch mid-way
+                reply = await alice.batches.GetFileBatch(get, metadata=alice.metadata)
+                if reply.file_batch.file_counts.completed >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert reply.file_batch.file_counts.in_progress > 0
+            await asyncio.to_thread(server_pg.kill)
+            await asyncio.sleep(3)
+            await asyncio.to_thread(server_pg.restart)
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    reply = await alice.batches.GetFileBatch(
+                        get, metadata=alice.metadata, timeout=10
+                    )
+                    if reply.file_batch.file_counts.in_progress == 0:
+                        break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                assert time.monotonic() < deadline, f"stuck: {reply.file_batch.file_counts}"
+                await asyncio.sleep(0.25)
+            counts = reply.file_batch.file_counts
+            assert (counts.completed, counts.failed, counts.total) == (16, 0, 16)
+            assert reply.file_batch.status == file_batches_pb2.FILE_BATCH_STATUS_COMPLETED
+            storage = open_storage(server_pg.url, tmp_path)
+            try:
+                row = storage.batches.get(batch.id)
+                assert row is not None and row.sequence == 16  # one change per file
+                by_file = storage.chunks.ids_by_file(store.id)
+                assert set(by_file) == set(file_ids)
+            finally:
+                storage.close()
+        finally:
+            await channel.close(None)
+            await server.stop(grace=1.0)
+    finally:
+        server_pg.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)

@@ -50,9 +50,12 @@ from quiver.server.storage.interfaces import (
     Tx,
     VectorStoreRepository,
 )
+from quiver.server.storage.rows import StorageUnavailable
 
 log = logging.getLogger("quiver.ingest")
 
+DATABASE_RETRY_SECONDS = 2.0
+"""How soon a file is tried again after the database could not be reached."""
 MAX_RETRY_DELAY = 60.0
 """Longest wait between two attempts to store a file's chunks on a full disk."""
 
@@ -98,6 +101,7 @@ class Processing:
         self.commit_attempts = max(1, commit_attempts)
         self.retry_delay = retry_delay
         self._later: set[asyncio.Task[None]] = set()
+        self._after_outage: set[tuple[str, str]] = set()
         self.leases = leases
 
     # -- one file ----------------------------------------------------------------------------
@@ -137,6 +141,23 @@ class Processing:
         )
 
     async def process(self, job: Job) -> None:
+        """One queued file; while the database cannot be reached (a networked one restarting)
+        the file is queued again every DATABASE_RETRY_SECONDS instead of being lost (it
+        stays in progress under this server's lease, which the heartbeat keeps renewing)."""
+        try:
+            await self._process(job)
+        except StorageUnavailable as exc:
+            log.warning(
+                "database unavailable while processing %s (%s): trying it again in %g s",
+                job.file_id,
+                exc,
+                DATABASE_RETRY_SECONDS,
+            )
+            self._after_outage.add(job.key)  # its next commit deletes what this one wrote
+            loop = asyncio.get_running_loop()
+            loop.call_later(DATABASE_RETRY_SECONDS, self.scheduler.enqueue, [job])
+
+    async def _process(self, job: Job) -> None:
         row = self._current(job)
         if row is None:
             return
@@ -167,6 +188,8 @@ class Processing:
                 log.warning("worker died with %s in flight: retrying it alone", job.file_id)
                 self.scheduler.requeue_suspect(job)
             return
+        except StorageUnavailable:
+            raise
         except Exception as exc:
             log.exception("unexpected failure processing %s", job.file_id)
             self._settle(
@@ -244,9 +267,13 @@ class Processing:
         delay = self.retry_delay
         for attempt in range(1, self.commit_attempts + 1):
             try:
-                await self._store(job, output, leftovers=attempt > 1)
+                leftovers = attempt > 1 or job.key in self._after_outage
+                await self._store(job, output, leftovers=leftovers)
+                self._after_outage.discard(job.key)
                 return
             except (ValueError, RuntimeError, DatabaseError, OSError) as exc:
+                if isinstance(exc, StorageUnavailable):
+                    raise  # tried again once the database is back (``process``)
                 if not is_disk_full(exc):
                     log.exception("committing %s failed", job.file_id)
                     self._settle(
