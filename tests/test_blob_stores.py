@@ -36,9 +36,9 @@ from quiver.server.storage.blob_reader import read_blob
 from quiver.server.storage.blob_stores import open_blob_store
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.blobs import BlobWriter as LocalBlobWriter
-from quiver.server.storage.database import Database
 from quiver.server.storage.s3_blobs import S3BlobStore
 from quiver.server.storage.s3_client import BlobStoreError
+from quiver.server.storage.sqlite_storage import SqliteStorage
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
 from tests.support.batch_helpers import create_batch, create_store, poll_batch, prose
@@ -414,7 +414,7 @@ class _SlowCommitStore(BlobStore):
 
 def test_abort_from_the_loop_never_waits_for_a_seal_in_progress(tmp_path: Path) -> None:
     store = _SlowCommitStore(tmp_path / "blobs")
-    files = FileStore(Database(tmp_path / "q.sqlite3"), store, max_file_bytes=1 << 20)
+    files = FileStore(SqliteStorage(tmp_path / "q.sqlite3"), store, max_file_bytes=1 << 20)
     upload = files.begin_upload(Principal("t"), "a.txt", "assistants", "")
     upload.write(b"some bytes")
     sealing = threading.Thread(target=upload.seal)

@@ -41,13 +41,6 @@ _SQL = re.compile(
 )
 _CALLS = {"execute", "executemany", "executescript", "fetchone", "fetchall"}
 
-LEFT_FOR_THE_JOB_QUEUE = {"_current", "recover"}
-"""Functions of processing.py holding the job queue's statements (claiming the files in
-progress at start-up, checking a job's generation), which issue 11 item 3 (a leased job
-queue in the database) moves into storage/. Allowed there only, with the two uses of
-``sqlite3.Row`` that come with them."""
-LEFT_WITH_THEM = {("<module>", "import sqlite3"), ("_owner", "sqlite3.Row")}
-
 
 @dataclass(frozen=True)
 class Violation:
@@ -132,13 +125,8 @@ def violations_in(path: Path) -> list[Violation]:
 
 
 def core_violations(core: Path = CORE) -> list[Violation]:
-    return [
-        v
-        for path in sorted(core.glob("*.py"))
-        for v in violations_in(path)
-        if v.file != "processing.py"
-        or not (v.function in LEFT_FOR_THE_JOB_QUEUE or (v.function, v.what) in LEFT_WITH_THEM)
-    ]
+    """Every one, processing.py's too: its job-queue reads are ``JobRepository.current``."""
+    return [v for path in sorted(core.glob("*.py")) for v in violations_in(path)]
 
 
 def test_no_sql_in_the_core() -> None:

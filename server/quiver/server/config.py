@@ -18,6 +18,7 @@ class Settings:
     http_listen: str = "127.0.0.1:8080"
     data_dir: Path = Path("./quiver-data")
     blobs: str = ""
+    database: str = ""
     api_keys_file: Path | None = None
     api_keys: str = ""
     # -- limits per request, upload and stream --
@@ -95,6 +96,8 @@ _HELP: dict[str, str] = {
     "endpoint, region and credentials from AWS_ENDPOINT_URL(_S3), AWS_REGION (or "
     "AWS_DEFAULT_REGION) and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (needs the extra "
     "quiver-vectorstore[s3])",
+    "database": "where the rows live: empty = the SQLite file in the data directory; "
+    "postgresql://USER@HOST:PORT/DB = PostgreSQL (the [postgres] extra)",
     "api_keys_file": "file of hashed API keys ('quiver keys add' writes it); none = open mode, "
     "loopback only",
     "api_keys": "hashed API keys inline, same format as the file, comma separated",
@@ -258,9 +261,29 @@ def check_http_listen(value: str) -> str | None:
     return None
 
 
+def check_database(value: str) -> str | None:
+    """Why ``--database`` cannot be used, or None: empty (SQLite) or a postgresql:// URL."""
+    if value == "":
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return (
+            "database must be empty (the SQLite file in the data directory) or a "
+            f"postgresql://USER@HOST:PORT/DB URL, not {value[:80]!r}"
+        )
+    location = rest.split("?", 1)[0]
+    host, slash, name = location.rpartition("/")
+    if not slash or not name or not host.rpartition("@")[2]:
+        return (
+            "database: the URL names no host and database "
+            f"(postgresql://USER@HOST:PORT/DB), not {value[:80]!r}"
+        )
+    return None
+
+
 def from_namespace(ns: argparse.Namespace) -> Settings:
     settings = Settings(**{f.name: getattr(ns, f.name) for f in fields(Settings)})
-    problem = check_http_listen(settings.http_listen)
+    problem = check_http_listen(settings.http_listen) or check_database(settings.database)
     if problem is not None:
         raise SystemExit(f"quiver serve: {problem}")
     return settings

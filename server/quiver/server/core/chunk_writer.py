@@ -17,9 +17,7 @@ import time
 import numpy as np
 import numpy.typing as npt
 from quiver.server.core.ports import VectorIndex
-from quiver.server.storage.chunk_rows import ChunkRows
-from quiver.server.storage.database import Database
-from quiver.server.storage.interfaces import ChunkRepository
+from quiver.server.storage.interfaces import ChunkRepository, Storage
 from quiver.server.storage.rows import NotWanted, Owner
 
 __all__ = ["ChunkWriter", "NotWanted", "Owner", "PendingLabels", "add_to_index"]
@@ -49,9 +47,9 @@ class Pacer:
 
 
 class ChunkWriter:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Storage) -> None:
         self.db = db
-        self.rows: ChunkRepository = ChunkRows(db)
+        self.rows: ChunkRepository = db.chunks
 
     def write(
         self,

@@ -20,9 +20,7 @@ from quiver.server.core.ports import Blobs, BlobWriter
 from quiver.server.core.principal import Principal
 from quiver.server.core.validation import check_filename, check_purpose, raise_if
 from quiver.server.core.verified_content import VerifiedContent, missing
-from quiver.server.storage.database import Database
-from quiver.server.storage.file_rows import FileRows
-from quiver.server.storage.interfaces import FileRepository, Tx
+from quiver.server.storage.interfaces import FileRepository, Storage, Tx
 from quiver.server.storage.s3_client import BlobStoreError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -144,14 +142,14 @@ class Upload:
 class FileStore:
     def __init__(
         self,
-        db: Database,
+        db: Storage,
         blobs: Blobs,
         *,
         max_file_bytes: int,
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
-        self.rows: FileRepository = FileRows(db)
+        self.rows: FileRepository = db.files
         self.blobs = blobs
         self.max_file_bytes = max_file_bytes
         self.clock = clock

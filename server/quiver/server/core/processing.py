@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,21 +47,21 @@ from quiver.server.ingest.pool import (
 )
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.server.metrics import Metrics
-from quiver.server.storage.batch_rows import BatchRows
-from quiver.server.storage.chunk_rows import ChunkRows
-from quiver.server.storage.database import Database, DatabaseError, is_disk_full
+from quiver.server.storage.database import DatabaseError, is_disk_full
 from quiver.server.storage.interfaces import (
     BatchRepository,
     ChunkRepository,
+    Storage,
     StoreFileRepository,
     Tx,
     VectorStoreRepository,
 )
-from quiver.server.storage.store_file_rows import StoreFileRows
-from quiver.server.storage.vector_store_rows import VectorStoreRows
+from quiver.server.storage.rows import StorageUnavailable
 
 log = logging.getLogger("quiver.ingest")
 
+DATABASE_RETRY_SECONDS = 2.0
+"""How soon a file is tried again after the database could not be reached."""
 MAX_RETRY_DELAY = 60.0
 """Longest wait between two attempts to store a file's chunks on a full disk."""
 
@@ -72,7 +72,7 @@ SpecFor = Callable[[str, int, bool], EmbedderSpec]
 class Processing:
     def __init__(
         self,
-        db: Database,
+        db: Storage,
         book: StatusBook,
         blobs: Blobs,
         stores: VectorStores,
@@ -90,10 +90,10 @@ class Processing:
         keywords: KeywordIndexes,
     ) -> None:
         self.db = db
-        self.batch_rows: BatchRepository = BatchRows(db)
-        self.file_rows: StoreFileRepository = StoreFileRows(db)
-        self.store_rows: VectorStoreRepository = VectorStoreRows(db)
-        self.chunk_rows: ChunkRepository = ChunkRows(db)
+        self.batch_rows: BatchRepository = db.batches
+        self.file_rows: StoreFileRepository = db.store_files
+        self.store_rows: VectorStoreRepository = db.stores
+        self.chunk_rows: ChunkRepository = db.chunks
         self.book = book
         self.blobs = blobs
         self.stores = stores
@@ -108,23 +108,16 @@ class Processing:
         self.commit_attempts = max(1, commit_attempts)
         self.retry_delay = retry_delay
         self._later: set[asyncio.Task[None]] = set()
+        self._after_outage: set[tuple[str, str]] = set()
         self.leases = leases
         self.keywords = keywords
 
     # -- one file ----------------------------------------------------------------------------
 
-    def _current(self, job: Job) -> sqlite3.Row | None:
+    def _current(self, job: Job) -> dict[str, Any] | None:
         """The file's row if this job is still wanted (in progress, same generation, its
         lease held by this server)."""
-        row: sqlite3.Row | None = self.db.execute(
-            "SELECT f.*, s.embedding_model, s.embedding_dimensions, s.dimensions_sent, "
-            "files.sha256, files.bytes AS file_bytes, "
-            "files.filename FROM vector_store_files f "
-            "JOIN vector_stores s ON s.id = f.vector_store_id "
-            "JOIN files ON files.id = f.file_id "
-            "WHERE f.vector_store_id = ? AND f.file_id = ?",
-            (job.store_id, job.file_id),
-        ).fetchone()
+        row = self.db.jobs.current(job.store_id, job.file_id)
         if (
             row is None
             or row["status"] != FileStatus.IN_PROGRESS
@@ -137,7 +130,7 @@ class Processing:
     def _note_dropped(self, job: Job) -> None:
         """``job``'s result is being dropped: if that is because the file was claimed again
         (its lease lost to another server, or re-claimed after it expired), count and log it."""
-        lease = self.leases.lease(self.db.conn, job)
+        lease = self.leases.lease(None, job)
         if lease is None or lease.status != FileStatus.IN_PROGRESS:
             return  # detached, deleted or settled meanwhile: nothing unusual
         if self.leases.holds(lease, job):
@@ -156,6 +149,23 @@ class Processing:
         )
 
     async def process(self, job: Job) -> None:
+        """One queued file; while the database cannot be reached (a networked one restarting)
+        the file is queued again every DATABASE_RETRY_SECONDS instead of being lost (it
+        stays in progress under this server's lease, which the heartbeat keeps renewing)."""
+        try:
+            await self._process(job)
+        except StorageUnavailable as exc:
+            log.warning(
+                "database unavailable while processing %s (%s): trying it again in %g s",
+                job.file_id,
+                exc,
+                DATABASE_RETRY_SECONDS,
+            )
+            self._after_outage.add(job.key)  # its next commit deletes what this one wrote
+            loop = asyncio.get_running_loop()
+            loop.call_later(DATABASE_RETRY_SECONDS, self.scheduler.enqueue, [job])
+
+    async def _process(self, job: Job) -> None:
         row = self._current(job)
         if row is None:
             return
@@ -186,6 +196,8 @@ class Processing:
                 log.warning("worker died with %s in flight: retrying it alone", job.file_id)
                 self.scheduler.requeue_suspect(job)
             return
+        except StorageUnavailable:
+            raise
         except Exception as exc:
             log.exception("unexpected failure processing %s", job.file_id)
             self._settle(
@@ -241,7 +253,7 @@ class Processing:
                 log.warning("disk still full: %s stays in progress for now", job.file_id)
 
     @staticmethod
-    def _owner(job: Job, row: sqlite3.Row) -> Owner:
+    def _owner(job: Job, row: dict[str, Any]) -> Owner:
         return Owner(
             job.store_id,
             job.file_id,
@@ -263,9 +275,13 @@ class Processing:
         delay = self.retry_delay
         for attempt in range(1, self.commit_attempts + 1):
             try:
-                await self._store(job, output, leftovers=attempt > 1)
+                leftovers = attempt > 1 or job.key in self._after_outage
+                await self._store(job, output, leftovers=leftovers)
+                self._after_outage.discard(job.key)
                 return
             except (ValueError, RuntimeError, DatabaseError, OSError) as exc:
+                if isinstance(exc, StorageUnavailable):
+                    raise  # tried again once the database is back (``process``)
                 if not is_disk_full(exc):
                     log.exception("committing %s failed", job.file_id)
                     self._settle(

@@ -29,6 +29,7 @@ from quiver.server.core.query_embedding import LaneLimits, QueryEmbedding
 from quiver.server.core.replicas import Replicas, check_advertise, check_replica_settings
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
+from quiver.server.core.shared_watch import SharedWatch
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.store_embedders import StoreEmbedders
 from quiver.server.core.store_files import StoreFiles
@@ -48,12 +49,10 @@ from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blob_location import blob_location
 from quiver.server.storage.blob_stores import open_blob_store
-from quiver.server.storage.chunk_rows import ChunkRows
+from quiver.server.storage.choice import change_listener, open_storage
 from quiver.server.storage.database import Database
-from quiver.server.storage.index_sync_rows import IndexSyncRows
-from quiver.server.storage.jobs import JobsRepository
-from quiver.server.storage.replica_rows import ReplicaRows
-from quiver.server.storage.store_file_rows import StoreFileRows
+from quiver.server.storage.interfaces import Storage
+from quiver.server.storage.sqlite_storage import SqliteStorage
 
 log = logging.getLogger("quiver.server")
 
@@ -67,8 +66,9 @@ class Core:
     ``stop_processing`` → ``close``. Requests may be served once ``recover`` returned.
     """
 
-    db: Database
-    """The SQLite database (``quiver.sqlite3`` in the data directory)."""
+    storage: Storage
+    """The database with its repositories: SQLite (``quiver.sqlite3`` in the data directory)
+    or PostgreSQL (``--database postgresql://...``)."""
     blobs: Blobs
     """Uploaded files' bytes, by sha256 (``--blobs``: data_dir/blobs, a shared directory
     or an S3 bucket)."""
@@ -116,6 +116,15 @@ class Core:
     """Per store, its completed files' attributes indexed for filters (a rebuildable cache)."""
     replicas: Replicas
     """This replica's heartbeat and the live replicas: who owns each store's index."""
+    shared_watch: SharedWatch | None = None
+    """With a shared database (PostgreSQL): watchers here hear of other servers' commits."""
+
+    @property
+    def db(self) -> Database:
+        """The SQLite database (with the SQLite storage only; TypeError otherwise)."""
+        if not isinstance(self.storage, SqliteStorage):
+            raise TypeError(f"the storage is {type(self.storage).__name__}, not SQLite")
+        return self.storage.database
 
     async def start_workers(self) -> None:
         """Starts the ingest worker processes (WorkerStartFailed if they cannot start)."""
@@ -136,10 +145,14 @@ class Core:
         """Queued files start going through the worker pool."""
         self.scheduler.start(self.processing.process)
         self.lease_keeper.start()
+        if self.shared_watch is not None:
+            self.shared_watch.start()
 
     async def stop_processing(self) -> None:
         """Stops taking files; those in flight stay in progress and resume at the next
         start (at once: their leases are released)."""
+        if self.shared_watch is not None:
+            await self.shared_watch.stop()
         await self.lease_keeper.stop()
         await self.scheduler.stop()
         try:
@@ -155,7 +168,7 @@ class Core:
         self.pool.close()
         self.indexes.save_all()
         self.keywords.close()
-        self.db.close()
+        self.storage.close()
 
 
 def openai_tuning(settings: Settings) -> OpenAITuning:
@@ -222,7 +235,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         commit_seconds=settings.keyword_commit_seconds,
         max_pending=settings.keyword_pending_chunks,
     )
-    db = Database(data / "quiver.sqlite3")
+    db = open_storage(settings.database, data)
     indexes = IndexManager(
         data / "indexes",
         m=settings.hnsw_m,
@@ -258,15 +271,15 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
     )
     attributes = AttributeIndex(
-        StoreFileRows(db), ChunkRows(db), max_stores=settings.attribute_index_stores
+        db.store_files, db.chunks, max_stores=settings.attribute_index_stores
     )
     stores = VectorStores(
         db, choice.resolve, book, scheduler, indexes, attributes, keywords, clock=clock
     )
     instance = new_owner_id()  # this server's id: its job leases' owner and its replica id
-    leases = JobLeases(JobsRepository(db), instance, settings.job_lease_seconds)
+    leases = JobLeases(db.jobs, instance, settings.job_lease_seconds)
     replicas = Replicas(
-        ReplicaRows(db),
+        db.replicas,
         instance,
         heartbeat_s=settings.replica_heartbeat_seconds,
         window_s=settings.replica_timeout_seconds,
@@ -314,12 +327,12 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         query_embedding=query_embedding,
         attributes=attributes,
         sync=IndexSync(
-            IndexSyncRows(db),
+            db.index_sync,
             indexes,
             lambda: replicas.epoch,
             files=attributes,
             keywords=keywords,
-            keyword_rows=ChunkRows(db).keyword_rows,
+            keyword_rows=db.chunks.keyword_rows,
             # Alone on its database (one node), its own ingest keeps its indexes current.
             active=lambda: replicas.epoch > 1,
         ),
@@ -333,8 +346,10 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         indexes_open=lambda: indexes.open_count,
         pool_restarts=lambda: pool.restarts,
     )
+    listen = change_listener(db)
+    shared_watch = None if listen is None else SharedWatch(db.batches, book, hub, listen)
     return Core(
-        db=db,
+        storage=db,
         blobs=blobs,
         indexes=indexes,
         keywords=keywords,
@@ -358,4 +373,5 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         query_embedding=query_embedding,
         attributes=attributes,
         replicas=replicas,
+        shared_watch=shared_watch,
     )

@@ -38,7 +38,6 @@ from quiver.server.core.query_embedding import QueryEmbedding
 from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.base import Embedder
-from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.interfaces import ChunkRepository
 
 MAX_QUERIES = 10
@@ -129,7 +128,7 @@ class Searcher:
     ) -> None:
         self.stores = stores
         self.db = stores.db
-        self.chunks: ChunkRepository = ChunkRows(stores.db)
+        self.chunks: ChunkRepository = stores.db.chunks
         self.keywords = keywords
         self.indexes = indexes
         self.embedder_for = embedder_for

@@ -33,17 +33,15 @@ from quiver.server.core.validation import (
     check_name,
     raise_if,
 )
-from quiver.server.storage.batch_rows import BatchRows
-from quiver.server.storage.database import Database, DatabaseError
+from quiver.server.storage.database import DatabaseError
 from quiver.server.storage.interfaces import (
     BatchRepository,
+    Storage,
     StoreFileRepository,
     Tx,
     VectorStoreRepository,
 )
-from quiver.server.storage.rows import StoreActivity, StoreRow
-from quiver.server.storage.store_file_rows import StoreFileRows
-from quiver.server.storage.vector_store_rows import VectorStoreRows
+from quiver.server.storage.rows import StorageError, StoreActivity, StoreRow
 
 log = logging.getLogger("quiver.stores")
 
@@ -80,7 +78,7 @@ class VectorStores:
 
     def __init__(
         self,
-        db: Database,
+        db: Storage,
         resolve_embedder: EmbedderResolver,
         book: StatusBook,
         scheduler: Scheduler,
@@ -91,9 +89,9 @@ class VectorStores:
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
-        self.rows: VectorStoreRepository = VectorStoreRows(db)
-        self.file_rows: StoreFileRepository = StoreFileRows(db)
-        self.batch_rows: BatchRepository = BatchRows(db)
+        self.rows: VectorStoreRepository = db.stores
+        self.file_rows: StoreFileRepository = db.store_files
+        self.batch_rows: BatchRepository = db.batches
         self.resolve_embedder = resolve_embedder
         self.book = book
         self.scheduler = scheduler
@@ -204,7 +202,7 @@ class VectorStores:
         busy database) is logged and skipped; the read goes on."""
         try:
             self.touch(store_id)
-        except DatabaseError as exc:
+        except (DatabaseError, StorageError) as exc:
             log.warning("last_active_at of %s not updated: %s", store_id, exc)
 
     # -- writing -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,7 @@ from quiver.server.core.models import (
     StoredFile,
     VectorStoreFile,
 )
+from quiver.server.storage.jobs import ClaimedFile, Lease
 from quiver.server.storage.pagination import PageSpec, Rows
 from quiver.server.storage.rows import (
     Attachment,
@@ -46,7 +47,9 @@ __all__ = [
     "ChunkRepository",
     "FileRepository",
     "IndexSyncRepository",
+    "JobRepository",
     "ReplicaRepository",
+    "Storage",
     "StoreFileRepository",
     "Transactions",
     "Tx",
@@ -209,6 +212,10 @@ class BatchRepository(Protocol):
 
     def changes_after(self, batch_id: str, after_sequence: int) -> list[BatchFileChange]: ...
 
+    def sequenced_changes(
+        self, batch_id: str, after_sequence: int, upto: int
+    ) -> list[tuple[int, BatchFileChange]]: ...
+
     def files_page(
         self, batch_id: str, status: FileStatus | None, page: PageSpec
     ) -> Rows[VectorStoreFile]: ...
@@ -279,3 +286,54 @@ class IndexSyncRepository(Protocol):
     def chunks_after(self, store_id: str, after: int, limit: int) -> list[ChunkState]: ...
 
     def vectors(self, ids: list[int]) -> dict[int, bytes]: ...
+
+
+class JobRepository(Protocol):
+    """The leased job queue (``storage/jobs.py``): owner, lease expiry, generation fence."""
+
+    def current(self, store_id: str, file_id: str) -> dict[str, Any] | None: ...
+
+    def stamp(self, tx: Tx, store_id: str, file_id: str, owner: str, expires_at: float) -> None: ...
+
+    def lease(self, tx: Tx | None, store_id: str, file_id: str) -> Lease | None: ...
+
+    def expired_in_cancelled_batches(self, tx: Tx, now: float) -> list[tuple[str, str]]: ...
+
+    def claim_expired(
+        self, tx: Tx, owner: str, now: float, expires_at: float, limit: int
+    ) -> list[ClaimedFile]: ...
+
+    def renew(self, owner: str, expires_at: float) -> int: ...
+
+    def release(self, tx: Tx, owner: str) -> int: ...
+
+
+class Storage(Transactions, Protocol):
+    """One database (SQLite, or PostgreSQL with ``--database postgresql://...``): its
+    transactions and every repository on it."""
+
+    @property
+    def files(self) -> FileRepository: ...
+
+    @property
+    def stores(self) -> VectorStoreRepository: ...
+
+    @property
+    def store_files(self) -> StoreFileRepository: ...
+
+    @property
+    def batches(self) -> BatchRepository: ...
+
+    @property
+    def chunks(self) -> ChunkRepository: ...
+
+    @property
+    def jobs(self) -> JobRepository: ...
+
+    @property
+    def replicas(self) -> ReplicaRepository: ...
+
+    @property
+    def index_sync(self) -> IndexSyncRepository: ...
+
+    def close(self) -> None: ...

@@ -115,3 +115,11 @@ class ChunkState:
     id: int
     file_id: str
     completed: bool
+
+
+class StorageError(RuntimeError):
+    """A statement of a networked database (PostgreSQL) failed."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached (down, restarting, or too slow to answer): retry."""
