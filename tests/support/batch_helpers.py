@@ -18,8 +18,8 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from grpc import aio
+from quiver.server.core.ports import IngestExecutor
 from quiver.server.ingest.chunking import count_tokens
-from quiver.server.ingest.pool import IngestPool
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.v1 import common_pb2, file_batches_pb2, vector_stores_pb2
 
@@ -455,7 +455,7 @@ class PoolUse:
     """Wraps an ingest pool's ``run`` (test-side) to count the files sent to it: in all, and
     the most at once."""
 
-    def __init__(self, pool: IngestPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, pool: IngestExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
         self.now = 0
         self.max = 0
