@@ -21,7 +21,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from grpc import aio  # noqa: E402
-from quiver.server.app import QuiverServer  # noqa: E402
+from quiver.server.app import ConfigError, QuiverServer  # noqa: E402
 from quiver.server.config import Settings  # noqa: E402
 from quiver.server.ingest.ray_executor import RayExecutor, local_task_pids  # noqa: E402
 
@@ -43,8 +43,6 @@ from tests.support.batch_helpers import (  # noqa: E402
 )
 from tests.support.inproc import Running, _tenant, keyed  # noqa: E402
 from tests.support.rpc_helpers import wait_for  # noqa: E402
-
-pytestmark = pytest.mark.slow
 
 Chunks = dict[tuple[str, int], tuple[int, str, bytes]]
 
@@ -113,6 +111,7 @@ async def ingest(running: Running, docs: list[tuple[str, bytes]]) -> tuple[str, 
     return store.id, stored_chunks(running.server.settings.data_dir, store.id)
 
 
+@pytest.mark.slow
 async def test_ray_gives_the_chunks_and_vectors_of_the_local_pool(
     local_ray: None, tmp_path: Path, settings: Settings
 ) -> None:
@@ -129,6 +128,7 @@ async def test_ray_gives_the_chunks_and_vectors_of_the_local_pool(
         assert got[key] == (tokens, text, vector), key
 
 
+@pytest.mark.slow
 async def test_a_file_past_the_timeout_has_its_task_cancelled(
     local_ray: None, settings: Settings
 ) -> None:
@@ -156,6 +156,7 @@ async def test_a_file_past_the_timeout_has_its_task_cancelled(
         await wait_for(lambda: local_task_pids() == [], within=20)
 
 
+@pytest.mark.slow
 async def test_a_task_whose_worker_is_killed_runs_again_and_completes(
     local_ray: None, settings: Settings
 ) -> None:
@@ -179,6 +180,7 @@ async def test_a_task_whose_worker_is_killed_runs_again_and_completes(
         assert victim not in local_task_pids()
 
 
+@pytest.mark.slow
 async def test_the_executor_waits_for_a_slot_instead_of_submitting(
     local_ray: None, settings: Settings
 ) -> None:
@@ -205,3 +207,20 @@ async def test_the_executor_waits_for_a_slot_instead_of_submitting(
             probe.cancel()
         assert counts(messages[-1].file_batch.file_counts) == (0, 2, 0, 0, 2)
         assert seen == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"ingest": "ray"}, "--ingest must be 'local', 'ray:auto' or 'ray://HOST:PORT'"),
+        ({"ingest": "ray://head"}, "--ingest must be"),
+        ({"ingest": "ray://head:99999"}, "--ingest must be"),
+        ({"ingest": "ray:auto", "ray_tasks": 0}, "--ray-tasks must be at least 1"),
+        ({"ingest": "ray:auto", "ray_task_retries": -1}, "--ray-task-retries must be 0"),
+    ],
+)
+def test_bad_ingest_settings_stop_the_server_naming_the_flag(
+    settings: Settings, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        QuiverServer(settings)
