@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test test-fast pytest-fast lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench bench-peers soak clean
+.PHONY: install dev serve test test-fast pytest-fast cluster-test lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench bench-peers soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -127,10 +127,15 @@ unasync-check: dev
 # Hypothesis runs derandomized here (the "ci" profile in tests/support/profiles.py): the same
 # examples on every run, so a failure comes from the change under test, not from the seed.
 pytest: dev
-	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not cluster"
 
 pytest-fast: dev
-	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow"
+	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow and not cluster"
+
+# Several nodes on one machine (root: network namespaces): a two-node Ray cluster
+# (tests/support/ray_cluster.py) under the tests marked `cluster`.
+cluster-test: dev
+	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m cluster
 
 # The randomized search: a fresh seed, FUZZ_SCALE times the examples of every property-based
 # test; the time budget is FUZZ_TIMEOUT seconds per test (one still running then fails: lower

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -29,22 +28,21 @@ from tests.support.batch_helpers import (  # noqa: E402
     B_COMPLETED,
     F_COMPLETED,
     F_FAILED,
+    Chunks,
     check_stream,
     counts,
     create_batch,
     create_store,
     duplicate_chunks,
     final_statuses,
-    open_db,
     prose,
     static,
+    stored_chunks,
     upload_all,
     watch_to_end,
 )
 from tests.support.inproc import Running, _tenant, keyed  # noqa: E402
 from tests.support.rpc_helpers import wait_for  # noqa: E402
-
-Chunks = dict[tuple[str, int], tuple[int, str, bytes]]
 
 
 @pytest.fixture(scope="session")
@@ -80,20 +78,6 @@ async def serving(settings: Settings) -> AsyncIterator[Running]:
 def on_ray(settings: Settings, **overrides: object) -> Settings:
     changes: dict[str, object] = {"ingest": "ray:auto", "ray_tasks": 2, **overrides}
     return replace(settings, **changes)  # type: ignore[arg-type]
-
-
-def stored_chunks(data_dir: Path, store_id: str) -> Chunks:
-    """(filename, chunk index) → (token count, text, vector bytes) of one store."""
-    db: sqlite3.Connection = open_db(data_dir)
-    try:
-        rows = db.execute(
-            "SELECT files.filename, c.chunk_index, c.token_count, c.text, c.vector "
-            "FROM chunks c JOIN files ON files.id = c.file_id WHERE c.vector_store_id = ?",
-            (store_id,),
-        ).fetchall()
-    finally:
-        db.close()
-    return {(name, index): (tokens, text, vector) for name, index, tokens, text, vector in rows}
 
 
 DOCS = [(f"doc{i}.txt", prose(i, 2_000 + 1_500 * i).encode()) for i in range(8)]

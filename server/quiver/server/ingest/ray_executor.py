@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 import ray
 import ray.exceptions
+import ray.util
 from quiver.server.ingest.chunking import get_encoding
 from quiver.server.ingest.limits import WorkerLimits
 from quiver.server.ingest.pool import (
@@ -85,20 +87,21 @@ def warm_task() -> int:
     return os.getpid()
 
 
-def file_task(job: WorkerInput, limits: RayTaskLimits) -> WorkerOutput:
+def file_task(job: WorkerInput, limits: RayTaskLimits) -> tuple[WorkerOutput, str]:
     """In a Ray worker: the worker's ``process``, its vectors as one array (one object in
-    Ray's object store, read by the server without a copy)."""
+    Ray's object store, read by the server without a copy), and the node's address."""
     warm_task()
+    node: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
     output = process(job, limits)
     if output.error is not None or not output.texts:
-        return WorkerOutput(error=output.error, seconds=output.seconds)
+        return WorkerOutput(error=output.error, seconds=output.seconds), node
     vectors = np.concatenate(output.vector_blocks).astype(np.float32, copy=False)
     return WorkerOutput(
         texts=output.texts,
         token_counts=output.token_counts,
         vectors=vectors,
         seconds=output.seconds,
-    )
+    ), node
 
 
 class RayExecutor:
@@ -123,6 +126,8 @@ class RayExecutor:
         self.file_timeout = file_timeout
         self.limits = RayTaskLimits.of(limits)
         self.retries = retries
+        self.files_by_node: Counter[str] = Counter()
+        """Files whose task finished, by the address of the Ray node that ran it."""
         self.restarts = 0
         """Tasks submitted again after their worker or node was lost, or cancelled at the
         timeout (the local pool's count of replaced workers)."""
@@ -161,7 +166,10 @@ class RayExecutor:
             else:
                 ray.init(self.address, log_to_driver=False)
             self._started_ray = True
-        self._file = ray.remote(num_cpus=1, max_retries=0)(file_task).options(name=TASK_NAME)
+        # SPREAD: a batch's files go over every node, not first onto the server's own.
+        self._file = ray.remote(num_cpus=1, max_retries=0)(file_task).options(
+            name=TASK_NAME, scheduling_strategy="SPREAD"
+        )
         self._warm = ray.remote(num_cpus=1, max_retries=0)(warm_task)
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         log.info("ingest on Ray", extra={"address": self.address, "resources": resources})
@@ -172,6 +180,8 @@ class RayExecutor:
         return local_task_pids()
 
     def close(self) -> None:
+        if self.files_by_node:
+            log.info("ingest on Ray: files by node", extra={"nodes": dict(self.files_by_node)})
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -205,7 +215,7 @@ class RayExecutor:
         result = asyncio.wrap_future(ref.future())
         result.add_done_callback(_retrieve)
         try:
-            output = await asyncio.wait_for(asyncio.shield(result), self.file_timeout)
+            answer = await asyncio.wait_for(asyncio.shield(result), self.file_timeout)
         except TimeoutError:
             self.restarts += 1
             self._cancel(ref)
@@ -220,7 +230,9 @@ class RayExecutor:
             raise WorkerOutOfMemory(out_of_memory_message(self.limits)) from None
         except ray.exceptions.TaskCancelledError:
             raise WorkerCrashed("the Ray task handling this file was cancelled") from None
+        output, node = answer
         assert isinstance(output, WorkerOutput)
+        self.files_by_node[str(node)] += 1
         return output
 
     def _cancel(self, ref: Any) -> None:

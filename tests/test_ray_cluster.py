@@ -1,0 +1,156 @@
+"""Ingest on a two-node Ray cluster (``make cluster-test``; ``make test`` leaves it out): a
+``quiver serve --ingest ray:auto`` on the head node (``RAY_ADDRESS`` = the head's GCS) spreads
+a batch's files over both nodes, with the chunks of a single-machine run; a worker node
+SIGKILLed mid-batch leaves no file in progress.
+
+The nodes are network namespaces joined by a bridge (``tests/support/ray_cluster.py``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from grpc import aio
+from quiver.server.config import Settings
+
+from tests.support.batch_helpers import (
+    B_COMPLETED,
+    Chunks,
+    check_stream,
+    counts,
+    create_batch,
+    create_store,
+    prose,
+    stored_chunks,
+    upload_all,
+    watch_to_end,
+)
+from tests.support.inproc import Running, Tenant, _tenant, keyed
+from tests.support.ray_cluster import RayCluster, cluster_missing
+from tests.support.rpc_helpers import wait_for
+from tests.support.serve import is_serving
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+PORT = 50051
+DOCS = [(f"doc{i:02}.txt", prose(i, 150_000 + 1_000 * i).encode()) for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    reason = cluster_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    started = RayCluster.start(cpus_per_node=1)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@dataclass
+class OnHead:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    data_dir: Path
+    alice: Tenant
+
+    def stop(self) -> list[dict[str, object]]:
+        """SIGTERM, wait; the server's JSON log lines."""
+        self.proc.terminate()
+        self.proc.wait(60)
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def start_on_head(
+    cluster: RayCluster, target: str, data_dir: Path, api_keys: str, log: Path
+) -> subprocess.Popen[bytes]:
+    """``quiver serve`` in the head node's namespace, a driver of the cluster (RAY_ADDRESS)."""
+    command = [sys.executable, "-m", "quiver.server.cli", "serve", "--listen", target]
+    command += ["--http-listen", "off", "--data-dir", str(data_dir)]
+    command += ["--ingest", "ray:auto", "--ray-tasks", "2", "--api-keys", api_keys]
+    command += ["--insecure"]
+    env = {**cluster.env, "RAY_ADDRESS": cluster.gcs_address}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            cluster.in_node("a", command), stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+
+
+@asynccontextmanager
+async def serve_on_head(cluster: RayCluster, settings: Settings) -> AsyncIterator[OnHead]:
+    cfg, keys = keyed(settings)
+    log = settings.data_dir.parent / "serve.log"
+    settings.data_dir.mkdir(parents=True)
+    target = f"{cluster.head_ip}:{PORT}"
+    proc = start_on_head(cluster, target, settings.data_dir, cfg.api_keys, log)
+    channel = aio.insecure_channel(target)
+    try:
+        await wait_for(lambda: proc.poll() is None and is_serving(target), within=120)
+        yield OnHead(proc, log, settings.data_dir, _tenant("alice", keys["alice"], channel))
+    finally:
+        await channel.close(None)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+async def ingest(tenant: Tenant, data_dir: Path) -> Chunks:
+    store = await create_store(tenant)
+    ids = await upload_all(tenant, DOCS)
+    batch = await create_batch(tenant, store.id, ids)
+    messages = await watch_to_end(tenant, store.id, batch.id, within=300)
+    check_stream(messages)
+    assert messages[-1].file_batch.status == B_COMPLETED
+    assert counts(messages[-1].file_batch.file_counts) == (0, len(DOCS), 0, 0, len(DOCS))
+    return stored_chunks(data_dir, store.id)
+
+
+@asynccontextmanager
+async def in_process(settings: Settings) -> AsyncIterator[Running]:
+    from quiver.server.app import QuiverServer
+
+    cfg, keys = keyed(settings)
+    server = QuiverServer(cfg)
+    port = await server.start()
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Running(
+            server=server,
+            target=f"127.0.0.1:{port}",
+            channel=channel,
+            alice=_tenant("alice", keys["alice"], channel),
+            bob=_tenant("bob", keys["bob"], channel),
+        )
+    finally:
+        await channel.close(None)
+        await server.stop(grace=1.0)
+
+
+def files_by_node(lines: list[dict[str, object]]) -> dict[str, int]:
+    (line,) = [x for x in lines if x.get("msg") == "ingest on Ray: files by node"]
+    nodes = line["nodes"]
+    assert isinstance(nodes, dict)
+    return {str(k): int(v) for k, v in nodes.items()}
+
+
+async def test_a_batch_spreads_over_both_nodes_with_the_chunks_of_one_machine(
+    cluster: RayCluster, tmp_path: Path, settings: Settings
+) -> None:
+    async with in_process(replace(settings, data_dir=tmp_path / "local")) as local:
+        expected = await ingest(local.alice, tmp_path / "local")
+    async with serve_on_head(cluster, replace(settings, data_dir=tmp_path / "ray")) as head:
+        got = await ingest(head.alice, head.data_dir)
+        spread = files_by_node(head.stop())
+    assert got == expected
+    assert set(spread) == {cluster.head_ip, cluster.worker_ip}, spread
+    assert sum(spread.values()) == len(DOCS)
+    for node, files in spread.items():
+        assert files >= len(DOCS) / 4, (node, spread)
