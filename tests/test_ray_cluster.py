@@ -7,6 +7,7 @@ The nodes are network namespaces joined by a bridge (``tests/support/ray_cluster
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from tests.support.batch_helpers import (
     counts,
     create_batch,
     create_store,
+    duplicate_chunks,
+    get_batch,
     prose,
     stored_chunks,
     upload_all,
@@ -154,3 +157,37 @@ async def test_a_batch_spreads_over_both_nodes_with_the_chunks_of_one_machine(
     assert sum(spread.values()) == len(DOCS)
     for node, files in spread.items():
         assert files >= len(DOCS) / 4, (node, spread)
+
+
+async def test_a_worker_node_killed_mid_batch_leaves_no_file_in_progress(
+    cluster: RayCluster, tmp_path: Path, settings: Settings
+) -> None:
+    """SIGKILL every process of the worker node while the batch runs: its files' tasks are
+    lost and run again on the head; the batch ends with every file completed."""
+    async with serve_on_head(cluster, replace(settings, data_dir=tmp_path / "ray")) as head:
+        a = head.alice
+        store = await create_store(a)
+        ids = await upload_all(a, DOCS)
+        batch = await create_batch(a, store.id, ids)
+
+        async def completed() -> int:
+            return (await get_batch(a, store.id, batch.id)).file_counts.completed
+
+        for _ in range(3000):
+            if await completed() >= 4:
+                break
+            await asyncio.sleep(0.05)
+        cluster.kill_node("b")
+        messages = await watch_to_end(a, store.id, batch.id, within=300)
+        check_stream(messages)
+        final = messages[-1].file_batch
+        assert final.file_counts.in_progress == 0
+        assert counts(final.file_counts) == (0, len(DOCS), 0, 0, len(DOCS)), final
+        assert final.status == B_COMPLETED
+        assert len(stored_chunks(head.data_dir, store.id)) > len(DOCS)
+        assert duplicate_chunks(head.data_dir) == []
+        lines = head.stop()
+    spread = files_by_node(lines)
+    assert spread.get(cluster.worker_ip, 0) >= 1, spread  # it did take files before it died
+    lost = [x for x in lines if "lost" in str(x.get("msg", ""))]
+    assert lost, "no task was lost with the node: it was killed too late"

@@ -147,7 +147,7 @@ async def test_a_task_whose_worker_is_killed_runs_again_and_completes(
     async with serving(on_ray(settings)) as running:
         a = running.alice
         store = await create_store(a)
-        big = (prose(2, 100_000) * 60).encode()  # ~6 MB: a few seconds of work
+        big = (prose(2, 100_000) * 30).encode()  # ~3 MB: a second or two of work
         (file_id,) = await upload_all(a, [("big.txt", big)])
         batch = await create_batch(a, store.id, [file_id])
         await wait_for(lambda: len(local_task_pids()) == 1, within=30)
@@ -173,7 +173,7 @@ async def test_the_executor_waits_for_a_slot_instead_of_submitting(
     async with serving(on_ray(settings, ray_tasks=1)) as running:
         a = running.alice
         store = await create_store(a)
-        big = (prose(3, 100_000) * 20).encode()
+        big = (prose(3, 100_000) * 12).encode()
         ids = await upload_all(a, [("one.txt", big), ("two.txt", big)])
         batch = await create_batch(a, store.id, ids)
         seen = 0
