@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from grpc import aio
 from quiver.server.config import Settings
+from quiver.server.ingest.ray_executor import RayExecutor
 
 from tests.support.batch_helpers import (
     B_COMPLETED,
@@ -35,7 +36,7 @@ from tests.support.batch_helpers import (
     watch_to_end,
 )
 from tests.support.inproc import Running, Tenant, _tenant, keyed
-from tests.support.ray_cluster import RayCluster, cluster_missing
+from tests.support.ray_cluster import RAY_CLIENT_PORT, RayCluster, cluster_missing
 from tests.support.rpc_helpers import wait_for
 from tests.support.serve import is_serving
 
@@ -159,6 +160,35 @@ async def test_a_batch_spreads_over_both_nodes_with_the_chunks_of_one_machine(
         assert files >= len(DOCS) / 4, (node, spread)
 
 
+async def test_a_server_outside_the_cluster_ingests_through_ray_client(
+    cluster: RayCluster, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--ingest ray://HEAD:10001`` from this (root) namespace, through the head's Ray Client
+    server: the batch completes with the chunks of a local run, on both nodes."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster's nodes
+    client = ray_client_settings(settings, tmp_path, cluster)
+    async with in_process(replace(settings, data_dir=tmp_path / "local")) as local:
+        expected = await ingest(local.alice, tmp_path / "local")
+    async with in_process(client) as remote:
+        executor = remote.server.core.pool
+        assert isinstance(executor, RayExecutor)
+        got = await ingest(remote.alice, client.data_dir)
+        spread = dict(executor.files_by_node)
+    assert got == expected
+    assert sum(spread.values()) == len(DOCS)
+    assert set(spread) == {cluster.head_ip, cluster.worker_ip}, spread
+
+
+def ray_client_settings(settings: Settings, tmp_path: Path, cluster: RayCluster) -> Settings:
+    return replace(
+        settings,
+        data_dir=tmp_path / "client",
+        ingest=f"ray://{cluster.head_ip}:{RAY_CLIENT_PORT}",
+        ray_tasks=2,
+    )
+
+
+# Last: it leaves the cluster with one node.
 async def test_a_worker_node_killed_mid_batch_leaves_no_file_in_progress(
     cluster: RayCluster, tmp_path: Path, settings: Settings
 ) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RAY_PORT = 6379
+RAY_CLIENT_PORT = 10001
 START_TIMEOUT = 120.0
 
 
@@ -124,6 +125,7 @@ class RayCluster:
         ]
         if head:
             command += ["--head", f"--port={RAY_PORT}", "--include-dashboard=false"]
+            command += [f"--ray-client-server-port={RAY_CLIENT_PORT}"]
         else:
             command += [f"--address={self.gcs_address}"]
         log = open(self.root / f"{node}.log", "wb")  # noqa: SIM115 (the process keeps it)
