@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -73,28 +72,13 @@ class OnHead:
         return [json.loads(line) for line in lines if line.startswith("{")]
 
 
-def start_on_head(
-    cluster: RayCluster, target: str, data_dir: Path, api_keys: str, log: Path
-) -> subprocess.Popen[bytes]:
-    """``quiver serve`` in the head node's namespace, a driver of the cluster (RAY_ADDRESS)."""
-    command = [sys.executable, "-m", "quiver.server.cli", "serve", "--listen", target]
-    command += ["--http-listen", "off", "--data-dir", str(data_dir)]
-    command += ["--ingest", "ray:auto", "--ray-tasks", "2", "--api-keys", api_keys]
-    command += ["--insecure"]
-    env = {**cluster.env, "RAY_ADDRESS": cluster.gcs_address}
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            cluster.in_node("a", command), stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-
-
 @asynccontextmanager
 async def serve_on_head(cluster: RayCluster, settings: Settings) -> AsyncIterator[OnHead]:
     cfg, keys = keyed(settings)
     log = settings.data_dir.parent / "serve.log"
     settings.data_dir.mkdir(parents=True)
     target = f"{cluster.head_ip}:{PORT}"
-    proc = start_on_head(cluster, target, settings.data_dir, cfg.api_keys, log)
+    proc = cluster.serve_on_head(PORT, settings.data_dir, cfg.api_keys, log)
     channel = aio.insecure_channel(target)
     try:
         await wait_for(lambda: proc.poll() is None and is_serving(target), within=120)

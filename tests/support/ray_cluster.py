@@ -77,7 +77,8 @@ class RayCluster:
     # -- life -----------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, cpus_per_node: int = 1) -> RayCluster:
+    def start(cls, cpus_per_node: int = 1, nodes: int = 2) -> RayCluster:
+        """A head node ("a") and, with ``nodes=2``, a worker node ("b")."""
         tag = f"{os.getpid() % 100_000}"
         subnet = f"10.231.{random.randrange(10, 250)}"
         root = Path(tempfile.mkdtemp(prefix="qr", dir="/tmp"))  # short: Ray's socket paths
@@ -88,8 +89,9 @@ class RayCluster:
             cluster._network()
             cluster._node("a", head=True, cpus=cpus_per_node)
             cluster.wait_for_nodes(1)
-            cluster._node("b", head=False, cpus=cpus_per_node)
-            cluster.wait_for_nodes(2)
+            if nodes == 2:
+                cluster._node("b", head=False, cpus=cpus_per_node)
+                cluster.wait_for_nodes(2)
         except BaseException:
             cluster.stop()
             raise
@@ -161,6 +163,21 @@ class RayCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"fewer than {count} Ray nodes after {START_TIMEOUT:g} s")
             time.sleep(1)
+
+    def serve_on_head(
+        self, port: int, data_dir: Path, api_keys: str, log: Path, ray_tasks: int = 2
+    ) -> subprocess.Popen[bytes]:
+        """``quiver serve --ingest ray:auto`` in the head's namespace on ``head_ip:port``, a
+        driver of the cluster (RAY_ADDRESS = the head's GCS); keyed, so ``--insecure``."""
+        command = [sys.executable, "-m", "quiver.server.cli", "serve"]
+        command += ["--listen", f"{self.head_ip}:{port}", "--http-listen", "off"]
+        command += ["--data-dir", str(data_dir), "--api-keys", api_keys, "--insecure"]
+        command += ["--ingest", "ray:auto", "--ray-tasks", str(ray_tasks)]
+        env = {**self.env, "RAY_ADDRESS": self.gcs_address}
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                self.in_node("a", command), stdout=out, stderr=subprocess.STDOUT, env=env
+            )
 
     def pids(self, node: str) -> list[int]:
         """Every process in the node's namespace."""

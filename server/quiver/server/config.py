@@ -122,7 +122,8 @@ _HELP: dict[str, str] = {
     "one or RAY_ADDRESS, else a new one) or 'ray://HOST:PORT' (Ray tasks on a cluster, through "
     "its Ray Client server); Ray needs the ray extra",
     "ray_tasks": "with --ingest ray:…, Ray tasks (one file each, one CPU each) in flight at "
-    "once; further files wait in the server's queue",
+    "once; further files wait in the server's queue (at most the cluster's CPUs: "
+    "--file-timeout counts from submission)",
     "ray_task_retries": "with --ingest ray:…, times a file's Ray task is run again when its "
     "worker process or node is lost",
     "ingest_workers": "worker processes that parse, chunk and embed files",

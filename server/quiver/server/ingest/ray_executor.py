@@ -173,6 +173,14 @@ class RayExecutor:
         self._warm = ray.remote(num_cpus=1, max_retries=0)(warm_task)
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         log.info("ingest on Ray", extra={"address": self.address, "resources": resources})
+        cpus = int(resources.get("CPU", 0))
+        if cpus < self.max_in_flight:
+            log.warning(
+                "--ray-tasks %d is more than the Ray cluster's %d CPUs: tasks wait in Ray, "
+                "and --file-timeout counts from submission",
+                self.max_in_flight,
+                cpus,
+            )
 
     def worker_pids(self) -> list[int]:
         """Processes on this machine running one of these files now (by Ray's process title,
