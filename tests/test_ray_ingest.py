@@ -49,7 +49,8 @@ from tests.support.rpc_helpers import wait_for  # noqa: E402
 def local_ray() -> Iterator[None]:
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a new Ray of its own, never one that happens to run on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()
