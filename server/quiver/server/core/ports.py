@@ -1,6 +1,7 @@
 """The replaceable parts the core works with, in its own terms (``typing.Protocol``s).
 
-Today's implementations: ``ingest/pool.py`` ``IngestPool`` (the ingest executor),
+Today's implementations: ``ingest/pool.py`` ``IngestPool`` and ``ingest/ray_executor.py``
+``RayExecutor`` (the ingest executors),
 ``storage/blobs.py`` ``BlobStore`` (the blob store), ``index/manager.py`` ``IndexManager``
 with ``index/hnsw.py`` ``VectorIndex`` (the vector index), ``index/keyword_manager.py``
 ``KeywordIndexes`` with ``index/keyword.py`` ``StoreKeywordIndex`` (the keyword index, on
@@ -27,6 +28,23 @@ class IngestExecutor(Protocol):
     (``ingest/pool.py``) when the work did not finish."""
 
     async def run(self, job: WorkerInput) -> WorkerOutput: ...
+
+
+class IngestBackend(IngestExecutor, Protocol):
+    """An ingest executor with a life: started before files flow, closed at the end."""
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced (or tasks run again) after a crash or a timeout."""
+        ...
+
+    async def start(self) -> None:
+        """Raises ``WorkerStartFailed`` when it cannot work."""
+        ...
+
+    def worker_pids(self) -> list[int]: ...
+
+    def close(self) -> None: ...
 
 
 class BlobWriter(Protocol):

@@ -23,7 +23,7 @@ from quiver.server.core.files import FileStore
 from quiver.server.core.index_sync import IndexSync
 from quiver.server.core.job_leases import JobLeases, check_lease_settings, new_owner_id
 from quiver.server.core.lease_keeper import LeaseKeeper
-from quiver.server.core.ports import Blobs
+from quiver.server.core.ports import Blobs, IngestBackend
 from quiver.server.core.processing import Processing
 from quiver.server.core.query_embedding import LaneLimits, QueryEmbedding
 from quiver.server.core.replicas import Replicas, check_advertise, check_replica_settings
@@ -44,8 +44,9 @@ from quiver.server.embedders.openai_tuning import (
 )
 from quiver.server.index.keyword_manager import KeywordIndexes
 from quiver.server.index.manager import IndexManager
+from quiver.server.ingest.executor_choice import in_flight, make_executor
+from quiver.server.ingest.ingest_choice import parse_ingest
 from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
-from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
 from quiver.server.storage.blob_location import blob_location
 from quiver.server.storage.blob_stores import open_blob_store
@@ -76,8 +77,8 @@ class Core:
     """One vector index per store, opened on demand."""
     keywords: KeywordIndexes
     """One keyword (tantivy) index per store, a cache of its completed chunks."""
-    pool: IngestPool
-    """The worker processes that parse, chunk and embed files."""
+    pool: IngestBackend
+    """What parses, chunks and embeds files (``--ingest``): the worker processes, or Ray."""
     metrics: Metrics
     """Prometheus counters and gauges (served by the app when asked to)."""
     hub: WatchHub
@@ -127,7 +128,8 @@ class Core:
         return self.storage.database
 
     async def start_workers(self) -> None:
-        """Starts the ingest worker processes (WorkerStartFailed if they cannot start)."""
+        """Starts the ingest worker processes, or connects to Ray (WorkerStartFailed if they
+        cannot start)."""
         await self.pool.start()
 
     async def recover(self) -> int:
@@ -216,6 +218,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     memory limit too small. The caller holds the data directory's lock.
     """
     memory = worker_memory_bytes(settings.worker_memory, settings.ingest_workers)
+    ingest = parse_ingest(settings.ingest)
     check_lease_settings(settings.job_lease_seconds, settings.job_renew_seconds)
     check_replica_settings(
         settings.replica_heartbeat_seconds,
@@ -243,7 +246,14 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         ef_search=settings.hnsw_ef_search,
     )
     # Created before any gRPC server: workers are separate spawned interpreters.
-    pool = IngestPool(settings.ingest_workers, settings.file_timeout, limits)
+    pool = make_executor(
+        ingest,
+        workers=settings.ingest_workers,
+        ray_tasks=settings.ray_tasks,
+        ray_task_retries=settings.ray_task_retries,
+        file_timeout=settings.file_timeout,
+        limits=limits,
+    )
     metrics = Metrics()
     hub = WatchHub(
         max_watchers=settings.max_watchers,
@@ -262,7 +272,9 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         local_threads=local_threads(settings.local_threads, settings.ingest_workers),
     )
     scheduler = Scheduler(
-        max_in_flight=settings.ingest_workers,
+        max_in_flight=in_flight(
+            ingest, workers=settings.ingest_workers, ray_tasks=settings.ray_tasks
+        ),
         max_queued=settings.max_queued_files,
         max_queued_per_tenant=settings.max_queued_files_per_tenant,
     )
