@@ -109,7 +109,7 @@ async def test_search_from_every_replica_also_after_the_owner_is_killed(
                 await search(tenant(replica, "bob", keys), store.id, QUERIES[0])
             except aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.NOT_FOUND
-                assert error_reason(exc) == "NOT_FOUND"
+                assert error_reason(exc) == "VECTOR_STORE_NOT_FOUND"
             else:
                 raise AssertionError(f"bob searched alice's store on replica {replica.index}")
 
