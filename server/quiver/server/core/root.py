@@ -229,7 +229,10 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
     )
     attributes = AttributeIndex(
-        StoreFileRows(db), ChunkRows(db), max_stores=settings.attribute_index_stores
+        StoreFileRows(db),
+        ChunkRows(db),
+        max_stores=settings.attribute_index_stores,
+        vector_bytes=settings.exact_search_cache_mb << 20,
     )
     stores = VectorStores(db, choice.resolve, book, scheduler, indexes, attributes, clock=clock)
     leases = JobLeases(JobsRepository(db), new_owner_id(), settings.job_lease_seconds)
