@@ -68,6 +68,7 @@ import numpy as np
 import numpy.typing as npt
 from quiver.server.config import Settings
 from quiver.server.core.attribute_index import AttributeIndex
+from quiver.server.core.blas_threads import one_blas_thread
 from quiver.server.core.filters import Filter, RawFilter, parse_filter
 from quiver.server.core.search import exact_ranking
 from quiver.server.embedders.hashing import HashEmbedder
@@ -274,6 +275,7 @@ def run_quiver(
     ``fresh_filters``: every query's filter is new to the attribute index (the wanted
     comparison and'ed with ``hundredth != -1 - q``, which keeps the same chunks), so no
     query is answered from its cache of selections."""
+    one_blas_thread()  # as the server's Searcher does
     start = time.perf_counter()
     index = VectorIndex(work / "quiver.hnsw", DIM, M, EF_CONSTRUCTION, EF_SEARCH)
     labels = np.arange(len(data.texts), dtype=np.int64)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from quiver.server.core.attribute_index import AttributeIndex, Selection
+from quiver.server.core.blas_threads import one_blas_thread
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FieldViolation
 from quiver.server.core.filters import Filter
@@ -141,6 +142,7 @@ class Searcher:
         self.pending = pending or PendingLabels()
         self.query_embedding = query_embedding
         self.attributes = attributes
+        one_blas_thread()  # exact searches' matrix products: see core/blas_threads.py
 
     async def search(
         self,
