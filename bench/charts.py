@@ -34,7 +34,7 @@ PCTS = ("p50", "p99")
 SEARCH_SERIES = (  # key in search_scale.json, legend label, colour, marker, label offset
     # Value labels: above the gRPC points, below the in-process ones (always the lowest).
     ("grpc_none", "gRPC SearchVectorStore, ranker=none (vector)", "#1f77b4", "o", 7),
-    ("grpc_auto", "gRPC SearchVectorStore, ranker=auto (vector + FTS5)", "#d62728", "s", 7),
+    ("grpc_auto", "gRPC SearchVectorStore, ranker=auto (vector + tantivy BM25)", "#d62728", "s", 7),
     ("knn", "in-process VectorIndex.knn (no service)", "#2ca02c", "^", -14),
 )
 

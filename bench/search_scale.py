@@ -15,8 +15,10 @@ directly with the server's own storage code, in the layout the server itself wri
   bytes in ``blobs/<sha[:2]>/<sha>`` (search never reads blobs, but with them the data
   directory is a complete one), one ``vector_store_files`` row per file with status
   ``completed`` and its ``usage_bytes`` (vector bytes + text bytes), and one ``chunks`` row
-  per chunk (text, token count, float32 vector bytes) whose FTS5 trigger fills
-  ``chunks_fts``.
+  per chunk (text, token count, float32 vector bytes).
+- The keyword index: ``keyword/<store_id>/`` (tantivy), written as the server writes it, by
+  ``index/keyword_manager.py``'s ``KeywordIndexes``: each batch of chunks told with ``add``
+  (as a completed file's are), committed whenever its bounded queue is full, and at the end.
 - The chunks: every corpus file (``tests/support/corpus.py``: kernel docs, Vim's manual, Python's
   stdlib) is tokenised once with cl100k_base; N windows of 100 tokens are taken at evenly
   spaced token positions (stride ≈ corpus tokens / N: ~16 tokens at 1M on the full corpus,
@@ -66,6 +68,7 @@ from quiver.server.config import Settings
 from quiver.server.core import ids
 from quiver.server.embedders.hashing import HashEmbedder
 from quiver.server.index.hnsw import VectorIndex
+from quiver.server.index.keyword_manager import KeywordIndexes
 from quiver.server.ingest.chunking import encode, get_encoding
 from quiver.server.storage.blobs import BlobStore
 from quiver.server.storage.database import Database
@@ -189,7 +192,9 @@ class Built:
 
 
 def build_store(data_dir: Path, sources: Sequence[Source], n: int, settings: Settings) -> Built:
-    seconds = dict.fromkeys(("windows", "files", "embed", "sqlite", "index", "save"), 0.0)
+    seconds = dict.fromkeys(
+        ("windows", "files", "embed", "sqlite", "index", "keyword", "save"), 0.0
+    )
     started = time.perf_counter()
     windows, stride, shifted = pick_windows(sources, n)
     seconds["windows"] = time.perf_counter() - started
@@ -233,6 +238,11 @@ def build_store(data_dir: Path, sources: Sequence[Source], n: int, settings: Set
         ef_search=settings.hnsw_ef_search,
         add_threads=os.cpu_count() or 2,
     )
+    keywords = KeywordIndexes(
+        data_dir / "keyword",
+        commit_seconds=settings.keyword_commit_seconds,
+        max_pending=settings.keyword_pending_chunks,
+    )
     usage = dict.fromkeys(used, 0)
     chunk_index = dict.fromkeys(used, 0)
     for first in range(0, n, BATCH):
@@ -270,6 +280,15 @@ def build_store(data_dir: Path, sources: Sequence[Source], n: int, settings: Set
         t = time.perf_counter()
         index.add(labels, vectors)
         seconds["index"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        told = [
+            (label, file_ids[w.source], w.text)
+            for label, w in zip(labels.tolist(), part, strict=True)
+        ]
+        if keywords.add(store_id, told):
+            keywords.flush(store_id)
+        seconds["keyword"] += time.perf_counter() - t
         print(f"  {first + len(part):>9,} / {n:,} chunks", end="\r", file=sys.stderr, flush=True)
     print(file=sys.stderr)
 
@@ -283,6 +302,10 @@ def build_store(data_dir: Path, sources: Sequence[Source], n: int, settings: Set
         )
     db.close()  # checkpoints the WAL into the database file
     seconds["sqlite"] += time.perf_counter() - t
+
+    t = time.perf_counter()
+    keywords.close()  # commits what is queued
+    seconds["keyword"] += time.perf_counter() - t
 
     t = time.perf_counter()
     assert index.live_count == n, (index.live_count, n)
@@ -418,6 +441,7 @@ def run_size(
         print(
             f"  built in {s['total']:.1f} s (windows {s['windows']:.1f}, files {s['files']:.1f}, "
             f"embed {s['embed']:.1f}, SQLite {s['sqlite']:.1f}, hnswlib add {s['index']:.1f}, "
+            f"tantivy {s['keyword']:.1f}, "
             f"save {s['save']:.1f}); {built.files:,} files, stride {built.stride:.1f} tokens, "
             f"{built.shifted:,} windows shifted for distinct texts; index "
             f"{built.index_bytes / 1e6:,.0f} MB, SQLite {built.sqlite_bytes / 1e6:,.0f} MB",

@@ -25,6 +25,7 @@ the code has limits (``quiver.server.ingest.limits``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import multiprocessing
 import os
@@ -115,12 +116,12 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _child(conn: Connection, path: str, filename: str, memory_mib: int) -> None:
+def _child(conn: Connection, source: Any, filename: str, memory_mib: int) -> None:
     from quiver.server.embedders.registry import EmbedderSpec
     from quiver.server.ingest import worker
 
     worker.warm_up()
-    job = worker.WorkerInput(path, filename, 800, 400, EmbedderSpec("hash", 512))
+    job = worker.WorkerInput(source, filename, 800, 400, EmbedderSpec("hash", 512))
     args: list[Any] = [job]
     if memory_mib:
         from quiver.server.ingest.limits import WorkerLimits  # newer code only
@@ -171,10 +172,21 @@ def _so_far(pid: int) -> dict[str, Any]:
     return found
 
 
+def _source(path: Path) -> Any:
+    """What the worker reads: a blob address (newer code), or the file's path (older code)."""
+    from quiver.server.ingest import worker
+
+    if "blob" not in {f.name for f in dataclasses.fields(worker.WorkerInput)}:
+        return str(path)
+    from tests.support.blob_refs import blob_of
+
+    return blob_of(path)
+
+
 def measure(path: Path, filename: str, timeout: float, memory_mib: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    process = ctx.Process(target=_child, args=(theirs, str(path), filename, memory_mib))
+    process = ctx.Process(target=_child, args=(theirs, _source(path), filename, memory_mib))
     started = time.monotonic()
     process.start()
     theirs.close()

@@ -74,7 +74,7 @@ async def test_create_upload_attach_search_delete_without_grpc(core: Core) -> No
     assert hits[0].attributes == {"kind": "notes"}
 
     # DeleteFile detaches it from the store in the same transaction.
-    core.file_deletion.delete(ALICE, file_id)
+    await core.file_deletion.delete(ALICE, file_id)
     assert core.stores.get(ALICE, store.id).file_counts.total == 0
     assert await core.searcher.search(ALICE, store.id, request) == []
 

@@ -43,6 +43,7 @@ from tests.support.batch_helpers import (
     upload_all,
     watch_to_end,
 )
+from tests.support.blob_refs import blob_of
 from tests.support.http_double import fake_vector, reply_json, serve_http
 from tests.support.inproc import Running
 from tests.support.rpc_helpers import wait_for
@@ -235,7 +236,7 @@ async def test_a_worker_killed_near_its_memory_limit_fails_the_file_as_invalid(
         path = tmp_path / "f.txt"
         path.write_text("some words to embed")
         spec = EmbedderSpec("openai:fake-embed", 16, base_url=endpoint.base_url)
-        run = asyncio.ensure_future(pool.run(WorkerInput(str(path), "f.txt", 800, 400, spec)))
+        run = asyncio.ensure_future(pool.run(WorkerInput(blob_of(path), "f.txt", 800, 400, spec)))
         await wait_for(lambda: endpoint.arrived == 1, within=30)
         await asyncio.sleep(0.3)  # at least one sample of its address space (every 0.1 s)
         (pid,) = pool.worker_pids()

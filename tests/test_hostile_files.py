@@ -21,6 +21,7 @@ from quiver.server.ingest import limits as limits_module
 from quiver.server.ingest import worker
 from quiver.server.ingest.limits import MiB, WorkerLimits, vm_size_bytes
 from quiver.server.ingest.parsing import FileProcessingError, parse_document
+from quiver.server.storage.blob_location import BlobRef
 
 from tests.support.batch_helpers import (
     F_COMPLETED,
@@ -32,6 +33,7 @@ from tests.support.batch_helpers import (
     upload_all,
     watch_to_end,
 )
+from tests.support.blob_refs import blob_of
 from tests.support.docgen import make_docx_with_xml, make_pdf, make_pdf_repeating_page
 from tests.support.inproc import Running
 
@@ -134,14 +136,14 @@ def test_size_caps_follow_from_the_memory_limit() -> None:
     assert len(parse_document(wide.encode(), "wide.txt", small)) == len(wide)
 
 
-def _process_under_limit(conn: Connection, path: str, headroom: int) -> None:
+def _process_under_limit(conn: Connection, blob: BlobRef, headroom: int) -> None:
     """In a spawned process: cap the address space at what is mapped now plus ``headroom``,
     lift the text cap (as if the estimate were wrong) and process a file."""
     worker.warm_up()
     limit = vm_size_bytes() + headroom
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     limits_module.TEXT_BYTES_PER_CHAR = 1
-    job = worker.WorkerInput(path, "big.txt", 800, 400, EmbedderSpec("hash", 64))
+    job = worker.WorkerInput(blob, "big.txt", 800, 400, EmbedderSpec("hash", 64))
     output = worker.process(job, WorkerLimits(memory_bytes=limit))
     conn.send((output.error, len(output.texts)))
 
@@ -153,7 +155,7 @@ def test_a_file_that_slips_under_the_caps_fails_alone_at_the_limit(tmp_path: Pat
     path.write_text(prose(5, 1_000_000) * 30)
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    process = ctx.Process(target=_process_under_limit, args=(theirs, str(path), 160 * MiB))
+    process = ctx.Process(target=_process_under_limit, args=(theirs, blob_of(path), 160 * MiB))
     process.start()
     theirs.close()
     try:

@@ -23,7 +23,7 @@ and the data is checked, online and then straight from the SQLite file and index
 (c) every completed file has its chunks exactly once (0..n-1, no duplicates, none for
     unfinished files), each store's saved hnswlib index holds exactly the store's chunk ids,
     and a search for the file's unique token finds it;
-(d) ``PRAGMA integrity_check`` is ok (plus the FTS5 index and foreign keys);
+(d) ``PRAGMA integrity_check`` is ok (plus the keyword indexes and foreign keys);
 (e) failed files failed for the expected reason (empty → invalid_file, binary →
     unsupported_file); ``server_error`` only for a file whose batch lived through a kill,
     and then it is listed, not hidden;

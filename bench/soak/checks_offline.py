@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 from quiver.server.index.hnsw import VectorIndex
+from quiver.server.index.keyword import DamagedKeywordIndex, StoreKeywordIndex
 
 from bench.soak.checks_online import Listed
 from bench.soak.disk import Disk
@@ -113,7 +113,7 @@ def check_database(
 
 
 def check_integrity(run_dir: Path, db_path: Path) -> Check:
-    check = Check("(d) SQLite integrity_check, FTS5 index and foreign keys")
+    check = Check("(d) SQLite integrity_check, keyword indexes and foreign keys")
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         result = [r[0] for r in conn.execute("PRAGMA integrity_check")]
@@ -122,24 +122,32 @@ def check_integrity(run_dir: Path, db_path: Path) -> Check:
         broken = conn.execute("PRAGMA foreign_key_check").fetchall()
         if broken:
             check.fail(f"foreign_key_check: {broken[:10]}")
+        completed: dict[str, list[int]] = {}
+        for store_id, chunk_id in conn.execute(
+            "SELECT c.vector_store_id, c.id FROM chunks c JOIN vector_store_files f "
+            "ON f.vector_store_id = c.vector_store_id AND f.file_id = c.file_id "
+            "AND f.status = 'completed' ORDER BY c.id"
+        ):
+            completed.setdefault(str(store_id), []).append(int(chunk_id))
     finally:
         conn.close()
-    # The FTS5 'integrity-check' is an INSERT: run it on a copy.
-    copy = run_dir / "integrity-copy.sqlite3"
-    shutil.copyfile(db_path, copy)
-    for suffix in ("-wal",):
-        side = db_path.with_name(db_path.name + suffix)
-        if side.exists():
-            shutil.copyfile(side, copy.with_name(copy.name + suffix))
-    conn = sqlite3.connect(copy)
-    try:
-        conn.execute("INSERT INTO chunks_fts (chunks_fts) VALUES ('integrity-check')")
-    except sqlite3.DatabaseError as exc:
-        check.fail(f"FTS5 integrity-check: {exc}")
-    finally:
-        conn.close()
-        for p in run_dir.glob("integrity-copy.sqlite3*"):
-            p.unlink()
+    # Each store's keyword index (tantivy) holds exactly its completed chunks, each once.
+    root = db_path.parent / "keyword"
+    for store_id, ids in completed.items():
+        try:
+            index = StoreKeywordIndex.open(root / store_id)
+        except DamagedKeywordIndex as exc:
+            check.fail(f"keyword index of {store_id}: {exc}")
+            continue
+        try:
+            held = index.chunk_ids().tolist()
+        finally:
+            index.close()
+        if held != ids:
+            check.fail(
+                f"keyword index of {store_id}: {len(held)} documents for {len(ids)} "
+                "completed chunks (or other ids)"
+            )
     check.summary = "ok" if check.passed else "broken"
     return check
 

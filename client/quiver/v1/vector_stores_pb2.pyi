@@ -684,8 +684,8 @@ class RankingOptions(_message.Message):
     Scores, in [0, 1], higher is better, one scale under every ranker:
       none:  max(0, cosine similarity of query and chunk)
       auto:  (w * max(0, cosine) + keyword') / (w + 1), where
-        keyword  = bm25 / ((k1 + 1) * sum of the query words' idf): FTS5's BM25 (k1 = 1.2,
-                   b = 0.75) over the highest the query could reach, 0 when no query word
+        keyword  = bm25 / ((k1 + 1) * sum of the query words' idf): the store's BM25 (k1 =
+                   1.2, b = 0.75) over the highest the query could reach, 0 when no query word
                    occurs in the chunk (English stop words are left out of the query unless
                    it has no other word)
         boost    = min(1, p * [chunk holds a query as an exact phrase]

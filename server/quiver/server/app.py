@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import _async as health_aio  # what health.aio refers to
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from quiver.server.api.file_batches import FileBatchServicer
 from quiver.server.api.files import FileServicer
+from quiver.server.api.forwarding import PeerChannels, SearchForwarder
 from quiver.server.api.interceptor import QuiverInterceptor
 from quiver.server.api.reflection_v1 import enable_reflection
 from quiver.server.api.vector_stores import VectorStoreServicer
@@ -61,6 +64,17 @@ def is_loopback(listen: str) -> bool:
 
 async def _nothing() -> None:
     return None
+
+
+def advertised_address(listen: str, port: int, advertise: str) -> str:
+    """Where other replicas reach this one: ``advertise`` if set, else the listen host (this
+    machine's name for a wildcard host) with the port bound."""
+    if advertise:
+        return advertise
+    host = listen.rsplit(":", 1)[0]
+    if host.strip("[]") in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 class QuiverServer:
@@ -159,10 +173,28 @@ class QuiverServer:
         )
         self.http_port = 0
         self._server: aio.Server | None = None
+        self.forwarder = SearchForwarder(
+            self.core.replicas,
+            PeerChannels(self._peer_credentials(settings), server_options(settings)[:2]),
+            settings.replica_forward_timeout_seconds,
+            self.core.metrics,
+        )
         self._saver: asyncio.Task[None] | None = None
         self._config_watcher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+
+    def _peer_credentials(self, settings: Settings) -> grpc.ChannelCredentials | None:
+        """How this replica dials the others: as clients dial it (plaintext, or TLS checked
+        against the system's roots; with mutual TLS it shows its own certificate)."""
+        if self.certificates is None:
+            return None
+        if not self.certificates.mutual or settings.tls_key is None or settings.tls_cert is None:
+            return grpc.ssl_channel_credentials()
+        return grpc.ssl_channel_credentials(
+            private_key=settings.tls_key.read_bytes(),
+            certificate_chain=settings.tls_cert.read_bytes(),
+        )
 
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
@@ -187,7 +219,10 @@ class QuiverServer:
             server,
         )
         vector_stores_pb2_grpc.add_VectorStoreServiceServicer_to_server(
-            VectorStoreServicer(core.stores, core.store_files, core.batches, core.searcher), server
+            VectorStoreServicer(
+                core.stores, core.store_files, core.batches, core.searcher, self.forwarder
+            ),
+            server,
         )
         file_batches_pb2_grpc.add_FileBatchServiceServicer_to_server(
             FileBatchServicer(core.batches), server
@@ -226,6 +261,10 @@ class QuiverServer:
                 extra={"listen": self.settings.listen},
             )
         await self._recover()
+        await core.replicas.join(
+            advertised_address(self.settings.listen, self.port, self.settings.advertise)
+        )
+        core.replicas.start()
         if self.settings.metrics_listen:
             self.metrics_port = core.metrics.serve(self.settings.metrics_listen)
         core.start_processing()
@@ -296,6 +335,7 @@ class QuiverServer:
         grace = self.settings.grace_period if grace is None else grace
         log.info("draining", extra={"grace_s": grace})
         await self._set_health(Serving.NOT_SERVING)
+        await self.core.replicas.stop()  # its row goes: the others stop forwarding here
         if self.settings.drain_delay > 0:  # let load balancers see NOT_SERVING and move away
             await asyncio.sleep(self.settings.drain_delay)
         self.interceptor.closed_reason = "the server is shutting down"
@@ -309,6 +349,7 @@ class QuiverServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.forwarder.channels.close()
         await self.core.stop_processing()  # unfinished files resume at the next start
         self._close_storage()
         log.info("stopped")

@@ -17,6 +17,8 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     http_listen: str = "127.0.0.1:8080"
     data_dir: Path = Path("./quiver-data")
+    blobs: str = ""
+    database: str = ""
     api_keys_file: Path | None = None
     api_keys: str = ""
     # -- limits per request, upload and stream --
@@ -56,6 +58,8 @@ class Settings:
     exact_search_max_chunks: int = 10_000
     exact_search_cache_mb: int = 1024
     attribute_index_stores: int = 64
+    keyword_commit_seconds: float = 1.0
+    keyword_pending_chunks: int = 20_000
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 256
@@ -76,6 +80,11 @@ class Settings:
     tls_client_ca: Path | None = None
     insecure: bool = False
     reload_interval: float = 2.0
+    # -- replicas --
+    advertise: str = ""
+    replica_heartbeat_seconds: float = 2.0
+    replica_timeout_seconds: float = 10.0
+    replica_forward_timeout_seconds: float = 5.0
 
 
 _HELP: dict[str, str] = {
@@ -83,6 +92,13 @@ _HELP: dict[str, str] = {
     "http_listen": "host:port to serve the HTTP/JSON API on (OpenAI's REST paths under /v1 "
     "and /api/v1/llm), in the same process; 'off' disables it",
     "data_dir": "directory for the SQLite database, file blobs and indexes",
+    "blobs": "where uploaded files' bytes are kept: empty = DATA_DIR/blobs; an absolute "
+    "directory every replica shares (an NFS-style mount); or s3://BUCKET/PREFIX, with the "
+    "endpoint, region and credentials from AWS_ENDPOINT_URL(_S3), AWS_REGION (or "
+    "AWS_DEFAULT_REGION) and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (needs the extra "
+    "quiver-vectorstore[s3])",
+    "database": "where the rows live: empty = the SQLite file in the data directory; "
+    "postgresql://USER@HOST:PORT/DB = PostgreSQL (the [postgres] extra)",
     "api_keys_file": "file of hashed API keys ('quiver keys add' writes it); none = open mode, "
     "loopback only",
     "api_keys": "hashed API keys inline, same format as the file, comma separated",
@@ -138,6 +154,10 @@ _HELP: dict[str, str] = {
     "expired ones (less than --job-lease-seconds)",
     "attribute_index_stores": "stores whose file attributes are kept indexed in memory for "
     "filtered search (least recently searched out; rebuilt from the database on next use)",
+    "keyword_commit_seconds": "seconds a completed file's chunks may wait before the keyword "
+    "index commits them with others (a search of the store commits them first)",
+    "keyword_pending_chunks": "chunks a store's keyword index may hold uncommitted; past it, "
+    "ingest waits for a commit",
     "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "
     "is exact (numpy) instead of approximate (hnswlib); at most 2000 when the store's vectors "
     "are not cached (see --exact-search-cache-mb) and must be read from the database",
@@ -147,6 +167,16 @@ _HELP: dict[str, str] = {
     "hnsw_m": "hnswlib M (graph degree) for new indexes",
     "hnsw_ef_construction": "hnswlib ef_construction for new indexes",
     "hnsw_ef_search": "hnswlib ef used for queries (raised as needed for k and filters)",
+    "advertise": "host:port other replicas reach this one's gRPC at, to forward searches of "
+    "the stores it owns (empty = the --listen address with the port bound, its host "
+    "replaced by this machine's name when it is a wildcard such as 0.0.0.0)",
+    "replica_heartbeat_seconds": "seconds between this replica's heartbeats in the database "
+    "(and reads of which replicas are live)",
+    "replica_timeout_seconds": "seconds without a heartbeat after which a replica counts as "
+    "dead and its stores move to the others (at least twice --replica-heartbeat-seconds)",
+    "replica_forward_timeout_seconds": "seconds a search forwarded to the replica owning the "
+    "store may take (at most the caller's deadline); an owner that does not answer in time "
+    "or is unreachable is marked dead and the search is answered here",
     "metrics_listen": "host:port for a Prometheus /metrics endpoint (off when empty), "
     "e.g. 127.0.0.1:9464",
     "openai_base_url": "OpenAI-compatible endpoint for 'openai:<model>' stores, "
@@ -236,9 +266,29 @@ def check_http_listen(value: str) -> str | None:
     return None
 
 
+def check_database(value: str) -> str | None:
+    """Why ``--database`` cannot be used, or None: empty (SQLite) or a postgresql:// URL."""
+    if value == "":
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return (
+            "database must be empty (the SQLite file in the data directory) or a "
+            f"postgresql://USER@HOST:PORT/DB URL, not {value[:80]!r}"
+        )
+    location = rest.split("?", 1)[0]
+    host, slash, name = location.rpartition("/")
+    if not slash or not name or not host.rpartition("@")[2]:
+        return (
+            "database: the URL names no host and database "
+            f"(postgresql://USER@HOST:PORT/DB), not {value[:80]!r}"
+        )
+    return None
+
+
 def from_namespace(ns: argparse.Namespace) -> Settings:
     settings = Settings(**{f.name: getattr(ns, f.name) for f in fields(Settings)})
-    problem = check_http_listen(settings.http_listen)
+    problem = check_http_listen(settings.http_listen) or check_database(settings.database)
     if problem is not None:
         raise SystemExit(f"quiver serve: {problem}")
     return settings

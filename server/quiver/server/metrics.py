@@ -73,6 +73,13 @@ class Metrics:
             ("reason",),
             registry=r,
         )
+        self.search_forwards = Counter(
+            "quiver_search_forwards",
+            "Searches of a store another replica owns, by outcome (forwarded: the owner "
+            "answered; owner_unreachable: answered here, the owner marked dead)",
+            ("outcome",),
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "quiver_ingest_stage_seconds",
             "Time per file in each ingest stage (parse, chunk, embed in the worker; index, "

@@ -9,7 +9,7 @@ from typing import Any, NoReturn, cast
 import grpc
 from grpc import aio
 from quiver.server.api.errors import status_code_of, to_status
-from quiver.server.core.errors import QuiverError, disk_full
+from quiver.server.core.errors import QuiverError, database_unavailable, disk_full
 
 log = logging.getLogger("quiver.rpc")
 
@@ -21,7 +21,11 @@ def core_error(exc: BaseException, method: str) -> QuiverError | None:
     full = disk_full(exc)
     if full is not None:
         log.warning("disk full in %s: %s", method, exc)
-    return full
+        return full
+    down = database_unavailable(exc)
+    if down is not None:
+        log.warning("database unavailable in %s: %s", method, exc)
+    return down
 
 
 def status_code(error: QuiverError | None) -> grpc.StatusCode:

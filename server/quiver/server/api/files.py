@@ -119,7 +119,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         self, request: files_pb2.DeleteFileRequest, context: Ctx
     ) -> files_pb2.DeleteFileResponse:
         raise_if(check_id(request.file_id, "file_id", "file-"))
-        self._deletion.delete(current_principal(), request.file_id)
+        await self._deletion.delete(current_principal(), request.file_id)
         return files_pb2.DeleteFileResponse(id=request.file_id, object="file", deleted=True)
 
     async def DownloadFile(

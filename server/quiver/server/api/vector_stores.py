@@ -9,6 +9,7 @@ from typing import Any
 from grpc import aio
 from quiver.server.api import convert
 from quiver.server.api.context import current_principal
+from quiver.server.api.forwarding import SearchForwarder
 from quiver.server.core.batches import BatchFileSpec, FileBatches
 from quiver.server.core.errors import FieldViolation, InvalidArgument
 from quiver.server.core.filters import Filter, parse_filter
@@ -45,12 +46,19 @@ def _store_file_ids(request: Any) -> tuple[str, str]:
 
 class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
     def __init__(
-        self, stores: VectorStores, files: StoreFiles, batches: FileBatches, searcher: Searcher
+        self,
+        stores: VectorStores,
+        files: StoreFiles,
+        batches: FileBatches,
+        searcher: Searcher,
+        forwarder: SearchForwarder | None = None,
     ) -> None:
         self._stores = stores
         self._files = files
         self._batches = batches
         self._searcher = searcher
+        self._forwarder = forwarder
+        """Searches of stores another replica owns go there (api/forwarding.py)."""
 
     async def CreateVectorStore(
         self, request: pb.CreateVectorStoreRequest, context: Ctx
@@ -170,9 +178,15 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
             options.ranker,
             options.score_threshold,
         )
+        if self._forwarder is not None:
+            answer = await self._forwarder.forward(store_id, request, context)
+            if answer is not None:
+                return answer
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         hits = await self._searcher.search(current_principal(), store_id, search, deadline)
+        if self._forwarder is not None:
+            self._forwarder.answered_here(context)
         return pb.SearchVectorStoreResponse(
             object="vector_store.search_results.page",
             search_query=search.queries,

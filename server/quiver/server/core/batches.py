@@ -37,8 +37,6 @@ from quiver.server.core.status_book import StatusBook, batch_from_row
 from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.validation import check_sequence
 from quiver.server.core.watch import FileUpdate, WatchHub, WatchMessage, is_terminal
-from quiver.server.storage.batch_rows import BatchRows
-from quiver.server.storage.file_rows import FileRows
 from quiver.server.storage.interfaces import BatchRepository, FileRepository, Tx
 from quiver.server.storage.rows import BatchRow, StoreRow
 
@@ -100,8 +98,8 @@ class FileBatches:
     def __init__(self, book: StatusBook, store_files: StoreFiles, hub: WatchHub) -> None:
         self.book = book
         self.db = book.db
-        self.rows: BatchRepository = BatchRows(book.db)
-        self.files: FileRepository = FileRows(book.db)
+        self.rows: BatchRepository = book.db.batches
+        self.files: FileRepository = book.db.files
         self.store_files = store_files
         self.stores = store_files.stores
         self.scheduler = store_files.scheduler

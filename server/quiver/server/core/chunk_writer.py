@@ -17,17 +17,15 @@ import time
 import numpy as np
 import numpy.typing as npt
 from quiver.server.core.ports import VectorIndex
-from quiver.server.storage.chunk_rows import ChunkRows
-from quiver.server.storage.database import Database
-from quiver.server.storage.interfaces import ChunkRepository
+from quiver.server.storage.interfaces import ChunkRepository, Storage
 from quiver.server.storage.rows import NotWanted, Owner
 
 __all__ = ["ChunkWriter", "NotWanted", "Owner", "PendingLabels", "add_to_index"]
 
 SLICE_SECONDS = 0.02
 """How long one write transaction should hold SQLite's write lock: the event loop's own
-writes wait at most about this long. Rows per slice adapt to it (a chunk with its FTS5
-postings costs from ~0.05 ms to a few ms, by its length and the machine's load)."""
+writes wait at most about this long. Rows per slice adapt to it (a chunk
+costs from ~0.05 ms to a few ms, by its length and the machine's load)."""
 MIN_SLICE_ROWS = 8
 MAX_SLICE_ROWS = 256
 INDEX_SLICE = 256
@@ -49,9 +47,9 @@ class Pacer:
 
 
 class ChunkWriter:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Storage) -> None:
         self.db = db
-        self.rows: ChunkRepository = ChunkRows(db)
+        self.rows: ChunkRepository = db.chunks
 
     def write(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quiver.server.storage.database import is_disk_full
+from quiver.server.storage.rows import StorageUnavailable
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,22 @@ def disk_full(exc: BaseException) -> ResourceExhausted | None:
                 "the disk holding the server's data directory is full "
                 f"({current}); retry once an operator has freed space",
                 reason="DISK_FULL",
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def database_unavailable(exc: BaseException) -> Unavailable | None:
+    """UNAVAILABLE for an error caused by a networked database that cannot be reached (down,
+    restarting, too slow: ``StorageUnavailable`` in its cause or context), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageUnavailable):
+            return Unavailable(
+                f"the server's database is unavailable ({current}); retry shortly",
+                reason="DATABASE_UNAVAILABLE",
             )
         current = current.__cause__ or current.__context__
     return None

@@ -3,10 +3,15 @@ transaction (so no store is left holding chunks of a file that no longer exists)
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from quiver.server.core.files import FileStore
 from quiver.server.core.principal import Principal
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.store_files import StoreFiles
+
+log = logging.getLogger("quiver.server")
 
 
 class FileDeletion:
@@ -15,10 +20,10 @@ class FileDeletion:
         self.files = files
         self.store_files = store_files
 
-    def delete(self, principal: Principal, file_id: str) -> None:
+    async def delete(self, principal: Principal, file_id: str) -> None:
         """NOT_FOUND for another caller's or no file. Its chunks leave the indexes, its
-        queued jobs the queue and its bytes the disk (unless another file shares them)
-        after the commit."""
+        queued jobs the queue and its bytes the blob store (unless another file shares
+        them) after the commit, from a thread (the store may be across the network)."""
         file = self.files.get(principal, file_id)
         with self.book.transaction() as conn:
             removed = [
@@ -29,4 +34,7 @@ class FileDeletion:
         for store, stale in removed:
             self.store_files.after_removal(store, file_id, stale)
         if unshared:
-            self.files.forget_bytes(file)
+            try:
+                await asyncio.to_thread(self.files.forget_bytes, file)
+            except OSError as exc:  # the file is deleted; its bytes stay, unreferenced
+                log.warning("deleting the bytes of %s failed: %s", file.id, exc)

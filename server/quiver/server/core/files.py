@@ -7,16 +7,21 @@ import threading
 
 from quiver.server.core import ids
 from quiver.server.core.clock import Clock, system_clock
-from quiver.server.core.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from quiver.server.core.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from quiver.server.core.models import ListParams, Page, StoredFile
 from quiver.server.core.pages import page_of
 from quiver.server.core.ports import Blobs, BlobWriter
 from quiver.server.core.principal import Principal
 from quiver.server.core.validation import check_filename, check_purpose, raise_if
 from quiver.server.core.verified_content import VerifiedContent, missing
-from quiver.server.storage.database import Database
-from quiver.server.storage.file_rows import FileRows
-from quiver.server.storage.interfaces import FileRepository, Tx
+from quiver.server.storage.interfaces import FileRepository, Storage, Tx
+from quiver.server.storage.s3_client import BlobStoreError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -24,8 +29,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class Upload:
     """One upload in progress. ``write`` enforces the size limit as bytes arrive.
 
-    ``write`` and ``seal`` may run in a worker thread (they hash and fsync); ``abort`` may
-    come from the event loop meanwhile (a cancelled call), so the three take a lock.
+    ``write`` and ``seal`` may run in a worker thread (they hash and fsync, or send the
+    bytes to object storage); ``abort`` may come from the event loop meanwhile (a cancelled
+    call), so the three take a lock, and ``abort`` never waits for it: a write or seal in
+    progress aborts the upload itself when it ends.
     """
 
     def __init__(
@@ -44,8 +51,15 @@ class Upload:
         self._writer: BlobWriter = files.blobs.writer()
         self._lock = threading.Lock()
         self._aborted = False
+        self._abort_wanted = False
 
     def write(self, data: bytes) -> None:
+        try:
+            self._write(data)
+        finally:
+            self._abort_if_wanted()
+
+    def _write(self, data: bytes) -> None:
         limit = self._files.max_file_bytes
         with self._lock:
             if self._aborted:
@@ -60,15 +74,32 @@ class Upload:
             self._writer.write(data)
 
     def abort(self) -> None:
-        with self._lock:
-            self._abort()
+        self._abort_wanted = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._abort()
+            finally:
+                self._lock.release()
+
+    def _abort_if_wanted(self) -> None:
+        """After a write or seal released the lock: an abort that came meanwhile."""
+        if self._abort_wanted:
+            with self._lock:
+                self._abort()
 
     def _abort(self) -> None:
         self._aborted = True
         self._writer.abort()
 
     def seal(self) -> None:
-        """Checks the sha256 and moves the bytes into place (fsync)."""
+        """Checks the sha256 and moves the bytes into place (fsync, or an upload to object
+        storage: UNAVAILABLE if that store cannot take them)."""
+        try:
+            self._seal()
+        finally:
+            self._abort_if_wanted()
+
+    def _seal(self) -> None:
         with self._lock:
             digest = self._writer.sha256
             if self._expected is not None and digest != self._expected:
@@ -83,7 +114,15 @@ class Upload:
                     ],
                     reason="CHECKSUM_MISMATCH",
                 )
-            self._writer.commit()
+            try:
+                self._writer.commit()
+            except BlobStoreError as exc:
+                self._abort()
+                raise Unavailable(
+                    f"the blob store could not take the file ({exc}); nothing was stored, "
+                    "try again",
+                    reason="BLOB_STORE_UNAVAILABLE",
+                ) from None
 
     def record(self) -> StoredFile:
         """After ``seal``: the file's row."""
@@ -103,14 +142,14 @@ class Upload:
 class FileStore:
     def __init__(
         self,
-        db: Database,
+        db: Storage,
         blobs: Blobs,
         *,
         max_file_bytes: int,
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
-        self.rows: FileRepository = FileRows(db)
+        self.rows: FileRepository = db.files
         self.blobs = blobs
         self.max_file_bytes = max_file_bytes
         self.clock = clock

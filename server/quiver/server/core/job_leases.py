@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 
 from quiver.server.core.scheduler import Job, single_queue
-from quiver.server.storage.jobs import JobsRepository, Lease
+from quiver.server.storage.interfaces import JobRepository
+from quiver.server.storage.jobs import Lease
 from quiver.server.storage.rows import Tx
 
 MAX_LEASE_SECONDS = 86_400.0
@@ -45,7 +46,7 @@ def check_lease_settings(lease_seconds: float, renew_seconds: float) -> None:
 class JobLeases:
     def __init__(
         self,
-        repo: JobsRepository,
+        repo: JobRepository,
         owner: str,
         lease_seconds: float,
         clock: Callable[[], float] = time.time,
@@ -62,7 +63,8 @@ class JobLeases:
         """Inside the attach's transaction: the attached file is this server's."""
         self.repo.stamp(tx, job.store_id, job.file_id, self.owner, self._until())
 
-    def lease(self, tx: Tx, job: Job) -> Lease | None:
+    def lease(self, tx: Tx | None, job: Job) -> Lease | None:
+        """Inside ``tx``, or (None) read on its own."""
         return self.repo.lease(tx, job.store_id, job.file_id)
 
     def holds(self, lease: Lease | None, job: Job) -> bool:

@@ -1,15 +1,16 @@
-"""The keyword side of hybrid search: Okapi BM25 over a store's chunks (SQLite FTS5's
-``bm25()``, k1 = 1.2, b = 0.75), as a relevance in [0, 1].
+"""The keyword side of hybrid search: Okapi BM25 over a store's chunks (its tantivy index,
+``index/keyword.py``: k1 = 1.2, b = 0.75, stemmed words), as a relevance in [0, 1].
 
 A query's words (lower case, split on anything but letters and digits, a fixed list of
-English stop words left out unless nothing else is left) are OR-ed; every word counts, however
-common (leaving out common words cost 0.18 nDCG@10 on ``bench/quality.py``). A chunk's
-keyword relevance is its BM25 score divided by the highest score the query could reach,
-``(k1 + 1) · Σ idf(word)`` (a chunk holding every word infinitely often), with FTS5's own
-``idf = ln((N - n + 0.5) / (n + 0.5))`` (at least 1e-6) over the N chunks of the table, n of
-them holding the word. So it is 0 when no word of the query occurs in the chunk, and grows
-with the share of the query's information the chunk holds: a query none of whose words occur
-anywhere scores 0, whatever the store.
+English stop words left out unless nothing else is left) are OR-ed; every other word counts,
+however common (leaving out common words cost 0.18 nDCG@10 on ``bench/quality.py``); the
+index's top-k collector (block-max WAND) keeps that cheap. A chunk's keyword relevance is its
+BM25 score divided by the highest score the query could reach, ``(k1 + 1) · Σ idf(term)``
+(a chunk holding every term infinitely often), with the index's own
+``idf = ln(1 + (N - n + 0.5) / (n + 0.5))`` over the store's N chunks, n of them holding the
+term. So it is 0 when no word of the query occurs in the chunk, and grows with the share of
+the query's information the chunk holds: a query none of whose words occur anywhere scores
+0, whatever the store.
 
 Apart, the chunks holding one of the queries as an exact phrase (several words in order) are
 found, for a bounded boost in the fusion.
@@ -20,13 +21,13 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from quiver.server.storage.interfaces import BadKeywordQuery, KeywordIndex
+from quiver.server.core.ports import KeywordIndex
 
 K1 = 1.2
-"""FTS5's ``bm25()`` term-frequency saturation (its default, used unchanged)."""
+"""Tantivy's BM25 term-frequency saturation (fixed there)."""
 MAX_KEYWORDS = 64
 MAX_PAIRS = 8
 _TOKEN = re.compile(r"[^\W_]+")  # unicode61's tokens: runs of letters and digits
@@ -89,60 +90,49 @@ def query_terms(queries: Sequence[str]) -> QueryTerms:
 
 def keyword_matches(
     index: KeywordIndex,
-    store_id: str,
     queries: Sequence[str],
     k: int,
     files: list[str] | None,
 ) -> KeywordMatches:
     """The ``k`` best chunks of the store by BM25 over the queries' words, and which of
-    them hold an exact phrase; ``files`` limits both to the files a filter matched.
-    Blocking (it reads the full-text index): call it from a thread."""
+    them hold an exact phrase; ``files`` limits both to the files a filter matched (inside
+    the index's query, so k of them come back). Blocking (it reads the index): call it
+    from a thread."""
     terms = query_terms(queries)
-    if not terms.words:
+    stems = list(dict.fromkeys(t for w in terms.words for t in index.terms(w)))
+    if not stems:
         return KeywordMatches()
-    best = (K1 + 1) * sum(idfs(index, terms.words))
-    try:
-        rows = index.best(store_id, terms.words, k, files)
-    except BadKeywordQuery:
-        return KeywordMatches()  # an expression FTS5 cannot parse: the vector ranking stands
+    best = (K1 + 1) * sum(idfs(index, stems))
+    rows = index.best(stems, k, files)
     relevance = {i: min(1.0, max(0.0, s) / best) for i, s in rows if best > 0}
-    phrased: set[int] = set()
+    phrased: list[int] = []
     if terms.phrases:
-        try:
-            held = index.ranked(store_id, terms.phrases, k, files)
-        except BadKeywordQuery:
-            held = []
-        phrased = {i for i, _ in held}
+        phrased = index.phrased([index.terms(p) for p in terms.phrases], k, files)
     return KeywordMatches(
         relevance,
         frozenset(phrased),
-        _pair_shares(index, terms.pairs, relevance.keys()),
+        _pair_shares(index, terms.pairs, list(relevance)),
         complete=len(rows) < k,
     )
 
 
 def _pair_shares(
-    index: KeywordIndex, pairs: Sequence[str], candidates: Iterable[int]
+    index: KeywordIndex, pairs: Sequence[str], candidates: Sequence[int]
 ) -> dict[int, float]:
     """For each candidate holding any of the pairs, the share of the pairs it holds."""
-    wanted = set(candidates)
     held: dict[int, int] = {}
     for pair in pairs:
-        try:
-            rows = index.holding(pair)
-        except BadKeywordQuery:
-            continue
-        for chunk_id in rows:
-            if chunk_id in wanted:
-                held[chunk_id] = held.get(chunk_id, 0) + 1
+        for chunk_id in index.holding(index.terms(pair), candidates):
+            held[chunk_id] = held.get(chunk_id, 0) + 1
     return {c: n / len(pairs) for c, n in held.items()}
 
 
-def idfs(index: KeywordIndex, words: Sequence[str]) -> list[float]:
-    """FTS5's ``bm25()`` IDF of each word: ``ln((N - n + 0.5) / (n + 0.5))``, at least
-    1e-6, where N is the number of indexed chunks and n those holding the word.
+def idfs(index: KeywordIndex, terms: Sequence[str]) -> list[float]:
+    """The index's BM25 IDF of each term: ``ln(1 + (N - n + 0.5) / (n + 0.5))``, where N is
+    the number of indexed chunks and n those holding the term.
 
-    N and the n are two reads: chunks committed between them can make an n exceed N, so
-    each n is taken as at most N (the word is then in every chunk: the smallest IDF)."""
-    total, counts = index.document_frequencies(words)
-    return [max(1e-6, math.log((total - min(n, total) + 0.5) / (n + 0.5))) for n in counts]
+    N and the n are two reads: a commit between them can make an n exceed N, so each n is
+    taken as at most N (the term is then in every chunk: the smallest IDF)."""
+    total, counts = index.document_frequencies(terms)
+    held = [min(n, total) for n in counts]
+    return [math.log(1 + (total - n + 0.5) / (n + 0.5)) for n in held]

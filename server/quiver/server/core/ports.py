@@ -2,20 +2,22 @@
 
 Today's implementations: ``ingest/pool.py`` ``IngestPool`` (the ingest executor),
 ``storage/blobs.py`` ``BlobStore`` (the blob store), ``index/manager.py`` ``IndexManager``
-with ``index/hnsw.py`` ``VectorIndex`` (the vector index). The repositories of the
-database are in ``storage/interfaces.py``.
+with ``index/hnsw.py`` ``VectorIndex`` (the vector index), ``index/keyword_manager.py``
+``KeywordIndexes`` with ``index/keyword.py`` ``StoreKeywordIndex`` (the keyword index, on
+tantivy). The repositories of the database are in ``storage/interfaces.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import BinaryIO, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.index.keyword_manager import KeywordReconcileReport, RowLoader
 from quiver.server.index.manager import ReconcileReport, VectorLoader
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
+from quiver.server.storage.blob_location import BlobLocation, BlobRef
 
 
 class IngestExecutor(Protocol):
@@ -43,14 +45,30 @@ class BlobWriter(Protocol):
     def abort(self) -> None: ...
 
 
-class Blobs(Protocol):
-    """Uploaded files' bytes, by sha256 (content-addressed)."""
+class BlobReader(Protocol):
+    """A stored blob read piece by piece (``read`` may block: call it in a thread)."""
 
-    def path_for(self, sha256: str) -> Path: ...
+    def read(self, size: int = -1) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Blobs(Protocol):
+    """Uploaded files' bytes, by sha256 (content-addressed). Every method but ``ref`` and
+    ``open`` may block (disk or network): run them off the event loop."""
+
+    @property
+    def location(self) -> BlobLocation: ...
+
+    def ref(self, sha256: str, size: int) -> BlobRef:
+        """The blob's address, for an ingest worker (which reads it with ``read_blob``)."""
+        ...
 
     def writer(self) -> BlobWriter: ...
 
-    def open(self, sha256: str) -> BinaryIO: ...
+    def open(self, sha256: str) -> BlobReader:
+        """Reading starts at the first ``read`` (FileNotFoundError there if missing)."""
+        ...
 
     def delete(self, sha256: str) -> None: ...
 
@@ -87,3 +105,45 @@ class VectorIndexes(Protocol):
     ) -> ReconcileReport: ...
 
     def save_all(self) -> int: ...
+
+
+class KeywordIndex(Protocol):
+    """One store's full-text index over its completed chunks (blocking: from a thread).
+    Terms are words as the index holds them (``terms`` of a text)."""
+
+    def terms(self, text: str) -> list[str]: ...
+
+    def document_frequencies(self, terms: Sequence[str]) -> tuple[int, list[int]]: ...
+
+    def best(
+        self, terms: Sequence[str], k: int, files: Sequence[str] | None
+    ) -> list[tuple[int, float]]: ...
+
+    def phrased(
+        self, phrases: Sequence[Sequence[str]], k: int, files: Sequence[str] | None
+    ) -> list[int]: ...
+
+    def holding(self, phrase: Sequence[str], among: Sequence[int]) -> list[int]: ...
+
+
+class KeywordIndexes(Protocol):
+    """The keyword indexes of all stores: writes told from the event loop and committed in
+    groups by a thread, searches that read their writes, reconciled with the rows at start."""
+
+    def searchable(self, store_id: str) -> KeywordIndex: ...
+
+    def add(self, store_id: str, rows: list[tuple[int, str, str]]) -> bool: ...
+
+    def flush(self, store_id: str) -> None: ...
+
+    def remove_files(self, store_id: str, file_ids: list[str]) -> None: ...
+
+    def drop(self, store_id: str) -> None: ...
+
+    def forget_others(self, store_ids: set[str]) -> list[str]: ...
+
+    def reconcile(
+        self, store_id: str, stored: npt.NDArray[np.int64], load: RowLoader
+    ) -> KeywordReconcileReport: ...
+
+    def close(self) -> None: ...

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +29,13 @@ from quiver.server.core.chunk_writer import (
 from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.job_leases import JobLeases
 from quiver.server.core.models import BatchStatus, FileStatus, LastError
-from quiver.server.core.ports import Blobs, IngestExecutor, VectorIndex, VectorIndexes
+from quiver.server.core.ports import (
+    Blobs,
+    IngestExecutor,
+    KeywordIndexes,
+    VectorIndex,
+    VectorIndexes,
+)
 from quiver.server.core.scheduler import Job, Scheduler
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.vector_stores import VectorStores
@@ -41,21 +47,21 @@ from quiver.server.ingest.pool import (
 )
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.server.metrics import Metrics
-from quiver.server.storage.batch_rows import BatchRows
-from quiver.server.storage.chunk_rows import ChunkRows
-from quiver.server.storage.database import Database, DatabaseError, is_disk_full
+from quiver.server.storage.database import DatabaseError, is_disk_full
 from quiver.server.storage.interfaces import (
     BatchRepository,
     ChunkRepository,
+    Storage,
     StoreFileRepository,
     Tx,
     VectorStoreRepository,
 )
-from quiver.server.storage.store_file_rows import StoreFileRows
-from quiver.server.storage.vector_store_rows import VectorStoreRows
+from quiver.server.storage.rows import StorageUnavailable
 
 log = logging.getLogger("quiver.ingest")
 
+DATABASE_RETRY_SECONDS = 2.0
+"""How soon a file is tried again after the database could not be reached."""
 MAX_RETRY_DELAY = 60.0
 """Longest wait between two attempts to store a file's chunks on a full disk."""
 
@@ -66,7 +72,7 @@ SpecFor = Callable[[str, int, bool], EmbedderSpec]
 class Processing:
     def __init__(
         self,
-        db: Database,
+        db: Storage,
         book: StatusBook,
         blobs: Blobs,
         stores: VectorStores,
@@ -81,12 +87,13 @@ class Processing:
         retry_delay: float = 1.0,
         pending: PendingLabels | None = None,
         leases: JobLeases,
+        keywords: KeywordIndexes,
     ) -> None:
         self.db = db
-        self.batch_rows: BatchRepository = BatchRows(db)
-        self.file_rows: StoreFileRepository = StoreFileRows(db)
-        self.store_rows: VectorStoreRepository = VectorStoreRows(db)
-        self.chunk_rows: ChunkRepository = ChunkRows(db)
+        self.batch_rows: BatchRepository = db.batches
+        self.file_rows: StoreFileRepository = db.store_files
+        self.store_rows: VectorStoreRepository = db.stores
+        self.chunk_rows: ChunkRepository = db.chunks
         self.book = book
         self.blobs = blobs
         self.stores = stores
@@ -101,22 +108,16 @@ class Processing:
         self.commit_attempts = max(1, commit_attempts)
         self.retry_delay = retry_delay
         self._later: set[asyncio.Task[None]] = set()
+        self._after_outage: set[tuple[str, str]] = set()
         self.leases = leases
+        self.keywords = keywords
 
     # -- one file ----------------------------------------------------------------------------
 
-    def _current(self, job: Job) -> sqlite3.Row | None:
+    def _current(self, job: Job) -> dict[str, Any] | None:
         """The file's row if this job is still wanted (in progress, same generation, its
         lease held by this server)."""
-        row: sqlite3.Row | None = self.db.execute(
-            "SELECT f.*, s.embedding_model, s.embedding_dimensions, s.dimensions_sent, "
-            "files.sha256, "
-            "files.filename FROM vector_store_files f "
-            "JOIN vector_stores s ON s.id = f.vector_store_id "
-            "JOIN files ON files.id = f.file_id "
-            "WHERE f.vector_store_id = ? AND f.file_id = ?",
-            (job.store_id, job.file_id),
-        ).fetchone()
+        row = self.db.jobs.current(job.store_id, job.file_id)
         if (
             row is None
             or row["status"] != FileStatus.IN_PROGRESS
@@ -129,7 +130,7 @@ class Processing:
     def _note_dropped(self, job: Job) -> None:
         """``job``'s result is being dropped: if that is because the file was claimed again
         (its lease lost to another server, or re-claimed after it expired), count and log it."""
-        lease = self.leases.lease(self.db.conn, job)
+        lease = self.leases.lease(None, job)
         if lease is None or lease.status != FileStatus.IN_PROGRESS:
             return  # detached, deleted or settled meanwhile: nothing unusual
         if self.leases.holds(lease, job):
@@ -148,6 +149,23 @@ class Processing:
         )
 
     async def process(self, job: Job) -> None:
+        """One queued file; while the database cannot be reached (a networked one restarting)
+        the file is queued again every DATABASE_RETRY_SECONDS instead of being lost (it
+        stays in progress under this server's lease, which the heartbeat keeps renewing)."""
+        try:
+            await self._process(job)
+        except StorageUnavailable as exc:
+            log.warning(
+                "database unavailable while processing %s (%s): trying it again in %g s",
+                job.file_id,
+                exc,
+                DATABASE_RETRY_SECONDS,
+            )
+            self._after_outage.add(job.key)  # its next commit deletes what this one wrote
+            loop = asyncio.get_running_loop()
+            loop.call_later(DATABASE_RETRY_SECONDS, self.scheduler.enqueue, [job])
+
+    async def _process(self, job: Job) -> None:
         row = self._current(job)
         if row is None:
             return
@@ -155,7 +173,7 @@ class Processing:
             self._fail_expired(job, "the vector store expired before this file was processed")
             return
         work = WorkerInput(
-            path=str(self.blobs.path_for(row["sha256"])),
+            blob=self.blobs.ref(row["sha256"], row["file_bytes"]),
             filename=row["filename"],
             max_tokens=row["chunk_max_tokens"],
             overlap_tokens=row["chunk_overlap_tokens"],
@@ -178,6 +196,8 @@ class Processing:
                 log.warning("worker died with %s in flight: retrying it alone", job.file_id)
                 self.scheduler.requeue_suspect(job)
             return
+        except StorageUnavailable:
+            raise
         except Exception as exc:
             log.exception("unexpected failure processing %s", job.file_id)
             self._settle(
@@ -233,7 +253,7 @@ class Processing:
                 log.warning("disk still full: %s stays in progress for now", job.file_id)
 
     @staticmethod
-    def _owner(job: Job, row: sqlite3.Row) -> Owner:
+    def _owner(job: Job, row: dict[str, Any]) -> Owner:
         return Owner(
             job.store_id,
             job.file_id,
@@ -255,9 +275,13 @@ class Processing:
         delay = self.retry_delay
         for attempt in range(1, self.commit_attempts + 1):
             try:
-                await self._store(job, output, leftovers=attempt > 1)
+                leftovers = attempt > 1 or job.key in self._after_outage
+                await self._store(job, output, leftovers=leftovers)
+                self._after_outage.discard(job.key)
                 return
             except (ValueError, RuntimeError, DatabaseError, OSError) as exc:
+                if isinstance(exc, StorageUnavailable):
+                    raise  # tried again once the database is back (``process``)
                 if not is_disk_full(exc):
                     log.exception("committing %s failed", job.file_id)
                     self._settle(
@@ -326,9 +350,19 @@ class Processing:
             if not completed:
                 await self._discard(job.store_id, index, ids)
                 return
+            # Told before anything else runs on the loop: a search from now on reads them.
+            full = self.keywords.add(
+                job.store_id,
+                [(int(i), job.file_id, t) for i, t in zip(ids.tolist(), output.texts, strict=True)],
+            )
         finally:
             self.pending.discard(job.store_id, ids)
         self.attributes.changed(job.store_id, [job.file_id])  # filterable from now on
+        if full:  # the store's keyword queue is at its bound: wait for its commit
+            try:
+                await asyncio.to_thread(self.keywords.flush, job.store_id)
+            except Exception as exc:  # kept queued (and reconciled at the next start)
+                log.warning("keyword index of %s not committed: %s", job.store_id, exc)
         self.indexes.changed(job.store_id, index)
         await asyncio.to_thread(self.db.checkpoint)
         m = self.metrics
@@ -465,7 +499,24 @@ class Processing:
             self.writer.delete_store(store_id)
 
     def reconcile_indexes(self) -> None:
-        for store_id, dim in self.store_rows.dimensioned():
+        stores = self.store_rows.dimensioned()
+        for store_id in self.keywords.forget_others({s for s, _ in stores}):
+            log.info("removed the keyword index of deleted store %s", store_id)
+        for store_id, _ in stores:
+            kw = self.keywords.reconcile(
+                store_id, self.chunk_rows.completed_ids(store_id), self.chunk_rows.keyword_rows
+            )
+            if kw.added or kw.removed or kw.rebuilt:
+                log.info(
+                    "reconciled keyword index",
+                    extra={
+                        "store": store_id,
+                        "added": kw.added,
+                        "removed": kw.removed,
+                        "rebuilt": kw.rebuilt,
+                    },
+                )
+        for store_id, dim in stores:
             stored = self.chunk_rows.ids_of_store(store_id)
             report = self.indexes.reconcile(store_id, dim, stored, self._vector_loader(dim))
             if report.added or report.removed or report.rebuilt:

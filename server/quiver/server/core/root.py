@@ -20,12 +20,16 @@ from quiver.server.core.clock import Clock, system_clock
 from quiver.server.core.embedder_choice import EmbedderChoice
 from quiver.server.core.file_deletion import FileDeletion
 from quiver.server.core.files import FileStore
+from quiver.server.core.index_sync import IndexSync
 from quiver.server.core.job_leases import JobLeases, check_lease_settings, new_owner_id
 from quiver.server.core.lease_keeper import LeaseKeeper
+from quiver.server.core.ports import Blobs
 from quiver.server.core.processing import Processing
 from quiver.server.core.query_embedding import LaneLimits, QueryEmbedding
+from quiver.server.core.replicas import Replicas, check_advertise, check_replica_settings
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
+from quiver.server.core.shared_watch import SharedWatch
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.store_embedders import StoreEmbedders
 from quiver.server.core.store_files import StoreFiles
@@ -38,15 +42,17 @@ from quiver.server.embedders.openai_tuning import (
     check_openai_tuning,
     hung_endpoint_seconds,
 )
+from quiver.server.index.keyword_manager import KeywordIndexes
 from quiver.server.index.manager import IndexManager
 from quiver.server.ingest.limits import WorkerLimits, worker_memory_bytes
 from quiver.server.ingest.pool import IngestPool
 from quiver.server.metrics import Metrics
-from quiver.server.storage.blobs import BlobStore
-from quiver.server.storage.chunk_rows import ChunkRows
+from quiver.server.storage.blob_location import blob_location
+from quiver.server.storage.blob_stores import open_blob_store
+from quiver.server.storage.choice import change_listener, open_storage
 from quiver.server.storage.database import Database
-from quiver.server.storage.jobs import JobsRepository
-from quiver.server.storage.store_file_rows import StoreFileRows
+from quiver.server.storage.interfaces import Storage
+from quiver.server.storage.sqlite_storage import SqliteStorage
 
 log = logging.getLogger("quiver.server")
 
@@ -60,12 +66,16 @@ class Core:
     ``stop_processing`` → ``close``. Requests may be served once ``recover`` returned.
     """
 
-    db: Database
-    """The SQLite database (``quiver.sqlite3`` in the data directory)."""
-    blobs: BlobStore
-    """Uploaded files' bytes, by sha256."""
+    storage: Storage
+    """The database with its repositories: SQLite (``quiver.sqlite3`` in the data directory)
+    or PostgreSQL (``--database postgresql://...``)."""
+    blobs: Blobs
+    """Uploaded files' bytes, by sha256 (``--blobs``: data_dir/blobs, a shared directory
+    or an S3 bucket)."""
     indexes: IndexManager
     """One vector index per store, opened on demand."""
+    keywords: KeywordIndexes
+    """One keyword (tantivy) index per store, a cache of its completed chunks."""
     pool: IngestPool
     """The worker processes that parse, chunk and embed files."""
     metrics: Metrics
@@ -104,6 +114,17 @@ class Core:
     """Search queries' embedding lanes: bounded per provider that calls out (``openai``)."""
     attributes: AttributeIndex
     """Per store, its completed files' attributes indexed for filters (a rebuildable cache)."""
+    replicas: Replicas
+    """This replica's heartbeat and the live replicas: who owns each store's index."""
+    shared_watch: SharedWatch | None = None
+    """With a shared database (PostgreSQL): watchers here hear of other servers' commits."""
+
+    @property
+    def db(self) -> Database:
+        """The SQLite database (with the SQLite storage only; TypeError otherwise)."""
+        if not isinstance(self.storage, SqliteStorage):
+            raise TypeError(f"the storage is {type(self.storage).__name__}, not SQLite")
+        return self.storage.database
 
     async def start_workers(self) -> None:
         """Starts the ingest worker processes (WorkerStartFailed if they cannot start)."""
@@ -124,10 +145,14 @@ class Core:
         """Queued files start going through the worker pool."""
         self.scheduler.start(self.processing.process)
         self.lease_keeper.start()
+        if self.shared_watch is not None:
+            self.shared_watch.start()
 
     async def stop_processing(self) -> None:
         """Stops taking files; those in flight stay in progress and resume at the next
         start (at once: their leases are released)."""
+        if self.shared_watch is not None:
+            await self.shared_watch.stop()
         await self.lease_keeper.stop()
         await self.scheduler.stop()
         try:
@@ -138,9 +163,12 @@ class Core:
     def close(self) -> None:
         """Stops the query lanes and the workers, saves the indexes and closes the database."""
         self.query_embedding.close()
+        if self.searcher.sync is not None:
+            self.searcher.sync.close()
         self.pool.close()
         self.indexes.save_all()
-        self.db.close()
+        self.keywords.close()
+        self.storage.close()
 
 
 def openai_tuning(settings: Settings) -> OpenAITuning:
@@ -189,11 +217,25 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
     """
     memory = worker_memory_bytes(settings.worker_memory, settings.ingest_workers)
     check_lease_settings(settings.job_lease_seconds, settings.job_renew_seconds)
+    check_replica_settings(
+        settings.replica_heartbeat_seconds,
+        settings.replica_timeout_seconds,
+        settings.replica_forward_timeout_seconds,
+    )
+    bad_advertise = check_advertise(settings.advertise)
+    if bad_advertise is not None:
+        raise ValueError(bad_advertise)
     limits = WorkerLimits(memory_bytes=memory, parse_seconds=settings.file_parse_seconds)
     tuning = openai_tuning(settings)
     data = settings.data_dir
-    db = Database(data / "quiver.sqlite3")
-    blobs = BlobStore(data / "blobs")
+    location = blob_location(settings.blobs, data)
+    blobs = open_blob_store(location, data)
+    keywords = KeywordIndexes(
+        data / "keyword",
+        commit_seconds=settings.keyword_commit_seconds,
+        max_pending=settings.keyword_pending_chunks,
+    )
+    db = open_storage(settings.database, data)
     indexes = IndexManager(
         data / "indexes",
         m=settings.hnsw_m,
@@ -229,13 +271,23 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
     )
     attributes = AttributeIndex(
-        StoreFileRows(db),
-        ChunkRows(db),
+        db.store_files,
+        db.chunks,
         max_stores=settings.attribute_index_stores,
         vector_bytes=settings.exact_search_cache_mb << 20,
     )
-    stores = VectorStores(db, choice.resolve, book, scheduler, indexes, attributes, clock=clock)
-    leases = JobLeases(JobsRepository(db), new_owner_id(), settings.job_lease_seconds)
+    stores = VectorStores(
+        db, choice.resolve, book, scheduler, indexes, attributes, keywords, clock=clock
+    )
+    instance = new_owner_id()  # this server's id: its job leases' owner and its replica id
+    leases = JobLeases(db.jobs, instance, settings.job_lease_seconds)
+    replicas = Replicas(
+        db.replicas,
+        instance,
+        heartbeat_s=settings.replica_heartbeat_seconds,
+        window_s=settings.replica_timeout_seconds,
+        clock=clock,
+    )
     processing = Processing(
         db,
         book,
@@ -251,6 +303,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         retry_delay=settings.commit_retry_delay,
         pending=pending,
         leases=leases,
+        keywords=keywords,
     )
     store_files = StoreFiles(
         book, stores, indexes, scheduler, files, attributes, pending, leases=leases
@@ -276,6 +329,17 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         pending=pending,
         query_embedding=query_embedding,
         attributes=attributes,
+        sync=IndexSync(
+            db.index_sync,
+            indexes,
+            lambda: replicas.epoch,
+            files=attributes,
+            keywords=keywords,
+            keyword_rows=db.chunks.keyword_rows,
+            # Alone on its database (one node), its own ingest keeps its indexes current.
+            active=lambda: replicas.epoch > 1,
+        ),
+        keywords=keywords,
     )
     metrics.watch_gauges(
         queue_depth=lambda: scheduler.queued,
@@ -285,10 +349,13 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         indexes_open=lambda: indexes.open_count,
         pool_restarts=lambda: pool.restarts,
     )
+    listen = change_listener(db)
+    shared_watch = None if listen is None else SharedWatch(db.batches, book, hub, listen)
     return Core(
-        db=db,
+        storage=db,
         blobs=blobs,
         indexes=indexes,
+        keywords=keywords,
         pool=pool,
         metrics=metrics,
         hub=hub,
@@ -308,4 +375,6 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         lease_keeper=lease_keeper,
         query_embedding=query_embedding,
         attributes=attributes,
+        replicas=replicas,
+        shared_watch=shared_watch,
     )

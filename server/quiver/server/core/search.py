@@ -1,5 +1,6 @@
 """SearchVectorStore: embed the query, k-NN in the store's index (or exact search when a
-filter leaves few chunks), optionally fused with an FTS5 keyword ranking.
+filter leaves few chunks), optionally fused with a keyword ranking (the store's tantivy
+index, ``index/keyword.py``).
 
 Scores, always in [0, 1], higher is better, comparable across rankers:
 
@@ -29,17 +30,16 @@ from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FieldViolation
 from quiver.server.core.filters import Filter
 from quiver.server.core.fusion import fuse, fusion_for
+from quiver.server.core.index_sync import BRIDGE_MAX_CHUNKS, IndexSync, Rebuilding
 from quiver.server.core.keyword_ranking import KeywordMatches, keyword_matches
 from quiver.server.core.models import AttributeValue
-from quiver.server.core.ports import VectorIndexes
+from quiver.server.core.ports import KeywordIndexes, VectorIndexes
 from quiver.server.core.principal import Principal
 from quiver.server.core.query_embedding import QueryEmbedding
 from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.base import Embedder
-from quiver.server.storage.chunk_rows import ChunkRows
-from quiver.server.storage.interfaces import ChunkRepository, KeywordIndex
-from quiver.server.storage.keyword_index import Fts5Keywords
+from quiver.server.storage.interfaces import ChunkRepository
 
 MAX_QUERIES = 10
 MAX_QUERY_CHARS = 4096
@@ -130,19 +130,24 @@ class Searcher:
         exact_max_chunks: int,
         query_embedding: QueryEmbedding,
         attributes: AttributeIndex,
+        keywords: KeywordIndexes,
         pending: PendingLabels | None = None,
+        sync: IndexSync | None = None,
     ) -> None:
         self.stores = stores
         self.db = stores.db
-        self.chunks: ChunkRepository = ChunkRows(stores.db)
-        self.keyword_index: KeywordIndex = Fts5Keywords(stores.db)
+        self.chunks: ChunkRepository = stores.db.chunks
+        self.keywords = keywords
         self.indexes = indexes
         self.embedder_for = embedder_for
         self.exact_max_chunks = exact_max_chunks
         self.pending = pending or PendingLabels()
         self.query_embedding = query_embedding
         self.attributes = attributes
+        self.sync = sync
         one_blas_thread()  # exact searches' matrix products: see core/blas_threads.py
+        """Catches the store's index (and attribute index) up with chunks other replicas
+        committed (read-your-writes), before a search reads them."""
 
     async def search(
         self,
@@ -171,9 +176,14 @@ class Searcher:
             if request.hybrid
             else request.max_results
         )
+        rebuilding = None
+        if self.sync is not None and self.sync.active():
+            rebuilding = await asyncio.to_thread(self.sync.prepare, store_id, dim)
         selection = await self._allowed(store_id, request.filter, dim)
         files = None if selection is None else selection.files
-        # The keyword ranking reads SQLite on a thread of its own, beside the vector search.
+        allowed = None if selection is None else selection.labels
+        # The keyword ranking reads the store's index on a thread of its own, beside the
+        # vector search.
         keywords = (
             asyncio.create_task(
                 asyncio.to_thread(self._keywords, store_id, request.queries, wanted, files, query)
@@ -181,7 +191,13 @@ class Searcher:
             if request.hybrid
             else None
         )
-        vector_ranking = await self._vector_ranking(store_id, dim, query, selection, wanted)
+        bridge = await _bridge(rebuilding, allowed)
+        if bridge is not None:  # the store's index is being rebuilt: rank its chunks exactly
+            vector_ranking = await asyncio.to_thread(
+                self._exact, store_id, dim, query, bridge, wanted
+            )
+        else:
+            vector_ranking = await self._vector_ranking(store_id, dim, query, selection, wanted)
         if keywords is not None:
             keyword, cosines = await keywords
             fusion = fusion_for(store.embedding_model)
@@ -294,10 +310,11 @@ class Searcher:
         files: list[str] | None,
         query: npt.NDArray[np.float32],
     ) -> tuple[KeywordMatches, dict[int, float]]:
-        """The keyword ranking (core/keyword_ranking.py) on a read-only connection of the
-        calling thread, and the cosine similarity of its chunks (their stored vectors)
-        for the fusion."""
-        found = keyword_matches(self.keyword_index, store_id, queries, k, files)
+        """The keyword ranking (core/keyword_ranking.py) in the store's index, with every
+        write told so far committed first, and the cosine similarity of its chunks (their
+        stored vectors) for the fusion."""
+        index = self.keywords.searchable(store_id)
+        found = keyword_matches(index, queries, k, files)
         if not found.relevance:
             return found, {}
         rows = self.chunks.vectors_from_thread(list(found.relevance))
@@ -329,6 +346,22 @@ class Searcher:
             if chunk_id in rows
         ]
         return hits[:limit]
+
+
+async def _bridge(
+    rebuilding: Rebuilding | None, allowed: npt.NDArray[np.int64] | None
+) -> npt.NDArray[np.int64] | None:
+    """While the store's index is rebuilt in the background (core/index_sync.py): the chunk
+    ids to rank exactly instead (the filter's, else every completed file's), or None once
+    the index may be searched: there is no rebuild, or there were too many chunks to rank
+    exactly, so the rebuild was awaited (without holding a thread)."""
+    if rebuilding is None:
+        return None
+    bridge = rebuilding.completed if allowed is None else allowed
+    if len(bridge) <= BRIDGE_MAX_CHUNKS:
+        return bridge
+    await asyncio.shield(asyncio.wrap_future(rebuilding.done))
+    return None
 
 
 def exact_ranking(

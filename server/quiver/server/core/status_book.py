@@ -12,11 +12,8 @@ from contextlib import contextmanager
 from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.models import BatchStatus, FileBatch, FileCounts, FileStatus, LastError
 from quiver.server.core.watch import FileUpdate, WatchHub
-from quiver.server.storage.batch_rows import BatchRows
-from quiver.server.storage.database import Database
-from quiver.server.storage.interfaces import BatchRepository, StoreFileRepository, Tx
+from quiver.server.storage.interfaces import BatchRepository, Storage, StoreFileRepository, Tx
 from quiver.server.storage.rows import BatchRow
-from quiver.server.storage.store_file_rows import StoreFileRows
 
 BATCH_ENDED = LastError(
     ErrorCode.SERVER_ERROR,
@@ -35,10 +32,10 @@ def batch_from_row(row: BatchRow, counts: FileCounts) -> FileBatch:
 
 
 class StatusBook:
-    def __init__(self, db: Database, hub: WatchHub) -> None:
+    def __init__(self, db: Storage, hub: WatchHub) -> None:
         self.db = db
-        self.batches: BatchRepository = BatchRows(db)
-        self.files: StoreFileRepository = StoreFileRows(db)
+        self.batches: BatchRepository = db.batches
+        self.files: StoreFileRepository = db.store_files
         self.hub = hub
         self._changes: dict[str, list[tuple[int, FileUpdate]]] = {}
         self._touched: set[str] = set()

@@ -26,10 +26,8 @@ from quiver.server.core.scheduler import Job, Scheduler, single_queue
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.validation import check_page_token
 from quiver.server.core.vector_stores import VectorStores
-from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.interfaces import ChunkRepository, StoreFileRepository, Tx
 from quiver.server.storage.rows import StoreRow
-from quiver.server.storage.store_file_rows import StoreFileRows
 
 CONTENT_PAGE_BYTES = 3 * 1024 * 1024
 """Text per GetVectorStoreFileContent page: under gRPC's default 4 MiB receive limit."""
@@ -50,8 +48,8 @@ class StoreFiles:
     ) -> None:
         self.book = book
         self.db = book.db
-        self.rows: StoreFileRepository = StoreFileRows(book.db)
-        self.chunks: ChunkRepository = ChunkRows(book.db)
+        self.rows: StoreFileRepository = book.db.store_files
+        self.chunks: ChunkRepository = book.db.chunks
         self.stores = stores
         self.indexes = indexes
         self.scheduler = scheduler
@@ -108,7 +106,9 @@ class StoreFiles:
         self, store: StoreRow, file_ids: builtins.list[str], chunk_ids: builtins.list[int]
     ) -> None:
         """After the commit that detached these files or attached them anew (their chunks
-        gone from the database): out of the vector index (in a thread) and of the filters'."""
+        gone from the database): out of the vector index (in a thread), of the filters' and
+        of the keyword index (told now: a search from now on no longer finds them)."""
+        self.stores.keywords.remove_files(store.id, file_ids)
         self.attributes.changed(store.id, file_ids)
         self.removals.remove_soon(store.id, store.embedding_dimensions, chunk_ids)
 

@@ -23,7 +23,7 @@ from quiver.server.core.models import (
     VectorStore,
 )
 from quiver.server.core.pages import page_of
-from quiver.server.core.ports import VectorIndexes
+from quiver.server.core.ports import KeywordIndexes, VectorIndexes
 from quiver.server.core.principal import Principal
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.status_book import StatusBook
@@ -33,17 +33,15 @@ from quiver.server.core.validation import (
     check_name,
     raise_if,
 )
-from quiver.server.storage.batch_rows import BatchRows
-from quiver.server.storage.database import Database, DatabaseError
+from quiver.server.storage.database import DatabaseError
 from quiver.server.storage.interfaces import (
     BatchRepository,
+    Storage,
     StoreFileRepository,
     Tx,
     VectorStoreRepository,
 )
-from quiver.server.storage.rows import StoreActivity, StoreRow
-from quiver.server.storage.store_file_rows import StoreFileRows
-from quiver.server.storage.vector_store_rows import VectorStoreRows
+from quiver.server.storage.rows import StorageError, StoreActivity, StoreRow
 
 log = logging.getLogger("quiver.stores")
 
@@ -80,24 +78,26 @@ class VectorStores:
 
     def __init__(
         self,
-        db: Database,
+        db: Storage,
         resolve_embedder: EmbedderResolver,
         book: StatusBook,
         scheduler: Scheduler,
         indexes: VectorIndexes,
         attributes: AttributeIndex,
+        keywords: KeywordIndexes,
         *,
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
-        self.rows: VectorStoreRepository = VectorStoreRows(db)
-        self.file_rows: StoreFileRepository = StoreFileRows(db)
-        self.batch_rows: BatchRepository = BatchRows(db)
+        self.rows: VectorStoreRepository = db.stores
+        self.file_rows: StoreFileRepository = db.store_files
+        self.batch_rows: BatchRepository = db.batches
         self.resolve_embedder = resolve_embedder
         self.book = book
         self.scheduler = scheduler
         self.indexes = indexes
         self.attributes = attributes
+        self.keywords = keywords
         self.clock = clock
 
     # -- reading -------------------------------------------------------------------------
@@ -202,7 +202,7 @@ class VectorStores:
         busy database) is logged and skipped; the read goes on."""
         try:
             self.touch(store_id)
-        except DatabaseError as exc:
+        except (DatabaseError, StorageError) as exc:
             log.warning("last_active_at of %s not updated: %s", store_id, exc)
 
     # -- writing -------------------------------------------------------------------------
@@ -299,7 +299,7 @@ class VectorStores:
 
     async def delete(self, principal: Principal, store_id: str) -> None:
         """Deletes the store's rows in one short transaction; then its chunks (possibly
-        millions of rows with their text index), in slices from a thread. Chunks of a store
+        millions of rows), in slices from a thread, and its keyword index. Chunks of a store
         that no longer exists are never read, and start-up deletes any left by a crash."""
         self.get_row(principal, store_id)
         self.scheduler.remove(lambda j: j.store_id == store_id)
@@ -310,4 +310,5 @@ class VectorStores:
             self.rows.delete(conn, store_id)
         self.indexes.drop(store_id)
         self.attributes.forget(store_id)
+        await asyncio.to_thread(self.keywords.drop, store_id)
         await asyncio.to_thread(ChunkWriter(self.db).delete_store, store_id)

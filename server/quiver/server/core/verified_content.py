@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO
 
-from quiver.server.core.errors import DataLoss
+from quiver.server.core.errors import DataLoss, Unavailable
 from quiver.server.core.models import StoredFile
+from quiver.server.core.ports import BlobReader
 
 
 class VerifiedContent:
@@ -15,7 +15,7 @@ class VerifiedContent:
     it; a changed byte shows at the end, so a reader must keep nothing from a stream that does
     not end cleanly)."""
 
-    def __init__(self, file: StoredFile, stream: BinaryIO) -> None:
+    def __init__(self, file: StoredFile, stream: BlobReader) -> None:
         self.file = file
         self._stream = stream
         self._hash = hashlib.sha256()
@@ -26,7 +26,15 @@ class VerifiedContent:
         """Up to ``size`` bytes; b"" once the whole file was read and matched its sha256."""
         if self._done:
             return b""
-        piece = self._stream.read(size)
+        try:
+            piece = self._stream.read(size)
+        except FileNotFoundError:  # a blob store that opens lazily (S3) finds out here
+            raise missing(self.file) from None
+        except OSError as exc:
+            raise Unavailable(
+                f"the stored content of {self.file.id} cannot be read now: {exc}",
+                reason="BLOB_STORE_UNAVAILABLE",
+            ) from None
         self._read += len(piece)
         self._hash.update(piece)
         if self._read > self.file.bytes:
@@ -57,7 +65,7 @@ class VerifiedContent:
 
 def missing(file: StoredFile) -> DataLoss:
     return DataLoss(
-        f"the stored content of {file.id} is missing from the data directory; "
+        f"the stored content of {file.id} is missing from the blob store; "
         "the file must be uploaded again",
         reason="CONTENT_MISSING",
     )

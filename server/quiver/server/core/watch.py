@@ -96,6 +96,10 @@ class WatchHub:
     def watcher_count(self) -> int:
         return self._count
 
+    def watched(self) -> dict[str, int]:
+        """The batches watched here, each with the newest sequence its feed has heard."""
+        return {batch_id: feed.sequence for batch_id, feed in self._feeds.items()}
+
     def publish(
         self, batch: FileBatch, sequence: int, changes: list[tuple[int, FileUpdate]]
     ) -> None:
@@ -107,8 +111,8 @@ class WatchHub:
             if seq > feed.sequence:  # older ones are in every follower's snapshot already
                 feed.seqs.append(seq)
                 feed.updates.append(update)
-        feed.sequence = max(feed.sequence, sequence)
-        feed.batch = batch
+        if sequence >= feed.sequence:  # an older read (another server's catch-up) keeps
+            feed.sequence, feed.batch = sequence, batch  # the newer state it raced with
         if feed.wake is None:
             delay = self._count * self.seconds_per_watcher
             feed.wake = asyncio.get_running_loop().call_later(delay, self._wake, feed)

@@ -64,7 +64,7 @@ class FileRoutes:
 
     async def delete(self, request: Request, principal: Principal) -> Response:
         file_id = _file_id(request)
-        self.core.file_deletion.delete(principal, file_id)
+        await self.core.file_deletion.delete(principal, file_id)
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
     async def content(self, request: Request, principal: Principal) -> Response:

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from quiver.server.api.context import principal_var, request_id_var
 from quiver.server.auth.authenticate import authenticate
 from quiver.server.auth.keys import KeyRing
-from quiver.server.core.errors import QuiverError, Unauthenticated, Unavailable, disk_full
+from quiver.server.core.errors import (
+    QuiverError,
+    Unauthenticated,
+    Unavailable,
+    database_unavailable,
+    disk_full,
+)
 from quiver.server.core.principal import Principal
 from quiver.server.http import errors
 from quiver.server.metrics import Metrics
@@ -117,6 +123,10 @@ def _as_error(exc: Exception, name: str, request_id: str) -> errors.HttpError:
         if full is not None:
             log.warning("disk full in %s: %s", name, exc)
             exc = full
+        down = database_unavailable(exc)
+        if down is not None:
+            log.warning("database unavailable in %s: %s", name, exc)
+            exc = down
     if isinstance(exc, QuiverError):
         return errors.from_core(exc)
     log.exception("unhandled error in HTTP %s", name, exc_info=exc)

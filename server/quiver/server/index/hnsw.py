@@ -168,6 +168,15 @@ class VectorIndex:
             deleted = np.fromiter(self._deleted, dtype=np.int64, count=len(self._deleted))
             return np.setdiff1d(self._all, deleted, assume_unique=True)
 
+    def holds(self, labels: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Whether each of ``labels`` is in the index and not deleted."""
+        ids = np.asarray(labels, dtype=np.int64).reshape(-1)
+        with self._lock.read():
+            held = self._holds(ids)
+            if self._deleted:
+                held &= ~np.isin(ids, np.fromiter(self._deleted, dtype=np.int64))
+            return held
+
     # -- writes ----------------------------------------------------------------------------
 
     def add(self, labels: npt.ArrayLike, vectors: npt.ArrayLike) -> None:

@@ -24,6 +24,9 @@ from quiver.server.embedders.registry import EmbedderSpec, make_embedder
 from quiver.server.ingest.chunking import Chunk, ChunkingParams, get_encoding, iter_chunks
 from quiver.server.ingest.limits import UNLIMITED, WorkerLimits
 from quiver.server.ingest.parsing import FileProcessingError, parse_document
+from quiver.server.storage.blob_location import BlobRef
+from quiver.server.storage.blob_reader import read_blob
+from quiver.server.storage.s3_client import BlobStoreError
 
 PR_SET_PDEATHSIG = 1
 EMBED_GROUP = 256
@@ -32,7 +35,10 @@ EMBED_GROUP = 256
 
 @dataclass(frozen=True)
 class WorkerInput:
-    path: str
+    """One file to process: small and picklable (an executor may send it to another
+    machine). ``blob`` is the file's content address and where to read it."""
+
+    blob: BlobRef
     filename: str
     max_tokens: int
     overlap_tokens: int
@@ -97,6 +103,11 @@ def process(job: WorkerInput, limits: WorkerLimits = UNLIMITED) -> WorkerOutput:
             error=(ErrorCode.SERVER_ERROR, "the file's stored bytes are missing on the server"),
             seconds=seconds,
         )
+    except BlobStoreError as exc:
+        return WorkerOutput(
+            error=(ErrorCode.SERVER_ERROR, f"the file's stored bytes could not be read: {exc}"),
+            seconds=seconds,
+        )
     except MemoryError:
         pass  # out of the handler first: its traceback holds the frames that hold the memory
     return WorkerOutput(
@@ -113,8 +124,7 @@ def out_of_memory_message(limits: WorkerLimits) -> str:
 
 def _process(job: WorkerInput, limits: WorkerLimits, seconds: dict[str, float]) -> WorkerOutput:
     started = time.perf_counter()
-    with open(job.path, "rb") as f:
-        data = f.read()
+    data = read_blob(job.blob)
     text = parse_document(data, job.filename, limits)
     del data
     seconds["parse"] = time.perf_counter() - started

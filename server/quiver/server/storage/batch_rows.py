@@ -244,6 +244,22 @@ class BatchRows:
             )
         ]
 
+    def sequenced_changes(
+        self, batch_id: str, after_sequence: int, upto: int
+    ) -> list[tuple[int, BatchFileChange]]:
+        """(sequence, change) of the batch's files changed after ``after_sequence`` and at or
+        before ``upto``, in sequence order (what another process's watchers catch up with)."""
+        return [
+            (int(r[0]), BatchFileChange(r[1], r[2], r[3], r[4]))
+            for r in self.db.execute(
+                "SELECT changed_at_sequence, file_id, status, last_error_code, "
+                "last_error_message FROM batch_files WHERE batch_id = ? "
+                "AND changed_at_sequence > ? AND changed_at_sequence <= ? "
+                "ORDER BY changed_at_sequence, seq",
+                (batch_id, after_sequence, upto),
+            )
+        ]
+
     def files_page(
         self, batch_id: str, status: FileStatus | None, page: PageSpec
     ) -> Rows[VectorStoreFile]:

@@ -1,12 +1,20 @@
-"""File bytes on disk, content-addressed by sha256 and written atomically."""
+"""File bytes on disk, content-addressed by sha256 and written atomically: in the data
+directory (the default) or in a directory every replica shares (``--blobs /dir``)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import BinaryIO
+
+from quiver.server.storage.blob_location import BlobRef, DirLocation, check_sha256
+
+STALE_UPLOAD_SECONDS = 24 * 3600.0
+"""In a shared directory, a temp file untouched this long is a crashed replica's leftover
+(the others' uploads in progress are younger): removed at start."""
 
 
 class BlobWriter:
@@ -38,6 +46,7 @@ class BlobWriter:
         if final.exists():
             self.tmp_path.unlink(missing_ok=True)
         else:
+            # Two replicas storing the same content both rename: same bytes, either wins.
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.tmp_path, final)
             _fsync_dir(final.parent)
@@ -50,16 +59,29 @@ class BlobWriter:
 
 
 class BlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, shared: bool = False) -> None:
         self.root = root
+        self.location = DirLocation(str(root), shared=shared)
         self.tmp_dir = root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        # Uploads interrupted by a crash leave temp files; nothing refers to them.
+        # Uploads interrupted by a crash leave temp files; nothing refers to them. In a
+        # shared directory the young ones may be other replicas' uploads in progress.
+        stale_before = time.time() - STALE_UPLOAD_SECONDS
         for leftover in self.tmp_dir.iterdir():
-            leftover.unlink(missing_ok=True)
+            try:
+                if not shared or leftover.stat().st_mtime < stale_before:
+                    leftover.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue  # another replica removed it first
 
     def path_for(self, sha256: str) -> Path:
+        check_sha256(sha256)
         return self.root / sha256[:2] / sha256
+
+    def ref(self, sha256: str, size: int) -> BlobRef:
+        """The blob's address for an ingest worker (which reads the file by path)."""
+        check_sha256(sha256)
+        return BlobRef(self.location, sha256, size)
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)

@@ -1,5 +1,5 @@
-"""The ``chunks`` table (its FTS5 index follows by trigger): short write slices from
-threads, deletes, and the reads of search and recovery."""
+"""The ``chunks`` table: short write slices from threads, deletes, and the reads of search
+and recovery (and of the keyword index's rebuild, which is not in the database)."""
 
 from __future__ import annotations
 
@@ -212,6 +212,32 @@ class ChunkRows:
             ),
             dtype=np.int64,
         )
+
+    def completed_ids(self, store_id: str) -> npt.NDArray[np.int64]:
+        """The ids of the chunks of the store's completed files, ascending. Blocking: from
+        a thread."""
+        return np.fromiter(
+            (
+                r[0]
+                for r in self.db.reader().execute(
+                    "SELECT c.id FROM chunks c JOIN vector_store_files f "
+                    "ON f.vector_store_id = c.vector_store_id AND f.file_id = c.file_id "
+                    "AND f.status = 'completed' WHERE c.vector_store_id = ? ORDER BY c.id",
+                    (store_id,),
+                )
+            ),
+            dtype=np.int64,
+        )
+
+    def keyword_rows(self, ids: Sequence[int]) -> list[tuple[int, str, str]]:
+        """(id, file id, text) of these chunks (those that exist). Blocking: from a thread."""
+        return [
+            (int(i), str(f), str(t))
+            for i, f, t in self.db.reader().execute(
+                "SELECT id, file_id, text FROM chunks WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps([int(i) for i in ids]),),
+            )
+        ]
 
     def vectors(self, ids: Sequence[int]) -> dict[int, bytes]:
         """The stored float32 vector bytes of these chunks (those that exist), by id."""

@@ -15,7 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from quiver.server.storage.schema import ADDED_COLUMNS, ADDED_INDEXES, SCHEMA, SCHEMA_VERSION
+from quiver.server.storage.schema import (
+    ADDED_COLUMNS,
+    ADDED_INDEXES,
+    DROPPED,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
 from quiver.server.storage.write_lock import WriteLock
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
@@ -72,6 +78,8 @@ class Database:
             if column not in have:
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         for statement in ADDED_INDEXES:
+            self.conn.execute(statement)
+        for statement in DROPPED:
             self.conn.execute(statement)
         with self.transaction():
             self.conn.execute(

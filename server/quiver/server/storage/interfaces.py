@@ -1,8 +1,9 @@
 """The repositories the core reads and writes the database through, as ``typing.Protocol``s:
 one per aggregate. The SQLite implementations (the embedded default) are the modules beside
 this one (``file_rows.py``, ``vector_store_rows.py``, ``store_file_rows.py``,
-``batch_rows.py``, ``chunk_rows.py``, ``keyword_index.py``); another database implements
-the same Protocols.
+``batch_rows.py``, ``chunk_rows.py``); another database implements the same Protocols. The
+keyword index is not in the database: it is a cache built from ``ChunkRepository`` rows
+(``index/keyword_manager.py``).
 
 Methods taking a ``Tx`` run inside that open transaction (from ``Database.transaction()``);
 the others read (or, ``touch``, write) on their own. Methods documented as blocking run
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -26,33 +27,34 @@ from quiver.server.core.models import (
     StoredFile,
     VectorStoreFile,
 )
+from quiver.server.storage.jobs import ClaimedFile, Lease
 from quiver.server.storage.pagination import PageSpec, Rows
 from quiver.server.storage.rows import (
     Attachment,
     BatchFileChange,
     BatchRow,
     ChunkHit,
+    ChunkState,
     Owner,
+    ReplicaRow,
     StoreActivity,
     StoreRow,
     Tx,
 )
 
 __all__ = [
-    "BadKeywordQuery",
     "BatchRepository",
     "ChunkRepository",
     "FileRepository",
-    "KeywordIndex",
+    "IndexSyncRepository",
+    "JobRepository",
+    "ReplicaRepository",
+    "Storage",
     "StoreFileRepository",
     "Transactions",
     "Tx",
     "VectorStoreRepository",
 ]
-
-
-class BadKeywordQuery(ValueError):
-    """An expression the full-text engine cannot parse."""
 
 
 class Transactions(Protocol):
@@ -210,6 +212,10 @@ class BatchRepository(Protocol):
 
     def changes_after(self, batch_id: str, after_sequence: int) -> list[BatchFileChange]: ...
 
+    def sequenced_changes(
+        self, batch_id: str, after_sequence: int, upto: int
+    ) -> list[tuple[int, BatchFileChange]]: ...
+
     def files_page(
         self, batch_id: str, status: FileStatus | None, page: PageSpec
     ) -> Rows[VectorStoreFile]: ...
@@ -248,22 +254,86 @@ class ChunkRepository(Protocol):
 
     def ids_of_store(self, store_id: str) -> npt.NDArray[np.int64]: ...
 
+    def completed_ids(self, store_id: str) -> npt.NDArray[np.int64]: ...
+
+    def keyword_rows(self, ids: Sequence[int]) -> list[tuple[int, str, str]]: ...
+
     def vectors(self, ids: Sequence[int]) -> dict[int, bytes]: ...
 
     def hits(self, store_id: str, ids: Sequence[int]) -> dict[int, ChunkHit]: ...
 
 
-class KeywordIndex(Protocol):
-    """Full-text search over the chunks (blocking: from a thread)."""
+class ReplicaRepository(Protocol):
+    """The ``replicas`` table: membership by heartbeat (blocking: from a thread).
 
-    def best(
-        self, store_id: str, phrases: Sequence[str], k: int, files: list[str] | None
-    ) -> list[tuple[int, float]]: ...
+    ``storage/replica_rows.py`` is the SQLite one. Times are unix seconds of the calling
+    replica's clock (replicas' clocks are assumed synchronised, e.g. by NTP, to well within
+    the live window)."""
 
-    def ranked(
-        self, store_id: str, phrases: Sequence[str], k: int, files: list[str] | None
-    ) -> list[tuple[int, float]]: ...
+    def beat(self, replica_id: str, address: str, now: float) -> None: ...
 
-    def holding(self, phrase: str) -> list[int]: ...
+    def live(self, since: float) -> list[ReplicaRow]: ...
 
-    def document_frequencies(self, words: Sequence[str]) -> tuple[int, list[int]]: ...
+    def leave(self, replica_id: str) -> None: ...
+
+    def forget_before(self, before: float) -> int: ...
+
+
+class IndexSyncRepository(Protocol):
+    """What a store's vector index must hold (blocking: from a thread);
+    ``storage/index_sync_rows.py`` is the SQLite one."""
+
+    def chunks_after(self, store_id: str, after: int, limit: int) -> list[ChunkState]: ...
+
+    def vectors(self, ids: list[int]) -> dict[int, bytes]: ...
+
+
+class JobRepository(Protocol):
+    """The leased job queue (``storage/jobs.py``): owner, lease expiry, generation fence."""
+
+    def current(self, store_id: str, file_id: str) -> dict[str, Any] | None: ...
+
+    def stamp(self, tx: Tx, store_id: str, file_id: str, owner: str, expires_at: float) -> None: ...
+
+    def lease(self, tx: Tx | None, store_id: str, file_id: str) -> Lease | None: ...
+
+    def expired_in_cancelled_batches(self, tx: Tx, now: float) -> list[tuple[str, str]]: ...
+
+    def claim_expired(
+        self, tx: Tx, owner: str, now: float, expires_at: float, limit: int
+    ) -> list[ClaimedFile]: ...
+
+    def renew(self, owner: str, expires_at: float) -> int: ...
+
+    def release(self, tx: Tx, owner: str) -> int: ...
+
+
+class Storage(Transactions, Protocol):
+    """One database (SQLite, or PostgreSQL with ``--database postgresql://...``): its
+    transactions and every repository on it."""
+
+    @property
+    def files(self) -> FileRepository: ...
+
+    @property
+    def stores(self) -> VectorStoreRepository: ...
+
+    @property
+    def store_files(self) -> StoreFileRepository: ...
+
+    @property
+    def batches(self) -> BatchRepository: ...
+
+    @property
+    def chunks(self) -> ChunkRepository: ...
+
+    @property
+    def jobs(self) -> JobRepository: ...
+
+    @property
+    def replicas(self) -> ReplicaRepository: ...
+
+    @property
+    def index_sync(self) -> IndexSyncRepository: ...
+
+    def close(self) -> None: ...

@@ -13,6 +13,7 @@ thread in short slices.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from quiver.server.storage.database import Database
 from quiver.server.storage.rows import Tx, conn_of
@@ -48,6 +49,21 @@ class JobsRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def current(self, store_id: str, file_id: str) -> dict[str, Any] | None:
+        """The store file's row with what a worker needs of its store and file (status,
+        generation, lease owner, chunking, the store's embedder, the file's sha256 and
+        name), or None."""
+        row = self.db.execute(
+            "SELECT f.*, s.embedding_model, s.embedding_dimensions, s.dimensions_sent, "
+            "files.sha256, files.bytes AS file_bytes, "
+            "files.filename FROM vector_store_files f "
+            "JOIN vector_stores s ON s.id = f.vector_store_id "
+            "JOIN files ON files.id = f.file_id "
+            "WHERE f.vector_store_id = ? AND f.file_id = ?",
+            (store_id, file_id),
+        ).fetchone()
+        return None if row is None else dict(zip(row.keys(), row, strict=True))
+
     def stamp(self, tx: Tx, store_id: str, file_id: str, owner: str, expires_at: float) -> None:
         """A file just (re)attached, its generation bumped by the attach, is ``owner``'s."""
         conn_of(tx).execute(
@@ -56,9 +72,10 @@ class JobsRepository:
             (owner, expires_at, store_id, file_id),
         )
 
-    def lease(self, tx: Tx, store_id: str, file_id: str) -> Lease | None:
+    def lease(self, tx: Tx | None, store_id: str, file_id: str) -> Lease | None:
+        """Inside ``tx``, or (None) on the event loop's connection."""
         row = (
-            conn_of(tx)
+            (self.db.conn if tx is None else conn_of(tx))
             .execute(
                 "SELECT status, lease_owner, lease_expires_at, generation FROM vector_store_files "
                 "WHERE vector_store_id = ? AND file_id = ?",

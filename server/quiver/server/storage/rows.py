@@ -97,3 +97,29 @@ class Owner:
 
 class NotWanted(Exception):
     """The job's file was detached, re-attached or cancelled while its chunks were written."""
+
+
+@dataclass(frozen=True)
+class ReplicaRow:
+    """A replica's row in ``replicas``: who, where to reach it, and its last heartbeat."""
+
+    replica_id: str
+    address: str
+    heartbeat_at: float
+
+
+@dataclass(frozen=True)
+class ChunkState:
+    """A chunk id of a store, its file, and whether that file is completed (searchable)."""
+
+    id: int
+    file_id: str
+    completed: bool
+
+
+class StorageError(RuntimeError):
+    """A statement of a networked database (PostgreSQL) failed."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached (down, restarting, or too slow to answer): retry."""

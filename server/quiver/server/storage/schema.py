@@ -120,18 +120,15 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_store ON chunks (vector_store_id, id);
 
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
-    text, content='chunks', content_rowid='id',
-    tokenize='porter unicode61 remove_diacritics 2'
+-- The replicas serving this database (core/replicas.py): each one heartbeats its row; a row
+-- whose heartbeat_at (unix seconds, the replica's clock) is older than the live window is a
+-- dead replica's. address: the host:port other replicas forward searches to.
+CREATE TABLE IF NOT EXISTS replicas (
+    id TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
 );
--- Document frequency of each (stemmed) term, for leaving very common words out of queries.
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vocab USING fts5vocab (chunks_fts, row);
-CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts (rowid, text) VALUES (new.id, new.text);
-END;
-CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
-END;
 """
 
 
@@ -153,4 +150,14 @@ ADDED_INDEXES: list[str] = [
     # The heartbeat: the unfinished files one server holds.
     "CREATE INDEX IF NOT EXISTS vector_store_files_by_lease_owner "
     "ON vector_store_files (lease_owner, lease_expires_at) WHERE status = 'in_progress'",
+]
+
+# What an older data directory has and this version no longer keeps, dropped at open: the
+# FTS5 keyword index (chunks_fts, kept by trigger on every chunk insert and delete), replaced
+# by the per-store tantivy indexes under keyword/ (index/keyword.py), built from the rows.
+DROPPED: list[str] = [
+    "DROP TRIGGER IF EXISTS chunks_fts_insert",
+    "DROP TRIGGER IF EXISTS chunks_fts_delete",
+    "DROP TABLE IF EXISTS chunks_vocab",
+    "DROP TABLE IF EXISTS chunks_fts",
 ]

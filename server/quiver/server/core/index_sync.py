@@ -1,0 +1,351 @@
+"""Read-your-writes for a store's vector index, a cache of the database's chunks: before a
+search reads the index, chunks committed since it was last synced (by any replica) are added.
+
+Per store this keeps the epoch the index was last fully reconciled at and a *watermark*: the
+chunk id below which every chunk of a completed file is in the index. A search at the same
+epoch reads only the chunk ids above the watermark (a short indexed range read); at another
+epoch (the live replicas changed, so the store may have been served elsewhere meanwhile) the
+index is first reconciled in full: chunks of completed files added, chunks no longer stored
+marked deleted; so it is, too, at least every FULL_EVERY_S seconds. Chunks of files still
+in progress are never added here (this replica's own
+are added by its ingest, hidden until completed); the watermark stops below the first of
+them, so they are added once their file completes.
+
+Files whose chunks are added here completed elsewhere: the store's attribute index (filters)
+is told, and forgets the store at a full reconcile (rebuilt at its next filtered search).
+Off (``active`` false) while this replica has never seen another one: alone on its database,
+its own ingest keeps its indexes current, as on a single node.
+
+A full reconcile that must add many chunks (a store this replica never held, typically
+just after its owner died) runs in the background instead of holding up searches (and the
+threads they run on): meanwhile the store is searched exactly over its stored vectors, or,
+when it is too big for that, the search awaits the rebuild without holding a thread.
+
+Blocking: ``catch_up`` and ``prepare`` run on a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from quiver.server.storage.interfaces import IndexSyncRepository
+
+log = logging.getLogger("quiver.index")
+
+SCAN_ROWS = 10_000
+"""Chunk ids per database read."""
+LOAD_ROWS = 500
+"""Vectors per database read."""
+INLINE_ADDS = 2_000
+"""A full reconcile adding more chunks than this runs in the background (``prepare``)."""
+REBUILDERS = 2
+"""Background rebuilds at a time (the others queue; one per store at most)."""
+BRIDGE_MAX_CHUNKS = 50_000
+"""While its index is rebuilt, a store of at most this many chunks is searched exactly (its
+stored vectors read from the database: ~100 MB at 512 floats); a bigger one waits."""
+FULL_EVERY_S = 60.0
+"""A store's index is reconciled in full at least this often while searched: what the
+watermark cannot see (chunks deleted, attributes changed elsewhere; with a database whose
+ids are not assigned in commit order, a chunk committed below it) is caught up within it."""
+MAX_STORES = 4096
+"""Stores whose sync state is kept (least recently searched out: fully reconciled at their
+next search)."""
+
+
+class SyncedIndex(Protocol):
+    def add(self, labels: npt.ArrayLike, vectors: npt.ArrayLike) -> None: ...
+
+    def mark_deleted(self, labels: npt.ArrayLike) -> None: ...
+
+    def labels(self) -> npt.NDArray[np.int64]: ...
+
+    def holds(self, labels: npt.ArrayLike) -> npt.NDArray[np.bool_]: ...
+
+
+class FileChanges(Protocol):
+    """The attribute index (core/attribute_index.py), as far as syncing tells it anything."""
+
+    def changed(self, store_id: str, file_ids: Iterable[str]) -> None: ...
+
+    def forget(self, store_id: str) -> None: ...
+
+
+class SyncedKeywords(Protocol):
+    """The stores' keyword indexes (``index/keyword_manager.py``), caught up like the vector
+    index: chunks completed elsewhere added, a full reconcile at a new epoch."""
+
+    def add(self, store_id: str, rows: list[tuple[int, str, str]]) -> bool: ...
+
+    def flush(self, store_id: str) -> None: ...
+
+    def reconcile(
+        self,
+        store_id: str,
+        stored: npt.NDArray[np.int64],
+        load: Callable[[Sequence[int]], list[tuple[int, str, str]]],
+    ) -> object: ...
+
+
+class SyncedIndexes(Protocol):
+    def get(self, store_id: str, dim: int) -> SyncedIndex: ...
+
+    def changed(self, store_id: str, index: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    store_id: str
+    added: int
+    removed: int
+    full: bool
+    watermark: int
+
+
+@dataclass(frozen=True)
+class _State:
+    epoch: int
+    watermark: int
+    reconciled_at: float
+    """When the index was last reconciled in full (``time.monotonic()``)."""
+
+
+@dataclass(frozen=True)
+class Rebuilding:
+    """A store's index being rebuilt in the background: meanwhile a search ranks
+    ``completed`` (the chunk ids of its completed files when the rebuild started) exactly,
+    or, past BRIDGE_MAX_CHUNKS, awaits ``done``."""
+
+    completed: npt.NDArray[np.int64]
+    done: Future[None]
+
+
+@dataclass
+class _Walk:
+    completed: list[int]
+    every: list[int]
+    watermark: int
+    files: dict[int, str]
+    """The file of each completed chunk."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    store_id: str
+    dim: int
+    epoch: int
+    started: float
+    index: SyncedIndex
+    full: bool
+    walk: _Walk
+    missing: npt.NDArray[np.int64]
+    extra: npt.NDArray[np.int64]
+
+
+class IndexSync:
+    def __init__(
+        self,
+        rows: IndexSyncRepository,
+        indexes: SyncedIndexes,
+        epoch: Callable[[], int],
+        *,
+        files: FileChanges | None = None,
+        keywords: SyncedKeywords | None = None,
+        keyword_rows: Callable[[Sequence[int]], list[tuple[int, str, str]]] | None = None,
+        active: Callable[[], bool] = lambda: True,
+        full_every_s: float = FULL_EVERY_S,
+    ) -> None:
+        self.rows = rows
+        self.indexes = indexes
+        self.epoch = epoch
+        self.files = files
+        self.keywords = keywords
+        self.keyword_rows = keyword_rows
+        self.active = active
+        self.full_every_s = full_every_s
+        self._states: OrderedDict[str, _State] = OrderedDict()
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._building: dict[str, Rebuilding] = {}
+        self._builder = ThreadPoolExecutor(REBUILDERS, thread_name_prefix="index-rebuild")
+        self._closed = False
+
+    def _lock_for(self, store_id: str) -> threading.Lock:
+        with self._guard:
+            lock = self._locks.get(store_id)
+            if lock is None:
+                lock = self._locks[store_id] = threading.Lock()
+            return lock
+
+    def forget(self, store_id: str) -> None:
+        """The store was deleted (or its index dropped): start over at its next search."""
+        with self._guard:
+            self._states.pop(store_id, None)
+            self._locks.pop(store_id, None)
+
+    def catch_up(self, store_id: str, dim: int) -> SyncReport:
+        """Blocking: the store's index holds every chunk of its completed files (see the
+        module's docstring), however many it takes; returns what changed."""
+        with self._lock_for(store_id):
+            return self._apply(self._plan(store_id, dim))
+
+    def prepare(self, store_id: str, dim: int) -> Rebuilding | None:
+        """Blocking (short): None once the store's index is caught up (as ``catch_up``),
+        or, when that takes adding more than INLINE_ADDS chunks at a new epoch (a store this
+        replica did not hold, e.g. its owner just died), the rebuild started in the
+        background (at most REBUILDERS at a time), which the caller searches around."""
+        with self._guard:
+            building = self._building.get(store_id)
+        if building is not None:
+            return building
+        with self._lock_for(store_id):
+            with self._guard:
+                building = self._building.get(store_id)
+            if building is not None:
+                return building
+            plan = self._plan(store_id, dim)
+            if not plan.full or len(plan.missing) <= INLINE_ADDS:
+                self._apply(plan)
+                return None
+            with self._guard:
+                done = self._builder.submit(self._rebuild, plan)
+                building = Rebuilding(np.asarray(plan.walk.completed, dtype=np.int64), done)
+                self._building[store_id] = building
+            log.info(
+                "rebuilding the index of %s from the database in the background",
+                store_id,
+                extra={"chunks": len(plan.missing)},
+            )
+            return building
+
+    def _rebuild(self, plan: _Plan) -> None:
+        started = time.perf_counter()
+        try:
+            report = self._apply(plan)
+        except Exception:  # the next search plans it again
+            log.exception("rebuilding the index of %s failed", plan.store_id)
+        else:
+            log.info(
+                "rebuilt the index of %s",
+                plan.store_id,
+                extra={"added": report.added, "seconds": round(time.perf_counter() - started, 3)},
+            )
+        finally:
+            with self._guard:
+                self._building.pop(plan.store_id, None)
+
+    @property
+    def rebuilds_in_progress(self) -> int:
+        """Stores whose index is being rebuilt in the background (or queued for it)."""
+        with self._guard:
+            return len(self._building)
+
+    def close(self) -> None:
+        """Stops the background rebuilds (one in progress finishes its slice of vectors)."""
+        self._closed = True
+        self._builder.shutdown(wait=False, cancel_futures=True)
+
+    def _plan(self, store_id: str, dim: int) -> _Plan:
+        started = time.monotonic()
+        epoch = self.epoch()
+        index = self.indexes.get(store_id, dim)
+        with self._guard:
+            state = self._states.get(store_id)
+        full = (
+            state is None
+            or state.epoch != epoch
+            or time.monotonic() - state.reconciled_at >= self.full_every_s
+        )
+        walk = self._walk(store_id, 0 if state is None or full else state.watermark, full)
+        wanted = np.asarray(walk.completed, dtype=np.int64)
+        if full:
+            held = index.labels()
+            missing = np.setdiff1d(wanted, held)
+            extra = np.setdiff1d(held, np.asarray(walk.every, dtype=np.int64))
+        else:
+            missing = wanted[~index.holds(wanted)] if len(wanted) else wanted
+            extra = np.empty(0, dtype=np.int64)
+        return _Plan(store_id, dim, epoch, started, index, full, walk, missing, extra)
+
+    def _apply(self, plan: _Plan) -> SyncReport:
+        store_id, index = plan.store_id, plan.index
+        added = self._add(index, plan.missing, plan.dim)
+        if len(plan.extra):
+            index.mark_deleted(plan.extra)
+        if added or len(plan.extra):
+            self.indexes.changed(store_id, index)
+        self._sync_keywords(plan)
+        if self.files is not None:
+            if plan.full:
+                self.files.forget(store_id)
+            elif len(plan.missing):
+                self.files.changed(store_id, {plan.walk.files[int(i)] for i in plan.missing})
+        with self._guard:
+            before = self._states.get(store_id)
+            reconciled_at = plan.started if plan.full or before is None else before.reconciled_at
+            self._states[store_id] = _State(plan.epoch, plan.walk.watermark, reconciled_at)
+            self._states.move_to_end(store_id)
+            while len(self._states) > MAX_STORES:
+                evicted, _ = self._states.popitem(last=False)
+                self._locks.pop(evicted, None)
+        return SyncReport(store_id, added, len(plan.extra), plan.full, plan.walk.watermark)
+
+    def _sync_keywords(self, plan: _Plan) -> None:
+        """The keyword index follows the vector index: the same chunks added, and at a full
+        pass made to hold exactly the completed chunks (a chunk this replica's own ingest
+        queued meanwhile may be added twice; the next full pass removes the copy)."""
+        if self.keywords is None or self.keyword_rows is None:
+            return
+        if plan.full:
+            wanted = np.asarray(plan.walk.completed, dtype=np.int64)
+            self.keywords.reconcile(plan.store_id, wanted, self.keyword_rows)
+        elif len(plan.missing):
+            for start in range(0, len(plan.missing), LOAD_ROWS):
+                part = [int(i) for i in plan.missing[start : start + LOAD_ROWS]]
+                if self.keywords.add(plan.store_id, self.keyword_rows(part)):
+                    self.keywords.flush(plan.store_id)
+
+    def _walk(self, store_id: str, after: int, every: bool) -> _Walk:
+        """The completed chunk ids above ``after`` (and, when ``every``, all of them) and the
+        new watermark: just below the first chunk of an unfinished file, else the last id."""
+        out = _Walk([], [], after, {})
+        unfinished = False
+        cursor = after
+        while True:
+            rows = self.rows.chunks_after(store_id, cursor, SCAN_ROWS)
+            for row in rows:
+                if row.completed:
+                    out.completed.append(row.id)
+                    out.files[row.id] = row.file_id
+                    if not unfinished:
+                        out.watermark = row.id
+                else:
+                    unfinished = True
+                if every:
+                    out.every.append(row.id)
+            if len(rows) < SCAN_ROWS:
+                return out
+            cursor = rows[-1].id
+
+    def _add(self, index: SyncedIndex, ids: npt.NDArray[np.int64], dim: int) -> int:
+        added = 0
+        for start in range(0, len(ids), LOAD_ROWS):
+            if self._closed:
+                break
+            part = [int(i) for i in ids[start : start + LOAD_ROWS]]
+            found = self.rows.vectors(part)
+            keep = [i for i in part if len(found.get(i, b"")) == 4 * dim]
+            if not keep:
+                continue
+            vectors = np.frombuffer(b"".join(found[i] for i in keep), dtype=np.float32)
+            index.add(np.asarray(keep, dtype=np.int64), vectors.reshape(len(keep), dim))
+            added += len(keep)
+        return added

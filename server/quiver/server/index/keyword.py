@@ -1,0 +1,236 @@
+"""One store's full-text index on tantivy: a rebuildable cache of its completed chunks
+(chunk id, file id, text), in its own directory. The database stays the record.
+
+Ranked by tantivy's BM25 (k1 = 1.2, b = 0.75, ``idf = ln(1 + (N - n + 0.5) / (n + 0.5))``
+over the store's N chunks, n of them holding the term), top k by its block-max WAND
+collector, which skips the postings that cannot reach the current k-th score instead of
+scoring every match. Words are split on anything but letters and digits, lower-cased,
+folded to ASCII and stemmed (Snowball English), both in the chunks and in the queries.
+
+Not thread-safe for writes: ``KeywordIndexes`` (``keyword_manager.py``) serialises them.
+Searches may run on any thread while a write goes on (they read the last reloaded commit).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import tantivy
+
+ANALYZER = "quiver_en"
+"""The tokenizer of the ``text`` field, registered on every open (tantivy does not store it)."""
+WRITER_HEAP_BYTES = 32_000_000
+"""The writer's indexing buffer (tantivy's minimum is 15 MB per thread): past it, tantivy
+writes a segment before the commit."""
+MAX_TOKEN_CHARS = 40
+
+
+def analyzer() -> tantivy.TextAnalyzer:
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(MAX_TOKEN_CHARS))
+        .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.ascii_fold())
+        .filter(tantivy.Filter.stemmer("english"))
+        .build()
+    )
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_unsigned_field("chunk_id", indexed=True, fast=True)
+    builder.add_text_field("file_id", tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("text", tokenizer_name=ANALYZER, index_option="position")
+    return builder.build()
+
+
+class DamagedKeywordIndex(Exception):
+    """The directory holds no usable index (missing pieces, another schema, unreadable)."""
+
+
+class StoreKeywordIndex:
+    def __init__(self, path: Path, index: tantivy.Index) -> None:
+        self.path = path
+        self._index = index
+        self._schema = index.schema
+        self._analyzer = analyzer()
+        self._writer: tantivy.IndexWriter | None = None
+        self._index.reload()
+        self._searcher = self._index.searcher()
+
+    @classmethod
+    def open(cls, path: Path) -> StoreKeywordIndex:
+        """Opens the index in ``path``, creating an empty one if the directory holds none.
+        DamagedKeywordIndex if what is there cannot be used."""
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            if (path / "meta.json").exists():
+                index = tantivy.Index.open(str(path))
+                names = {"chunk_id", "file_id", "text"}
+                if not all(f'"{n}"' in (path / "meta.json").read_text() for n in names):
+                    raise DamagedKeywordIndex(f"{path}: another schema")
+            else:
+                index = tantivy.Index(_schema(), path=str(path))
+            index.register_tokenizer(ANALYZER, analyzer())
+            index.config_reader("manual")
+            opened = cls(path, index)
+            opened.chunk_ids()  # reads every segment's fast field: damage shows here
+        except DamagedKeywordIndex:
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # tantivy's errors, and its panics on damaged files
+            # (pyo3's PanicException derives from BaseException)
+            raise DamagedKeywordIndex(f"{path}: {type(exc).__name__}: {exc}") from exc
+        return opened
+
+    @staticmethod
+    def remove(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    # -- writes (one thread at a time; visible after ``commit``) ------------------------------
+
+    def _writer_(self) -> tantivy.IndexWriter:
+        if self._writer is None:
+            self._writer = self._index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
+        return self._writer
+
+    def add(self, rows: Iterable[tuple[int, str, str]]) -> int:
+        """Adds (chunk id, file id, text) documents; returns how many."""
+        writer = self._writer_()
+        n = 0
+        for chunk_id, file_id, text in rows:
+            doc = tantivy.Document()
+            doc.add_unsigned("chunk_id", int(chunk_id))
+            doc.add_text("file_id", file_id)
+            doc.add_text("text", text)
+            writer.add_document(doc)
+            n += 1
+        return n
+
+    def delete_files(self, file_ids: Iterable[str]) -> None:
+        writer = self._writer_()
+        for file_id in file_ids:
+            writer.delete_documents_by_term("file_id", file_id)
+
+    def delete_chunks(self, chunk_ids: Iterable[int]) -> None:
+        writer = self._writer_()
+        ids = [int(c) for c in chunk_ids]
+        for start in range(0, len(ids), 10_000):  # (a plain int term is not the u64's)
+            part = ids[start : start + 10_000]
+            writer.delete_documents_by_query(
+                tantivy.Query.term_set_query(self._schema, "chunk_id", part)
+            )
+
+    def commit(self) -> None:
+        """Makes the writes so far durable (tantivy's atomic meta.json switch) and visible."""
+        if self._writer is None:
+            return
+        self._writer.commit()
+        self._index.reload()
+        self._searcher = self._index.searcher()
+
+    def rollback(self) -> None:
+        """Forgets the writes since the last commit."""
+        if self._writer is not None:
+            self._writer.rollback()
+
+    def close(self) -> None:
+        """Lets go of the writer (its lock and merge threads); uncommitted writes are lost."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.rollback()
+            writer.wait_merging_threads()
+
+    # -- reads (any thread) -----------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """N: the chunks indexed (as of the last commit)."""
+        return int(self._searcher.num_docs)
+
+    def chunk_ids(self) -> npt.NDArray[np.int64]:
+        """Every indexed chunk id (as of the last commit), sorted; an id held twice appears
+        twice."""
+        searcher = self._searcher
+        total = int(searcher.num_docs)
+        if total == 0:
+            return np.empty(0, dtype=np.int64)
+        hits = searcher.search(tantivy.Query.all_query(), limit=total, count=False).hits
+        values = searcher.fast_field_values("chunk_id", [address for _, address in hits])
+        return np.sort(np.asarray([int(v or 0) for v in values], dtype=np.int64))
+
+    def terms(self, text: str) -> list[str]:
+        """The text's terms as the index holds them (lower-cased, folded, stemmed)."""
+        return list(self._analyzer.analyze(text))
+
+    def document_frequencies(self, terms: Sequence[str]) -> tuple[int, list[int]]:
+        """N and, for each (analysed) term, how many chunks hold it."""
+        searcher = self._searcher
+        return int(searcher.num_docs), [int(searcher.doc_freq("text", t)) for t in terms]
+
+    def best(
+        self, terms: Sequence[str], k: int, files: Sequence[str] | None
+    ) -> list[tuple[int, float]]:
+        """The ``k`` best chunks by BM25 over any of ``terms`` (analysed), in ``files`` if
+        given, best first, with their score."""
+        if not terms or k <= 0 or files == []:
+            return []
+        query = tantivy.Query.boolean_query(
+            [
+                (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "text", t))
+                for t in dict.fromkeys(terms)
+            ]
+        )
+        return self._top(self._within(query, files), k)
+
+    def phrased(
+        self, phrases: Sequence[Sequence[str]], k: int, files: Sequence[str] | None
+    ) -> list[int]:
+        """Up to ``k`` chunks holding any of the phrases (each a list of analysed terms, in
+        order), in ``files`` if given, those where it is most salient first."""
+        queries = [self._phrase(p) for p in phrases if len(p) > 1]
+        if not queries or k <= 0 or files == []:
+            return []
+        query = tantivy.Query.boolean_query([(tantivy.Occur.Should, q) for q in queries])
+        return [c for c, _ in self._top(self._within(query, files), k)]
+
+    def holding(self, phrase: Sequence[str], among: Sequence[int]) -> list[int]:
+        """Those of the chunks ``among`` that hold the phrase (analysed terms, in order)."""
+        if len(phrase) < 2 or not among:
+            return []
+        keep = tantivy.Query.term_set_query(self._schema, "chunk_id", [int(c) for c in among])
+        query = tantivy.Query.boolean_query(
+            [
+                (tantivy.Occur.Must, self._phrase(phrase)),
+                (tantivy.Occur.Must, tantivy.Query.const_score_query(keep, 0.0)),
+            ]
+        )
+        return [c for c, _ in self._top(query, len(among))]
+
+    def _phrase(self, terms: Sequence[str]) -> tantivy.Query:
+        return tantivy.Query.phrase_query(self._schema, "text", list(terms))
+
+    def _within(self, query: tantivy.Query, files: Sequence[str] | None) -> tantivy.Query:
+        """The query limited to the files' chunks (a filter that does not score)."""
+        if files is None:
+            return query
+        keep = tantivy.Query.term_set_query(self._schema, "file_id", list(files))
+        return tantivy.Query.boolean_query(
+            [
+                (tantivy.Occur.Must, query),
+                (tantivy.Occur.Must, tantivy.Query.const_score_query(keep, 0.0)),
+            ]
+        )
+
+    def _top(self, query: tantivy.Query, k: int) -> list[tuple[int, float]]:
+        searcher = self._searcher
+        hits = searcher.search(query, limit=k, count=False).hits
+        if not hits:
+            return []
+        ids = searcher.fast_field_values("chunk_id", [address for _, address in hits])
+        return [(int(c or 0), float(score)) for (score, _), c in zip(hits, ids, strict=True)]

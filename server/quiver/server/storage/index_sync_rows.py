@@ -1,0 +1,46 @@
+"""What a store's index must hold, read from the database (SQLite) for the index's owner to
+catch up with chunks other replicas committed. Blocking: call every method from a thread.
+
+Plain SQL (a join on the unique (store, file) key, no SQLite-only function), so another
+database can run it as written.
+"""
+
+from __future__ import annotations
+
+from quiver.server.storage.database import Database
+from quiver.server.storage.rows import ChunkState
+
+COMPLETED = "completed"
+
+
+class IndexSyncRows:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def chunks_after(self, store_id: str, after: int, limit: int) -> list[ChunkState]:
+        """The store's first ``limit`` chunk ids above ``after``, ascending, each with
+        whether its file is completed (a chunk of a file still in progress, or detached
+        before its chunks were deleted, is not)."""
+        rows = (
+            self.db.reader()
+            .execute(
+                "SELECT c.id, c.file_id, f.status FROM chunks c LEFT JOIN vector_store_files f "
+                "ON f.vector_store_id = c.vector_store_id AND f.file_id = c.file_id "
+                "WHERE c.vector_store_id = ? AND c.id > ? ORDER BY c.id LIMIT ?",
+                (store_id, after, limit),
+            )
+            .fetchall()
+        )
+        return [ChunkState(int(r[0]), r[1], r[2] == COMPLETED) for r in rows]
+
+    def vectors(self, ids: list[int]) -> dict[int, bytes]:
+        """The stored vectors (float32 bytes) of ``ids`` that still exist."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = (
+            self.db.reader()
+            .execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", ids)
+            .fetchall()
+        )
+        return {int(r[0]): bytes(r[1]) for r in rows}

@@ -1,0 +1,38 @@
+"""What a store's index must hold, read from PostgreSQL (the SQL of
+``storage/index_sync_rows.py``), for the index's owner to catch up with chunks other replicas
+committed. Blocking: call every method from a thread."""
+
+from __future__ import annotations
+
+from quiver.server.storage.postgres.connection import PgDatabase
+from quiver.server.storage.rows import ChunkState
+
+COMPLETED = "completed"
+
+
+class PgIndexSyncRows:
+    def __init__(self, db: PgDatabase) -> None:
+        self.db = db
+
+    def chunks_after(self, store_id: str, after: int, limit: int) -> list[ChunkState]:
+        """The store's first ``limit`` chunk ids above ``after``, ascending, each with
+        whether its file is completed."""
+        rows = self.db.rows(
+            "SELECT c.id, c.file_id, f.status FROM chunks c LEFT JOIN vector_store_files f "
+            "ON f.vector_store_id = c.vector_store_id AND f.file_id = c.file_id "
+            "WHERE c.vector_store_id = %s AND c.id > %s ORDER BY c.id LIMIT %s",
+            (store_id, after, limit),
+        )
+        return [ChunkState(int(r["id"]), r["file_id"], r["status"] == COMPLETED) for r in rows]
+
+    def vectors(self, ids: list[int]) -> dict[int, bytes]:
+        """The stored vectors (float32 bytes) of ``ids`` that still exist."""
+        if not ids:
+            return {}
+        return {
+            int(r["id"]): bytes(r["vector"])
+            for r in self.db.rows(
+                "SELECT id, vector FROM chunks WHERE id = ANY(%s::bigint[])",
+                ([int(i) for i in ids],),
+            )
+        }
