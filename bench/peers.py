@@ -19,12 +19,14 @@ Engines, each loaded with the same ids, vectors, attributes and texts, asked the
 queries one after another (one client), top ``K``:
 
 - ``quiver`` (in-process): ``index/hnsw.py``'s ``VectorIndex`` (M=16, ef_construction
-  200, ef_search 256: the server's defaults) and the core's filter path: the filter is
-  parsed by ``core/filters.py`` and evaluated by its ``AttributeTable``; at most
-  ``exact_search_max_chunks`` allowed chunks are searched exactly (numpy), more through
-  hnswlib with the allowed set as its filter, as ``core/search.py`` does. The attribute
-  table is built once here; the server (gRPC) still reads every file's attributes from
-  SQLite per filtered query (issue 12, item 1), which this in-process figure leaves out.
+  200, ef_search 256: the server's defaults) and the core's filter path as
+  ``core/search.py`` drives it: the filter is parsed by ``core/filters.py`` and selected by
+  ``core/attribute_index.py``'s ``AttributeIndex`` (one file per chunk, read from the
+  dataset; the store's vectors kept in it, ``--exact-search-cache-mb``); at most
+  ``exact_search_max_chunks`` allowed chunks are searched exactly over those vectors
+  (``exact_ranking``), more through hnswlib with the allowed set as its filter. A repeated
+  filter is answered from the index's cache of selections; the ``new filters`` row makes
+  every query's filter new to it (the same chunks, and'ed with a ``ne`` that keeps all).
 - ``quiver (gRPC)`` (unless ``--no-grpc``): a real ``quiver serve`` process, each chunk
   ingested as a file with its attributes, queried as text (``bench/peers_grpc.py``);
   ranker ``none`` for the vector scenarios, ``auto`` for hybrid.
@@ -65,7 +67,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from quiver.server.config import Settings
-from quiver.server.core.filters import AttributeTable, Filter, RawFilter, parse_filter
+from quiver.server.core.attribute_index import AttributeIndex
+from quiver.server.core.blas_threads import one_blas_thread
+from quiver.server.core.filters import Filter, RawFilter, parse_filter
+from quiver.server.core.search import exact_ranking
 from quiver.server.embedders.hashing import HashEmbedder
 from quiver.server.index.hnsw import VectorIndex
 
@@ -232,39 +237,69 @@ def summarise(latencies: Sequence[float], wall: float) -> dict[str, float]:
 # -- Quiver in-process -------------------------------------------------------------------------
 
 
-def eq_filter(key: str, value: int) -> Filter:
-    return parse_filter(RawFilter("eq", key, value, True, []))
+def eq_filter(key: str, value: int, *extra: RawFilter) -> Filter:
+    comparison = RawFilter("eq", key, value, True, [])
+    if not extra:
+        return parse_filter(comparison)
+    return parse_filter(RawFilter("and", "", None, False, [comparison, *extra]))
 
 
-def run_quiver(data: Dataset, work: Path, exact_max: int) -> dict[str, Any]:
-    """The engine as the core drives it (see the module docstring), timed per query."""
+class DatasetRows:
+    """The reads the attribute index makes from storage, over the dataset: one completed
+    file per chunk (``str(id)``), as ``bench/peers_grpc.py`` ingests them."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+
+    def completed_attributes(
+        self, store_id: str, file_ids: list[str] | None = None
+    ) -> list[tuple[str, dict[str, int]]]:
+        ids = range(len(self.data.texts)) if file_ids is None else [int(f) for f in file_ids]
+        return [
+            (str(i), {"tenth": int(self.data.tenth[i]), "hundredth": int(self.data.hundredth[i])})
+            for i in ids
+        ]
+
+    def ids_by_file(self, store_id: str, file_ids: list[str] | None = None) -> dict[str, list[int]]:
+        ids = range(len(self.data.texts)) if file_ids is None else [int(f) for f in file_ids]
+        return {str(i): [i] for i in ids}
+
+    def vectors_from_thread(self, ids: Sequence[int]) -> list[tuple[int, bytes]]:
+        return [(i, self.data.vectors[i].tobytes()) for i in ids]
+
+
+def run_quiver(
+    data: Dataset, work: Path, exact_max: int, cache_mb: int, fresh_filters: bool = False
+) -> dict[str, Any]:
+    """The engine as the core drives it (see the module docstring), timed per query.
+    ``fresh_filters``: every query's filter is new to the attribute index (the wanted
+    comparison and'ed with ``hundredth != -1 - q``, which keeps the same chunks), so no
+    query is answered from its cache of selections."""
+    one_blas_thread()  # as the server's Searcher does
     start = time.perf_counter()
     index = VectorIndex(work / "quiver.hnsw", DIM, M, EF_CONSTRUCTION, EF_SEARCH)
     labels = np.arange(len(data.texts), dtype=np.int64)
     for i in range(0, labels.size, 10_000):
         index.add(labels[i : i + 10_000], data.vectors[i : i + 10_000])
-    rows = [
-        {"tenth": int(t), "hundredth": int(h)}
-        for t, h in zip(data.tenth.tolist(), data.hundredth.tolist(), strict=True)
-    ]
-    table = AttributeTable(rows)  # type: ignore[arg-type]
+    rows = DatasetRows(data)
+    attributes = AttributeIndex(rows, rows, max_stores=1, vector_bytes=cache_mb << 20)  # type: ignore[arg-type]
+    attributes.select("store", eq_filter("tenth", -1), DIM)  # built, vectors read
     build = time.perf_counter() - start
     out: dict[str, Any] = {"build_s": build, "scenarios": {}}
     for scenario in SCENARIOS:
-        parsed = None if scenario.key is None else eq_filter(scenario.key, scenario.value)
+        key = scenario.key
 
-        def search(q: int, parsed: Filter | None = parsed) -> list[int]:
+        def search(q: int, key: str | None = key, value: int = scenario.value) -> list[int]:
             query = data.query_vectors[q]
-            if parsed is None:
+            if key is None:
                 found, _ = index.knn(query, K)
                 return [int(x) for x in found[0] if x >= 0]
-            allowed = np.fromiter(sorted(table.select(parsed)), dtype=np.int64)
-            if allowed.size <= exact_max:
-                sims = index.vectors(allowed) @ query
-                top = np.argsort(-sims, kind="stable")[:K]
-                return [int(allowed[i]) for i in top]
-            members = set(allowed.tolist())
-            found, _ = index.knn(query, K, filter=members.__contains__)
+            other = [RawFilter("ne", "hundredth", -1 - q, True, [])] if fresh_filters else []
+            selection = attributes.select("store", eq_filter(key, value, *other), DIM)
+            if selection.vectors is not None and len(selection.vectors) <= exact_max:
+                ranked = exact_ranking(selection.vector_labels, selection.vectors, query, K)
+                return [label for label, _ in ranked]
+            found, _ = index.knn(query, K, filter=selection.members().__contains__)
             return [int(x) for x in found[0] if x >= 0]
 
         out["scenarios"][scenario.name] = timed_loop(search, len(data.queries))
@@ -451,8 +486,14 @@ def main() -> None:
         inputs = work / "inputs"
         write_inputs(data, inputs)
         log("quiver (in-process): loading and querying")
-        exact_max = Settings().exact_search_max_chunks
-        engines["quiver (in-process)"] = figures(data, run_quiver(data, work, exact_max))
+        settings = Settings()
+        exact_max, cache_mb = settings.exact_search_max_chunks, settings.exact_search_cache_mb
+        engines["quiver (in-process)"] = figures(data, run_quiver(data, work, exact_max, cache_mb))
+        save()
+        log("quiver (in-process, every filter new to its cache): loading and querying")
+        engines["quiver (in-process, new filters)"] = figures(
+            data, run_quiver(data, work, exact_max, cache_mb, fresh_filters=True)
+        )
         save()
         for peer in chosen:
             engines[peer.name] = figures(data, run_peer(peer, inputs, work, log))

@@ -3,6 +3,8 @@ No peer is installed here (that is the benchmark's job, in its own virtualenvs).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -12,7 +14,9 @@ from bench.peers import (
     SCENARIOS,
     build_dataset,
     exact_kth,
+    figures,
     recall_at_k,
+    run_quiver,
     selective_keys,
     split_words,
 )
@@ -89,3 +93,15 @@ def test_build_dataset_is_real_text_embedded_by_the_hash_model() -> None:
     assert filtered[1] is not None and filtered[1].size == 30
     assert filtered[2] is not None and filtered[2].size == 3
     assert build_dataset(300, 5, seed=7).texts == data.texts
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["repeated filters", "new filters"])
+def test_quivers_in_process_engine_answers_filters_exactly(tmp_path: Path, fresh: bool) -> None:
+    """The in-process row drives the server's attribute index and exact search: every
+    filtered answer is the exact one (its sets are far under the exact threshold)."""
+    data = build_dataset(1000, 5, seed=4)
+    raw = run_quiver(data, tmp_path, exact_max=10_000, cache_mb=64, fresh_filters=fresh)
+    found = figures(data, raw)
+    for scenario in SCENARIOS[1:]:
+        assert found[scenario.name]["recall"] == pytest.approx(1.0), scenario.name
+    assert found["unfiltered"]["recall"] > 0.5

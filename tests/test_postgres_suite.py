@@ -1,4 +1,5 @@
-"""Existing tests of batches, watch, idempotency and vector stores, run again through the
+"""Existing tests of batches, watch, idempotency, vector stores and filtered search (the
+attribute index and its cached vectors read from PostgreSQL), run again through the
 gRPC API of a server on PostgreSQL (``--database``): this module's ``settings`` fixture
 adds a fresh database to the shared one, so the imported tests' ``running`` server uses it.
 
@@ -19,6 +20,7 @@ import pytest
 from quiver.server.config import Settings
 
 from tests.support.pg_fixtures import pg_server, pg_url
+from tests.test_attribute_index import test_filtered_search_follows_every_change
 from tests.test_batches import (
     test_a_detached_file_stays_listed_in_its_batch,
     test_a_request_id_retry_after_the_store_expired_returns_the_batch,
@@ -34,6 +36,7 @@ from tests.test_batches import (
     test_per_file_specs_are_applied,
     test_unknown_ids_are_not_found_and_nothing_is_created,
 )
+from tests.test_filters import test_search_results_satisfy_random_filters
 from tests.test_idempotency import (
     test_a_reused_request_id_with_another_body_names_the_difference,
     test_many_unknown_file_ids_keep_the_trailer_small,
@@ -65,12 +68,14 @@ __all__ = [
     "test_create_rejects_duplicate_ids_naming_the_index",
     "test_create_vector_store_file_processes_one_file",
     "test_expired_store_refuses_batches",
+    "test_filtered_search_follows_every_change",
     "test_five_watchers_agree",
     "test_full_queue_is_resource_exhausted",
     "test_many_unknown_file_ids_keep_the_trailer_small",
     "test_mixed_batch_of_50",
     "test_per_file_specs_are_applied",
     "test_resume_after_a_sequence",
+    "test_search_results_satisfy_random_filters",
     "test_snapshot_then_changes_then_terminal",
     "test_unknown_file_ids_come_back_as_resource_info_details",
     "test_unknown_ids_are_not_found_and_nothing_is_created",

@@ -58,7 +58,8 @@ class Settings:
     index_save_interval: float = 30.0
     job_lease_seconds: float = 30.0
     job_renew_seconds: float = 10.0
-    exact_search_max_chunks: int = 2000
+    exact_search_max_chunks: int = 10_000
+    exact_search_cache_mb: int = 1024
     attribute_index_stores: int = 64
     keyword_commit_seconds: float = 1.0
     keyword_pending_chunks: int = 20_000
@@ -170,7 +171,11 @@ _HELP: dict[str, str] = {
     "keyword_pending_chunks": "chunks a store's keyword index may hold uncommitted; past it, "
     "ingest waits for a commit",
     "exact_search_max_chunks": "a filtered search whose filter leaves at most this many chunks "
-    "is exact (numpy) instead of approximate (hnswlib)",
+    "is exact (numpy) instead of approximate (hnswlib); at most 2000 when the store's vectors "
+    "are not cached (see --exact-search-cache-mb) and must be read from the database",
+    "exact_search_cache_mb": "MiB of stored vectors (and cached filter selections) kept in "
+    "memory for exact filtered search, all stores together (least recently searched out; "
+    "0: none)",
     "hnsw_m": "hnswlib M (graph degree) for new indexes",
     "hnsw_ef_construction": "hnswlib ef_construction for new indexes",
     "hnsw_ef_search": "hnswlib ef used for queries (raised as needed for k and filters)",

@@ -283,7 +283,10 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
     )
     attributes = AttributeIndex(
-        db.store_files, db.chunks, max_stores=settings.attribute_index_stores
+        db.store_files,
+        db.chunks,
+        max_stores=settings.attribute_index_stores,
+        vector_bytes=settings.exact_search_cache_mb << 20,
     )
     stores = VectorStores(
         db, choice.resolve, book, scheduler, indexes, attributes, keywords, clock=clock

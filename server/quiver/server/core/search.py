@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from quiver.server.core.attribute_index import AttributeIndex
+from quiver.server.core.attribute_index import AttributeIndex, Selection
+from quiver.server.core.blas_threads import one_blas_thread
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.errors import FieldViolation
 from quiver.server.core.filters import Filter
@@ -47,6 +48,13 @@ DEFAULT_RESULTS = 10
 FUSION_CANDIDATES = 50
 EXACT_READ_SLICE = 10_000
 """Chunk ids per database read of an exact search (under SQLite's bound parameters)."""
+EXACT_FROM_DATABASE_MAX = 2000
+"""Most chunks an exact search reads from the database when the attribute index holds no
+vectors for the store (measured: 200 vectors ~1.3 ms at 20k chunks; above ~2,000 hnswlib
+with the allowed set as its filter is faster)."""
+EXACT_INLINE_VALUES = 1 << 18
+"""An exact search over cached vectors of at most this many floats (512 rows of 512) runs
+on the event loop (~0.1 ms), a larger one on a thread."""
 _DATED_DEFAULT = re.compile(r"^default-\d{4}-\d{2}-\d{2}$")
 
 
@@ -137,6 +145,7 @@ class Searcher:
         self.query_embedding = query_embedding
         self.attributes = attributes
         self.sync = sync
+        one_blas_thread()  # exact searches' matrix products: see core/blas_threads.py
         """Catches the store's index (and attribute index) up with chunks other replicas
         committed (read-your-writes), before a search reads them."""
 
@@ -170,7 +179,9 @@ class Searcher:
         rebuilding = None
         if self.sync is not None and self.sync.active():
             rebuilding = await asyncio.to_thread(self.sync.prepare, store_id, dim)
-        files, allowed = await self._allowed(store_id, request.filter)
+        selection = await self._allowed(store_id, request.filter, dim)
+        files = None if selection is None else selection.files
+        allowed = None if selection is None else selection.labels
         # The keyword ranking reads the store's index on a thread of its own, beside the
         # vector search.
         keywords = (
@@ -185,14 +196,8 @@ class Searcher:
             vector_ranking = await asyncio.to_thread(
                 self._exact, store_id, dim, query, bridge, wanted
             )
-        elif allowed is not None and len(allowed) <= self.exact_max_chunks:
-            vector_ranking = await asyncio.to_thread(
-                self._exact, store_id, dim, query, allowed, wanted
-            )
         else:
-            vector_ranking = await asyncio.to_thread(
-                self._approximate, store_id, dim, query, allowed, wanted
-            )
+            vector_ranking = await self._vector_ranking(store_id, dim, query, selection, wanted)
         if keywords is not None:
             keyword, cosines = await keywords
             fusion = fusion_for(store.embedding_model)
@@ -204,20 +209,45 @@ class Searcher:
 
     # -- which chunks may match --------------------------------------------------------------
 
-    async def _allowed(
-        self, store_id: str, filter: Filter | None
-    ) -> tuple[list[str] | None, npt.NDArray[np.int64] | None]:
-        """With a filter: the completed files it matches, and their chunk ids, from the
-        store's attribute index (core/attribute_index.py): here when that is cheap, else
-        (first use, unread changes, a big filter) from a thread."""
+    async def _allowed(self, store_id: str, filter: Filter | None, dim: int) -> Selection | None:
+        """With a filter: the completed files it matches, their chunk ids and (when cached)
+        their vectors, from the store's attribute index (core/attribute_index.py): here when
+        that is cheap (a cached selection, a small filter), else (first use, unread changes,
+        a big filter, vectors to gather) from a thread."""
         if filter is None:
-            return None, None
-        selection = self.attributes.select_inline(store_id, filter)
+            return None
+        selection = self.attributes.select_inline(store_id, filter, dim)
         if selection is None:
-            selection = await asyncio.to_thread(self.attributes.select, store_id, filter)
-        return selection.files, selection.labels
+            selection = await asyncio.to_thread(self.attributes.select, store_id, filter, dim)
+        return selection
 
     # -- vector rankings -----------------------------------------------------------------------
+
+    async def _vector_ranking(
+        self,
+        store_id: str,
+        dim: int,
+        query: npt.NDArray[np.float32],
+        selection: Selection | None,
+        k: int,
+    ) -> list[tuple[int, float]]:
+        """Unfiltered: hnswlib. Filtered: exact over the selection's cached vectors when it
+        has at most ``exact_max_chunks``; exact over vectors read from the database when
+        they are not cached and few; else hnswlib with the selection as its filter."""
+        if selection is None:
+            return await asyncio.to_thread(self._approximate, store_id, dim, query, None, k)
+        vectors = selection.vectors
+        if vectors is not None and len(vectors) <= self.exact_max_chunks:
+            if vectors.size <= EXACT_INLINE_VALUES:
+                return exact_ranking(selection.vector_labels, vectors, query, k)
+            return await asyncio.to_thread(
+                exact_ranking, selection.vector_labels, vectors, query, k
+            )
+        if vectors is None and len(selection.labels) <= min(
+            self.exact_max_chunks, EXACT_FROM_DATABASE_MAX
+        ):
+            return await asyncio.to_thread(self._exact, store_id, dim, query, selection.labels, k)
+        return await asyncio.to_thread(self._approximate, store_id, dim, query, selection, k)
 
     def _exact(
         self,
@@ -253,7 +283,7 @@ class Searcher:
         store_id: str,
         dim: int,
         query: npt.NDArray[np.float32],
-        allowed: npt.NDArray[np.int64] | None,
+        allowed: Selection | None,
         k: int,
     ) -> list[tuple[int, float]]:
         index = self.indexes.get(store_id, dim)
@@ -262,9 +292,8 @@ class Searcher:
             labels, distances = index.knn(query, k)
         elif allowed is None:  # skip chunks of a file still being committed
             labels, distances = index.knn(query, k, filter=lambda label: label not in hidden)
-        else:
-            members = set(allowed.tolist())
-            labels, distances = index.knn(query, k, filter=members.__contains__)
+        else:  # the set is made once per cached selection
+            labels, distances = index.knn(query, k, filter=allowed.members().__contains__)
         return [
             (int(label), 1.0 - float(distance))
             for label, distance in zip(labels[0], distances[0], strict=True)
@@ -333,6 +362,25 @@ async def _bridge(
         return bridge
     await asyncio.shield(asyncio.wrap_future(rebuilding.done))
     return None
+
+
+def exact_ranking(
+    labels: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    query: npt.NDArray[np.float32],
+    k: int,
+) -> list[tuple[int, float]]:
+    """The ``k`` labels whose unit vectors (rows of ``vectors``) are most similar to the unit
+    ``query``, best first (ties by row order), with their cosine similarity."""
+    if not len(labels):
+        return []
+    similarity = vectors @ query
+    if len(similarity) > k:
+        best = np.argpartition(-similarity, k - 1)[:k]
+        top = best[np.lexsort((best, -similarity[best]))]
+    else:
+        top = np.argsort(-similarity, kind="stable")
+    return [(int(labels[i]), float(similarity[i])) for i in top]
 
 
 def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from quiver.server.core.batches import BatchFileSpec
 from quiver.server.core.errors import InvalidArgument
-from quiver.server.core.filters import parse_filter
+from quiver.server.core.filters import Filter, parse_filter
 from quiver.server.core.principal import Principal
 from quiver.server.core.search import check_search
 from quiver.server.core.validation import check_id, raise_if
@@ -35,6 +36,9 @@ UNSUPPORTED = {
     "extraction_model": "",
     "max_hops": 0,
 }
+FILTER_BYTES_INLINE = 4096
+"""A search whose body is larger than this has its filter converted and validated on a
+thread (up to 256 nodes of 256-value lists: ~0.2 s of Python), as the gRPC edge does."""
 SEARCH_FIELDS = ("query", "filters", "max_num_results", "ranking_options", "rewrite_query")
 
 
@@ -143,11 +147,15 @@ class StoreRoutes:
 
     async def search(self, request: Request, principal: Principal) -> Response:
         store_id = store_id_of(request)
-        data = await body.read_json(request)
+        data, size = await body.read_json_sized(request)
         body.only(data, SEARCH_FIELDS)
         queries = _queries(data.get("query"))
         raw_filter = data.get("filters")
-        filter = None if raw_filter is None else parse_filter(convert.filter_in(raw_filter))
+        filter = None
+        if raw_filter is not None and size > FILTER_BYTES_INLINE:
+            filter = await asyncio.to_thread(_parsed_filter, raw_filter)
+        elif raw_filter is not None:
+            filter = _parsed_filter(raw_filter)
         options = body.obj(data, "ranking_options") or {}
         body.only(options, ("ranker", "score_threshold"), "ranking_options")
         body.boolean(data, "rewrite_query")  # accepted; no rewriting without a model
@@ -168,3 +176,7 @@ class StoreRoutes:
                 "next_page": None,
             }
         )
+
+
+def _parsed_filter(raw_filter: Any) -> Filter:
+    return parse_filter(convert.filter_in(raw_filter))
