@@ -42,7 +42,9 @@ FUSION: dict[str, Fusion] = {
     # nDCG@10 0.631 against plain BM25's 0.620; at phrase boost 0.1, vector weight 0 gives
     # 0.630, 0.25 0.632, 1 0.606; the pair boost adds 0.006; a phrase boost of 0.5 (so that
     # a chunk holding the query word for word comes first) costs 0.001 there. On a held-out
-    # sample (--seed 11) auto is level with BM25 (0.613 against 0.616).
+    # sample (--seed 11) auto is level with BM25 (0.613 against 0.616). Pseudo-relevance
+    # feedback, an unstemmed second field, pairs within a window and document-level
+    # evidence each lost on both samples (bench/quality_variants.py, docs/BENCHMARKS.md).
     "hash": Fusion(vector_weight=0.25, phrase_boost=0.5, pair_boost=0.15),
     # A local: model adds what keywords miss. all-MiniLM-L6-v2, bench/quality.py --model
     # local:all-minilm-l6-v2 --sweep (150 kernel-doc sections, 85 title queries, 800/400
