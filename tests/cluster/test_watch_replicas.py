@@ -17,7 +17,7 @@ import grpc
 from grpc import aio
 from quiver.v1 import file_batches_pb2
 
-from tests.cluster.common import keys_args, small_files, tenant, until
+from tests.cluster.common import keys_args, small_files, tenant
 from tests.support.batch_helpers import (
     F_IN_PROGRESS,
     check_stream,
@@ -180,14 +180,20 @@ async def test_postgres_restart_mid_batch(tmp_path: Path, postgres: PostgresServ
             asyncio.create_task(resume_to_end(cluster, keys, store.id, batch.id, i))
             for i in range(3)
         ]
-        await until(
-            "a fifth of the batch completed",
-            lambda: batch_record(postgres.url, batch.id).sequence >= FILES // 5,
-            within=120,
-        )
+        # One more watcher, on replica 0: dropped while PostgreSQL is down, resumed on
+        # replica 2 with the last sequence it saw once it is back.
+        dropping = start_watch(alice[0], store.id, batch.id)
+        before: list[Message] = []
+        while not before or before[-1].sequence < FILES // 5:
+            message = await read_message(dropping, within=120)
+            assert message is not None, "the batch ended before PostgreSQL was restarted"
+            before.append(message)
         postgres.kill()
+        dropping.cancel()
+        last = before[-1].sequence
         await asyncio.sleep(3)  # longer than a job lease: every lease has expired meanwhile
         await asyncio.to_thread(postgres.restart)
+        resumed = await read_to_end(start_watch(alice[2], store.id, batch.id, last), within=180)
 
         done = await poll_batch(alice[2], store.id, batch.id, within=180)
         assert done.file_counts.completed == FILES
@@ -207,9 +213,13 @@ async def test_postgres_restart_mid_batch(tmp_path: Path, postgres: PostgresServ
             check_stream(parts[-1])
             assert terminal(messages) == (FILES, done.status, (0, FILES, 0, 0, FILES))
             assert set(final_statuses(messages)) == set(ids)
+        check_stream(resumed)
+        check_against_record(resumed, record, after=last)
+        assert settled(before) | settled(resumed) == set(ids)
+        assert not settled(before) & settled(resumed), "sent again after the resume"
         print(
             f"\nPostgreSQL restarted mid-batch; the watchers resumed {[r for _, r in results]} "
-            "times"
+            f"times; one dropped at sequence {last} resumed on another replica"
         )
     except BaseException:
         print(cluster.logs()[-20000:])
