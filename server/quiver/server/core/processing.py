@@ -383,7 +383,9 @@ class Processing:
         this server's claim of the file: same generation, same lease owner)."""
         assert output.vectors is not None
         with self.book.transaction() as conn:
-            if self._current(job) is None:
+            # Read inside the transaction, the row locked (PostgreSQL): no other server's
+            # claim can commit between this check and the status flip below.
+            if not self.leases.holds(self.leases.lease(conn, job), job):
                 self._note_dropped(job)
                 return False
             if self._cancel_requested(conn, job):
