@@ -171,6 +171,41 @@ def test_a_slice_under_a_superseded_claim_is_refused(pg_url: str) -> None:
         b.close()
 
 
+def test_a_lease_read_inside_a_transaction_holds_off_claims_until_it_commits(
+    pg_url: str,
+) -> None:
+    """The check before a completion (``lease`` inside its transaction) locks the row: an
+    expired lease cannot be claimed by another server between that check and the commit;
+    once it commits, it can."""
+    _attach(pg_url, 1)
+    a, b = (open_storage(pg_url, Path("/unused")) for _ in range(2))
+    try:
+        now = time.time()
+        with a.transaction() as tx:
+            (mine,) = a.jobs.claim_expired(tx, "a", now, now + 0.01, 1)
+        time.sleep(0.05)  # a's lease has expired: claimable by anyone
+        claimed: list[list[int]] = []
+
+        def claim() -> None:
+            with b.transaction() as tx:
+                got = b.jobs.claim_expired(tx, "b", time.time(), time.time() + 60, 1)
+            claimed.append([c.generation for c in got])
+
+        with a.transaction() as tx:
+            lease = a.jobs.lease(tx, "vs_1", "file_0")
+            assert lease is not None and lease.generation == mine.generation
+            during = threading.Thread(target=claim)
+            during.start()
+            during.join(10)
+            assert not during.is_alive(), "the claim waited instead of skipping the locked row"
+        assert claimed == [[]], "claimed while a held the row"
+        claim()
+        assert claimed[-1] == [mine.generation + 1]
+    finally:
+        a.close()
+        b.close()
+
+
 def test_repository_rows_round_trip(pg_url: str) -> None:
     _attach(pg_url, 3)
     storage = open_storage(pg_url, Path("/unused"))

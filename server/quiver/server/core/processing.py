@@ -131,11 +131,15 @@ class Processing:
         """``job``'s result is being dropped: if that is because the file was claimed again
         (its lease lost to another server, or re-claimed after it expired), count and log it."""
         lease = self.leases.lease(None, job)
-        if lease is None or lease.status != FileStatus.IN_PROGRESS:
-            return  # detached, deleted or settled meanwhile: nothing unusual
-        if self.leases.holds(lease, job):
-            return
+        if lease is None:
+            return  # detached or deleted meanwhile: nothing unusual
         lost = lease.owner != self.leases.owner
+        if lease.status != FileStatus.IN_PROGRESS and not lost:
+            return  # settled (e.g. cancelled) meanwhile under this server's own claim
+        if lease.status == FileStatus.IN_PROGRESS and self.leases.holds(lease, job):
+            return
+        # Lost: another server claimed the file again after this one's lease expired (and
+        # may already have settled it): this late result is refused.
         self.metrics.stale_results.labels("lease_lost" if lost else "superseded").inc()
         log.log(
             logging.WARNING if lost else logging.INFO,  # superseded: e.g. re-attached meanwhile
@@ -379,7 +383,9 @@ class Processing:
         this server's claim of the file: same generation, same lease owner)."""
         assert output.vectors is not None
         with self.book.transaction() as conn:
-            if self._current(job) is None:
+            # Read inside the transaction, the row locked (PostgreSQL): no other server's
+            # claim can commit between this check and the status flip below.
+            if not self.leases.holds(self.leases.lease(conn, job), job):
                 self._note_dropped(job)
                 return False
             if self._cancel_requested(conn, job):

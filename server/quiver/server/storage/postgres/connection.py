@@ -29,6 +29,10 @@ CONNECT_TIMEOUT = 3
 """Seconds to open one connection."""
 STATEMENT_TIMEOUT_MS = 15_000
 """Longest statement; a longer one is cancelled (StorageUnavailable)."""
+IDLE_IN_TRANSACTION_MS = 15_000
+"""Longest pause inside a transaction: PostgreSQL ends the session of a server that stops
+mid-transaction (SIGSTOP, a partition) after it, releasing its row locks, so the files it
+held can be claimed by the others (a claim's SKIP LOCKED passes over locked rows)."""
 POOL_TIMEOUT = 5.0
 """Seconds a caller waits for a free connection of the pool."""
 POOL_SIZE = 10
@@ -70,7 +74,7 @@ def connection_kwargs() -> dict[str, Any]:
         "row_factory": dict_row,
         "connect_timeout": CONNECT_TIMEOUT,
         "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
-        "-c idle_in_transaction_session_timeout=60000",
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
         "keepalives": 1,
         "keepalives_idle": 10,
         "keepalives_interval": 5,

@@ -36,12 +36,19 @@ class PgJobs:
         )
 
     def lease(self, tx: Tx | None, store_id: str, file_id: str) -> Lease | None:
+        """Inside ``tx`` the row stays locked until it commits (``FOR UPDATE``): under READ
+        COMMITTED a claim by another server could otherwise commit between this read and
+        the caller's write (a claim's ``SKIP LOCKED`` passes over the locked row)."""
         sql = (
             "SELECT status, lease_owner, lease_expires_at, generation FROM vector_store_files "
             "WHERE vector_store_id = %s AND file_id = %s"
         )
         params = (store_id, file_id)
-        row = self.db.one(sql, params) if tx is None else execute(tx, sql, params).fetchone()
+        row = (
+            self.db.one(sql, params)
+            if tx is None
+            else execute(tx, sql + " FOR UPDATE", params).fetchone()
+        )
         if row is None:
             return None
         return Lease(
