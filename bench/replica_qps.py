@@ -29,9 +29,9 @@ from grpc import aio
 from quiver.v1 import vector_stores_pb2 as pb
 
 from bench.results import RESULTS_DIR, save_results
-from tests.cluster.common import keys_args, small_files, tenant
 from tests.support.batch_helpers import create_batch, create_store, poll_batch, upload_all
 from tests.support.cluster import Cluster, ClusterReplica, shared_blobs
+from tests.support.cluster_common import keys_args, small_files, tenant
 from tests.support.cluster_db import pid_of
 from tests.support.inproc import Tenant, _tenant
 from tests.support.postgres import PostgresServer

@@ -20,9 +20,9 @@ import pytest
 from quiver.server.storage.postgres.storage import PostgresStorage
 from quiver.server.storage.rows import NotWanted, Owner
 
-from tests.cluster.common import keys_args, small_files, tenant, until
 from tests.support.batch_helpers import create_batch, create_store, poll_batch, upload_all
 from tests.support.cluster import Cluster, ClusterReplica, shared_blobs
+from tests.support.cluster_common import keys_args, small_files, tenant, until
 from tests.support.cluster_db import (
     assert_exactly_once,
     check_chunks,

@@ -17,7 +17,6 @@ import grpc
 from grpc import aio
 from quiver.v1 import file_batches_pb2
 
-from tests.cluster.common import keys_args, small_files, tenant
 from tests.support.batch_helpers import (
     F_IN_PROGRESS,
     check_stream,
@@ -32,6 +31,7 @@ from tests.support.batch_helpers import (
     watch_to_end,
 )
 from tests.support.cluster import Cluster, shared_blobs
+from tests.support.cluster_common import keys_args, small_files, tenant
 from tests.support.cluster_db import BatchRecord, assert_exactly_once, batch_record
 from tests.support.postgres import PostgresServer
 
