@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from grpc import aio
-from quiver.server.app import QuiverServer
 from quiver.server.config import Settings
 
 from tests.support import profiles
-from tests.support.inproc import Running, _tenant, keyed
+from tests.support.inproc import Running, serving
 from tests.support.serve_group import ServeProcess
 
 profiles.load()
@@ -42,22 +40,8 @@ def settings(tmp_path: Path, overrides: dict[str, Any]) -> Iterator[Settings]:
 @pytest.fixture
 async def running(settings: Settings) -> AsyncIterator[Running]:
     """A keyed server (tenants alice and bob) and one channel to it."""
-    cfg, keys = keyed(settings)
-    server = QuiverServer(cfg)
-    port = await server.start()
-    target = f"127.0.0.1:{port}"
-    channel = aio.insecure_channel(target)
-    try:
-        yield Running(
-            server=server,
-            target=target,
-            channel=channel,
-            alice=_tenant("alice", keys["alice"], channel),
-            bob=_tenant("bob", keys["bob"], channel),
-        )
-    finally:
-        await channel.close(None)
-        await server.stop(grace=1.0)
+    async with serving(settings) as running:
+        yield running
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ import pickle
 import threading
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from quiver.server.storage.sqlite_storage import SqliteStorage
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
 from tests.support.batch_helpers import create_batch, create_store, poll_batch, prose
-from tests.support.inproc import Running, Tenant, _tenant, keyed, open_tenant
+from tests.support.inproc import Tenant, open_tenant, serving
 from tests.support.rpc_helpers import (
     blob_files,
     download,
@@ -259,26 +258,6 @@ def test_a_big_upload_goes_in_parts_with_bounded_memory(
 # -- servers on S3 and on a shared directory, end to end ----------------------------------------
 
 
-@asynccontextmanager
-async def _serving(settings: Settings) -> AsyncIterator[Running]:
-    cfg, keys = keyed(settings)
-    server = QuiverServer(cfg)
-    port = await server.start()
-    target = f"127.0.0.1:{port}"
-    channel = aio.insecure_channel(target)
-    try:
-        yield Running(
-            server=server,
-            target=target,
-            channel=channel,
-            alice=_tenant("alice", keys["alice"], channel),
-            bob=_tenant("bob", keys["bob"], channel),
-        )
-    finally:
-        await channel.close(None)
-        await server.stop(grace=1.0)
-
-
 def _settings(data_dir: Path, blobs: str) -> Settings:
     return Settings(
         listen="127.0.0.1:0",
@@ -317,7 +296,7 @@ async def test_a_server_on_s3_ingests_searches_and_deletes_through_the_bucket(
     seaweed: SeaweedS3, bucket: str, tmp_path: Path, prefix: str
 ) -> None:
     data_dir = tmp_path / "data"
-    async with _serving(_settings(data_dir, f"s3://{bucket}/{prefix}/q")) as running:
+    async with serving(_settings(data_dir, f"s3://{bucket}/{prefix}/q")) as running:
         _, ids = await _ingest_and_search(running.alice, FILES)
         digests = sorted(sha256_hex(d) for d in FILES.values())
         assert seaweed.keys(bucket, prefix) == [f"{prefix}/q/{d}" for d in digests]
@@ -340,8 +319,8 @@ async def test_two_servers_sharing_a_bucket_store_the_same_content_once(
     data = FILES["a.txt"]
     key = f"{prefix}/{sha256_hex(data)}"
     async with (
-        _serving(_settings(tmp_path / "one", blobs)) as one,
-        _serving(_settings(tmp_path / "two", blobs)) as two,
+        serving(_settings(tmp_path / "one", blobs)) as one,
+        serving(_settings(tmp_path / "two", blobs)) as two,
     ):
         await _ingest_and_search(one.alice, {"a.txt": data})
         first = seaweed.client().head_object(Bucket=bucket, Key=key)
@@ -361,8 +340,8 @@ async def test_two_servers_sharing_a_directory_store_the_same_content_once(
     (shared / "tmp").mkdir(parents=True)
     (shared / "tmp" / "upload-elsewhere").write_bytes(b"partial")
     async with (
-        _serving(_settings(tmp_path / "one", str(shared))) as one,
-        _serving(_settings(tmp_path / "two", str(shared))) as two,
+        serving(_settings(tmp_path / "one", str(shared))) as one,
+        serving(_settings(tmp_path / "two", str(shared))) as two,
     ):
         assert (shared / "tmp" / "upload-elsewhere").exists()
         await _ingest_and_search(one.alice, {"a.txt": data})
@@ -445,7 +424,7 @@ async def test_an_object_store_that_goes_away_answers_unavailable_and_keeps_noth
         for key, value in own.env().items():
             monkeypatch.setenv(key, value)
         data_dir = tmp_path / "data"
-        async with _serving(_settings(data_dir, "s3://going-away/b")) as running:
+        async with serving(_settings(data_dir, "s3://going-away/b")) as running:
             stored = await upload(running.alice, "kept.txt", b"stored before the outage")
             own.stop()
             with pytest.raises(aio.AioRpcError) as caught:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from grpc import aio  # noqa: E402
 from quiver.server.app import ConfigError, QuiverServer  # noqa: E402
 from quiver.server.config import Settings  # noqa: E402
 from quiver.server.ingest.ray_executor import RayExecutor, local_task_pids  # noqa: E402
@@ -41,7 +39,7 @@ from tests.support.batch_helpers import (  # noqa: E402
     upload_all,
     watch_to_end,
 )
-from tests.support.inproc import Running, _tenant, keyed  # noqa: E402
+from tests.support.inproc import Running, serving  # noqa: E402
 from tests.support.rpc_helpers import wait_for  # noqa: E402
 
 
@@ -54,26 +52,6 @@ def local_ray() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Running]:
-    cfg, keys = keyed(settings)
-    server = QuiverServer(cfg)
-    port = await server.start()
-    target = f"127.0.0.1:{port}"
-    channel = aio.insecure_channel(target)
-    try:
-        yield Running(
-            server=server,
-            target=target,
-            channel=channel,
-            alice=_tenant("alice", keys["alice"], channel),
-            bob=_tenant("bob", keys["bob"], channel),
-        )
-    finally:
-        await channel.close(None)
-        await server.stop(grace=1.0)
 
 
 def on_ray(settings: Settings, **overrides: object) -> Settings:

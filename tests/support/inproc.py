@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from grpc import aio
@@ -68,3 +70,25 @@ def open_tenant(channel: aio.Channel) -> Tenant:
         batches=file_batches_pb2_grpc.FileBatchServiceStub(channel),
         metadata=(),
     )
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Running]:
+    """A keyed server (tenants alice and bob) in-process on ``settings`` and one channel to
+    it; stopped on exit."""
+    cfg, keys = keyed(settings)
+    server = QuiverServer(cfg)
+    port = await server.start()
+    target = f"127.0.0.1:{port}"
+    channel = aio.insecure_channel(target)
+    try:
+        yield Running(
+            server=server,
+            target=target,
+            channel=channel,
+            alice=_tenant("alice", keys["alice"], channel),
+            bob=_tenant("bob", keys["bob"], channel),
+        )
+    finally:
+        await channel.close(None)
+        await server.stop(grace=1.0)
