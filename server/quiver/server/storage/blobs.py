@@ -3,38 +3,25 @@ directory (the default) or in a directory every replica shares (``--blobs /dir``
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import BinaryIO
 
 from quiver.server.storage.blob_location import BlobRef, DirLocation, check_sha256
+from quiver.server.storage.blob_spool import HashingSpool
 
 STALE_UPLOAD_SECONDS = 24 * 3600.0
 """In a shared directory, a temp file untouched this long is a crashed replica's leftover
 (the others' uploads in progress are younger): removed at start."""
 
 
-class BlobWriter:
+class BlobWriter(HashingSpool):
     """Streams bytes to a temp file while hashing them; ``commit`` moves it into place."""
 
     def __init__(self, store: BlobStore) -> None:
+        super().__init__(store.tmp_dir)
         self._store = store
-        self.tmp_path = store.tmp_dir / f"upload-{secrets.token_hex(8)}"
-        self._file: BinaryIO = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._hash.update(data)
-        self.size += len(data)
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
 
     def commit(self) -> str:
         """fsync, then rename to ``blobs/ab/<sha256>`` (a no-op if that content exists)."""
@@ -51,11 +38,6 @@ class BlobWriter:
             os.replace(self.tmp_path, final)
             _fsync_dir(final.parent)
         return digest
-
-    def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
 
 
 class BlobStore:

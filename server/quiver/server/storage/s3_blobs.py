@@ -12,13 +12,12 @@ thread, as they do for the local store's fsyncs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import secrets
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from quiver.server.storage.blob_location import BlobRef, S3Location, check_sha256
+from quiver.server.storage.blob_spool import HashingSpool
 from quiver.server.storage.s3_client import (
     BlobStoreError,
     client_for,
@@ -35,24 +34,12 @@ PART_BYTES = 16 * 1024 * 1024
 READ_PIECE = 1024 * 1024
 
 
-class S3BlobWriter:
+class S3BlobWriter(HashingSpool):
     """Spools and hashes an upload's bytes; ``commit`` stores them under their sha256."""
 
     def __init__(self, store: S3BlobStore) -> None:
+        super().__init__(store.spool_dir)
         self._store = store
-        self.tmp_path = store.spool_dir / f"upload-{secrets.token_hex(8)}"
-        self._file: BinaryIO = open(self.tmp_path, "w+b")  # noqa: SIM115 - closed in commit/abort
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._hash.update(data)
-        self.size += len(data)
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
 
     def commit(self) -> str:
         """Sends the spooled bytes unless that content is stored already; BlobStoreError if
@@ -64,11 +51,6 @@ class S3BlobWriter:
         finally:
             self.abort()
         return digest
-
-    def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
 
 
 class S3Object:
