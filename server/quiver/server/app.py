@@ -23,6 +23,7 @@ from quiver.server.api.vector_stores import VectorStoreServicer
 from quiver.server.auth.keys import KeyConfigError, KeyRing
 from quiver.server.config import Settings, check_http_listen
 from quiver.server.core.root import build_core
+from quiver.server.http.search_forwarding import HttpSearchForwarding
 from quiver.server.http.server import BindError, HttpEdge
 from quiver.server.http.services import HttpServices
 from quiver.server.ingest.pool import WorkerStartFailed
@@ -151,6 +152,12 @@ class QuiverServer:
         self.health = health_aio.HealthServicer()
         self.interceptor = QuiverInterceptor(self.keys, self.core.metrics)
         self.port = 0
+        self.forwarder = SearchForwarder(
+            self.core.replicas,
+            PeerChannels(self._peer_credentials(settings), server_options(settings)[:2]),
+            settings.replica_forward_timeout_seconds,
+            self.core.metrics,
+        )
         self.http = (
             None
             if settings.http_listen == "off"
@@ -165,6 +172,7 @@ class QuiverServer:
                     batches=self.core.batches,
                     searcher=self.core.searcher,
                     upload_idle_timeout=settings.upload_idle_timeout,
+                    search_forwarding=HttpSearchForwarding(self.forwarder),
                 ),
                 self.keys,
                 self.core.metrics,
@@ -173,12 +181,6 @@ class QuiverServer:
         )
         self.http_port = 0
         self._server: aio.Server | None = None
-        self.forwarder = SearchForwarder(
-            self.core.replicas,
-            PeerChannels(self._peer_credentials(settings), server_options(settings)[:2]),
-            settings.replica_forward_timeout_seconds,
-            self.core.metrics,
-        )
         self._saver: asyncio.Task[None] | None = None
         self._config_watcher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
@@ -104,6 +106,25 @@ class PeerChannels:
         await self._close_evicted()
 
 
+@dataclass(frozen=True)
+class Forwarded:
+    """The owner's answer to a forwarded search, and the replica that searched."""
+
+    response: pb.SearchVectorStoreResponse
+    served_by: str
+
+
+class OwnerError(Exception):
+    """The owner answered the forwarded search with an error: its status, message and
+    trailing metadata (the google.rpc details among them), to be passed back as they are."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: tuple[Any, ...]) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.trailers = trailers
+
+
 class SearchForwarder:
     def __init__(
         self,
@@ -138,13 +159,40 @@ class SearchForwarder:
         metadata = read_metadata(context)
         if FORWARDED_BY in metadata.values:
             return None  # one hop only
+        try:
+            answer = await self.ask_owner(
+                store_id, request, metadata.values, context.time_remaining()
+            )
+        except OwnerError as exc:
+            passed = tuple(
+                (str(m[0]), m[1]) for m in exc.trailers or () if m[0] in (STATUS_DETAILS, SERVED_BY)
+            )
+            await context.abort(exc.code, exc.details, passed)
+            raise AssertionError("unreachable: abort raises") from exc
+        if answer is None:
+            return None
+        context.set_trailing_metadata(((SERVED_BY, answer.served_by),))
+        return answer.response
+
+    async def ask_owner(
+        self,
+        store_id: str,
+        request: pb.SearchVectorStoreRequest,
+        headers: Mapping[str, str],
+        remaining: float | None,
+    ) -> Forwarded | None:
+        """Forwards the search to the store's owner when another live replica owns it:
+        the owner's answer and who gave it, or None when the search is to be answered here
+        (this replica owns the store, or the owner is unreachable: it is marked dead). The
+        owner's error raises OwnerError. ``headers`` are the caller's (lower-case keys): its
+        authorization, on-behalf-of and request id are passed on; ``remaining`` is the
+        caller's time left (None: no deadline)."""
         route = self.replicas.route(store_id)
         if route.local:
             return None
-        remaining = context.time_remaining()
         timeout = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
         ours = remaining is None or self.timeout_s < remaining
-        sent = [(k, metadata.values[k]) for k in PASSED_ON if k in metadata.values]
+        sent = [(k, headers[k]) for k in PASSED_ON if k in headers]
         sent += [(FORWARDED_BY, self.replicas.replica_id), (FORWARD_EPOCH, str(route.epoch))]
         address = route.owner.address
         call = self.channels.stub(address).SearchVectorStore(
@@ -174,13 +222,8 @@ class SearchForwarder:
                 return None
             self.forwarded += 1
             self._count("forwarded")
-            passed = tuple(
-                (str(m[0]), m[1]) for m in trailers or () if m[0] in (STATUS_DETAILS, SERVED_BY)
-            )
-            await context.abort(code, exc.details() or "", passed)
-            raise AssertionError("unreachable: abort raises") from exc
+            raise OwnerError(code, exc.details() or "", tuple(trailers or ())) from exc
         self.forwarded += 1
         self._count("forwarded")
         served = [m[1] for m in await call.trailing_metadata() or () if m[0] == SERVED_BY]
-        context.set_trailing_metadata(((SERVED_BY, str(served[0]) if served else address),))
-        return response
+        return Forwarded(response, str(served[0]) if served else address)

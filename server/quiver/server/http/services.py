@@ -11,6 +11,7 @@ from quiver.server.core.search import Searcher
 from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.upload_slots import UploadSlots
 from quiver.server.core.vector_stores import VectorStores
+from quiver.server.http.search_forwarding import HttpSearchForwarding
 
 
 @dataclass(frozen=True)
@@ -23,3 +24,5 @@ class HttpServices:
     batches: FileBatches
     searcher: Searcher
     upload_idle_timeout: float
+    search_forwarding: HttpSearchForwarding | None = None
+    """Searches of stores another replica owns go there (None: always answered here)."""

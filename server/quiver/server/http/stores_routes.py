@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from quiver.server.api.context import request_id_var
+from quiver.server.api.forwarding import PASSED_ON
 from quiver.server.core.batches import BatchFileSpec
 from quiver.server.core.errors import InvalidArgument
 from quiver.server.core.filters import Filter, parse_filter
@@ -14,6 +16,7 @@ from quiver.server.core.validation import check_id, raise_if
 from quiver.server.core.vector_stores import StoreUpdate
 from quiver.server.http import body, convert, lists
 from quiver.server.http.guard import Gate, guarded
+from quiver.server.http.search_forwarding import REPLICA_HEADER
 from quiver.server.http.services import HttpServices
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -158,24 +161,40 @@ class StoreRoutes:
             filter = _parsed_filter(raw_filter)
         options = body.obj(data, "ranking_options") or {}
         body.only(options, ("ranker", "score_threshold"), "ranking_options")
-        body.boolean(data, "rewrite_query")  # accepted; no rewriting without a model
+        rewrite_query = body.boolean(data, "rewrite_query")  # accepted; nothing rewrites
+        ranker = body.string(options, "ranker", where="ranking_options.ranker")
         search = check_search(
             queries,
             body.integer(data, "max_num_results"),
             filter,
-            body.string(options, "ranker", where="ranking_options.ranker"),
+            ranker,
             body.number(options, "score_threshold", where="ranking_options.score_threshold"),
         )
+        forwarding = self.core.search_forwarding
+        if forwarding is not None:  # another live replica owns the store: it searches
+            headers = {k: v for k, v in request.headers.items() if k in PASSED_ON}
+            headers["x-request-id"] = request_id_var.get()
+            answer = await forwarding.ask_owner(store_id, search, ranker, rewrite_query, headers)
+            if answer is not None:
+                return _page(answer.search_query, answer.data, answer.served_by)
         hits = await self.core.searcher.search(principal, store_id, search)
-        return JSONResponse(
-            {
-                "object": "vector_store.search_results.page",
-                "search_query": search.queries,
-                "data": [convert.hit_out(hit) for hit in hits],
-                "has_more": False,
-                "next_page": None,
-            }
-        )
+        served_by = "" if forwarding is None else forwarding.replica_id
+        return _page(search.queries, [convert.hit_out(hit) for hit in hits], served_by)
+
+
+def _page(queries: list[str], data: list[convert.Json], served_by: str) -> JSONResponse:
+    """A search's results page; ``served_by`` names the replica that searched (a header)."""
+    headers = {REPLICA_HEADER: served_by} if served_by else None
+    return JSONResponse(
+        {
+            "object": "vector_store.search_results.page",
+            "search_query": queries,
+            "data": data,
+            "has_more": False,
+            "next_page": None,
+        },
+        headers=headers,
+    )
 
 
 def _parsed_filter(raw_filter: Any) -> Filter:
