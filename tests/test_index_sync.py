@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from quiver.server.core import index_sync
+from quiver.server.core.attribute_index import AttributeIndex
+from quiver.server.core.filters import RawFilter, parse_filter
 from quiver.server.core.index_sync import IndexSync
 from quiver.server.index.keyword_manager import KeywordIndexes
 from quiver.server.index.manager import IndexManager
@@ -21,6 +23,7 @@ from quiver.server.storage.chunk_rows import ChunkRows
 from quiver.server.storage.database import Database
 from quiver.server.storage.index_sync_rows import IndexSyncRows
 from quiver.server.storage.replica_rows import ReplicaRows
+from quiver.server.storage.store_file_rows import StoreFileRows
 
 from tests.support import elsewhere
 from tests.support.elsewhere import add_store, unit_vectors
@@ -254,3 +257,67 @@ def test_the_keyword_index_follows_chunks_committed_elsewhere(tmp_path: Path, db
         assert keywords.searchable(STORE).chunk_ids().tolist() == later
     finally:
         keywords.close()
+
+
+def set_attributes(db: Database, file_id: str, attributes: str) -> None:
+    """Another replica updates a completed file's attributes (no chunk changes)."""
+    db.execute(
+        "UPDATE vector_store_files SET attributes = ? WHERE vector_store_id = ? AND file_id = ?",
+        (attributes, STORE, file_id),
+    )
+
+
+def test_a_filtered_search_tells_the_attribute_index_of_file_changes_made_elsewhere(
+    tmp_path: Path, db: Database
+) -> None:
+    told = Told()
+    sync, _, _ = make(tmp_path, db, told)
+    for name in ("file-1", "file-2", "file-3"):
+        commit_file(db, name, 2)
+    assert sync.prepare(STORE, DIM) is None
+    told.forgotten.clear()
+    assert sync.prepare(STORE, DIM, filtered=True) is None
+    assert told.forgotten == [STORE]  # its first look: whatever was held is not trusted
+    assert sync.sync_files(STORE) == set()  # nothing changed since
+    set_attributes(db, "file-1", '{"k": "v"}')  # no chunk changes: the watermark cannot see it
+    sync.prepare(STORE, DIM)
+    assert told.changed == []  # an unfiltered search does not read the files' states
+    sync.prepare(STORE, DIM, filtered=True)
+    assert told.changed == [(STORE, {"file-1"})]
+    delete_file(db, "file-2")  # detached elsewhere
+    set_status(db, "file-3", "in_progress")  # re-queued elsewhere
+    commit_file(db, "file-4", 1, status="in_progress")  # attached elsewhere
+    assert sync.catch_up(STORE, DIM, filtered=True).added == 0
+    assert told.changed[-1] == (STORE, {"file-2", "file-3", "file-4"})
+    assert len(told.changed) == 2
+    sync.forget(STORE)  # the store deleted here: the next filtered search looks afresh
+    sync.prepare(STORE, DIM, filtered=True)
+    assert told.forgotten[-1] == STORE and len(told.changed) == 2
+
+
+def test_the_owners_filtered_selection_reads_attribute_writes_made_elsewhere(
+    tmp_path: Path, db: Database
+) -> None:
+    """With the real attribute index: a selection cached before another replica changed a
+    file's attributes (or detached it) is right at the next filtered search's catch-up."""
+    attributes = AttributeIndex(StoreFileRows(db), ChunkRows(db), max_stores=4)
+    indexes = IndexManager(tmp_path / "indexes", m=16, ef_construction=100, ef_search=64)
+    sync = IndexSync(IndexSyncRows(db), indexes, Epoch(), files=attributes)
+    ones = commit_file(db, "file-1", 2)
+    twos = commit_file(db, "file-2", 3)
+    set_attributes(db, "file-1", '{"tier": "gold"}')
+    gold = parse_filter(RawFilter("eq", "tier", "gold", True, []))
+
+    def select() -> tuple[list[str], list[int]]:
+        sync.prepare(STORE, DIM, filtered=True)
+        found = attributes.select(STORE, gold)
+        return found.files, sorted(int(i) for i in found.labels)
+
+    assert select() == (["file-1"], ones)
+    set_attributes(db, "file-2", '{"tier": "gold"}')  # elsewhere
+    assert attributes.select(STORE, gold).files == ["file-1"]  # the cache alone lags
+    assert select() == (["file-1", "file-2"], sorted(ones + twos))
+    set_attributes(db, "file-1", '{"tier": "silver"}')
+    assert select() == (["file-2"], twos)
+    delete_file(db, "file-2")
+    assert select() == ([], [])

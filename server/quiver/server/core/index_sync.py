@@ -13,6 +13,11 @@ them, so they are added once their file completes.
 
 Files whose chunks are added here completed elsewhere: the store's attribute index (filters)
 is told, and forgets the store at a full reconcile (rebuilt at its next filtered search).
+What the chunk ids cannot show (a file's attributes updated, a file detached or re-queued
+elsewhere) a filtered search catches up with too: it reads the store's files' states (id,
+status, attributes: one indexed read of the store's file rows) and tells the attribute index
+which differ from the states it read last (at its first look, the store is forgotten), so the
+owner's filtered search reads its writers' writes, whichever replica made them.
 Off (``active`` false) while this replica has never seen another one: alone on its database,
 its own ingest keeps its indexes current, as on a single node.
 
@@ -59,6 +64,9 @@ ids are not assigned in commit order, a chunk committed below it) is caught up w
 MAX_STORES = 4096
 """Stores whose sync state is kept (least recently searched out: fully reconciled at their
 next search)."""
+MAX_FILE_VIEWS = 1024
+"""Stores whose files' states are remembered for filtered searches (least recently searched
+out: forgotten by the attribute index at their next filtered search)."""
 
 
 class SyncedIndex(Protocol):
@@ -175,6 +183,8 @@ class IndexSync:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._building: dict[str, Rebuilding] = {}
+        self._file_views: OrderedDict[str, dict[str, int]] = OrderedDict()
+        """Per store, a digest of each attached file's status and attributes, as last read."""
         self._builder = ThreadPoolExecutor(REBUILDERS, thread_name_prefix="index-rebuild")
         self._closed = False
 
@@ -190,18 +200,26 @@ class IndexSync:
         with self._guard:
             self._states.pop(store_id, None)
             self._locks.pop(store_id, None)
+            self._file_views.pop(store_id, None)
 
-    def catch_up(self, store_id: str, dim: int) -> SyncReport:
+    def catch_up(self, store_id: str, dim: int, filtered: bool = False) -> SyncReport:
         """Blocking: the store's index holds every chunk of its completed files (see the
-        module's docstring), however many it takes; returns what changed."""
+        module's docstring), however many it takes; returns what changed. ``filtered``:
+        the attribute index is caught up with its files' states too."""
+        if filtered:
+            self.sync_files(store_id)
         with self._lock_for(store_id):
             return self._apply(self._plan(store_id, dim))
 
-    def prepare(self, store_id: str, dim: int) -> Rebuilding | None:
+    def prepare(self, store_id: str, dim: int, filtered: bool = False) -> Rebuilding | None:
         """Blocking (short): None once the store's index is caught up (as ``catch_up``),
         or, when that takes adding more than INLINE_ADDS chunks at a new epoch (a store this
         replica did not hold, e.g. its owner just died), the rebuild started in the
-        background (at most REBUILDERS at a time), which the caller searches around."""
+        background (at most REBUILDERS at a time), which the caller searches around.
+        ``filtered``: the search has a filter, so the attribute index is caught up with the
+        store's files' states first (``sync_files``)."""
+        if filtered:
+            self.sync_files(store_id)
         with self._guard:
             building = self._building.get(store_id)
         if building is not None:
@@ -225,6 +243,30 @@ class IndexSync:
                 extra={"chunks": len(plan.missing)},
             )
             return building
+
+    def sync_files(self, store_id: str) -> set[str] | None:
+        """Blocking: tells the attribute index which of the store's files changed status or
+        attributes (or were attached or detached) since this was last called for the store,
+        whichever replica changed them; returns them, or None at the first look, when the
+        attribute index forgets the store instead (what it holds may predate any change)."""
+        if self.files is None:
+            return set()
+        now = {
+            file_id: hash((status, attributes))
+            for file_id, status, attributes in self.rows.file_states(store_id)
+        }
+        with self._guard:
+            before = self._file_views.pop(store_id, None)
+            self._file_views[store_id] = now
+            while len(self._file_views) > MAX_FILE_VIEWS:
+                self._file_views.popitem(last=False)
+        if before is None:
+            self.files.forget(store_id)
+            return None
+        changed = {f for f in before.keys() | now.keys() if before.get(f) != now.get(f)}
+        if changed:
+            self.files.changed(store_id, changed)
+        return changed
 
     def _rebuild(self, plan: _Plan) -> None:
         started = time.perf_counter()

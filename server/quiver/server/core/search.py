@@ -178,7 +178,9 @@ class Searcher:
         )
         rebuilding = None
         if self.sync is not None and self.sync.active():
-            rebuilding = await asyncio.to_thread(self.sync.prepare, store_id, dim)
+            rebuilding = await asyncio.to_thread(
+                self.sync.prepare, store_id, dim, request.filter is not None
+            )
         selection = await self._allowed(store_id, request.filter, dim)
         files = None if selection is None else selection.files
         allowed = None if selection is None else selection.labels

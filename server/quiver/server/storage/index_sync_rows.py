@@ -33,6 +33,19 @@ class IndexSyncRows:
         )
         return [ChunkState(int(r[0]), r[1], r[2] == COMPLETED) for r in rows]
 
+    def file_states(self, store_id: str) -> list[tuple[str, str, str]]:
+        """Each file attached to the store: its id, status and attributes (JSON text)."""
+        rows = (
+            self.db.reader()
+            .execute(
+                "SELECT file_id, status, attributes FROM vector_store_files "
+                "WHERE vector_store_id = ?",
+                (store_id,),
+            )
+            .fetchall()
+        )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
     def vectors(self, ids: list[int]) -> dict[int, bytes]:
         """The stored vectors (float32 bytes) of ``ids`` that still exist."""
         if not ids:

@@ -25,6 +25,15 @@ class PgIndexSyncRows:
         )
         return [ChunkState(int(r["id"]), r["file_id"], r["status"] == COMPLETED) for r in rows]
 
+    def file_states(self, store_id: str) -> list[tuple[str, str, str]]:
+        """Each file attached to the store: its id, status and attributes (JSON text)."""
+        rows = self.db.rows(
+            "SELECT file_id, status, attributes::text AS attributes FROM vector_store_files "
+            "WHERE vector_store_id = %s",
+            (store_id,),
+        )
+        return [(str(r["file_id"]), str(r["status"]), str(r["attributes"])) for r in rows]
+
     def vectors(self, ids: list[int]) -> dict[int, bytes]:
         """The stored vectors (float32 bytes) of ``ids`` that still exist."""
         if not ids:
