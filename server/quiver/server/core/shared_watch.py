@@ -2,18 +2,31 @@
 database (PostgreSQL): each wake-up (a notification naming batches, or a periodic poll)
 reads the watched batches' newer changes from the table, in order of their sequence, and
 hands them to the watch hub as if they had been committed here. The hub drops what it has
-already heard (a change committed here is published by the status book too)."""
+already heard (a change committed here is published by the status book too).
+
+A batch deleted with its store on another server ends ``failed`` there, its unfinished
+files recorded failed in the same change, and its rows go in the same transaction: nothing
+is left to read. So, for each watched batch, this server keeps what that change is made of:
+the batch's state at the newest sequence it read and its files still in progress (caught
+up from the same changes it publishes). When the batch's row is gone, its watchers here get
+the terminal message the deleting server's watchers got: the next sequence, the batch
+``failed`` with its unfinished files counted failed, each of them failed with the same
+error (``status_book.BATCH_ENDED``). It is exact when this server had read the batch's last
+change before the deletion (every change wakes it; a poll follows within a second).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
 from typing import Any
 
-from quiver.server.core.models import FileBatch, FileStatus, LastError
-from quiver.server.core.status_book import StatusBook, batch_from_row
+from quiver.server.core.models import BatchStatus, FileBatch, FileCounts, FileStatus, LastError
+from quiver.server.core.status_book import BATCH_ENDED, StatusBook, batch_from_row
 from quiver.server.core.watch import FileUpdate, WatchHub
 from quiver.server.storage.interfaces import BatchRepository
 
@@ -22,6 +35,45 @@ log = logging.getLogger("quiver.watch")
 Wake = Callable[[set[str] | None], Awaitable[None]]
 Listen = Callable[[Wake], Coroutine[Any, Any, None]]
 """Runs until cancelled, calling ``wake`` with the batch ids heard (None: check them all)."""
+
+Found = tuple[FileBatch, int, list[tuple[int, FileUpdate]]]
+
+
+class Gone(enum.Enum):
+    GONE = "the batch's row is gone"
+
+
+GONE = Gone.GONE
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A watched batch as last read: its state at ``sequence`` and its unfinished files."""
+
+    sequence: int
+    batch: FileBatch
+    unfinished: frozenset[str]
+
+
+def ended_with_store(
+    batch: FileBatch, sequence: int, unfinished: frozenset[str]
+) -> tuple[FileBatch, int, list[tuple[int, FileUpdate]]]:
+    """The change that ends a batch whose store was deleted (``StatusBook.end_batch``):
+    ``failed``, its unfinished files failed with BATCH_ENDED, at the next sequence."""
+    counts = batch.file_counts
+    final = replace(
+        batch,
+        status=BatchStatus.FAILED,
+        file_counts=FileCounts(
+            in_progress=0,
+            completed=counts.completed,
+            failed=counts.failed + counts.in_progress,
+            cancelled=counts.cancelled,
+        ),
+    )
+    ended = sequence + 1
+    updates = [(ended, FileUpdate(f, FileStatus.FAILED, BATCH_ENDED)) for f in sorted(unfinished)]
+    return final, ended, updates
 
 
 class SharedWatch:
@@ -33,6 +85,8 @@ class SharedWatch:
         self.hub = hub
         self.listen = listen
         self._task: asyncio.Task[None] | None = None
+        self._known: dict[str, _Known] = {}
+        """Per watched batch (bounded by the hub's watchers): what its end is made of."""
 
     def start(self) -> None:
         if self._task is None:
@@ -47,27 +101,37 @@ class SharedWatch:
 
     async def catch_up(self, batch_ids: set[str] | None) -> None:
         """Publishes the newer changes of the watched batches among ``batch_ids`` (all the
-        watched ones for None). Reads run in a thread; a failed read is retried at the next
-        wake-up (at most a poll interval later)."""
+        watched ones for None; a batch watched since the last wake-up is read too). Reads run
+        in a thread; a failed read is retried at the next wake-up (at most a poll interval
+        later)."""
         watched = self.hub.watched()
+        for gone in self._known.keys() - watched.keys():
+            del self._known[gone]
         for batch_id, sequence in watched.items():
-            if batch_ids is not None and batch_id not in batch_ids:
+            if batch_ids is not None and batch_id not in batch_ids and batch_id in self._known:
                 continue
             try:
                 found = await asyncio.to_thread(self._read, batch_id, sequence)
             except Exception as exc:  # e.g. the database restarting: the next poll retries
                 log.warning("reading the changes of batch %s failed: %s", batch_id, exc)
                 return
-            if found is not None:
+            ended = self._ended(batch_id) if found is GONE else None
+            if isinstance(found, tuple):
                 self.hub.publish(*found)
+            elif ended is not None:
+                self.hub.publish(*ended)
 
-    def _read(
-        self, batch_id: str, sequence: int
-    ) -> tuple[FileBatch, int, list[tuple[int, FileUpdate]]] | None:
+    def _read(self, batch_id: str, sequence: int) -> Found | Gone | None:
+        """Blocking (from a thread): the batch's changes after ``sequence``, None when there
+        are none, GONE when its row is."""
         row = self.batches.get(batch_id)
-        if row is None or row.sequence <= sequence:
+        if row is None:
+            return GONE
+        known = self._known.get(batch_id)
+        since = sequence if known is None else min(sequence, known.sequence)
+        if row.sequence <= since and known is not None:
             return None
-        changes = self.batches.sequenced_changes(batch_id, sequence, row.sequence)
+        changes = self.batches.sequenced_changes(batch_id, since, row.sequence)
         counts = self.book.batch_counts(batch_id)
         updates = [
             (
@@ -82,4 +146,56 @@ class SharedWatch:
             )
             for seq, c in changes
         ]
-        return batch_from_row(row, counts), row.sequence, updates
+        batch = batch_from_row(row, counts)
+        self._remember(batch_id, row.sequence, batch, known, updates)
+        if row.sequence <= sequence:
+            return None
+        return batch, row.sequence, updates
+
+    def _remember(
+        self,
+        batch_id: str,
+        sequence: int,
+        batch: FileBatch,
+        known: _Known | None,
+        updates: list[tuple[int, FileUpdate]],
+    ) -> None:
+        """Keeps the batch's state at ``sequence`` with its unfinished files: read in full
+        the first time, then followed through the changes read. A state whose files cannot
+        be told at exactly ``sequence`` (it moved meanwhile) is read again next time."""
+        if known is None:
+            with self.book.db.transaction() as conn:
+                unfinished = frozenset(self.batches.in_progress_files(conn, batch_id))
+            again = self.batches.get(batch_id)
+            if again is None or again.sequence != sequence:
+                return
+        else:
+            still = set(known.unfinished)
+            for _, update in updates:
+                if update.status is FileStatus.IN_PROGRESS:
+                    still.add(update.file_id)
+                else:
+                    still.discard(update.file_id)
+            unfinished = frozenset(still)
+        self._known[batch_id] = _Known(sequence, batch, unfinished)
+
+    def _ended(self, batch_id: str) -> Found | None:
+        """The watched batch's row is gone (deleted with its store by another server): the
+        change that ended it there, made from what is known of it here (on the event loop:
+        the hub's state is read where the status book publishes, so a batch this server
+        deleted, whose end it has published, is not ended twice)."""
+        known = self._known.pop(batch_id, None)
+        state = self.hub.state_of(batch_id)
+        if state is None:
+            return None
+        heard, sequence = state
+        if heard.status is not BatchStatus.IN_PROGRESS:
+            return None  # its watchers here have had their terminal message
+        if known is not None and known.sequence >= sequence:
+            return ended_with_store(known.batch, known.sequence, known.unfinished)
+        log.warning(
+            "batch %s was deleted with its store before its last changes were read here: "
+            "its watchers get the end from its last state heard",
+            batch_id,
+        )
+        return ended_with_store(heard, sequence, frozenset() if known is None else known.unfinished)

@@ -100,6 +100,11 @@ class WatchHub:
         """The batches watched here, each with the newest sequence its feed has heard."""
         return {batch_id: feed.sequence for batch_id, feed in self._feeds.items()}
 
+    def state_of(self, batch_id: str) -> tuple[FileBatch, int] | None:
+        """A watched batch's newest state heard here and its sequence (None: not watched)."""
+        feed = self._feeds.get(batch_id)
+        return None if feed is None else (feed.batch, feed.sequence)
+
     def publish(
         self, batch: FileBatch, sequence: int, changes: list[tuple[int, FileUpdate]]
     ) -> None:

@@ -1,0 +1,222 @@
+"""Two servers on one PostgreSQL database, in-process on port 0: what one replica changes,
+the other's caches and watchers follow at once.
+
+- Filters: a file's attributes updated (or the file detached) through one replica change
+  the very next filtered search, through either replica, though the owner of the store had
+  a selection cached (core/index_sync.sync_files feeding core/attribute_index.py).
+- Watchers: a batch deleted with its store through one replica ends, on the other
+  replica's watchers, with the same terminal message as on the deleting replica's own
+  (core/shared_watch.py: the batch's rows are gone, so that message is made from what was
+  read of the batch before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from google.protobuf import struct_pb2
+from grpc import aio
+from quiver.server.app import QuiverServer
+from quiver.server.config import Settings
+from quiver.v1 import file_batches_pb2, vector_stores_pb2
+
+from tests.support.batch_helpers import (
+    B_FAILED,
+    F_FAILED,
+    WatchCall,
+    check_stream,
+    create_batch,
+    create_store,
+    final_statuses,
+    poll_batch,
+    prose,
+    read_message,
+    read_to_end,
+    start_watch,
+    upload_all,
+)
+from tests.support.inproc import Tenant, _tenant, keyed
+from tests.support.pg_fixtures import pg_server, pg_url
+from tests.support.rpc_helpers import wait_for
+
+__all__ = ["pg_server", "pg_url"]
+
+SERVED_BY = "x-quiver-replica"
+
+
+@dataclass
+class Node:
+    server: QuiverServer
+    channel: aio.Channel
+    alice: Tenant
+
+    @property
+    def id(self) -> str:
+        return self.server.core.replicas.replica_id
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, pg_url: str) -> AsyncIterator[list[Node]]:
+    """Two servers, each with its own data directory, on the same database and keys, each
+    seeing the other live."""
+    base, keys = keyed(
+        Settings(
+            listen="127.0.0.1:0",
+            http_listen="off",
+            ingest_workers=1,
+            database=pg_url,
+            replica_heartbeat_seconds=0.2,
+        )
+    )
+    started: list[Node] = []
+    try:
+        for name in ("a", "b"):
+            server = QuiverServer(replace(base, data_dir=tmp_path / name))
+            port = await server.start()
+            channel = aio.insecure_channel(f"127.0.0.1:{port}")
+            started.append(Node(server, channel, _tenant("alice", keys["alice"], channel)))
+        for node in started:
+            await node.server.core.replicas.refresh()
+        await wait_for(
+            lambda: all(len(n.server.core.replicas.view.replicas) == 2 for n in started),
+            within=10,
+        )
+        yield started
+    finally:
+        for node in started:
+            await node.channel.close(None)
+            await node.server.stop(grace=1.0)
+
+
+async def filtered(node: Node, store_id: str, tier: str) -> tuple[list[str], str]:
+    """The files a search filtered on ``tier`` finds, and the replica that searched."""
+    call = node.alice.stores.SearchVectorStore(
+        vector_stores_pb2.SearchVectorStoreRequest(
+            vector_store_id=store_id,
+            query=["river bridge"],
+            max_num_results=20,
+            filters=vector_stores_pb2.Filter(
+                type="eq", key="tier", value=struct_pb2.Value(string_value=tier)
+            ),
+            ranking_options=vector_stores_pb2.RankingOptions(ranker="none"),
+        ),
+        metadata=node.alice.metadata,
+        timeout=30,
+    )
+    reply = await call
+    served = [v for k, v in await call.trailing_metadata() or () if k == SERVED_BY]
+    return sorted({h.file_id for h in reply.data}), str(served[0]) if served else ""
+
+
+async def set_tier(node: Node, store_id: str, file_id: str, tier: str) -> None:
+    await node.alice.stores.UpdateVectorStoreFile(
+        vector_stores_pb2.UpdateVectorStoreFileRequest(
+            vector_store_id=store_id,
+            file_id=file_id,
+            attributes={"tier": struct_pb2.Value(string_value=tier)},
+        ),
+        metadata=node.alice.metadata,
+    )
+
+
+async def test_filtered_searches_read_attribute_writes_made_on_another_replica(
+    nodes: list[Node],
+) -> None:
+    a, b = nodes
+    store = await create_store(a.alice, name="tiers")
+    ids = await upload_all(a.alice, [(f"t{i}.txt", prose(70 + i, 1500).encode()) for i in range(4)])
+    gold = {"tier": struct_pb2.Value(string_value="gold")}
+    batch = await create_batch(a.alice, store.id, ids[:2], attributes=gold)
+    assert (await poll_batch(a.alice, store.id, batch.id)).file_counts.completed == 2
+    silver = {"tier": struct_pb2.Value(string_value="silver")}
+    batch = await create_batch(a.alice, store.id, ids[2:], attributes=silver)
+    assert (await poll_batch(a.alice, store.id, batch.id)).file_counts.completed == 2
+    owner = a if a.server.core.replicas.route(store.id).local else b
+    other = b if owner is a else a
+    assert not other.server.core.replicas.route(store.id).local
+    for node in (owner, other):  # the owner's selection for "gold" is cached from here on
+        assert await filtered(node, store.id, "gold") == (sorted(ids[:2]), owner.id)
+    # Written through the replica that does not own the store: its attribute index is not
+    # the owner's, which only the database tells.
+    await set_tier(other, store.id, ids[2], "gold")
+    for node in (owner, other):
+        assert await filtered(node, store.id, "gold") == (sorted(ids[:3]), owner.id)
+    await set_tier(other, store.id, ids[0], "bronze")
+    for node in (other, owner):
+        assert await filtered(node, store.id, "gold") == (sorted(ids[1:3]), owner.id)
+    await other.alice.stores.DeleteVectorStoreFile(
+        vector_stores_pb2.DeleteVectorStoreFileRequest(vector_store_id=store.id, file_id=ids[1]),
+        metadata=other.alice.metadata,
+    )
+    for node in (owner, other):
+        assert await filtered(node, store.id, "gold") == ([ids[2]], owner.id)
+
+
+Message = file_batches_pb2.WatchFileBatchResponse
+
+
+async def _next(call: WatchCall) -> Message:
+    message = await read_message(call)
+    assert message is not None, "the watch ended early"
+    return message
+
+
+async def _read_until(
+    call: WatchCall, done: Callable[[Message], bool], within: float = 60.0
+) -> list[Message]:
+    """Messages of a watch until ``done(message)`` holds."""
+    out: list[Message] = []
+    deadline = time.monotonic() + within
+    while True:
+        message = await read_message(call, within=max(0.1, deadline - time.monotonic()))
+        assert message is not None, "the watch ended early"
+        out.append(message)
+        if done(message):
+            return out
+
+
+async def test_watchers_on_every_replica_end_alike_when_the_store_is_deleted(
+    nodes: list[Node],
+) -> None:
+    a, b = nodes
+    for node in nodes:  # nothing runs until the watchers follow
+        await node.server.core.scheduler.stop()
+    store = await create_store(a.alice, name="doomed")
+    ids = await upload_all(a.alice, [(f"d{i}.txt", prose(90 + i, 800).encode()) for i in range(6)])
+    batch = await create_batch(a.alice, store.id, ids)
+    here = start_watch(a.alice, store.id, batch.id)
+    there = start_watch(b.alice, store.id, batch.id)
+    firsts = [await _next(here), await _next(there)]
+    assert all(m.file_batch.file_counts.in_progress == 6 for m in firsts)
+    # Some files complete (on A), then processing stops with the others still in progress.
+    a.server.core.scheduler.start(a.server.core.processing.process)
+    seen_there = await _read_until(there, lambda m: m.file_batch.file_counts.completed >= 2)
+    await a.server.core.scheduler.stop()
+    await asyncio.sleep(1.5)  # B has heard every change (woken by each, polled each second)
+    deleted = await a.alice.stores.DeleteVectorStore(
+        vector_stores_pb2.DeleteVectorStoreRequest(vector_store_id=store.id),
+        metadata=a.alice.metadata,
+    )
+    assert deleted.deleted
+    on_a = [firsts[0], *await read_to_end(here, 30)]
+    on_b = [firsts[1], *seen_there, *await read_to_end(there, 30)]
+    check_stream(on_a)
+    check_stream(on_b)
+    assert on_b[-1].file_batch.status == B_FAILED
+    assert on_b[-1].file_batch.file_counts.in_progress == 0
+    assert on_b[-1].sequence == on_a[-1].sequence
+    assert on_b[-1].file_batch == on_a[-1].file_batch
+    assert on_b[-1].type == on_a[-1].type
+    ended_a, ended_b = final_statuses(on_a), final_statuses(on_b)
+    assert ended_b == ended_a
+    assert sorted(ended_b) == sorted(ids)
+    unfinished = [u for u in ended_b.values() if u.status == F_FAILED]
+    assert unfinished, "every file completed before the store was deleted"
+    assert all("deleted" in u.last_error.message for u in unfinished)
+    completed = on_b[-1].file_batch.file_counts.completed
+    assert len(unfinished) == 6 - completed
