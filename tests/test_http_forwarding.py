@@ -192,7 +192,11 @@ async def test_filters_and_ranking_options_reach_the_owner_unchanged(pair: Pair)
             {"type": "or", "filters": [{"type": "gte", "key": "n", "value": 2}]},
         ],
     }
-    for filters, expect_hits in ((matching, True), ({"type": "ne", "key": "n", "value": 2}, False)):
+    # Past FILTER_BYTES_INLINE: converted on a thread, here and for the owner.
+    values = [f"kind-{i:04d}-padding" for i in range(255)] + ["doc"]
+    big = {"type": "in", "key": "kind", "value": values}
+    cases = ((matching, True), ({"type": "ne", "key": "n", "value": 2}, False), (big, True))
+    for filters, expect_hits in cases:
         body = {
             "query": [QUERY, "bridge"],
             "max_num_results": 5,
@@ -205,7 +209,7 @@ async def test_filters_and_ranking_options_reach_the_owner_unchanged(pair: Pair)
         assert hits(through) == hits(direct)
         assert bool(hits(direct)) is expect_hits
         assert through.json()["search_query"] == [QUERY, "bridge"]
-    assert pair.other.server.forwarder.forwarded == 2
+    assert pair.other.server.forwarder.forwarded == 3
 
 
 async def test_the_owner_answers_another_tenant_as_it_would_directly(pair: Pair) -> None:

@@ -171,10 +171,12 @@ class StoreRoutes:
             body.number(options, "score_threshold", where="ranking_options.score_threshold"),
         )
         forwarding = self.core.search_forwarding
-        if forwarding is not None:  # another live replica owns the store: it searches
+        if forwarding is not None:  # when another live replica owns the store, it searches
             headers = {k: v for k, v in request.headers.items() if k in PASSED_ON}
             headers["x-request-id"] = request_id_var.get()
-            answer = await forwarding.ask_owner(store_id, search, ranker, rewrite_query, headers)
+            answer = await forwarding.ask_owner(
+                store_id, search, ranker, rewrite_query, headers, big=size > FILTER_BYTES_INLINE
+            )
             if answer is not None:
                 return _page(answer.search_query, answer.data, answer.served_by)
         hits = await self.core.searcher.search(principal, store_id, search)
