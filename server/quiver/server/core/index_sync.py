@@ -14,10 +14,11 @@ them, so they are added once their file completes.
 Files whose chunks are added here completed elsewhere: the store's attribute index (filters)
 is told, and forgets the store at a full reconcile (rebuilt at its next filtered search).
 What the chunk ids cannot show (a file's attributes updated, a file detached or re-queued
-elsewhere) a filtered search catches up with too: it reads the store's files' states (id,
-status, attributes: one indexed read of the store's file rows) and tells the attribute index
-which differ from the states it read last (at its first look, the store is forgotten), so the
-owner's filtered search reads its writers' writes, whichever replica made them.
+elsewhere) a filtered search catches up with too: it reads a digest of the store's files'
+states (id, status, attributes; on PostgreSQL one aggregate over the store's file rows, no
+rows sent) and, only when that changed, the states themselves, and tells the attribute index
+which files differ from the states it read last (at its first look, the store is forgotten),
+so the owner's filtered search reads its writers' writes, whichever replica made them.
 Off (``active`` false) while this replica has never seen another one: alone on its database,
 its own ingest keeps its indexes current, as on a single node.
 
@@ -183,8 +184,9 @@ class IndexSync:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._building: dict[str, Rebuilding] = {}
-        self._file_views: OrderedDict[str, dict[str, int]] = OrderedDict()
-        """Per store, a digest of each attached file's status and attributes, as last read."""
+        self._file_views: OrderedDict[str, tuple[str, dict[str, int]]] = OrderedDict()
+        """Per store, the digest of its files' states (``files_digest``) and a hash of each
+        attached file's status and attributes, as last read."""
         self._builder = ThreadPoolExecutor(REBUILDERS, thread_name_prefix="index-rebuild")
         self._closed = False
 
@@ -251,18 +253,25 @@ class IndexSync:
         attribute index forgets the store instead (what it holds may predate any change)."""
         if self.files is None:
             return set()
+        digest = self.rows.files_digest(store_id)  # read first: a change after it is seen
+        with self._guard:  # again next time
+            seen = self._file_views.get(store_id)
+            if seen is not None and seen[0] == digest:
+                self._file_views.move_to_end(store_id)
+                return set()
         now = {
             file_id: hash((status, attributes))
             for file_id, status, attributes in self.rows.file_states(store_id)
         }
         with self._guard:
-            before = self._file_views.pop(store_id, None)
-            self._file_views[store_id] = now
+            self._file_views.pop(store_id, None)
+            self._file_views[store_id] = (digest, now)
             while len(self._file_views) > MAX_FILE_VIEWS:
                 self._file_views.popitem(last=False)
-        if before is None:
+        if seen is None:
             self.files.forget(store_id)
             return None
+        before = seen[1]
         changed = {f for f in before.keys() | now.keys() if before.get(f) != now.get(f)}
         if changed:
             self.files.changed(store_id, changed)

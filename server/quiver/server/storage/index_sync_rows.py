@@ -7,6 +7,8 @@ database can run it as written.
 
 from __future__ import annotations
 
+import hashlib
+
 from quiver.server.storage.database import Database
 from quiver.server.storage.rows import ChunkState
 
@@ -45,6 +47,12 @@ class IndexSyncRows:
             .fetchall()
         )
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def files_digest(self, store_id: str) -> str:
+        """A digest of ``file_states``: equal digests, equal states. (SQLite has no hash
+        function to sum in SQL, and is read in-process: the rows are hashed here.)"""
+        states = sorted(self.file_states(store_id))
+        return hashlib.sha256(repr(states).encode()).hexdigest()
 
     def vectors(self, ids: list[int]) -> dict[int, bytes]:
         """The stored vectors (float32 bytes) of ``ids`` that still exist."""
