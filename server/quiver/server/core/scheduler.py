@@ -91,6 +91,9 @@ class Scheduler:
     def is_in_flight(self, store_id: str, file_id: str) -> bool:
         return any(job.key == (store_id, file_id) for job in self._in_flight)
 
+    def in_flight_files(self, store_id: str) -> frozenset[str]:
+        return frozenset(job.file_id for job in self._in_flight if job.store_id == store_id)
+
     def check_room(self, tenant: str, files: int) -> None:
         """RESOURCE_EXHAUSTED, naming the limit, unless ``files`` more fit in the queue."""
         mine = self.queued_for(tenant)
