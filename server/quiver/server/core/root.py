@@ -332,6 +332,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         pending=pending,
         leases=leases,
         keywords=keywords,
+        calls=calls,
     )
     store_files = StoreFiles(
         book, stores, indexes, scheduler, files, attributes, pending, leases=leases, calls=calls
