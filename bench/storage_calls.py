@@ -104,8 +104,8 @@ def _request_reads(storage: Storage) -> object:
     return storage.stores.get("vs_1", "t", "s"), storage.store_files.status_counts("vs_1")
 
 
-async def _loop_view(storage: Storage, rounds: int, threads: bool) -> dict[str, float]:
-    calls = DbCalls(threads=CALLERS, queue=CALLERS)
+async def _loop_view(storage: Storage, rounds: int, threads: bool, pool: int) -> dict[str, float]:
+    calls = DbCalls(threads=pool, queue=CALLERS)
     lags: list[float] = []
     took: list[float] = []
     done = asyncio.Event()
@@ -145,10 +145,10 @@ async def _loop_view(storage: Storage, rounds: int, threads: bool) -> dict[str, 
     }
 
 
-def loop_view(storage: Storage, rounds: int) -> dict[str, dict[str, float]]:
+def loop_view(storage: Storage, rounds: int, pool: int) -> dict[str, dict[str, float]]:
     return {
-        "on the event loop (before)": asyncio.run(_loop_view(storage, rounds, threads=False)),
-        "DbCalls threads (now)": asyncio.run(_loop_view(storage, rounds, threads=True)),
+        "on the event loop (before)": asyncio.run(_loop_view(storage, rounds, False, pool)),
+        f"DbCalls, {pool} threads (now)": asyncio.run(_loop_view(storage, rounds, True, pool)),
     }
 
 
@@ -169,13 +169,14 @@ def _print_loop_view(name: str, view: dict[str, dict[str, float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=8, help="DbCalls threads")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="quiver-calls-") as tmp:
         root = Path(tmp)
         sqlite = open_storage("", root / "sqlite")
         try:
             on_sqlite = measure(sqlite, args.rounds)
-            sqlite_loop = loop_view(sqlite, args.rounds)
+            sqlite_loop = loop_view(sqlite, args.rounds, args.threads)
         finally:
             sqlite.close()
         server = PostgresServer.start(root / "pg")
@@ -183,7 +184,7 @@ def main() -> None:
             pg = open_storage(server.url, root)
             try:
                 on_pg = measure(pg, args.rounds)
-                pg_loop = loop_view(pg, args.rounds)
+                pg_loop = loop_view(pg, args.rounds, args.threads)
             finally:
                 pg.close()
         finally:

@@ -19,7 +19,7 @@ class Settings:
     data_dir: Path = Path("./quiver-data")
     blobs: str = ""
     database: str = ""
-    database_threads: int = 8
+    database_threads: int = 4
     database_queue: int = 1024
     api_keys_file: Path | None = None
     api_keys: str = ""
@@ -105,8 +105,8 @@ _HELP: dict[str, str] = {
     "database": "where the rows live: empty = the SQLite file in the data directory; "
     "postgresql://USER@HOST:PORT/DB = PostgreSQL (the [postgres] extra)",
     "database_threads": "threads that run the requests' database calls, off the event loop "
-    "(PostgreSQL: keep it below its pool of 10 connections, which the ingest and the "
-    "heartbeats share)",
+    "(PostgreSQL: keep it well below its pool of 10 connections per server, which the "
+    "ingest's chunk slices, the heartbeats and the index catch-up share)",
     "database_queue": "database calls that may wait for one of those threads; more answer "
     "UNAVAILABLE at once (the database is then too slow or unreachable)",
     "api_keys_file": "file of hashed API keys ('quiver keys add' writes it); none = open mode, "

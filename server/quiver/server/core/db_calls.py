@@ -28,7 +28,7 @@ from quiver.server.storage.rows import StorageUnavailable
 P = ParamSpec("P")
 T = TypeVar("T")
 
-DEFAULT_THREADS = 8
+DEFAULT_THREADS = 4
 """Threads running database calls (at most the connection pool's size is useful)."""
 DEFAULT_QUEUE = 1024
 """Database calls that may wait for a thread before new ones are refused (UNAVAILABLE)."""
