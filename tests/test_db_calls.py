@@ -7,6 +7,8 @@ import threading
 
 import pytest
 from quiver.server.core.db_calls import DbCalls, check_db_calls
+from quiver.server.core.errors import ResourceExhausted
+from quiver.server.core.scheduler import Job, Scheduler
 from quiver.server.storage.rows import StorageUnavailable
 
 
@@ -97,3 +99,20 @@ def test_bad_settings_are_named() -> None:
     problems = check_db_calls(0, -1)
     assert any("--database-threads" in p for p in problems)
     assert any("--database-queue" in p for p in problems)
+
+
+async def test_room_reserved_for_a_request_on_a_database_thread_counts_until_queued() -> None:
+    """A request checks the queue's room on the loop before its transaction (on a database
+    thread) and queues its jobs after it: meanwhile the room stays taken, so concurrent
+    requests cannot overfill the queue."""
+    scheduler = Scheduler(max_in_flight=1, max_queued=3, max_queued_per_tenant=3)
+    scheduler.reserve("t", 2)
+    with pytest.raises(ResourceExhausted):
+        scheduler.reserve("u", 2)
+    scheduler.reserve("u", 1)
+    scheduler.unreserve("t", 2)
+    scheduler.enqueue([Job("vs", f"f{i}", 1, "q", "t") for i in range(2)])
+    with pytest.raises(ResourceExhausted):
+        scheduler.check_room("t", 1)  # 2 queued + 1 reserved
+    scheduler.unreserve("u", 1)
+    scheduler.check_room("t", 1)

@@ -143,11 +143,20 @@ class FileBatches:
                 return self.get_now(principal, store_id, existing.id)
         store = self.stores.require_writable(principal, store_id)
         self.require_files(principal, [f.file_id for f in files])
-        self.calls.ask_loop(self.scheduler.check_room, principal.tenant, len(files))
-        with self.book.transaction() as conn:
-            batch_id, jobs, stale = self._write(
-                conn, principal, store, files, request_id or None, digest if request_id else None
-            )
+        self.calls.ask_loop(self.scheduler.reserve, principal.tenant, len(files))
+        try:
+            with self.book.transaction() as conn:
+                batch_id, jobs, stale = self._write(
+                    conn,
+                    principal,
+                    store,
+                    files,
+                    request_id or None,
+                    digest if request_id else None,
+                )
+        except BaseException:
+            self.calls.on_loop(self.scheduler.unreserve, principal.tenant, len(files))
+            raise
         self.calls.on_loop(self._queue, store, jobs, stale)
         return self.get_now(principal, store_id, batch_id)
 
@@ -180,12 +189,16 @@ class FileBatches:
         self, principal: Principal, files: list[BatchFileSpec], new: NewStore
     ) -> VectorStore:
         self.require_files(principal, [f.file_id for f in files])
-        self.calls.ask_loop(self.scheduler.check_room, principal.tenant, len(files))
-        with self.book.transaction() as conn:
-            store_id = self.stores.insert(conn, principal, new)
-            store = self.stores.rows.get_in(conn, store_id)
-            assert store is not None  # inserted just now
-            _, jobs, stale = self._write(conn, principal, store, files, None, None)
+        self.calls.ask_loop(self.scheduler.reserve, principal.tenant, len(files))
+        try:
+            with self.book.transaction() as conn:
+                store_id = self.stores.insert(conn, principal, new)
+                store = self.stores.rows.get_in(conn, store_id)
+                assert store is not None  # inserted just now
+                _, jobs, stale = self._write(conn, principal, store, files, None, None)
+        except BaseException:
+            self.calls.on_loop(self.scheduler.unreserve, principal.tenant, len(files))
+            raise
         self.calls.on_loop(self._queue, store, jobs, stale)
         return self.stores.get_now(principal, store_id)
 
@@ -227,7 +240,9 @@ class FileBatches:
 
     def _queue(self, store: StoreRow, jobs: list[Job], stale: list[int]) -> None:
         """After the commit, on the event loop: drops superseded chunks and queues the
-        batch's files."""
+        batch's files (in the room ``reserve``d for them)."""
+        if jobs:
+            self.scheduler.unreserve(jobs[0].tenant, len(jobs))
         self.store_files.drop_from_index(store, [j.file_id for j in jobs], stale)
         keys = {j.key for j in jobs}
         self.scheduler.remove(lambda j: j.key in keys)  # superseded attachments

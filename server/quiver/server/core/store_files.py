@@ -138,24 +138,30 @@ class StoreFiles:
     ) -> VectorStoreFile:
         store = self.stores.require_writable(principal, store_id)
         self.files.get_now(principal, file_id)  # NOT_FOUND for another caller's or no file
-        self.calls.ask_loop(self.scheduler.check_room, principal.tenant, 1)
-        with self.book.transaction() as conn:
-            job, stale = self.attach(
-                conn,
-                principal,
-                store,
-                file_id,
-                attributes,
-                chunking,
-                None,
-                int(self.stores.clock()),
-            )
-            self.stores.touch(store_id)
+        self.calls.ask_loop(self.scheduler.reserve, principal.tenant, 1)
+        try:
+            with self.book.transaction() as conn:
+                job, stale = self.attach(
+                    conn,
+                    principal,
+                    store,
+                    file_id,
+                    attributes,
+                    chunking,
+                    None,
+                    int(self.stores.clock()),
+                )
+                self.stores.touch(store_id)
+        except BaseException:
+            self.calls.on_loop(self.scheduler.unreserve, principal.tenant, 1)
+            raise
         self.calls.on_loop(self._queue, store, file_id, stale, job)
         return self._row(principal, store_id, file_id)
 
     def _queue(self, store: StoreRow, file_id: str, stale: builtins.list[int], job: Job) -> None:
-        """After the attach committed, on the event loop: queued (instead of an older job)."""
+        """After the attach committed, on the event loop: queued (instead of an older job),
+        in the room ``_create`` reserved."""
+        self.scheduler.unreserve(job.tenant, 1)
         self.drop_from_index(store, [file_id], stale)
         self.scheduler.remove(lambda j: j.key == job.key)
         self.scheduler.enqueue([job])
