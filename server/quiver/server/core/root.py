@@ -138,7 +138,7 @@ class Core:
     async def recover(self) -> int:
         """Takes up unfinished files and reconciles every index (database and index files
         in threads); returns how many files were queued again."""
-        jobs = self.processing.recover()
+        jobs = await self.calls.run(self.processing.recover)
         await asyncio.to_thread(self.processing.delete_leftovers, jobs)
         await asyncio.to_thread(self.processing.reconcile_indexes)
         self.scheduler.enqueue(jobs)
@@ -161,7 +161,7 @@ class Core:
         await self.lease_keeper.stop()
         await self.scheduler.stop()
         try:
-            self.processing.release_leases()
+            await self.calls.run(self.processing.release_leases)
         except Exception:  # e.g. a full disk: they are claimed once the leases expire
             log.exception("releasing the job leases failed")
 
