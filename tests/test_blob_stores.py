@@ -22,6 +22,7 @@ import pytest
 from grpc import StatusCode, aio
 from quiver.server.app import ConfigError, QuiverServer
 from quiver.server.config import Settings
+from quiver.server.core.db_calls import DbCalls
 from quiver.server.core.errors import DataLoss
 from quiver.server.core.files import FileStore
 from quiver.server.core.models import StoredFile
@@ -393,7 +394,9 @@ class _SlowCommitStore(BlobStore):
 
 def test_abort_from_the_loop_never_waits_for_a_seal_in_progress(tmp_path: Path) -> None:
     store = _SlowCommitStore(tmp_path / "blobs")
-    files = FileStore(SqliteStorage(tmp_path / "q.sqlite3"), store, max_file_bytes=1 << 20)
+    files = FileStore(
+        SqliteStorage(tmp_path / "q.sqlite3"), store, max_file_bytes=1 << 20, calls=DbCalls(1, 0)
+    )
     upload = files.begin_upload(Principal("t"), "a.txt", "assistants", "")
     upload.write(b"some bytes")
     sealing = threading.Thread(target=upload.seal)

@@ -41,7 +41,7 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
 async def _completed(core: Core, store_id: str, file_id: str, within: float = 60) -> FileStatus:
     deadline = time.monotonic() + within
     while True:
-        status = core.store_files.get(ALICE, store_id, file_id).status
+        status = (await core.store_files.get(ALICE, store_id, file_id)).status
         if status is not FileStatus.IN_PROGRESS or time.monotonic() > deadline:
             return status
         await asyncio.sleep(0.05)
@@ -50,11 +50,11 @@ async def _completed(core: Core, store_id: str, file_id: str, within: float = 60
 async def _upload(core: Core, name: str, data: bytes) -> str:
     upload = core.files.begin_upload(ALICE, name, "assistants", "")
     await asyncio.to_thread(upload.write, data)
-    return (await asyncio.to_thread(upload.finish)).id
+    return (await upload.finish()).id
 
 
 async def test_create_upload_attach_search_delete_without_grpc(core: Core) -> None:
-    store = core.stores.create(
+    store = await core.stores.create(
         ALICE,
         name="notes",
         metadata={},
@@ -63,7 +63,9 @@ async def test_create_upload_attach_search_delete_without_grpc(core: Core) -> No
         embedding_dimensions=0,
     )
     file_id = await _upload(core, "notes.txt", TEXT.encode())
-    attached = core.store_files.create(ALICE, store.id, file_id, {"kind": "notes"}, AUTO_CHUNKING)
+    attached = await core.store_files.create(
+        ALICE, store.id, file_id, {"kind": "notes"}, AUTO_CHUNKING
+    )
     assert attached.status is FileStatus.IN_PROGRESS
     assert await _completed(core, store.id, file_id) is FileStatus.COMPLETED
 
@@ -75,7 +77,7 @@ async def test_create_upload_attach_search_delete_without_grpc(core: Core) -> No
 
     # DeleteFile detaches it from the store in the same transaction.
     await core.file_deletion.delete(ALICE, file_id)
-    assert core.stores.get(ALICE, store.id).file_counts.total == 0
+    assert (await core.stores.get(ALICE, store.id)).file_counts.total == 0
     assert await core.searcher.search(ALICE, store.id, request) == []
 
 
@@ -91,13 +93,15 @@ def test_a_degenerate_model_name_is_refused_naming_embedding_model(
         core = build_core(settings)  # not started: creating a store needs no worker
         try:
             with pytest.raises(InvalidArgument) as caught:
-                core.stores.create(
-                    ALICE,
-                    name="",
-                    metadata={},
-                    expires_after=None,
-                    embedding_model=model,
-                    embedding_dimensions=0,
+                asyncio.run(
+                    core.stores.create(
+                        ALICE,
+                        name="",
+                        metadata={},
+                        expires_after=None,
+                        embedding_model=model,
+                        embedding_dimensions=0,
+                    )
                 )
             assert [v.field for v in caught.value.violations] == ["embedding_model"]
             assert core.db.execute("SELECT COUNT(*) FROM vector_stores").fetchone()[0] == 0

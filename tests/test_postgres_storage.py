@@ -243,7 +243,7 @@ async def pg_core(tmp_path: Path, pg_url: str) -> AsyncIterator[Core]:
 async def _completed(core: Core, store_id: str, file_id: str, within: float = 60) -> FileStatus:
     deadline = time.monotonic() + within
     while True:
-        status = core.store_files.get(ALICE, store_id, file_id).status
+        status = (await core.store_files.get(ALICE, store_id, file_id)).status
         if status is not FileStatus.IN_PROGRESS or time.monotonic() > deadline:
             return status
         await asyncio.sleep(0.05)
@@ -251,7 +251,7 @@ async def _completed(core: Core, store_id: str, file_id: str, within: float = 60
 
 async def test_the_core_on_postgresql_ingests_searches_and_deletes(pg_core: Core) -> None:
     core = pg_core
-    store = core.stores.create(
+    store = await core.stores.create(
         ALICE,
         name="notes",
         metadata={"team": "a"},
@@ -261,11 +261,13 @@ async def test_the_core_on_postgresql_ingests_searches_and_deletes(pg_core: Core
     )
     upload = core.files.begin_upload(ALICE, "notes.txt", "assistants", "")
     await asyncio.to_thread(upload.write, TEXT.encode())
-    file_id = (await asyncio.to_thread(upload.finish)).id
-    attached = core.store_files.create(ALICE, store.id, file_id, {"kind": "notes"}, AUTO_CHUNKING)
+    file_id = (await upload.finish()).id
+    attached = await core.store_files.create(
+        ALICE, store.id, file_id, {"kind": "notes"}, AUTO_CHUNKING
+    )
     assert attached.status is FileStatus.IN_PROGRESS
     assert await _completed(core, store.id, file_id) is FileStatus.COMPLETED
-    assert core.stores.get(ALICE, store.id).file_counts.completed == 1
+    assert (await core.stores.get(ALICE, store.id)).file_counts.completed == 1
 
     request = check_search(["birch bark quiver"], 5, None, "none", 0.0)
     hits = await core.searcher.search(ALICE, store.id, request)
@@ -281,7 +283,7 @@ async def test_the_core_on_postgresql_ingests_searches_and_deletes(pg_core: Core
     assert hybrid[0].score > hits[0].score * 0.5
 
     await core.file_deletion.delete(ALICE, file_id)
-    assert core.stores.get(ALICE, store.id).file_counts.total == 0
+    assert (await core.stores.get(ALICE, store.id)).file_counts.total == 0
     assert await core.searcher.search(ALICE, store.id, request) == []
 
 

@@ -19,6 +19,8 @@ class Settings:
     data_dir: Path = Path("./quiver-data")
     blobs: str = ""
     database: str = ""
+    database_threads: int = 4
+    database_queue: int = 1024
     api_keys_file: Path | None = None
     api_keys: str = ""
     # -- limits per request, upload and stream --
@@ -102,6 +104,11 @@ _HELP: dict[str, str] = {
     "quiver-vectorstore[s3])",
     "database": "where the rows live: empty = the SQLite file in the data directory; "
     "postgresql://USER@HOST:PORT/DB = PostgreSQL (the [postgres] extra)",
+    "database_threads": "threads that run the requests' database calls, off the event loop "
+    "(PostgreSQL: keep it well below its pool of 10 connections per server, which the "
+    "ingest's chunk slices, the heartbeats and the index catch-up share)",
+    "database_queue": "database calls that may wait for one of those threads; more answer "
+    "UNAVAILABLE at once (the database is then too slow or unreachable)",
     "api_keys_file": "file of hashed API keys ('quiver keys add' writes it); none = open mode, "
     "loopback only",
     "api_keys": "hashed API keys inline, same format as the file, comma separated",

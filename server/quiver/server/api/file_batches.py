@@ -88,7 +88,7 @@ class FileBatchServicer(file_batches_pb2_grpc.FileBatchServiceServicer):
         self, request: pb.CreateFileBatchRequest, context: Ctx
     ) -> pb.CreateFileBatchResponse:
         raise_if(check_id(request.vector_store_id, "vector_store_id", "vs_"))
-        batch = self._batches.create(
+        batch = await self._batches.create(
             current_principal(),
             request.vector_store_id,
             _specs(request),
@@ -100,13 +100,13 @@ class FileBatchServicer(file_batches_pb2_grpc.FileBatchServiceServicer):
     async def GetFileBatch(
         self, request: pb.GetFileBatchRequest, context: Ctx
     ) -> pb.GetFileBatchResponse:
-        batch = self._batches.get(current_principal(), *_ids(request))
+        batch = await self._batches.get(current_principal(), *_ids(request))
         return pb.GetFileBatchResponse(file_batch=convert.batch_out(batch))
 
     async def CancelFileBatch(
         self, request: pb.CancelFileBatchRequest, context: Ctx
     ) -> pb.CancelFileBatchResponse:
-        batch = self._batches.cancel(current_principal(), *_ids(request))
+        batch = await self._batches.cancel(current_principal(), *_ids(request))
         return pb.CancelFileBatchResponse(file_batch=convert.batch_out(batch))
 
     async def ListFileBatchFiles(
@@ -116,7 +116,9 @@ class FileBatchServicer(file_batches_pb2_grpc.FileBatchServiceServicer):
         params = check_list_params(request.limit, request.order, request.after, request.before)
         status, bad = convert.file_status_in(request.filter)
         raise_if(bad)
-        page = self._batches.list_files(current_principal(), store_id, batch_id, params, status)
+        page = await self._batches.list_files(
+            current_principal(), store_id, batch_id, params, status
+        )
         return pb.ListFileBatchFilesResponse(
             data=[convert.store_file_out(f) for f in page.data],
             **convert.page_fields(page, [f.id for f in page.data]),

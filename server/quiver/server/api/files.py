@@ -89,7 +89,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
             # call can no longer send anything, so try: it fails, and nothing is committed.
             await context.send_initial_metadata(())
             await asyncio.to_thread(upload.seal)  # sha256 check, fsync, rename
-            stored = upload.record()
+            stored = await upload.record()
             finished = True
             return files_pb2.UploadFileResponse(file=convert.file_out(stored))
         finally:
@@ -100,7 +100,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         self, request: files_pb2.GetFileRequest, context: Ctx
     ) -> files_pb2.GetFileResponse:
         raise_if(check_id(request.file_id, "file_id", "file-"))
-        file = self._files.get(current_principal(), request.file_id)
+        file = await self._files.get(current_principal(), request.file_id)
         return files_pb2.GetFileResponse(file=convert.file_out(file))
 
     async def ListFiles(
@@ -109,7 +109,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         params = check_list_params(request.limit, request.order, request.after, request.before)
         if request.purpose:
             raise_if(check_purpose(request.purpose)[1])
-        page = self._files.list(current_principal(), params, request.purpose)
+        page = await self._files.list(current_principal(), params, request.purpose)
         return files_pb2.ListFilesResponse(
             data=[convert.file_out(f) for f in page.data],
             **convert.page_fields(page, [f.id for f in page.data]),
@@ -126,7 +126,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         self, request: files_pb2.DownloadFileRequest, context: Ctx
     ) -> AsyncIterator[files_pb2.DownloadFileResponse]:
         raise_if(check_id(request.file_id, "file_id", "file-"))
-        content = self._files.open_content(current_principal(), request.file_id)
+        content = await self._files.open_content(current_principal(), request.file_id)
         with content:
             yield files_pb2.DownloadFileResponse(file=convert.file_out(content.file))
             # Read and hashed off the loop; damaged bytes end the stream with DATA_LOSS.

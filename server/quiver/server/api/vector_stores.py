@@ -76,7 +76,7 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
                 request.chunking_strategy if request.HasField("chunking_strategy") else None
             )
             raise_if(bad)
-            store = self._batches.create_store_with_files(
+            store = await self._batches.create_store_with_files(
                 principal,
                 [BatchFileSpec(f, {}, chunking) for f in request.file_ids],
                 name=name,
@@ -86,7 +86,7 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
                 embedding_dimensions=dimensions,
             )
         else:
-            store = self._stores.create(
+            store = await self._stores.create(
                 principal,
                 name=name,
                 metadata=metadata,
@@ -99,14 +99,14 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
     async def GetVectorStore(
         self, request: pb.GetVectorStoreRequest, context: Ctx
     ) -> pb.GetVectorStoreResponse:
-        store = self._stores.get(current_principal(), _store_id(request))
+        store = await self._stores.get(current_principal(), _store_id(request))
         return pb.GetVectorStoreResponse(vector_store=convert.store_out(store))
 
     async def ListVectorStores(
         self, request: pb.ListVectorStoresRequest, context: Ctx
     ) -> pb.ListVectorStoresResponse:
         params = check_list_params(request.limit, request.order, request.after, request.before)
-        page = self._stores.list(current_principal(), params)
+        page = await self._stores.list(current_principal(), params)
         return pb.ListVectorStoresResponse(
             data=[convert.store_out(s) for s in page.data],
             **convert.page_fields(page, [s.id for s in page.data]),
@@ -146,7 +146,7 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
                 expires_after=expires,
                 metadata=dict(request.metadata) if request.metadata else None,
             )
-        store = self._stores.update(current_principal(), store_id, change)
+        store = await self._stores.update(current_principal(), store_id, change)
         return pb.UpdateVectorStoreResponse(vector_store=convert.store_out(store))
 
     async def DeleteVectorStore(
@@ -212,13 +212,15 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
             request.chunking_strategy if request.HasField("chunking_strategy") else None
         )
         raise_if(bad + more)
-        file = self._files.create(current_principal(), store_id, file_id, attributes, chunking)
+        file = await self._files.create(
+            current_principal(), store_id, file_id, attributes, chunking
+        )
         return pb.CreateVectorStoreFileResponse(vector_store_file=convert.store_file_out(file))
 
     async def GetVectorStoreFile(
         self, request: pb.GetVectorStoreFileRequest, context: Ctx
     ) -> pb.GetVectorStoreFileResponse:
-        file = self._files.get(current_principal(), *_store_file_ids(request))
+        file = await self._files.get(current_principal(), *_store_file_ids(request))
         return pb.GetVectorStoreFileResponse(vector_store_file=convert.store_file_out(file))
 
     async def ListVectorStoreFiles(
@@ -228,7 +230,7 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
         params = check_list_params(request.limit, request.order, request.after, request.before)
         status, bad = convert.file_status_in(request.filter)
         raise_if(bad)
-        page = self._files.list(current_principal(), store_id, params, status)
+        page = await self._files.list(current_principal(), store_id, params, status)
         return pb.ListVectorStoreFilesResponse(
             data=[convert.store_file_out(f) for f in page.data],
             **convert.page_fields(page, [f.id for f in page.data]),
@@ -240,14 +242,14 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
         store_id, file_id = _store_file_ids(request)
         attributes, bad = convert.attributes_in(request.attributes)
         raise_if(bad)
-        file = self._files.update(current_principal(), store_id, file_id, attributes)
+        file = await self._files.update(current_principal(), store_id, file_id, attributes)
         return pb.UpdateVectorStoreFileResponse(vector_store_file=convert.store_file_out(file))
 
     async def DeleteVectorStoreFile(
         self, request: pb.DeleteVectorStoreFileRequest, context: Ctx
     ) -> pb.DeleteVectorStoreFileResponse:
         store_id, file_id = _store_file_ids(request)
-        self._files.delete(current_principal(), store_id, file_id)
+        await self._files.delete(current_principal(), store_id, file_id)
         await self._files.removals.wait()  # its chunks are out of the index when we answer
         return pb.DeleteVectorStoreFileResponse(
             id=file_id, object="vector_store.file.deleted", deleted=True
@@ -256,7 +258,7 @@ class VectorStoreServicer(vector_stores_pb2_grpc.VectorStoreServiceServicer):
     async def GetVectorStoreFileContent(
         self, request: pb.GetVectorStoreFileContentRequest, context: Ctx
     ) -> pb.GetVectorStoreFileContentResponse:
-        texts, next_page = self._files.content(
+        texts, next_page = await self._files.content(
             current_principal(), *_store_file_ids(request), request.page
         )
         return pb.GetVectorStoreFileContentResponse(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -36,7 +37,8 @@ from quiver.server.core.scheduler import Job
 from quiver.server.core.status_book import StatusBook, batch_from_row
 from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.validation import check_sequence
-from quiver.server.core.watch import FileUpdate, WatchHub, WatchMessage, is_terminal
+from quiver.server.core.vector_stores import NewStore
+from quiver.server.core.watch import FileUpdate, Follower, WatchHub, WatchMessage, is_terminal
 from quiver.server.storage.interfaces import BatchRepository, FileRepository, Tx
 from quiver.server.storage.rows import BatchRow, StoreRow
 
@@ -103,11 +105,12 @@ class FileBatches:
         self.store_files = store_files
         self.stores = store_files.stores
         self.scheduler = store_files.scheduler
+        self.calls = store_files.calls
         self.hub = hub
 
     # -- creating ------------------------------------------------------------------------------
 
-    def create(
+    async def create(
         self,
         principal: Principal,
         store_id: str,
@@ -116,6 +119,11 @@ class FileBatches:
         listed_in: str = "file_ids",
     ) -> FileBatch:
         self.check_files(files, request_id, listed_in)
+        return await self.calls.run(self._create, principal, store_id, files, request_id)
+
+    def _create(
+        self, principal: Principal, store_id: str, files: list[BatchFileSpec], request_id: str
+    ) -> FileBatch:
         self.stores.get_row(principal, store_id)
         digest = request_digest(store_id, files)
         if request_id:  # a retry gets its batch back, even once the store has expired
@@ -132,18 +140,27 @@ class FileBatches:
                         "body, a new request a new request_id",
                         reason="REQUEST_ID_REUSED",
                     )
-                return self.get(principal, store_id, existing.id)
+                return self.get_now(principal, store_id, existing.id)
         store = self.stores.require_writable(principal, store_id)
         self.require_files(principal, [f.file_id for f in files])
-        self.scheduler.check_room(principal.tenant, len(files))
-        with self.book.transaction() as conn:
-            batch_id, jobs, stale = self._write(
-                conn, principal, store, files, request_id or None, digest if request_id else None
-            )
-        self._queue(store, jobs, stale)
-        return self.get(principal, store_id, batch_id)
+        self.calls.ask_loop(self.scheduler.reserve, principal.tenant, len(files))
+        try:
+            with self.book.transaction() as conn:
+                batch_id, jobs, stale = self._write(
+                    conn,
+                    principal,
+                    store,
+                    files,
+                    request_id or None,
+                    digest if request_id else None,
+                )
+        except BaseException:
+            self.calls.on_loop(self.scheduler.unreserve, principal.tenant, len(files))
+            raise
+        self.calls.on_loop(self._queue, store, jobs, stale)
+        return self.get_now(principal, store_id, batch_id)
 
-    def create_store_with_files(
+    async def create_store_with_files(
         self,
         principal: Principal,
         files: list[BatchFileSpec],
@@ -159,7 +176,6 @@ class FileBatches:
         valid, room in the ingest queue), so a refused request leaves no store behind
         and its retry makes only one."""
         self.check_files(files)
-        self.require_files(principal, [f.file_id for f in files])
         new = self.stores.prepare(
             name=name,
             metadata=metadata,
@@ -167,14 +183,24 @@ class FileBatches:
             embedding_model=embedding_model,
             embedding_dimensions=embedding_dimensions,
         )
-        self.scheduler.check_room(principal.tenant, len(files))
-        with self.book.transaction() as conn:
-            store_id = self.stores.insert(conn, principal, new)
-            store = self.stores.rows.get_in(conn, store_id)
-            assert store is not None  # inserted just now
-            _, jobs, stale = self._write(conn, principal, store, files, None, None)
-        self._queue(store, jobs, stale)
-        return self.stores.get(principal, store_id)
+        return await self.calls.run(self._create_store_with_files, principal, files, new)
+
+    def _create_store_with_files(
+        self, principal: Principal, files: list[BatchFileSpec], new: NewStore
+    ) -> VectorStore:
+        self.require_files(principal, [f.file_id for f in files])
+        self.calls.ask_loop(self.scheduler.reserve, principal.tenant, len(files))
+        try:
+            with self.book.transaction() as conn:
+                store_id = self.stores.insert(conn, principal, new)
+                store = self.stores.rows.get_in(conn, store_id)
+                assert store is not None  # inserted just now
+                _, jobs, stale = self._write(conn, principal, store, files, None, None)
+        except BaseException:
+            self.calls.on_loop(self.scheduler.unreserve, principal.tenant, len(files))
+            raise
+        self.calls.on_loop(self._queue, store, jobs, stale)
+        return self.stores.get_now(principal, store_id)
 
     def _write(
         self,
@@ -213,7 +239,10 @@ class FileBatches:
         return batch_id, jobs, stale
 
     def _queue(self, store: StoreRow, jobs: list[Job], stale: list[int]) -> None:
-        """After the commit: drops superseded chunks and queues the batch's files."""
+        """After the commit, on the event loop: drops superseded chunks and queues the
+        batch's files (in the room ``reserve``d for them)."""
+        if jobs:
+            self.scheduler.unreserve(jobs[0].tenant, len(jobs))
         self.store_files.drop_from_index(store, [j.file_id for j in jobs], stale)
         keys = {j.key for j in jobs}
         self.scheduler.remove(lambda j: j.key in keys)  # superseded attachments
@@ -270,11 +299,15 @@ class FileBatches:
             )
         return row
 
-    def get(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
+    async def get(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
+        return await self.calls.run(self.get_now, principal, store_id, batch_id)
+
+    def get_now(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
+        """``get``'s body (blocking: on a database thread, or inside another body)."""
         row = self._row(principal, store_id, batch_id)
         return batch_from_row(row, self.book.batch_counts(batch_id))
 
-    def list_files(
+    async def list_files(
         self,
         principal: Principal,
         store_id: str,
@@ -283,12 +316,31 @@ class FileBatches:
         status: FileStatus | None,
     ) -> Page[VectorStoreFile]:
         """The batch's files as store files, with the status the batch recorded for each."""
+        return await self.calls.run(self._list_files, principal, store_id, batch_id, page, status)
+
+    def _list_files(
+        self,
+        principal: Principal,
+        store_id: str,
+        batch_id: str,
+        page: ListParams,
+        status: FileStatus | None,
+    ) -> Page[VectorStoreFile]:
         self._row(principal, store_id, batch_id)
         return page_of(lambda: self.rows.files_page(batch_id, status, page), lambda file: file)
 
     # -- cancelling ----------------------------------------------------------------------------
 
-    def cancel(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
+    async def cancel(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
+        return await self.calls.run(self._cancel, principal, store_id, batch_id)
+
+    def _stop_queued(self, store_id: str, batch_id: str) -> frozenset[str]:
+        """On the event loop: the batch's queued files out of the queue; returns its files
+        in flight (no other of its files can start: none is queued any more)."""
+        self.scheduler.remove(lambda j: j.queue == batch_id)
+        return self.scheduler.in_flight_files(store_id)
+
+    def _cancel(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
         row = self._row(principal, store_id, batch_id)
         if row.status != BatchStatus.IN_PROGRESS:
             raise FailedPrecondition(
@@ -296,14 +348,14 @@ class FileBatches:
                 "only an in-progress batch can be cancelled",
                 reason="FILE_BATCH_ENDED",
             )
-        self.scheduler.remove(lambda j: j.queue == batch_id)
+        in_flight = self.calls.ask_loop(self._stop_queued, store_id, batch_id)
         with self.book.transaction() as conn:
             self.rows.request_cancel(conn, batch_id)
             for file_id in self.rows.in_progress_files(conn, batch_id):
-                if self.scheduler.is_in_flight(store_id, file_id):
+                if file_id in in_flight:
                     continue  # stops at its next step: its result is dropped as cancelled
                 self.book.set_file(conn, store_id, file_id, FileStatus.CANCELLED)
-        return self.get(principal, store_id, batch_id)
+        return self.get_now(principal, store_id, batch_id)
 
     # -- watching ------------------------------------------------------------------------------
 
@@ -311,10 +363,66 @@ class FileBatches:
         self, principal: Principal, store_id: str, batch_id: str, after_sequence: int
     ) -> AsyncIterator[WatchMessage]:
         check_sequence(after_sequence)
-        row = self._row(principal, store_id, batch_id)
-        batch = batch_from_row(row, self.book.batch_counts(batch_id))
-        sequence = row.sequence
-        files = [
+        following: asyncio.Future[Follower | None] = asyncio.get_running_loop().create_future()
+        try:
+            sequence, batch, files = await self.calls.run(
+                self._snapshot, principal, store_id, batch_id, after_sequence, following
+            )
+            follower = await following
+        except BaseException:
+            if not following.done():
+                following.cancel()  # not followed yet: it never will be
+            elif not following.cancelled() and following.exception() is None:
+                started = following.result()
+                if started is not None:
+                    started.close()
+            raise
+        try:
+            yield WatchMessage(sequence, True, batch, files)
+            if follower is not None:
+                async for message in follower:
+                    yield message
+        finally:
+            if follower is not None:
+                follower.close()
+
+    def _snapshot(
+        self,
+        principal: Principal,
+        store_id: str,
+        batch_id: str,
+        after_sequence: int,
+        following: asyncio.Future[Follower | None],
+    ) -> tuple[int, FileBatch, list[FileUpdate]]:
+        """The batch as it is now and its changes after ``after_sequence``; the watcher starts
+        following on the loop before any later commit is told to the hub (the book's
+        transactions wait while the snapshot is read), so it misses none."""
+        with self.book.serial():
+            row = self._row(principal, store_id, batch_id)
+            batch = batch_from_row(row, self.book.batch_counts(batch_id))
+            files = self._changes(batch_id, after_sequence)
+            self.calls.on_loop(self._follow, following, batch, row.sequence, principal.tenant)
+        return row.sequence, batch, files
+
+    def _follow(
+        self,
+        following: asyncio.Future[Follower | None],
+        batch: FileBatch,
+        sequence: int,
+        tenant: str,
+    ) -> None:
+        if following.done():
+            return  # the watcher went away meanwhile
+        if is_terminal(batch.status):
+            following.set_result(None)
+            return
+        try:
+            following.set_result(self.hub.follow(batch, sequence, tenant))
+        except Exception as exc:
+            following.set_exception(exc)
+
+    def _changes(self, batch_id: str, after_sequence: int) -> list[FileUpdate]:
+        return [
             FileUpdate(
                 r.file_id,
                 FileStatus(r.status),
@@ -324,16 +432,3 @@ class FileBatches:
             )
             for r in self.rows.changes_after(batch_id, after_sequence)
         ]
-        follower = (
-            None
-            if is_terminal(batch.status)
-            else self.hub.follow(batch, sequence, principal.tenant)
-        )
-        try:
-            yield WatchMessage(sequence, True, batch, files)
-            if follower is not None:
-                async for message in follower:
-                    yield message
-        finally:
-            if follower is not None:
-                follower.close()

@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from quiver.server.core.files import FileStore
+from quiver.server.core.models import StoredFile
 from quiver.server.core.principal import Principal
 from quiver.server.core.status_book import StatusBook
 from quiver.server.core.store_files import StoreFiles
@@ -24,7 +25,17 @@ class FileDeletion:
         """NOT_FOUND for another caller's or no file. Its chunks leave the indexes, its
         queued jobs the queue and its bytes the blob store (unless another file shares
         them) after the commit, from a thread (the store may be across the network)."""
-        file = self.files.get(principal, file_id)
+        file, unshared = await self.files.calls.run(self._delete_rows, principal, file_id)
+        if unshared:
+            try:
+                await asyncio.to_thread(self.files.forget_bytes, file)
+            except OSError as exc:  # the file is deleted; its bytes stay, unreferenced
+                log.warning("deleting the bytes of %s failed: %s", file.id, exc)
+
+    def _delete_rows(self, principal: Principal, file_id: str) -> tuple[StoredFile, bool]:
+        """On a database thread: the transaction; the indexes and the queue are told on
+        the loop. Returns the file and whether its bytes are no longer shared."""
+        file = self.files.get_now(principal, file_id)
         with self.book.transaction() as conn:
             removed = [
                 (store, self.store_files.remove(conn, store.id, file_id))
@@ -32,9 +43,5 @@ class FileDeletion:
             ]
             unshared = self.files.remove(conn, file)
         for store, stale in removed:
-            self.store_files.after_removal(store, file_id, stale)
-        if unshared:
-            try:
-                await asyncio.to_thread(self.files.forget_bytes, file)
-            except OSError as exc:  # the file is deleted; its bytes stay, unreferenced
-                log.warning("deleting the bytes of %s failed: %s", file.id, exc)
+            self.files.calls.on_loop(self.store_files.after_removal, store, file_id, stale)
+        return file, unshared

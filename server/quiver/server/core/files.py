@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 
 from quiver.server.core import ids
 from quiver.server.core.clock import Clock, system_clock
+from quiver.server.core.db_calls import DbCalls
 from quiver.server.core.errors import (
     FieldViolation,
     InvalidArgument,
@@ -124,9 +126,10 @@ class Upload:
                     reason="BLOB_STORE_UNAVAILABLE",
                 ) from None
 
-    def record(self) -> StoredFile:
-        """After ``seal``: the file's row."""
-        return self._files._insert(
+    async def record(self) -> StoredFile:
+        """After ``seal``: the file's row (written on a database thread)."""
+        return await self._files.calls.run(
+            self._files._insert,
             self._principal,
             self._filename,
             self._purpose,
@@ -134,9 +137,9 @@ class Upload:
             self._writer.sha256,
         )
 
-    def finish(self) -> StoredFile:
-        self.seal()
-        return self.record()
+    async def finish(self) -> StoredFile:
+        await asyncio.to_thread(self.seal)
+        return await self.record()
 
 
 class FileStore:
@@ -146,9 +149,11 @@ class FileStore:
         blobs: Blobs,
         *,
         max_file_bytes: int,
+        calls: DbCalls,
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
+        self.calls = calls
         self.rows: FileRepository = db.files
         self.blobs = blobs
         self.max_file_bytes = max_file_bytes
@@ -181,13 +186,22 @@ class FileStore:
             self.rows.insert(conn, principal.tenant, principal.subject, file)
         return file
 
-    def get(self, principal: Principal, file_id: str) -> StoredFile:
+    async def get(self, principal: Principal, file_id: str) -> StoredFile:
+        return await self.calls.run(self.get_now, principal, file_id)
+
+    def get_now(self, principal: Principal, file_id: str) -> StoredFile:
+        """``get``'s body (blocking: on a database thread, or inside another body)."""
         file = self.rows.get(file_id, principal.tenant, principal.subject)
         if file is None:
             raise NotFound(f"no file with id {file_id[:80]!r}", reason="FILE_NOT_FOUND")
         return file
 
-    def list(self, principal: Principal, page: ListParams, purpose: str = "") -> Page[StoredFile]:
+    async def list(
+        self, principal: Principal, page: ListParams, purpose: str = ""
+    ) -> Page[StoredFile]:
+        return await self.calls.run(self._list, principal, page, purpose)
+
+    def _list(self, principal: Principal, page: ListParams, purpose: str) -> Page[StoredFile]:
         return page_of(
             lambda: self.rows.page(principal.tenant, principal.subject, purpose, page),
             lambda file: file,
@@ -203,9 +217,12 @@ class FileStore:
     def forget_bytes(self, file: StoredFile) -> None:
         self.blobs.delete(file.sha256)
 
-    def open_content(self, principal: Principal, file_id: str) -> VerifiedContent:
+    async def open_content(self, principal: Principal, file_id: str) -> VerifiedContent:
         """The file's bytes, checked against its size and sha256 as they are read."""
-        file = self.get(principal, file_id)
+        return await self.calls.run(self._open_content, principal, file_id)
+
+    def _open_content(self, principal: Principal, file_id: str) -> VerifiedContent:
+        file = self.get_now(principal, file_id)
         try:
             return VerifiedContent(file, self.blobs.open(file.sha256))
         except FileNotFoundError:

@@ -2,10 +2,12 @@
 
 The worker parses, chunks and embeds. Then, off the event loop, the chunks are written to
 SQLite and the vectors added to the store's index, both in bounded slices (``chunk_writer``);
-the file becomes ``completed`` in one short transaction at the end. A result that arrives for
-a file that was deleted, re-attached or cancelled meanwhile is recognised by its generation
-and dropped (with whatever of it was already written). A commit that fails because the disk
-is full is tried again with backoff, then the file fails with ``server_error``.
+the file becomes ``completed`` in one short transaction at the end. Every database call runs
+on ``calls``' threads (core/db_calls.py); the scheduler's queue stays the event loop's. A
+result that arrives for a file that was deleted, re-attached or cancelled meanwhile is
+recognised by its generation and dropped (with whatever of it was already written). A
+commit that fails because the disk is full is tried again with backoff, then the file fails
+with ``server_error``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from quiver.server.core.chunk_writer import (
     PendingLabels,
     add_to_index,
 )
+from quiver.server.core.db_calls import DbCalls
 from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.job_leases import JobLeases
 from quiver.server.core.models import BatchStatus, FileStatus, LastError
@@ -88,8 +91,10 @@ class Processing:
         pending: PendingLabels | None = None,
         leases: JobLeases,
         keywords: KeywordIndexes,
+        calls: DbCalls,
     ) -> None:
         self.db = db
+        self.calls = calls
         self.batch_rows: BatchRepository = db.batches
         self.file_rows: StoreFileRepository = db.store_files
         self.store_rows: VectorStoreRepository = db.stores
@@ -170,11 +175,11 @@ class Processing:
             loop.call_later(DATABASE_RETRY_SECONDS, self.scheduler.enqueue, [job])
 
     async def _process(self, job: Job) -> None:
-        row = self._current(job)
+        row = await self.calls.run(self._current, job)
         if row is None:
             return
-        if self.stores.is_expired(job.store_id):
-            self._fail_expired(job, "the vector store expired before this file was processed")
+        if await self.calls.run(self.stores.is_expired, job.store_id):
+            await self._fail_expired(job, "the vector store expired before this file was processed")
             return
         work = WorkerInput(
             blob=self.blobs.ref(row["sha256"], row["file_bytes"]),
@@ -188,11 +193,11 @@ class Processing:
         try:
             output = await self.pool.run(work)
         except (FileTimedOut, WorkerOutOfMemory) as exc:  # the file's doing: not retried
-            self._settle(job, LastError(ErrorCode.INVALID_FILE, str(exc)))
+            await self._settle(job, LastError(ErrorCode.INVALID_FILE, str(exc)))
             return
         except WorkerCrashed as exc:
             if job.suspect:
-                self._settle(
+                await self._settle(
                     job,
                     LastError(ErrorCode.SERVER_ERROR, f"{exc} (twice); the file was not processed"),
                 )
@@ -204,24 +209,27 @@ class Processing:
             raise
         except Exception as exc:
             log.exception("unexpected failure processing %s", job.file_id)
-            self._settle(
+            await self._settle(
                 job, LastError(ErrorCode.SERVER_ERROR, f"internal error: {type(exc).__name__}")
             )
             return
         await self._commit(job, output)
 
-    def _settle(self, job: Job, error: LastError) -> None:
+    async def _settle(self, job: Job, error: LastError) -> None:
         """Ends the job ``failed`` with ``error`` (``cancelled`` if its batch was). If that
         cannot be written for want of disk space, it is tried again later until it is."""
         try:
-            self._settle_now(job, error)
+            await self.calls.run(self._settle_now, job, error)
         except (DatabaseError, OSError) as exc:
             if not is_disk_full(exc):
                 raise
-            log.warning("disk full: recording %s as failed later (%s)", job.file_id, exc)
-            task = asyncio.get_running_loop().create_task(self._settle_later(job, error))
-            self._later.add(task)
-            task.add_done_callback(self._later.discard)
+            self._settle_soon(job, error, exc)
+
+    def _settle_soon(self, job: Job, error: LastError, exc: BaseException) -> None:
+        log.warning("disk full: recording %s as failed later (%s)", job.file_id, exc)
+        task = asyncio.get_running_loop().create_task(self._settle_later(job, error))
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     def _settle_now(self, job: Job, error: LastError) -> None:
         with self.book.transaction() as conn:
@@ -243,12 +251,12 @@ class Processing:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
             now = False
-            row = self._current(job)
+            row = await self.calls.run(self._current, job)
             if row is None:
                 return
             try:
                 await asyncio.to_thread(self.writer.delete_leftovers, self._owner(job, row))
-                self._settle_now(job, error)
+                await self.calls.run(self._settle_now, job, error)
                 return
             except (DatabaseError, OSError) as exc:
                 if not is_disk_full(exc):
@@ -274,7 +282,7 @@ class Processing:
         """Stores the worker's output; a commit that fails because the disk is full is tried
         again with backoff (``commit_attempts`` in all), then the file fails."""
         if output.error is not None:
-            self._settle(job, LastError(*output.error))
+            await self._settle(job, LastError(*output.error))
             return
         delay = self.retry_delay
         for attempt in range(1, self.commit_attempts + 1):
@@ -288,7 +296,7 @@ class Processing:
                     raise  # tried again once the database is back (``process``)
                 if not is_disk_full(exc):
                     log.exception("committing %s failed", job.file_id)
-                    self._settle(
+                    await self._settle(
                         job, LastError(ErrorCode.SERVER_ERROR, f"storing the chunks failed: {exc}")
                     )
                     return
@@ -308,7 +316,7 @@ class Processing:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY)
-            if self._current(job) is None:
+            if await self.calls.run(self._current, job) is None:
                 return
 
     async def _store(self, job: Job, output: WorkerOutput, *, leftovers: bool) -> None:
@@ -318,12 +326,14 @@ class Processing:
         assert output.vectors is not None
         vectors = output.vectors
         started = time.perf_counter()
-        row = self._current(job)
+        row = await self.calls.run(self._current, job)
         if row is None:
-            self._note_dropped(job)
+            await self.calls.run(self._note_dropped, job)
             return
-        if self.stores.is_expired(job.store_id):
-            self._fail_expired(job, "the vector store expired while this file was being processed")
+        if await self.calls.run(self.stores.is_expired, job.store_id):
+            await self._fail_expired(
+                job, "the vector store expired while this file was being processed"
+            )
             return
         owner = self._owner(job, row)
         if leftovers:
@@ -333,13 +343,11 @@ class Processing:
                 self.writer.write, owner, output.texts, output.token_counts, vectors
             )
         except NotWanted:
-            self._note_dropped(job)
-            self._cancel_if_requested(job)
+            await self.calls.run(self._not_wanted, job)
             return
         dim = int(row["embedding_dimensions"])
         if dim != vectors.shape[1]:  # not known yet (an `openai:` store): learnt now
-            with self.book.transaction() as conn:
-                dim = self.stores.learn_dimensions(conn, job.store_id, vectors.shape[1])
+            dim = await self.calls.run(self._learn_dimensions, job.store_id, vectors.shape[1])
         index = self.indexes.get(job.store_id, dim)
         indexing = time.perf_counter()
         self.pending.add(job.store_id, ids)  # in the index, not yet searchable
@@ -347,18 +355,14 @@ class Processing:
             try:
                 await asyncio.to_thread(add_to_index, index, ids, vectors)
                 index_seconds = time.perf_counter() - indexing
-                completed = self._complete(job, output)
+                in_flight = self.scheduler.in_flight_files(job.store_id)
+                full = await self.calls.run(self._complete, job, output, ids, in_flight)
             except BaseException:
                 await self._discard(job.store_id, index, ids)
                 raise
-            if not completed:
+            if full is None:
                 await self._discard(job.store_id, index, ids)
                 return
-            # Told before anything else runs on the loop: a search from now on reads them.
-            full = self.keywords.add(
-                job.store_id,
-                [(int(i), job.file_id, t) for i, t in zip(ids.tolist(), output.texts, strict=True)],
-            )
         finally:
             self.pending.discard(job.store_id, ids)
         self.attributes.changed(job.store_id, [job.file_id])  # filterable from now on
@@ -378,9 +382,33 @@ class Processing:
         m.stage_seconds.labels("index").observe(index_seconds)
         m.stage_seconds.labels("commit").observe(time.perf_counter() - started - index_seconds)
 
-    def _complete(self, job: Job, output: WorkerOutput) -> bool:
-        """The short final transaction: ``completed`` if the job is still wanted (and still
-        this server's claim of the file: same generation, same lease owner)."""
+    def _not_wanted(self, job: Job) -> None:
+        self._note_dropped(job)
+        self._cancel_if_requested(job)
+
+    def _learn_dimensions(self, store_id: str, width: int) -> int:
+        with self.book.transaction() as conn:
+            return self.stores.learn_dimensions(conn, store_id, width)
+
+    def _complete(
+        self,
+        job: Job,
+        output: WorkerOutput,
+        ids: npt.NDArray[np.int64],
+        in_flight: frozenset[str],
+    ) -> bool | None:
+        """The short final transaction (on a database thread): ``completed`` if the job is
+        still wanted (and still this server's claim of the file: same generation, same lease
+        owner); then its chunks are told to the keyword index before the book's next
+        transaction (a search from now on reads them). None if not completed, else whether
+        the store's keyword queue is full (then wait for its commit)."""
+        with self.book.serial():
+            if not self._complete_rows(job, output, in_flight):
+                return None
+            rows = zip(ids.tolist(), output.texts, strict=True)
+            return self.keywords.add(job.store_id, [(int(i), job.file_id, t) for i, t in rows])
+
+    def _complete_rows(self, job: Job, output: WorkerOutput, in_flight: frozenset[str]) -> bool:
         assert output.vectors is not None
         with self.book.transaction() as conn:
             # Read inside the transaction, the row locked (PostgreSQL): no other server's
@@ -394,8 +422,8 @@ class Processing:
             if self.stores.is_expired(job.store_id):
                 # Not completed: an expired store refuses writes (and `touch` below would
                 # make it look active again).
-                self._fail_expired(
-                    job, "the vector store expired while this file was being processed"
+                self._fail_expired_now(
+                    job, "the vector store expired while this file was being processed", in_flight
                 )
                 return False
             usage = output.vectors.nbytes + sum(len(t.encode("utf-8")) for t in output.texts)
@@ -422,22 +450,34 @@ class Processing:
 
     # -- whole stores ------------------------------------------------------------------------
 
-    def _fail_expired(self, job: Job, reason: str) -> None:
+    async def _fail_expired(self, job: Job, reason: str) -> None:
         """``job``'s store expired: the job (in flight, so ``fail_store_work`` leaves it alone)
         and the store's other unfinished work fail, in one transaction."""
-        with self.book.transaction():
-            self.fail_store_work(job.store_id, reason)
-            self._settle(job, LastError(ErrorCode.SERVER_ERROR, reason))
+        in_flight = self.scheduler.in_flight_files(job.store_id)
+        try:
+            await self.calls.run(self._fail_expired_now, job, reason, in_flight)
+        except (DatabaseError, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            self._settle_soon(job, LastError(ErrorCode.SERVER_ERROR, reason), exc)
 
-    def fail_store_work(self, store_id: str, reason: str) -> None:
-        """The store can take no more work (expired): its running batches end ``failed``."""
-        self.scheduler.remove(lambda j: j.store_id == store_id)
+    def _fail_expired_now(self, job: Job, reason: str, in_flight: frozenset[str]) -> None:
+        """``_fail_expired``'s body; ``in_flight``: the store's files in flight (a moment
+        ago, on the loop)."""
+        with self.book.transaction():
+            self.fail_store_work(job.store_id, reason, in_flight)
+            self._settle_now(job, LastError(ErrorCode.SERVER_ERROR, reason))
+
+    def fail_store_work(self, store_id: str, reason: str, in_flight: frozenset[str]) -> None:
+        """The store can take no more work (expired): its running batches end ``failed``
+        (its queued files leave the queue, on the loop; those in flight settle themselves)."""
+        self.calls.on_loop(self.scheduler.remove, lambda j: j.store_id == store_id)
         with self.book.transaction() as conn:
             # Batches first: once their last file settles they would end ``completed``.
             for batch_id in self.batch_rows.in_progress(conn, store_id):
                 self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
             for file_id in self.file_rows.in_progress(conn, store_id):
-                if not self.scheduler.is_in_flight(store_id, file_id):
+                if file_id not in in_flight:
                     self.book.set_file(
                         conn,
                         store_id,
@@ -452,24 +492,24 @@ class Processing:
         """How many more files the scheduler's queue takes (claims are bounded by it)."""
         return max(0, self.scheduler.max_queued - self.scheduler.queued)
 
-    def _claim_expired(self) -> list[Job]:
+    def _claim_expired(self, room: int) -> list[Job]:
         """Claims the unfinished files whose lease expired or that were never claimed (those of
-        a cancelled batch are cancelled instead); returns their jobs."""
+        a cancelled batch are cancelled instead), ``room`` at most; returns their jobs."""
         with self.book.transaction() as conn:
             for store_id, file_id in self.leases.expired_in_cancelled_batches(conn):
                 self.book.set_file(conn, store_id, file_id, FileStatus.CANCELLED)
-            return self.leases.claim_expired(conn, self._room())
+            return self.leases.claim_expired(conn, room)
 
     def recover(self) -> list[Job]:
         """At start: takes up the files left in progress whose lease expired (or that were
         never claimed), without duplicate chunks; returns the jobs. Files whose lease another
         server instance still holds are left to it (or to the sweep, once it expires)."""
-        return self._claim_expired()
+        return self._claim_expired(self._room())
 
     async def sweep(self) -> int:
         """Periodically: claims the files whose lease expired meanwhile, deletes the chunks
         their previous owner left, and queues them. Returns how many were claimed."""
-        jobs = self._claim_expired()
+        jobs = await self.calls.run(self._claim_expired, self._room())
         if not jobs:
             return 0
         keys = {j.key for j in jobs}

@@ -17,6 +17,7 @@ from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.batches import FileBatches
 from quiver.server.core.chunk_writer import PendingLabels
 from quiver.server.core.clock import Clock, system_clock
+from quiver.server.core.db_calls import DbCalls, check_db_calls
 from quiver.server.core.embedder_choice import EmbedderChoice
 from quiver.server.core.file_deletion import FileDeletion
 from quiver.server.core.files import FileStore
@@ -117,6 +118,8 @@ class Core:
     """Per store, its completed files' attributes indexed for filters (a rebuildable cache)."""
     replicas: Replicas
     """This replica's heartbeat and the live replicas: who owns each store's index."""
+    calls: DbCalls
+    """The threads every database call of an async core operation runs on."""
     shared_watch: SharedWatch | None = None
     """With a shared database (PostgreSQL): watchers here hear of other servers' commits."""
 
@@ -135,7 +138,7 @@ class Core:
     async def recover(self) -> int:
         """Takes up unfinished files and reconciles every index (database and index files
         in threads); returns how many files were queued again."""
-        jobs = self.processing.recover()
+        jobs = await self.calls.run(self.processing.recover)
         await asyncio.to_thread(self.processing.delete_leftovers, jobs)
         await asyncio.to_thread(self.processing.reconcile_indexes)
         self.scheduler.enqueue(jobs)
@@ -158,7 +161,7 @@ class Core:
         await self.lease_keeper.stop()
         await self.scheduler.stop()
         try:
-            self.processing.release_leases()
+            await self.calls.run(self.processing.release_leases)
         except Exception:  # e.g. a full disk: they are claimed once the leases expire
             log.exception("releasing the job leases failed")
 
@@ -168,6 +171,7 @@ class Core:
         if self.searcher.sync is not None:
             self.searcher.sync.close()
         self.pool.close()
+        self.calls.close()
         self.indexes.save_all()
         self.keywords.close()
         self.storage.close()
@@ -225,6 +229,9 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         settings.replica_timeout_seconds,
         settings.replica_forward_timeout_seconds,
     )
+    bad_calls = check_db_calls(settings.database_threads, settings.database_queue)
+    if bad_calls:
+        raise ValueError("; ".join(bad_calls))
     bad_advertise = check_advertise(settings.advertise)
     if bad_advertise is not None:
         raise ValueError(bad_advertise)
@@ -259,7 +266,8 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         max_watchers=settings.max_watchers,
         max_watchers_per_tenant=settings.max_watchers_per_tenant,
     )
-    book = StatusBook(db, hub)
+    calls = DbCalls(settings.database_threads, settings.database_queue)
+    book = StatusBook(db, hub, calls)
     pending = PendingLabels()
     uploads = UploadSlots(
         max_total=settings.max_uploads, max_per_tenant=settings.max_uploads_per_tenant
@@ -278,7 +286,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         max_queued=settings.max_queued_files,
         max_queued_per_tenant=settings.max_queued_files_per_tenant,
     )
-    files = FileStore(db, blobs, max_file_bytes=settings.max_file_bytes, clock=clock)
+    files = FileStore(db, blobs, max_file_bytes=settings.max_file_bytes, calls=calls, clock=clock)
     choice = EmbedderChoice(
         settings.embedding_dimensions, settings.openai_base_url, settings.models_dir
     )
@@ -289,7 +297,15 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         vector_bytes=settings.exact_search_cache_mb << 20,
     )
     stores = VectorStores(
-        db, choice.resolve, book, scheduler, indexes, attributes, keywords, clock=clock
+        db,
+        choice.resolve,
+        book,
+        scheduler,
+        indexes,
+        attributes,
+        keywords,
+        calls=calls,
+        clock=clock,
     )
     instance = new_owner_id()  # this server's id: its job leases' owner and its replica id
     leases = JobLeases(db.jobs, instance, settings.job_lease_seconds)
@@ -316,9 +332,10 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         pending=pending,
         leases=leases,
         keywords=keywords,
+        calls=calls,
     )
     store_files = StoreFiles(
-        book, stores, indexes, scheduler, files, attributes, pending, leases=leases
+        book, stores, indexes, scheduler, files, attributes, pending, leases=leases, calls=calls
     )
     lease_keeper = LeaseKeeper(leases, processing.sweep, settings.job_renew_seconds)
     file_deletion = FileDeletion(book, files, store_files)
@@ -388,5 +405,6 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         query_embedding=query_embedding,
         attributes=attributes,
         replicas=replicas,
+        calls=calls,
         shared_watch=shared_watch,
     )

@@ -70,6 +70,10 @@ class Scheduler:
         # Jobs, not keys: a file re-attached while its old job is still in the pool has two
         # jobs in flight for a while, and each must count (and be released) on its own.
         self._in_flight: set[Job] = set()
+        # Room promised to requests whose transaction runs on a database thread: counted by
+        # ``check_room`` until their jobs are queued (or the request failed).
+        self._reserved = 0
+        self._tenant_reserved: dict[str, int] = {}
         self._exclusive = False
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -91,9 +95,12 @@ class Scheduler:
     def is_in_flight(self, store_id: str, file_id: str) -> bool:
         return any(job.key == (store_id, file_id) for job in self._in_flight)
 
+    def in_flight_files(self, store_id: str) -> frozenset[str]:
+        return frozenset(job.file_id for job in self._in_flight if job.store_id == store_id)
+
     def check_room(self, tenant: str, files: int) -> None:
         """RESOURCE_EXHAUSTED, naming the limit, unless ``files`` more fit in the queue."""
-        mine = self.queued_for(tenant)
+        mine = self.queued_for(tenant) + self._tenant_reserved.get(tenant, 0)
         if mine + files > self.max_queued_per_tenant:
             raise ResourceExhausted(
                 f"your files waiting for ingest number {mine} and this request adds {files}; "
@@ -102,13 +109,29 @@ class Scheduler:
                 "progressed.",
                 reason="TENANT_INGEST_QUEUE_FULL",
             )
-        if self.queued + files > self.max_queued:
+        held = self.queued + self._reserved
+        if held + files > self.max_queued:
             raise ResourceExhausted(
-                f"the ingest queue holds {self.queued} files and this request adds {files}; "
+                f"the ingest queue holds {held} files and this request adds {files}; "
                 f"the server's limit is {self.max_queued} (--max-queued-files). "
                 "Retry when running batches have progressed.",
                 reason="INGEST_QUEUE_FULL",
             )
+
+    def reserve(self, tenant: str, files: int) -> None:
+        """``check_room``, then that room held for the caller until ``unreserve``: a request
+        checks before its transaction and queues after it, on another thread meanwhile."""
+        self.check_room(tenant, files)
+        self._reserved += files
+        self._tenant_reserved[tenant] = self._tenant_reserved.get(tenant, 0) + files
+
+    def unreserve(self, tenant: str, files: int) -> None:
+        self._reserved -= files
+        left = self._tenant_reserved.get(tenant, 0) - files
+        if left > 0:
+            self._tenant_reserved[tenant] = left
+        else:
+            self._tenant_reserved.pop(tenant, None)
 
     # -- changes -----------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.base import Embedder
 from quiver.server.storage.interfaces import ChunkRepository
+from quiver.server.storage.rows import StoreRow
 
 MAX_QUERIES = 10
 MAX_QUERY_CHARS = 4096
@@ -158,10 +159,7 @@ class Searcher:
     ) -> list[SearchHit]:
         """``deadline``: the caller's (``time.monotonic()``), which bounds the query's
         embedding (core/query_embedding.py)."""
-        store = self.stores.require_writable(
-            principal, store_id, refused="can no longer be searched"
-        )
-        self.stores.touch_if_possible(store_id)
+        store = await self.stores.calls.run(self._store_for, principal, store_id)
         dim = int(store.embedding_dimensions)
         if dim == 0:  # learned from the embedder's first vectors: none were stored yet
             return []
@@ -207,7 +205,16 @@ class Searcher:
         else:
             scored = [(c, max(0.0, min(1.0, s))) for c, s in vector_ranking]
         scored = [(c, s) for c, s in scored if s >= request.score_threshold]
-        return self._hits(store_id, scored, request.max_results)
+        return await self.stores.calls.run(self._hits, store_id, scored, request.max_results)
+
+    def _store_for(self, principal: Principal, store_id: str) -> StoreRow:
+        """On a database thread: the store's row (FAILED_PRECONDITION once expired), and the
+        search counted as activity."""
+        store = self.stores.require_writable(
+            principal, store_id, refused="can no longer be searched"
+        )
+        self.stores.touch_if_possible(store_id)
+        return store
 
     # -- which chunks may match --------------------------------------------------------------
 

@@ -2,13 +2,21 @@
 batch's record, the batch's watch sequence and the watchers stay in step.
 
 Use ``with book.transaction() as conn:``; the watch hub is told after the commit.
+
+Transactions may run on database threads (``core/db_calls.py``): what a transaction records
+is the thread's own, the book's transactions run one at a time in this process (a lock held
+from BEGIN until the hub has been handed the changes, so watchers hear of them in commit
+order; with SQLite every write is serialized anyway), and the hub (the event loop's) is told
+on the loop.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
+from quiver.server.core.db_calls import DbCalls
 from quiver.server.core.error_codes import ErrorCode
 from quiver.server.core.models import BatchStatus, FileBatch, FileCounts, FileStatus, LastError
 from quiver.server.core.watch import FileUpdate, WatchHub
@@ -31,35 +39,51 @@ def batch_from_row(row: BatchRow, counts: FileCounts) -> FileBatch:
     )
 
 
+class _Record(threading.local):
+    """One thread's transaction in progress: what it changed, for the watchers."""
+
+    def __init__(self) -> None:
+        self.changes: dict[str, list[tuple[int, FileUpdate]]] = {}
+        self.touched: set[str] = set()
+        self.final: dict[str, tuple[FileBatch, int]] = {}
+        self.depth = 0
+
+
 class StatusBook:
-    def __init__(self, db: Storage, hub: WatchHub) -> None:
+    def __init__(self, db: Storage, hub: WatchHub, calls: DbCalls | None = None) -> None:
         self.db = db
         self.batches: BatchRepository = db.batches
         self.files: StoreFileRepository = db.store_files
         self.hub = hub
-        self._changes: dict[str, list[tuple[int, FileUpdate]]] = {}
-        self._touched: set[str] = set()
-        self._final: dict[str, tuple[FileBatch, int]] = {}
-        self._depth = 0
+        self.calls = calls
+        self._record = _Record()
+        self._serial = threading.RLock()
+
+    def serial(self) -> AbstractContextManager[bool]:
+        """Held, the book's transactions wait (e.g. while a watcher's snapshot is read)."""
+        return self._serial
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        self._depth += 1
-        try:
-            with self.db.transaction() as conn:
-                yield conn
-        except BaseException:
-            if self._depth == 1:
-                self._changes, self._touched, self._final = {}, set(), {}
-            raise
-        finally:
-            self._depth -= 1
-        if self._depth == 0:
-            self._publish()
+        record = self._record
+        with self._serial:
+            record.depth += 1
+            try:
+                with self.db.transaction() as conn:
+                    yield conn
+            except BaseException:
+                if record.depth == 1:
+                    record.changes, record.touched, record.final = {}, set(), {}
+                raise
+            finally:
+                record.depth -= 1
+            if record.depth == 0:
+                self._publish()
 
     def _publish(self) -> None:
-        touched, changes, final = self._touched, self._changes, self._final
-        self._changes, self._touched, self._final = {}, set(), {}
+        record = self._record
+        touched, changes, final = record.touched, record.changes, record.final
+        record.changes, record.touched, record.final = {}, set(), {}
         for batch_id in touched:
             row = self.batches.get(batch_id)
             if row is not None:
@@ -68,7 +92,11 @@ class StatusBook:
                 batch, sequence = final[batch_id]
             else:
                 continue
-            self.hub.publish(batch, sequence, changes.get(batch_id, []))
+            updates = changes.get(batch_id, [])
+            if self.calls is None:
+                self.hub.publish(batch, sequence, updates)
+            else:
+                self.calls.on_loop(self.hub.publish, batch, sequence, updates)
 
     def batch_counts(self, batch_id: str) -> FileCounts:
         return FileCounts.from_status_counts(self.batches.status_counts(batch_id))
@@ -101,10 +129,10 @@ class StatusBook:
         sequence = self.batches.next_sequence(conn, batch_id)
         assert sequence is not None  # its batch_files row refers to it
         self.batches.set_file(conn, batch_id, file_id, status, error, sequence)
-        self._changes.setdefault(batch_id, []).append(
+        self._record.changes.setdefault(batch_id, []).append(
             (sequence, FileUpdate(file_id, status, error))
         )
-        self._touched.add(batch_id)
+        self._record.touched.add(batch_id)
         self.batches.settle(conn, batch_id)  # ends the batch once none is in progress
 
     def end_batch(
@@ -124,10 +152,13 @@ class StatusBook:
         if sequence is None:
             return
         unfinished = self.batches.fail_unfinished(conn, batch_id, error, sequence)
-        self._changes.setdefault(batch_id, []).extend(
+        self._record.changes.setdefault(batch_id, []).extend(
             (sequence, FileUpdate(f, FileStatus.FAILED, error)) for f in unfinished
         )
         row = self.batches.get(batch_id)
         assert row is not None  # just updated in this transaction
-        self._final[batch_id] = (batch_from_row(row, self.batch_counts(batch_id)), sequence)
-        self._touched.add(batch_id)
+        self._record.final[batch_id] = (
+            batch_from_row(row, self.batch_counts(batch_id)),
+            sequence,
+        )
+        self._record.touched.add(batch_id)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.chunk_writer import PendingLabels
+from quiver.server.core.db_calls import DbCalls
 from quiver.server.core.errors import FailedPrecondition, NotFound
 from quiver.server.core.files import FileStore
 from quiver.server.core.index_removals import IndexRemovals
@@ -45,8 +46,10 @@ class StoreFiles:
         pending: PendingLabels | None = None,
         *,
         leases: JobLeases,
+        calls: DbCalls,
     ) -> None:
         self.book = book
+        self.calls = calls
         self.db = book.db
         self.rows: StoreFileRepository = book.db.store_files
         self.chunks: ChunkRepository = book.db.chunks
@@ -107,12 +110,25 @@ class StoreFiles:
     ) -> None:
         """After the commit that detached these files or attached them anew (their chunks
         gone from the database): out of the vector index (in a thread), of the filters' and
-        of the keyword index (told now: a search from now on no longer finds them)."""
+        of the keyword index (told now: a search from now on no longer finds them). On the
+        event loop."""
         self.stores.keywords.remove_files(store.id, file_ids)
         self.attributes.changed(store.id, file_ids)
         self.removals.remove_soon(store.id, store.embedding_dimensions, chunk_ids)
 
-    def create(
+    async def create(
+        self,
+        principal: Principal,
+        store_id: str,
+        file_id: str,
+        attributes: Mapping[str, AttributeValue],
+        chunking: Chunking,
+    ) -> VectorStoreFile:
+        return await self.calls.run(
+            self._create, principal, store_id, file_id, attributes, chunking
+        )
+
+    def _create(
         self,
         principal: Principal,
         store_id: str,
@@ -121,24 +137,34 @@ class StoreFiles:
         chunking: Chunking,
     ) -> VectorStoreFile:
         store = self.stores.require_writable(principal, store_id)
-        self.files.get(principal, file_id)  # NOT_FOUND for another caller's or no file
-        self.scheduler.check_room(principal.tenant, 1)
-        with self.book.transaction() as conn:
-            job, stale = self.attach(
-                conn,
-                principal,
-                store,
-                file_id,
-                attributes,
-                chunking,
-                None,
-                int(self.stores.clock()),
-            )
-            self.stores.touch(store_id)
+        self.files.get_now(principal, file_id)  # NOT_FOUND for another caller's or no file
+        self.calls.ask_loop(self.scheduler.reserve, principal.tenant, 1)
+        try:
+            with self.book.transaction() as conn:
+                job, stale = self.attach(
+                    conn,
+                    principal,
+                    store,
+                    file_id,
+                    attributes,
+                    chunking,
+                    None,
+                    int(self.stores.clock()),
+                )
+                self.stores.touch(store_id)
+        except BaseException:
+            self.calls.on_loop(self.scheduler.unreserve, principal.tenant, 1)
+            raise
+        self.calls.on_loop(self._queue, store, file_id, stale, job)
+        return self._row(principal, store_id, file_id)
+
+    def _queue(self, store: StoreRow, file_id: str, stale: builtins.list[int], job: Job) -> None:
+        """After the attach committed, on the event loop: queued (instead of an older job),
+        in the room ``_create`` reserved."""
+        self.scheduler.unreserve(job.tenant, 1)
         self.drop_from_index(store, [file_id], stale)
         self.scheduler.remove(lambda j: j.key == job.key)
         self.scheduler.enqueue([job])
-        return self.get(principal, store_id, file_id)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -152,10 +178,19 @@ class StoreFiles:
             )
         return row
 
-    def get(self, principal: Principal, store_id: str, file_id: str) -> VectorStoreFile:
-        return self._row(principal, store_id, file_id)
+    async def get(self, principal: Principal, store_id: str, file_id: str) -> VectorStoreFile:
+        return await self.calls.run(self._row, principal, store_id, file_id)
 
-    def list(
+    async def list(
+        self,
+        principal: Principal,
+        store_id: str,
+        page: ListParams,
+        status: FileStatus | None,
+    ) -> Page[VectorStoreFile]:
+        return await self.calls.run(self._list, principal, store_id, page, status)
+
+    def _list(
         self,
         principal: Principal,
         store_id: str,
@@ -165,12 +200,17 @@ class StoreFiles:
         self.stores.get_row(principal, store_id)
         return page_of(lambda: self.rows.page(store_id, status, page), lambda file: file)
 
-    def content(
+    async def content(
         self, principal: Principal, store_id: str, file_id: str, page: str = ""
     ) -> tuple[builtins.list[str], str]:
         """One page of the file's chunk texts (whole chunks, about ``CONTENT_PAGE_BYTES`` at
         most, at least one) and the token of the next page ("" on the last page)."""
         start = check_page_token(page)
+        return await self.calls.run(self._content, principal, store_id, file_id, start)
+
+    def _content(
+        self, principal: Principal, store_id: str, file_id: str, start: int
+    ) -> tuple[builtins.list[str], str]:
         row = self._row(principal, store_id, file_id)
         if row.status != FileStatus.COMPLETED:
             raise FailedPrecondition(
@@ -188,7 +228,16 @@ class StoreFiles:
 
     # -- changing ------------------------------------------------------------------------------
 
-    def update(
+    async def update(
+        self,
+        principal: Principal,
+        store_id: str,
+        file_id: str,
+        attributes: Mapping[str, AttributeValue],
+    ) -> VectorStoreFile:
+        return await self.calls.run(self._update, principal, store_id, file_id, attributes)
+
+    def _update(
         self,
         principal: Principal,
         store_id: str,
@@ -200,10 +249,13 @@ class StoreFiles:
         with self.db.transaction() as conn:
             self.rows.set_attributes(conn, store_id, file_id, attributes)
             self.stores.touch(store_id)
-        self.attributes.changed(store_id, [file_id])
-        return self.get(principal, store_id, file_id)
+        self.calls.on_loop(self.attributes.changed, store_id, [file_id])
+        return self._row(principal, store_id, file_id)
 
-    def delete(self, principal: Principal, store_id: str, file_id: str) -> None:
+    async def delete(self, principal: Principal, store_id: str, file_id: str) -> None:
+        await self.calls.run(self._delete, principal, store_id, file_id)
+
+    def _delete(self, principal: Principal, store_id: str, file_id: str) -> None:
         store = self.stores.get_row(principal, store_id)
         self._row(principal, store_id, file_id)
         self.detach(store, file_id)
@@ -212,7 +264,7 @@ class StoreFiles:
         """Removes the file from the store: chunks, index entries, counts, usage."""
         with self.book.transaction() as conn:
             stale = self.remove(conn, store.id, file_id)
-        self.after_removal(store, file_id, stale)
+        self.calls.on_loop(self.after_removal, store, file_id, stale)
 
     def remove(self, conn: Tx, store_id: str, file_id: str) -> builtins.list[int]:
         """Inside a transaction: the file's row and chunks out of the store (its batch records
@@ -227,7 +279,8 @@ class StoreFiles:
         return stale
 
     def after_removal(self, store: StoreRow, file_id: str, stale: builtins.list[int]) -> None:
-        """After ``remove``'s transaction committed: out of the index and of the queue."""
+        """After ``remove``'s transaction committed, on the event loop: out of the index and
+        of the queue."""
         self.drop_from_index(store, [file_id], stale)
         self.scheduler.remove(lambda j: j.key == (store.id, file_id))
 

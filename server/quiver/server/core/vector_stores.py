@@ -11,6 +11,7 @@ from quiver.server.core import ids
 from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.chunk_writer import ChunkWriter
 from quiver.server.core.clock import Clock, system_clock
+from quiver.server.core.db_calls import DbCalls
 from quiver.server.core.embedder_choice import Choice
 from quiver.server.core.errors import FailedPrecondition, FieldViolation, NotFound
 from quiver.server.core.models import (
@@ -74,7 +75,8 @@ class NewStore:
 class VectorStores:
     """``book``: deleting a store ends its running batches (their watchers hear of it);
     ``scheduler``, ``indexes`` and ``attributes``: its queued files, its vector index and its
-    filters' index go with it."""
+    filters' index go with it. Each operation runs its database work on ``calls``' threads;
+    the scheduler, the vector index and the filters' index are told on the event loop."""
 
     def __init__(
         self,
@@ -86,9 +88,11 @@ class VectorStores:
         attributes: AttributeIndex,
         keywords: KeywordIndexes,
         *,
+        calls: DbCalls,
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
+        self.calls = calls
         self.rows: VectorStoreRepository = db.stores
         self.file_rows: StoreFileRepository = db.store_files
         self.batch_rows: BatchRepository = db.batches
@@ -155,10 +159,17 @@ class VectorStores:
             embedding_dimensions=row.embedding_dimensions,
         )
 
-    def get(self, principal: Principal, store_id: str) -> VectorStore:
+    async def get(self, principal: Principal, store_id: str) -> VectorStore:
+        return await self.calls.run(self.get_now, principal, store_id)
+
+    def get_now(self, principal: Principal, store_id: str) -> VectorStore:
+        """``get``'s body (blocking: on a database thread, or inside another body)."""
         return self._to_store(self.get_row(principal, store_id))
 
-    def list(self, principal: Principal, page: ListParams) -> Page[VectorStore]:
+    async def list(self, principal: Principal, page: ListParams) -> Page[VectorStore]:
+        return await self.calls.run(self._list, principal, page)
+
+    def _list(self, principal: Principal, page: ListParams) -> Page[VectorStore]:
         return page_of(
             lambda: self.rows.page(principal.tenant, principal.subject, page), self._to_store
         )
@@ -207,7 +218,7 @@ class VectorStores:
 
     # -- writing -------------------------------------------------------------------------
 
-    def create(
+    async def create(
         self,
         principal: Principal,
         *,
@@ -224,9 +235,12 @@ class VectorStores:
             embedding_model=embedding_model,
             embedding_dimensions=embedding_dimensions,
         )
+        return await self.calls.run(self._create, principal, new)
+
+    def _create(self, principal: Principal, new: NewStore) -> VectorStore:
         with self.db.transaction() as conn:
             store_id = self.insert(conn, principal, new)
-        return self.get(principal, store_id)
+        return self.get_now(principal, store_id)
 
     def prepare(
         self,
@@ -270,7 +284,10 @@ class VectorStores:
         )
         return store_id
 
-    def update(self, principal: Principal, store_id: str, change: StoreUpdate) -> VectorStore:
+    async def update(self, principal: Principal, store_id: str, change: StoreUpdate) -> VectorStore:
+        return await self.calls.run(self._update, principal, store_id, change)
+
+    def _update(self, principal: Principal, store_id: str, change: StoreUpdate) -> VectorStore:
         violations: list[FieldViolation] = []
         if change.name is not None:
             violations += check_name(change.name)
@@ -295,20 +312,27 @@ class VectorStores:
                     expires_after.days if expires_after else None,
                 )
             self.touch(store_id)
-        return self.get(principal, store_id)
+        return self.get_now(principal, store_id)
 
     async def delete(self, principal: Principal, store_id: str) -> None:
         """Deletes the store's rows in one short transaction; then its chunks (possibly
         millions of rows), in slices from a thread, and its keyword index. Chunks of a store
         that no longer exists are never read, and start-up deletes any left by a crash."""
+        await self.calls.run(self._delete_rows, principal, store_id)
+        await asyncio.to_thread(self.keywords.drop, store_id)
+        await asyncio.to_thread(ChunkWriter(self.db).delete_store, store_id)
+
+    def _delete_rows(self, principal: Principal, store_id: str) -> None:
         self.get_row(principal, store_id)
-        self.scheduler.remove(lambda j: j.store_id == store_id)
+        self.calls.on_loop(self.scheduler.remove, lambda j: j.store_id == store_id)
         with self.book.transaction() as conn:
             # Its running batches end ``failed`` (their watchers get a terminal message).
             for batch_id in self.batch_rows.in_progress(conn, store_id):
                 self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
             self.rows.delete(conn, store_id)
+        self.calls.on_loop(self._forget, store_id)
+
+    def _forget(self, store_id: str) -> None:
+        """On the loop, after the store's rows are gone: its index and filters' cache."""
         self.indexes.drop(store_id)
         self.attributes.forget(store_id)
-        await asyncio.to_thread(self.keywords.drop, store_id)
-        await asyncio.to_thread(ChunkWriter(self.db).delete_store, store_id)

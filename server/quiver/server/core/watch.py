@@ -132,7 +132,7 @@ class WatchHub:
         if len(waiters) > WAKE_SLICE:
             asyncio.get_running_loop().call_soon(self._wake_slice, waiters[WAKE_SLICE:])
 
-    def follow(self, batch: FileBatch, sequence: int, tenant: str) -> _Follower:
+    def follow(self, batch: FileBatch, sequence: int, tenant: str) -> Follower:
         """Starts following from ``sequence`` (what the caller's snapshot covered)."""
         mine = self._tenants.get(tenant, 0)
         if mine >= self.max_watchers_per_tenant:
@@ -152,7 +152,7 @@ class WatchHub:
             feed = self._feeds[batch.id] = _Feed(sequence=sequence, batch=batch)
         self._tenants[tenant] = mine + 1
         self._count += 1
-        return _Follower(self, batch.id, feed, sequence, tenant)
+        return Follower(self, batch.id, feed, sequence, tenant)
 
     def _release(self, batch_id: str, event: asyncio.Event, tenant: str) -> None:
         self._count -= 1
@@ -171,7 +171,7 @@ class WatchHub:
             del self._feeds[batch_id]
 
 
-class _Follower:
+class Follower:
     """One watcher's cursor on a feed. Use as an async iterator; ends after a terminal state."""
 
     def __init__(
@@ -192,7 +192,7 @@ class _Follower:
             self._closed = True
             self._hub._release(self._batch_id, self._event, self._tenant)
 
-    def __aiter__(self) -> _Follower:
+    def __aiter__(self) -> Follower:
         return self
 
     async def __anext__(self) -> WatchMessage:

@@ -96,22 +96,22 @@ class BatchRoutes:
         request_id = body.string(data, "request_id") or request.headers.get("idempotency-key", "")
         if len(request_id) > 128:
             raise InvalidArgument.one("request_id", "is longer than 128 characters")
-        batch = self.core.batches.create(principal, store_id, specs, request_id, listed_in)
+        batch = await self.core.batches.create(principal, store_id, specs, request_id, listed_in)
         return JSONResponse(convert.batch_out(batch))
 
     async def get(self, request: Request, principal: Principal) -> Response:
-        batch = self.core.batches.get(principal, *_ids(request))
+        batch = await self.core.batches.get(principal, *_ids(request))
         return JSONResponse(convert.batch_out(batch))
 
     async def cancel(self, request: Request, principal: Principal) -> Response:
-        batch = self.core.batches.cancel(principal, *_ids(request))
+        batch = await self.core.batches.cancel(principal, *_ids(request))
         return JSONResponse(convert.batch_out(batch))
 
     async def list_files(self, request: Request, principal: Principal) -> Response:
         store_id, batch_id = _ids(request)
         params = lists.list_params(request)
         status = lists.status_filter(request)
-        page = self.core.batches.list_files(principal, store_id, batch_id, params, status)
+        page = await self.core.batches.list_files(principal, store_id, batch_id, params, status)
         return JSONResponse(convert.page_out(page, [convert.store_file_out(f) for f in page.data]))
 
     async def events(self, request: Request, principal: Principal) -> Response:

@@ -56,11 +56,13 @@ class FileRoutes:
         purpose = request.query_params.get("purpose", "")
         if purpose:
             raise_if(check_purpose(purpose)[1])
-        page = self.core.files.list(principal, params, purpose)
+        page = await self.core.files.list(principal, params, purpose)
         return JSONResponse(convert.page_out(page, [convert.file_out(f) for f in page.data]))
 
     async def get(self, request: Request, principal: Principal) -> Response:
-        return JSONResponse(convert.file_out(self.core.files.get(principal, _file_id(request))))
+        return JSONResponse(
+            convert.file_out(await self.core.files.get(principal, _file_id(request)))
+        )
 
     async def delete(self, request: Request, principal: Principal) -> Response:
         file_id = _file_id(request)
@@ -68,7 +70,7 @@ class FileRoutes:
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
     async def content(self, request: Request, principal: Principal) -> Response:
-        content = self.core.files.open_content(principal, _file_id(request))
+        content = await self.core.files.open_content(principal, _file_id(request))
         try:
             # The first piece before the status line: a file missing or short from the
             # start answers an error; damage found later cuts the body short of its

@@ -50,18 +50,20 @@ class StoreFileRoutes:
         attributes, bad = convert.attributes_in(data.get("attributes"))
         chunking, more = convert.chunking_in(data.get("chunking_strategy"))
         raise_if(check_id(file_id, "file_id", "file-") + bad + more)
-        file = self.core.store_files.create(principal, store_id, file_id, attributes, chunking)
+        file = await self.core.store_files.create(
+            principal, store_id, file_id, attributes, chunking
+        )
         return JSONResponse(convert.store_file_out(file))
 
     async def list(self, request: Request, principal: Principal) -> Response:
         store_id = store_id_of(request)
         params = lists.list_params(request)
         status = lists.status_filter(request)
-        page = self.core.store_files.list(principal, store_id, params, status)
+        page = await self.core.store_files.list(principal, store_id, params, status)
         return JSONResponse(convert.page_out(page, [convert.store_file_out(f) for f in page.data]))
 
     async def get(self, request: Request, principal: Principal) -> Response:
-        file = self.core.store_files.get(principal, *_ids(request))
+        file = await self.core.store_files.get(principal, *_ids(request))
         return JSONResponse(convert.store_file_out(file))
 
     async def update(self, request: Request, principal: Principal) -> Response:
@@ -72,17 +74,17 @@ class StoreFileRoutes:
             raise InvalidArgument.one("attributes", "is required (an object; {} clears them)")
         attributes, bad = convert.attributes_in(data.get("attributes"))
         raise_if(bad)
-        file = self.core.store_files.update(principal, store_id, file_id, attributes)
+        file = await self.core.store_files.update(principal, store_id, file_id, attributes)
         return JSONResponse(convert.store_file_out(file))
 
     async def delete(self, request: Request, principal: Principal) -> Response:
         store_id, file_id = _ids(request)
-        self.core.store_files.delete(principal, store_id, file_id)
+        await self.core.store_files.delete(principal, store_id, file_id)
         await self.core.store_files.removals.wait()  # its chunks are out of the index
         return JSONResponse({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
 
     async def content(self, request: Request, principal: Principal) -> Response:
-        texts, next_page = self.core.store_files.content(
+        texts, next_page = await self.core.store_files.content(
             principal, *_ids(request), body.query_str(request, "page")
         )
         return JSONResponse(

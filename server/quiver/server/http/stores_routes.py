@@ -101,7 +101,7 @@ class StoreRoutes:
         if file_ids:  # processed like a batch; the store's file_counts follow it
             chunking, bad = convert.chunking_in(data.get("chunking_strategy"))
             raise_if(bad)
-            store = self.core.batches.create_store_with_files(
+            store = await self.core.batches.create_store_with_files(
                 principal,
                 [BatchFileSpec(f, {}, chunking) for f in file_ids],
                 name=name,
@@ -111,7 +111,7 @@ class StoreRoutes:
                 embedding_dimensions=dimensions,
             )
         else:
-            store = self.core.stores.create(
+            store = await self.core.stores.create(
                 principal,
                 name=name,
                 metadata=metadata,
@@ -122,11 +122,11 @@ class StoreRoutes:
         return JSONResponse(convert.store_out(store))
 
     async def list(self, request: Request, principal: Principal) -> Response:
-        page = self.core.stores.list(principal, lists.list_params(request))
+        page = await self.core.stores.list(principal, lists.list_params(request))
         return JSONResponse(convert.page_out(page, [convert.store_out(s) for s in page.data]))
 
     async def get(self, request: Request, principal: Principal) -> Response:
-        store = self.core.stores.get(principal, store_id_of(request))
+        store = await self.core.stores.get(principal, store_id_of(request))
         return JSONResponse(convert.store_out(store))
 
     async def update(self, request: Request, principal: Principal) -> Response:
@@ -140,7 +140,7 @@ class StoreRoutes:
             clear_expires_after="expires_after" in data and expires_raw is None,
             metadata=body.string_map(data, "metadata"),
         )
-        store = self.core.stores.update(principal, store_id, change)
+        store = await self.core.stores.update(principal, store_id, change)
         return JSONResponse(convert.store_out(store))
 
     async def delete(self, request: Request, principal: Principal) -> Response:

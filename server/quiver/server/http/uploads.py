@@ -181,7 +181,7 @@ async def receive_file(
                     "is required (multipart/form-data fields: purpose, then file)",
                 )
             await asyncio.to_thread(form.upload.seal)  # sha256 check, fsync, rename
-            stored = form.upload.record()
+            stored = await form.upload.record()
             form.upload = None
             return stored
         finally:

@@ -1,8 +1,11 @@
-"""SQLite in WAL mode: the event loop's connection, and the writes and reads of threads.
+"""SQLite in WAL mode: each thread's connection (the event loop's, the database threads' of
+``core/db_calls.py``), and the sliced writes and reads of threads.
 
 SQLite has one writer at a time. Every write, from the event loop's connection or from a
 thread's, holds ``write_lock`` for the whole transaction, so writers queue on it instead of
-sleeping in SQLite's busy handler. Long writes run in threads as a series of short
+sleeping in SQLite's busy handler. ``transaction()`` and ``execute()`` work from any thread:
+each thread has its own connection and its own open transaction (the one that opened the
+database uses the first connection, ``conn``). Long writes run in threads as a series of short
 transactions (``slice()``), so the event loop never waits for the lock longer than one slice.
 """
 
@@ -59,10 +62,10 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = _connect(path)
+        self._main = _connect(path)
+        self._main_thread = threading.get_ident()
         self.write_lock = WriteLock()
-        self._depth = 0  # of the event loop's transaction (only the loop's thread uses it)
-        self._local = threading.local()
+        self._local = threading.local()  # per thread: its connections and transaction depth
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         # A checkpoint runs on a thread's connection outside the write lock: close() must not
@@ -70,6 +73,22 @@ class Database:
         self._checkpoint_lock = threading.Lock()
         self._closed = False
         self._migrate()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The calling thread's connection for ``transaction()`` and ``execute()``."""
+        if threading.get_ident() == self._main_thread:
+            return self._main
+        return self._thread_connection("session", query_only=False)
+
+    @property
+    def _depth(self) -> int:
+        """The calling thread's transaction nesting (0: none open)."""
+        return int(getattr(self._local, "depth", 0))
+
+    @_depth.setter
+    def _depth(self, value: int) -> None:
+        self._local.depth = value
 
     def _migrate(self) -> None:
         self.conn.executescript(SCHEMA)
@@ -89,31 +108,33 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT on the event loop's connection, rolled back on error,
-        under ``write_lock``. Nested calls join the outer one."""
+        """BEGIN IMMEDIATE … COMMIT on the calling thread's connection, rolled back on error,
+        under ``write_lock`` (urgent: before the sliced writes' next slice). Nested calls on
+        the same thread join the outer one."""
+        conn = self.conn
         if self._depth:
             self._depth += 1
             try:
-                yield self.conn
+                yield conn
             finally:
                 self._depth -= 1
             return
         self.write_lock.acquire(urgent=True)
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
             try:
-                yield self.conn
+                yield conn
             except BaseException:
                 self._depth = 0
-                self.conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
             self._depth = 0
             try:
-                self.conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except BaseException:
-                if self.conn.in_transaction:  # e.g. disk full: SQLite left it open
-                    self.conn.execute("ROLLBACK")
+                if conn.in_transaction:  # e.g. disk full: SQLite left it open
+                    conn.execute("ROLLBACK")
                 raise
         finally:
             self.write_lock.release()
@@ -121,8 +142,8 @@ class Database:
     def execute(
         self, sql: str, params: tuple[object, ...] | dict[str, object] = ()
     ) -> sqlite3.Cursor:
-        """A statement on the event loop's connection; a write outside a transaction becomes
-        a transaction of its own (so it, too, holds the write lock)."""
+        """A statement on the calling thread's connection; a write outside a transaction
+        becomes a transaction of its own (so it, too, holds the write lock)."""
         if not self._depth and sql.lstrip()[:7].upper().startswith(_WRITES):
             with self.transaction() as conn:
                 return conn.execute(sql, params)
@@ -191,10 +212,10 @@ class Database:
                     conn.close()
                 self._connections.clear()
             try:
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._main.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.OperationalError:
                 pass  # e.g. a full disk: the WAL is kept and checkpointed at the next start
             finally:
-                self.conn.close()
+                self._main.close()
         finally:
             self.write_lock.release()

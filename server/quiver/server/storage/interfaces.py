@@ -6,8 +6,9 @@ keyword index is not in the database: it is a cache built from ``ChunkRepository
 (``index/keyword_manager.py``).
 
 Methods taking a ``Tx`` run inside that open transaction (from ``Database.transaction()``);
-the others read (or, ``touch``, write) on their own. Methods documented as blocking run
-from a thread, never on the event loop.
+the others read (or, ``touch``, write) on their own. Every method may block: the core calls
+them from threads (``core/db_calls.py``), never on the event loop, so a transaction belongs
+to the thread that opened it and may be opened on any thread.
 """
 
 from __future__ import annotations
