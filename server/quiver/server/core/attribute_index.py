@@ -217,7 +217,7 @@ class _Entry:
         if self.vectors is not None:
             at = self.vectors.index(rows)
             selection.vector_labels = self.vectors.labels[at]
-            selection.vectors = self.vectors.matrix[at]
+            selection.vectors = np.take(self.vectors.matrix, at, axis=0)
         return selection
 
     def keep(self, key: str, selection: Selection, cache_bytes: int) -> Selection:
@@ -286,6 +286,15 @@ class AttributeIndex:
         """Vectors and cached selections held, all entries together."""
         with self._pending_lock:
             return sum(entry.nbytes for entry in self._entries.values())
+
+    @property
+    def compactions(self) -> int:
+        """Compactions of the kept entries' chunk arrays so far (tests read it)."""
+        with self._pending_lock:
+            return sum(
+                entry.ids.compactions + (entry.vectors.compactions if entry.vectors else 0)
+                for entry in self._entries.values()
+            )
 
     @property
     def _selection_bytes(self) -> int:

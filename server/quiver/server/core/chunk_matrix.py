@@ -125,7 +125,8 @@ class ChunkMatrix:
         rows = self.index(files)
         counts = self.count[files]
         self.labels = self.labels[rows]
-        self.matrix = self.matrix[rows]
+        if self.dim > 0:
+            self.matrix = np.take(self.matrix, rows, axis=0)
         self.used, self.dead = len(rows), 0
         self.start[:] = 0
         self.start[files] = np.cumsum(counts) - counts
