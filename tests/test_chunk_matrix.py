@@ -12,10 +12,12 @@ import asyncio
 from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 from quiver.server.config import Settings
 from quiver.server.core.chunk_matrix import ChunkMatrix, spans_index
 from quiver.v1 import common_pb2, vector_stores_pb2
 
+from tests.support.inproc import Tenant
 from tests.support.rpc_helpers import upload
 from tests.test_filter_vectors import assert_exact, started
 from tests.test_search import build_store, real_docs, static, value
@@ -36,7 +38,7 @@ def test_spans_index_expands_spans_in_order() -> None:
 def test_random_changes_read_back_as_the_reference() -> None:
     rng = np.random.default_rng(11)
     matrix = ChunkMatrix(DIM)
-    reference: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # type: ignore[type-arg]
+    reference: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
     next_label = 0
     for step in range(3000):
         file = int(rng.integers(0, 200))
@@ -79,18 +81,17 @@ def test_a_compaction_keeps_every_live_span() -> None:
     assert matrix.labels[matrix.index(np.asarray([99, 60]))].tolist() == [990, 991, 600, 601]
 
 
-async def complete(alice: object, store_id: str, file_id: str, group: str) -> None:
-    tenant = alice
-    await tenant.stores.CreateVectorStoreFile(  # type: ignore[attr-defined]
+async def complete(tenant: Tenant, store_id: str, file_id: str, group: str) -> None:
+    await tenant.stores.CreateVectorStoreFile(
         pb.CreateVectorStoreFileRequest(
             vector_store_id=store_id, file_id=file_id, attributes={"group": value(group)}
         ),
-        metadata=tenant.metadata,  # type: ignore[attr-defined]
+        metadata=tenant.metadata,
     )
     for _ in range(600):
-        reply = await tenant.stores.GetVectorStoreFile(  # type: ignore[attr-defined]
+        reply = await tenant.stores.GetVectorStoreFile(
             pb.GetVectorStoreFileRequest(vector_store_id=store_id, file_id=file_id),
-            metadata=tenant.metadata,  # type: ignore[attr-defined]
+            metadata=tenant.metadata,
         )
         if reply.vector_store_file.status != common_pb2.VECTOR_STORE_FILE_STATUS_IN_PROGRESS:
             return
