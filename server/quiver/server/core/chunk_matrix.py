@@ -114,7 +114,8 @@ class ChunkMatrix:
 
     def index(self, files: Ids) -> Ids:
         """The row numbers of the files' spans, file after file in the order given."""
-        files = files[files < len(self.count)]
+        if len(files) and files.max() >= len(self.count):
+            files = files[files < len(self.count)]
         return spans_index(self.start[files], self.count[files])
 
     # -- housekeeping ------------------------------------------------------------------------

@@ -379,9 +379,9 @@ def exact_ranking(
     if len(similarity) > k:
         kth = np.partition(similarity, len(similarity) - k)[len(similarity) - k]
         best = np.flatnonzero(similarity >= kth)  # the k best and any tied with the k-th
+        top = best[np.lexsort((labels[best], -similarity[best]))][:k]
     else:
-        best = np.arange(len(similarity))
-    top = best[np.lexsort((labels[best], -similarity[best]))][:k]
+        top = np.lexsort((labels, -similarity))
     return [(int(labels[i]), float(similarity[i])) for i in top]
 
 
