@@ -71,6 +71,18 @@ def test_random_changes_read_back_as_the_reference() -> None:
     assert matrix.compactions > 0, "enough dead rows to compact"
 
 
+def test_growth_stops_doubling_at_the_budget() -> None:
+    matrix = ChunkMatrix(DIM)
+    matrix.max_rows = 40
+    for f in range(35):
+        matrix.put(f, np.asarray([f], dtype=np.int64), np.ones((1, DIM), dtype=np.float32))
+    assert len(matrix.labels) == 40 and matrix.matrix.shape == (40, DIM)  # 16, 32, then 40
+    for f in range(35, 45):
+        matrix.put(f, np.asarray([f], dtype=np.int64), np.ones((1, DIM), dtype=np.float32))
+    assert len(matrix.labels) == 45, "past the budget: exactly what is needed"
+    assert matrix.labels[matrix.index(np.arange(45, dtype=np.int64))].tolist() == list(range(45))
+
+
 def test_a_compaction_keeps_every_live_span() -> None:
     matrix = ChunkMatrix(0)
     for f in range(100):

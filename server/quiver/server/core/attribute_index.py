@@ -467,6 +467,7 @@ class AttributeIndex:
         owner = np.repeat(files, entry.ids.count[files])
         counts = np.bincount(owner[kept], minlength=len(entry.ids.count))[files]
         vectors = ChunkMatrix(dim)
+        vectors.max_rows = self.vector_bytes // (4 * dim + 8)  # growth stays within budget
         vectors.load(files, counts.astype(np.int64), ids, matrix)
         entry.vectors = vectors
         self.vector_loads += 1

@@ -50,6 +50,9 @@ class ChunkMatrix:
         self.count: Ids = np.zeros(0, dtype=np.int64)
         self.compactions = 0
         """Compactions so far (tests read it)."""
+        self.max_rows = 0
+        """When positive, growth doubles capacity only up to this many rows (a budget's
+        worth; a larger need still gets exactly what it needs)."""
 
     @property
     def nbytes(self) -> int:
@@ -143,7 +146,8 @@ class ChunkMatrix:
     def _reserve_rows(self, size: int) -> None:
         if size <= len(self.labels):
             return
-        capacity = max(size, 2 * len(self.labels), 16)
+        doubled = max(2 * len(self.labels), 16)
+        capacity = max(size, min(doubled, self.max_rows) if self.max_rows > 0 else doubled)
         labels = np.zeros(capacity, dtype=np.int64)
         labels[: self.used] = self.labels[: self.used]
         self.labels = labels
