@@ -8,10 +8,12 @@ server's storage code: real corpus windows of 100 tokens, ``hash`` 512-d vectors
 hnswlib index). Then every completed file gets attributes: the files in a shuffled order
 (``--seed``) are given ``pct`` = the share of the store's chunks before them, in percent
 (0…99), and ``tag`` = "t<pct>". So ``pct < 10`` keeps ~10 % of the chunks (a range filter)
-and ``tag in ["t0"]`` ~1 % (an ``in`` filter); the exact shares are printed. One client
-sends ``--queries`` queries one after another per case (after ``WARM_UP``). Recall@10: the
-server's top 10 against numpy's exact top 10 over the chunks the filter keeps (vectors read
-from SQLite after the server stopped), matched by chunk text (distinct by construction).
+and ``tag in ["t0"]`` ~1 % (an ``in`` filter); the exact shares are printed. The ``new``
+cases keep the same chunks with a filter new to the server each query (``case_filter``).
+One client sends ``--queries`` queries one after another per case (after ``WARM_UP``).
+Recall@10: the server's top 10 against numpy's exact top 10 over the chunks the filter
+keeps (vectors read from SQLite after the server stopped), matched by chunk text (distinct
+by construction).
 Figures go to ``bench/results/filtered_search.json``. Timings depend on the machine.
 """
 
@@ -52,18 +54,30 @@ def text_list(values: list[str]) -> struct_pb2.Value:
     return out
 
 
-CASES: dict[str, pb.Filter | None] = {
-    "unfiltered": None,
-    "10%": pb.Filter(type="lt", key="pct", value=number(10.0)),
-    "1%": pb.Filter(type="in", key="tag", value=text_list(["t0"])),
-}
+def case_filter(case: str, q: int) -> pb.Filter | None:
+    """The filter of query number ``q`` of a case. The ``new`` cases change the filter's
+    value every query (a bound ``9.5 + q/10⁴`` over whole numbers, so ``pct < 10`` as
+    well; an extra tag no file has), so each is new to the server's cache of selections
+    yet keeps the same files."""
+    if case == "10%":
+        return pb.Filter(type="lt", key="pct", value=number(10.0))
+    if case == "10% new":
+        return pb.Filter(type="lt", key="pct", value=number(9.5 + q / 10_000))
+    if case == "1%":
+        return pb.Filter(type="in", key="tag", value=text_list(["t0"]))
+    if case == "1% new":
+        return pb.Filter(type="in", key="tag", value=text_list(["t0", f"none-{q}"]))
+    return None
+
+
+CASES = ("unfiltered", "10%", "10% new", "1%", "1% new")
 
 
 def kept_by(case: str, attributes: dict[str, Any]) -> bool:
     """What the case's filter keeps, written out independently of the server."""
-    if case == "10%":
+    if case.startswith("10%"):
         return bool(attributes["pct"] < 10)
-    if case == "1%":
+    if case.startswith("1%"):
         return bool(attributes["tag"] == "t0")
     return True
 
@@ -104,26 +118,26 @@ async def measure(
         stub = vector_stores_pb2_grpc.VectorStoreServiceStub(channel)
         runs: dict[str, Latencies] = {}
         texts: dict[str, list[list[str]]] = {}
-        for name, filter in CASES.items():
+        for name in CASES:
 
-            async def search(query: str, filter: pb.Filter | None = filter) -> Any:
+            async def search(query: str, q: int, name: str = name) -> Any:
                 return await stub.SearchVectorStore(
                     pb.SearchVectorStoreRequest(
                         vector_store_id=store_id,
                         query=[query],
                         max_num_results=K,
                         ranking_options=pb.RankingOptions(ranker="none"),
-                        filters=filter,
+                        filters=case_filter(name, q),
                     )
                 )
 
-            for query in queries[:WARM_UP]:
-                await search(query)
+            for i, query in enumerate(queries[:WARM_UP]):
+                await search(query, -1 - i)  # filters of their own (new cases)
             run = Latencies()
             texts[name] = []
-            for query in queries:
+            for q, query in enumerate(queries):
                 t = time.perf_counter()
-                reply = await search(query)
+                reply = await search(query, q)
                 run.seconds.append(time.perf_counter() - t)
                 run.hits += len(reply.data)
                 texts[name].append([r.content[0].text for r in reply.data])

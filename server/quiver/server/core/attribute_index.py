@@ -1,7 +1,7 @@
 """Filters through an index kept between queries: per store, its completed files'
 attributes in an ``AttributeTable`` (core/filters.py: posting sets per key and value) and
-each file's chunk ids, so a filtered search is set operations plus one concatenation
-instead of reading and matching every file's attributes per query.
+its files' chunk ids, so a filtered search is set operations plus one gather instead of
+reading and matching every file's attributes per query.
 
 A rebuildable cache: the database stays the record. A store's entry is built from storage
 on its first filtered search (in the caller's thread), and kept at most ``max_stores``
@@ -12,10 +12,15 @@ those files' rows before it evaluates, so it sees every change committed before 
 started; a change committed meanwhile is read by the next one. More than
 ``MAX_PENDING_FILES`` unread changes drop the entry (rebuilt on next use).
 
-Vectors for exact search (``vector_bytes`` > 0): an entry built with a dimension also keeps
-its files' stored vectors (unit length, float32), read with the files' chunk ids and changed
-with them, so an exact filtered search is one concatenation and one matrix product instead
-of a database read. All entries' vectors and cached selections together stay under
+Layout (core/chunk_matrix.py): the chunk ids of the store's completed files in one array,
+a span per file (its row in the table numbers it), and, for exact search (``vector_bytes``
+> 0, an entry asked with a dimension), their stored vectors (unit length, float32) in one
+contiguous matrix beside their ids, read once with every file's chunk ids and changed with
+them (a completed file's chunks appended, a detached file's span a tombstone until more
+than a quarter are dead, then compacted). A selection, even of a filter never seen, is
+then the table's rows, one index array expanded from their spans and one gather of ids and
+vector rows; an exact filtered search one matrix product over them, never a database read.
+All entries' vectors (their arrays' capacity) and cached selections together stay under
 ``vector_bytes`` (least recently used entries out; an entry whose vectors alone exceed it
 keeps none and its exact searches read the database, as without this cache).
 
@@ -38,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.chunk_matrix import ChunkMatrix
 from quiver.server.core.filters import AttributeTable, Filter, filter_nodes
 from quiver.server.core.models import AttributeValue
 from quiver.server.storage.interfaces import ChunkRepository, StoreFileRepository
@@ -58,21 +64,37 @@ VECTOR_READ_SLICE = 10_000
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 Matrix = npt.NDArray[np.float32]
+Ids = npt.NDArray[np.int64]
+FileIds = npt.NDArray[np.object_]
+
+GATHER_INLINE_VALUES = 1 << 18
+"""A new selection whose vectors hold at most this many floats (512 rows of 512, a ~1 MB
+copy, ~0.1 ms) may be gathered on the event loop when its filter is cheap too."""
 
 
 @dataclass
 class Selection:
-    """The completed files a filter matches (ascending by file id) and their chunk ids.
+    """The completed files a filter matches and their chunk ids, file after file in the
+    order the files were first indexed (``files``: their ids, ascending).
 
     ``vectors``: when the store's vectors are cached, the unit vectors of ``vector_labels``
     (the chunk ids among ``labels`` whose stored vector has the store's dimension), row by
     row; else None."""
 
-    files: list[str]
-    labels: npt.NDArray[np.int64]
-    vector_labels: npt.NDArray[np.int64] = field(default_factory=lambda: _EMPTY)
+    file_ids: FileIds
+    labels: Ids
+    vector_labels: Ids = field(default_factory=lambda: _EMPTY)
     vectors: Matrix | None = None
     _members: frozenset[int] | None = None
+    _files: list[str] | None = None
+
+    @property
+    def files(self) -> list[str]:
+        """The files' ids, ascending (sorted once per selection, when first asked)."""
+        files = self._files
+        if files is None:
+            files = self._files = sorted(self.file_ids.tolist())
+        return files
 
     def members(self) -> frozenset[int]:
         """``labels`` as a set, made once per selection (a cached one is reused)."""
@@ -83,73 +105,93 @@ class Selection:
 
     @property
     def nbytes(self) -> int:
-        held = self.labels.nbytes + self.vector_labels.nbytes
+        held = self.labels.nbytes + self.vector_labels.nbytes + 8 * len(self.file_ids)
         return held + (0 if self.vectors is None else self.vectors.nbytes)
 
 
 @dataclass
 class _Entry:
+    """One store: its files' attributes (``table``, one row per file), their chunk ids
+    (``ids``) and, when ``dim`` > 0, their unit vectors (``vectors``), both ``ChunkMatrix``
+    (core/chunk_matrix.py) whose file numbers are the table's rows."""
+
     lock: threading.Lock = field(default_factory=threading.Lock)
     built: bool = False
     table: AttributeTable = field(default_factory=lambda: AttributeTable([]))
     row_of: dict[str, int] = field(default_factory=dict)
-    file_of: dict[int, str] = field(default_factory=dict)
-    labels_of: dict[int, npt.NDArray[np.int64]] = field(default_factory=dict)
+    file_ids: FileIds = field(default_factory=lambda: np.empty(0, dtype=object))
+    """The file id of each row (None once dropped)."""
     next_row: int = 0
     pending: set[str] = field(default_factory=set)
-    dim: int = 0
-    """Vectors kept (of this dimension) when positive."""
-    vectors_of: dict[int, tuple[npt.NDArray[np.int64], Matrix]] = field(default_factory=dict)
-    vector_bytes: int = 0
+    ids: ChunkMatrix = field(default_factory=lambda: ChunkMatrix(0))
+    vectors: ChunkMatrix | None = None
     refused: int = 0
     """The dimension whose vectors did not fit in the cache (not tried again)."""
     selections: OrderedDict[str, Selection] = field(default_factory=OrderedDict)
     selection_bytes: int = 0
 
     @property
+    def dim(self) -> int:
+        """The dimension of the vectors kept; 0: none kept."""
+        return 0 if self.vectors is None else self.vectors.dim
+
+    @property
+    def vector_bytes(self) -> int:
+        return 0 if self.vectors is None else self.vectors.nbytes
+
+    @property
     def nbytes(self) -> int:
         return self.vector_bytes + self.selection_bytes
 
-    def put(
-        self,
-        file_id: str,
-        attributes: Mapping[str, AttributeValue],
-        labels: list[int],
-        vectors: tuple[npt.NDArray[np.int64], Matrix] | None = None,
-    ) -> None:
+    def row(self, file_id: str) -> int:
+        """The file's row, numbered anew if the file is new."""
         row = self.row_of.get(file_id)
         if row is None:
             row = self.next_row
             self.next_row += 1
             self.row_of[file_id] = row
-            self.file_of[row] = file_id
+            if row >= len(self.file_ids):
+                grown = np.empty(max(16, 2 * len(self.file_ids), row + 1), dtype=object)
+                grown[: len(self.file_ids)] = self.file_ids
+                self.file_ids = grown
+            self.file_ids[row] = file_id
+        return row
+
+    def put(
+        self,
+        file_id: str,
+        attributes: Mapping[str, AttributeValue],
+        labels: Ids,
+        vectors: tuple[Ids, Matrix] | None = None,
+    ) -> None:
+        """The file (new or changed) holds these attributes, chunk ids and (when vectors
+        are kept) these unit vectors of its chunks."""
+        row = self.row(file_id)
         self.table.put(row, attributes)
-        self.labels_of[row] = np.asarray(labels, dtype=np.int64)
-        self._drop_vectors(row)
-        if vectors is not None:
-            self.vectors_of[row] = vectors
-            self.vector_bytes += vectors[0].nbytes + vectors[1].nbytes
+        self.ids.put(row, labels)
+        if self.vectors is not None:
+            assert vectors is not None
+            self.vectors.put(row, vectors[0], vectors[1])
+        self._changed()
+
+    def put_attributes(self, file_id: str, attributes: Mapping[str, AttributeValue]) -> None:
+        """The file's attributes changed, not its chunks."""
+        self.table.put(self.row_of[file_id], attributes)
         self._changed()
 
     def drop(self, file_id: str) -> None:
         row = self.row_of.pop(file_id, None)
         if row is None:
             return
-        del self.file_of[row]
-        del self.labels_of[row]
-        self._drop_vectors(row)
+        self.file_ids[row] = None
+        self.ids.drop(row)
+        if self.vectors is not None:
+            self.vectors.drop(row)
         self.table.drop(row)
         self._changed()
 
-    def _drop_vectors(self, row: int) -> None:
-        old = self.vectors_of.pop(row, None)
-        if old is not None:
-            self.vector_bytes -= old[0].nbytes + old[1].nbytes
-
     def forget_vectors(self) -> None:
-        self.dim = 0
-        self.vectors_of.clear()
-        self.vector_bytes = 0
+        self.vectors = None
         self._changed()
 
     def _changed(self) -> None:
@@ -162,24 +204,24 @@ class _Entry:
             self.selections.move_to_end(key)
         return found
 
-    def select(self, filter: Filter, key: str, cache_bytes: int) -> Selection:
-        """The selection; kept for the next query when it takes at most ``cache_bytes``."""
-        found = self.cached(key)
-        if found is not None:
-            return found
-        rows = self.table.select(filter)
-        pairs = sorted((self.file_of[r], r) for r in rows)
-        arrays = [self.labels_of[r] for _, r in pairs]
-        labels = np.concatenate(arrays) if arrays else _EMPTY
-        selection = Selection([f for f, _ in pairs], labels)
-        if self.dim > 0:
-            kept = [self.vectors_of[r] for _, r in pairs if r in self.vectors_of]
-            selection.vector_labels = np.concatenate([k[0] for k in kept]) if kept else _EMPTY
-            selection.vectors = (
-                np.concatenate([k[1] for k in kept])
-                if kept
-                else np.zeros((0, self.dim), dtype=np.float32)
-            )
+    def rows(self, filter: Filter) -> Ids:
+        """The rows (files) ``filter`` matches, ascending."""
+        matched = self.table.select(filter)
+        rows = np.fromiter(matched, dtype=np.int64, count=len(matched))
+        rows.sort()
+        return rows
+
+    def gather(self, rows: Ids) -> Selection:
+        """The selection of these rows: their chunk ids and vectors, each one gather."""
+        selection = Selection(self.file_ids[rows], self.ids.labels[self.ids.index(rows)])
+        if self.vectors is not None:
+            at = self.vectors.index(rows)
+            selection.vector_labels = self.vectors.labels[at]
+            selection.vectors = np.take(self.vectors.matrix, at, axis=0)
+        return selection
+
+    def keep(self, key: str, selection: Selection, cache_bytes: int) -> Selection:
+        """Keeps the selection for the next query when it takes at most ``cache_bytes``."""
         if selection.nbytes <= cache_bytes:
             self.selections[key] = selection
             self.selection_bytes += selection.nbytes
@@ -187,6 +229,13 @@ class _Entry:
                 _, old = self.selections.popitem(last=False)
                 self.selection_bytes -= old.nbytes
         return selection
+
+    def select(self, filter: Filter, key: str, cache_bytes: int) -> Selection:
+        """The selection; kept for the next query when it takes at most ``cache_bytes``."""
+        found = self.cached(key)
+        if found is not None:
+            return found
+        return self.keep(key, self.gather(self.rows(filter)), cache_bytes)
 
 
 def unit_rows(
@@ -239,6 +288,15 @@ class AttributeIndex:
             return sum(entry.nbytes for entry in self._entries.values())
 
     @property
+    def compactions(self) -> int:
+        """Compactions of the kept entries' chunk arrays so far (tests read it)."""
+        with self._pending_lock:
+            return sum(
+                entry.ids.compactions + (entry.vectors.compactions if entry.vectors else 0)
+                for entry in self._entries.values()
+            )
+
+    @property
     def _selection_bytes(self) -> int:
         return max(self.vector_bytes // 8, 4 << 20)
 
@@ -279,9 +337,14 @@ class AttributeIndex:
             found = entry.cached(key)
             if found is not None:
                 return found
-            if entry.table.size * filter_nodes(filter) > INLINE_BUDGET or entry.dim > 0:
-                return None  # gathering vectors is a copy of many rows: on a thread
-            return entry.select(filter, key, self._selection_bytes)
+            if entry.table.size * filter_nodes(filter) > INLINE_BUDGET:
+                return None
+            rows = entry.rows(filter)
+            if entry.vectors is not None:
+                at = entry.vectors.count[rows[rows < len(entry.vectors.count)]]
+                if int(at.sum()) * entry.dim > GATHER_INLINE_VALUES:
+                    return None  # a large copy of vectors: on a thread
+            return entry.keep(key, entry.gather(rows), self._selection_bytes)
         finally:
             entry.lock.release()
 
@@ -339,8 +402,22 @@ class AttributeIndex:
         self._take_pending(entry)
         rows = self.files.completed_attributes(store_id)
         labels = self.chunks.ids_by_file(store_id, None)
+        numbers: list[int] = []
+        counts: list[int] = []
+        flat: list[int] = []
         for file_id, attributes in rows:
-            entry.put(file_id, attributes, labels.get(file_id, []))
+            row = entry.row(file_id)
+            entry.table.put(row, attributes)
+            held = labels.get(file_id, [])
+            numbers.append(row)
+            counts.append(len(held))
+            flat.extend(held)
+        entry.ids.load(
+            np.asarray(numbers, dtype=np.int64),
+            np.asarray(counts, dtype=np.int64),
+            np.asarray(flat, dtype=np.int64),
+            None,
+        )
         entry.built = True
         self.builds += 1
 
@@ -349,34 +426,50 @@ class AttributeIndex:
         if not changed:
             return
         rows = dict(self.files.completed_attributes(store_id, changed))
-        labels = self.chunks.ids_by_file(store_id, [f for f in changed if f in rows])
-        read = [i for f in changed for i in labels.get(f, [])] if entry.dim > 0 else []
-        vectors = self._read_vectors(read)
+        found = self.chunks.ids_by_file(store_id, [f for f in changed if f in rows])
+        labels = {f: np.asarray(found.get(f, []), dtype=np.int64) for f in rows}
+        # A file whose chunks the entry already holds (an attribute update) keeps its rows.
+        same = {
+            f
+            for f in rows
+            if f in entry.row_of and np.array_equal(entry.ids.held(entry.row_of[f]), labels[f])
+        }
+        read = [i for f in changed if f in rows and f not in same for i in labels[f].tolist()]
+        vectors = self._read_vectors(read) if entry.dim > 0 else {}
         for file_id in changed:
             if file_id not in rows:
                 entry.drop(file_id)
-                continue
-            held = labels.get(file_id, [])
-            kept = unit_rows(held, vectors, entry.dim) if entry.dim > 0 else None
-            entry.put(file_id, rows[file_id], held, kept)
+            elif file_id in same:
+                entry.put_attributes(file_id, rows[file_id])
+            else:
+                held = labels[file_id]
+                kept = unit_rows(held.tolist(), vectors, entry.dim) if entry.dim > 0 else None
+                entry.put(file_id, rows[file_id], held, kept)
         if entry.vector_bytes > self.vector_bytes:  # grew past the whole cache
             entry.refused = entry.dim
             entry.forget_vectors()
 
     def _load_vectors(self, entry: _Entry, dim: int) -> None:
-        """Reads the vectors of every file of the entry, unless they cannot fit."""
+        """Reads the vectors of every file of the entry into one matrix, unless they
+        cannot fit."""
         entry.forget_vectors()
-        count = sum(labels.size for labels in entry.labels_of.values())
-        if count * (4 * dim + 8) > self.vector_bytes:
+        files = np.flatnonzero(entry.ids.count).astype(np.int64)
+        labels = entry.ids.labels[entry.ids.index(files)]
+        if len(labels) * (4 * dim + 8) > self.vector_bytes:
             entry.refused = dim
             return
-        read = [i for labels in entry.labels_of.values() for i in labels.tolist()]
-        vectors = self._read_vectors(read)
-        entry.dim = dim
-        for row, labels in entry.labels_of.items():
-            kept = unit_rows(labels.tolist(), vectors, dim)
-            entry.vectors_of[row] = kept
-            entry.vector_bytes += kept[0].nbytes + kept[1].nbytes
+        wanted = labels.tolist()
+        blobs = self._read_vectors(wanted)
+        ids, matrix = unit_rows(wanted, blobs, dim)
+        kept = np.fromiter(
+            (len(blobs.get(i, b"")) == 4 * dim for i in wanted), dtype=bool, count=len(wanted)
+        )
+        owner = np.repeat(files, entry.ids.count[files])
+        counts = np.bincount(owner[kept], minlength=len(entry.ids.count))[files]
+        vectors = ChunkMatrix(dim)
+        vectors.max_rows = self.vector_bytes // (4 * dim + 8)  # growth stays within budget
+        vectors.load(files, counts.astype(np.int64), ids, matrix)
+        entry.vectors = vectors
         self.vector_loads += 1
 
     def _read_vectors(self, ids: list[int]) -> dict[int, bytes]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,10 +246,9 @@ class AttributeTable:
     def select(self, filter: Filter) -> frozenset[int]:
         """The numbers of the rows ``filter`` matches."""
         if isinstance(filter, Compound):
-            parts = [self.select(f) for f in filter.filters]
             if filter.op == "and":
-                return frozenset.intersection(*parts)
-            return frozenset().union(*parts)
+                return self._select_all(filter.filters)
+            return frozenset().union(*(self.select(f) for f in filter.filters))
         postings = self._by_key.get(filter.key, {})
         if filter.op in ("in", "nin"):
             assert isinstance(filter.value, tuple)
@@ -276,6 +275,26 @@ class AttributeTable:
         for value in values[lo:hi]:
             hits.update(postings[(kind, value)])
         return frozenset(hits)
+
+    def _select_all(self, filters: Sequence[Filter]) -> frozenset[int]:
+        """The rows every one of ``filters`` matches: the positive parts intersected,
+        smallest first, less the rows the ``ne``/``nin`` parts exclude (never built as
+        their complement over every row)."""
+        kept: list[frozenset[int]] = []
+        excluded: set[int] = set()
+        for part in filters:
+            if isinstance(part, Comparison) and part.op in ("ne", "nin"):
+                postings = self._by_key.get(part.key, {})
+                values = part.value if isinstance(part.value, tuple) else (part.value,)
+                for value in values:
+                    excluded.update(postings.get((_kind(value), value), ()))
+            else:
+                kept.append(self.select(part))
+        if not kept:
+            return frozenset(self._everyone - excluded)
+        kept.sort(key=len)
+        found = kept[0].intersection(*kept[1:]) if len(kept) > 1 else kept[0]
+        return found - excluded if excluded else found
 
     def _values_in_order(self, key: str, kind: str) -> list[Any]:
         """The key's distinct values of that kind (``n`` numbers, ``s`` strings), sorted:

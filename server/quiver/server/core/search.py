@@ -380,15 +380,17 @@ def exact_ranking(
     k: int,
 ) -> list[tuple[int, float]]:
     """The ``k`` labels whose unit vectors (rows of ``vectors``) are most similar to the unit
-    ``query``, best first (ties by row order), with their cosine similarity."""
+    ``query``, best first (ties by label, whatever the rows' order), with their cosine
+    similarity."""
     if not len(labels):
         return []
     similarity = vectors @ query
     if len(similarity) > k:
-        best = np.argpartition(-similarity, k - 1)[:k]
-        top = best[np.lexsort((best, -similarity[best]))]
+        kth = np.partition(similarity, len(similarity) - k)[len(similarity) - k]
+        best = np.flatnonzero(similarity >= kth)  # the k best and any tied with the k-th
+        top = best[np.lexsort((labels[best], -similarity[best]))][:k]
     else:
-        top = np.argsort(-similarity, kind="stable")
+        top = np.lexsort((labels, -similarity))
     return [(int(labels[i]), float(similarity[i])) for i in top]
 
 
