@@ -81,6 +81,28 @@ def test_counted_gives_the_analysed_frequencies_and_lengths(tmp_path: Path) -> N
     assert index.counted(index.terms("zebra"), 10, None) == []
 
 
+def test_the_length_is_the_analysed_words(tmp_path: Path) -> None:
+    texts = [
+        "Ünïcödé naïve café, über-cool façade",
+        "snake_case and CamelCase words; x" + "y" * 60 + " and a 39-character-" + "z" * 30,
+        "digits 123 4.5 6,7 \u2014 dashes \u2013 and \u2603 symbols \u00bd",
+        "日本語のテキスト and Ελληνικά λέξεις",
+        "",
+    ]
+    index = StoreKeywordIndex.open(tmp_path / "kw")
+    index.add((i + 1, "file-a", t) for i, t in enumerate(texts))
+    index.commit()
+    searcher = index._searcher
+    hits = searcher.search(tantivy.Query.all_query(), limit=10, count=False).hits
+    addresses = [a for _, a in hits]
+    ids = searcher.fast_field_values("chunk_id", addresses)
+    lengths = searcher.fast_field_values("length", addresses)
+    words = analyzer()
+    assert {int(c): int(n) for c, n in zip(ids, lengths, strict=True)} == {
+        i + 1: len(words.analyze(t)) for i, t in enumerate(texts)
+    }
+
+
 def test_lengths_and_ranking_survive_a_reopen(tmp_path: Path) -> None:
     chunks = corpus(300, 2)
     index = StoreKeywordIndex.open(tmp_path / "kw")

@@ -49,6 +49,16 @@ def analyzer() -> tantivy.TextAnalyzer:
     )
 
 
+def word_counter() -> tantivy.TextAnalyzer:
+    """The ``analyzer``'s words, neither folded nor stemmed: as many, at a tenth of the cost
+    (its later filters change words, never their number), for the ``length`` field."""
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(MAX_TOKEN_CHARS))
+        .build()
+    )
+
+
 def _schema() -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_unsigned_field("chunk_id", indexed=True, fast=True)
@@ -72,6 +82,7 @@ class StoreKeywordIndex:
         self._index = index
         self._schema = index.schema
         self._analyzer = analyzer()
+        self._counter = word_counter()
         self._writer: tantivy.IndexWriter | None = None
         self._index.reload()
         self._searcher = self._index.searcher()
@@ -124,7 +135,7 @@ class StoreKeywordIndex:
             doc.add_unsigned("chunk_id", int(chunk_id))
             doc.add_text("file_id", file_id)
             doc.add_text("text", text)
-            doc.add_unsigned("length", len(self._analyzer.analyze(text)))
+            doc.add_unsigned("length", len(self._counter.analyze(text)))
             writer.add_document(doc)
             n += 1
         return n
