@@ -98,7 +98,7 @@ def test_the_length_is_the_analysed_words(tmp_path: Path) -> None:
     ids = searcher.fast_field_values("chunk_id", addresses)
     lengths = searcher.fast_field_values("length", addresses)
     words = analyzer()
-    assert {int(c): int(n) for c, n in zip(ids, lengths, strict=True)} == {
+    assert {int(c or 0): int(n or 0) for c, n in zip(ids, lengths, strict=True)} == {
         i + 1: len(words.analyze(t)) for i, t in enumerate(texts)
     }
 
