@@ -10,9 +10,10 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tantivy
-from quiver.server.core.keyword_ranking import bm25, keyword_matches
+from quiver.server.core.keyword_ranking import bm25, bm25_all, keyword_matches
 from quiver.server.index.keyword import (
     ANALYZER,
     DamagedKeywordIndex,
@@ -153,6 +154,15 @@ def test_a_better_match_never_scores_lower() -> None:
     # never above (k1 + 1) · Σ idf, the normaliser of the relevance
     assert bm25(weights, [10**6, 10**6], 1, 120.0) <= 1.9 * sum(weights) + 1e-9
     assert bm25(weights, [0, 0], 10, 120.0) == 0.0
+    # the vectorised form used by the ranking is the same function
+    rows = [(tf, tf2, length) for tf in range(4) for tf2 in range(3) for length in (5, 120, 400)]
+    many = bm25_all(
+        weights,
+        np.asarray([[a, b] for a, b, _ in rows], dtype=np.float64),
+        np.asarray([n for _, _, n in rows], dtype=np.float64),
+        120.0,
+    )
+    assert many.tolist() == pytest.approx([bm25(weights, [a, b], n, 120.0) for a, b, n in rows])
 
 
 def test_keyword_relevance_orders_by_the_rescored_bm25(tmp_path: Path) -> None:

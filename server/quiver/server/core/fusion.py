@@ -48,7 +48,7 @@ FUSION: dict[str, Fusion] = {
     # With the keyword side re-scored by BM25 k1 0.9, b 0.4 (keyword_ranking.py), every
     # matching chunk's keyword relevance rises a little, so the phrase boost is 0.6 (0.5
     # no longer put both chunks holding one of two queries word for word in the top 3,
-    # tests/test_search.py); 0.5 and 0.6 measured level (docs/BENCHMARKS.md).
+    # tests/test_search.py); 0.6 is 0.001 below 0.5 on seeds 7 and 11, level on 13.
     "hash": Fusion(vector_weight=0.25, phrase_boost=0.6, pair_boost=0.15),
     # A local: model adds what keywords miss. all-MiniLM-L6-v2, bench/quality.py --model
     # local:all-minilm-l6-v2 --sweep (150 kernel-doc sections, 85 title queries, 800/400

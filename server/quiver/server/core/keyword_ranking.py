@@ -5,8 +5,9 @@ The candidates are the index's top k by its own BM25 (k1 = 1.2, b = 0.75, block-
 re-scored here with k1 = 0.9, b = 0.4 (Anserini's defaults for passages), from each
 candidate's exact term frequencies and length and the store's document frequencies and
 average chunk length: ``Σ idf(term) · tf · (k1 + 1) / (tf + k1 · (1 - b + b · dl / avgdl))``.
-On ``bench/quality_variants.py`` (seed 7, chosen there; docs/BENCHMARKS.md) that is
-nDCG@10 +0.002 over tantivy's parameters.
+Chosen on ``bench/quality_variants.py`` seed 7 among ten settings; with the hash fusion
+(phrase boost 0.6) ``auto`` gains nDCG@10 +0.001, +0.001 and +0.006 on seeds 7, 11 and 13
+over tantivy's parameters (docs/BENCHMARKS.md, "Search quality").
 
 A query's words (lower case, split on anything but letters and digits, a fixed list of
 English stop words left out unless nothing else is left) are OR-ed; every other word counts,
@@ -31,6 +32,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 from quiver.server.core.ports import KeywordIndex
 
 K1 = 0.9
@@ -114,9 +117,14 @@ def keyword_matches(
     weights = idfs(index, stems)
     best = (K1 + 1) * sum(weights)
     rows = index.counted(stems, k, files)
-    average = index.average_length()
+    scores = bm25_all(
+        weights,
+        np.asarray([tfs for _, _, tfs in rows], dtype=np.float64).reshape(len(rows), len(stems)),
+        np.asarray([length for _, length, _ in rows], dtype=np.float64),
+        index.average_length(),
+    )
     scored = sorted(
-        ((i, bm25(weights, tfs, length, average)) for i, length, tfs in rows),
+        zip([i for i, _, _ in rows], scores.tolist(), strict=True),
         key=lambda row: (-row[1], row[0]),
     )
     relevance = {i: min(1.0, max(0.0, s) / best) for i, s in scored if best > 0}
@@ -136,6 +144,19 @@ def bm25(weights: Sequence[float], tfs: Sequence[int], length: int, average: flo
     length; it grows with every frequency and, all else equal, falls with the length."""
     norm = K1 * (1 - B + B * length / average) if average > 0 else K1
     return sum(w * tf * (K1 + 1) / (tf + norm) for w, tf in zip(weights, tfs, strict=True) if tf)
+
+
+def bm25_all(
+    weights: Sequence[float],
+    tfs: npt.NDArray[np.float64],
+    lengths: npt.NDArray[np.float64],
+    average: float,
+) -> npt.NDArray[np.float64]:
+    """``bm25`` of many chunks at once: ``tfs`` one row per chunk, one column per term."""
+    norm = K1 * (1 - B + B * lengths / average) if average > 0 else np.full(len(lengths), K1)
+    parts = tfs * (K1 + 1) / (tfs + norm[:, None])
+    scores: npt.NDArray[np.float64] = parts @ np.asarray(weights, dtype=np.float64)
+    return scores
 
 
 def _pair_shares(

@@ -271,11 +271,21 @@ class StoreKeywordIndex:
         ids = [int(c or 0) for c in searcher.fast_field_values("chunk_id", addresses)]
         lengths = [int(n or 0) for n in searcher.fast_field_values("length", addresses)]
         total, average = self._scoring_constants(query, addresses[0])
+        # The candidates as a union of one-id term queries: each a dictionary lookup, where a
+        # term set query walks the whole chunk_id dictionary (its cost grows with the store).
         keep = tantivy.Query.const_score_query(
-            tantivy.Query.term_set_query(self._schema, "chunk_id", ids), 0.0
+            tantivy.Query.boolean_query(
+                [
+                    (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "chunk_id", c))
+                    for c in ids
+                ]
+            ),
+            0.0,
         )
-        frequencies: dict[str, dict[int, float]] = {}
-        for term in unique:
+        row = {chunk_id: i for i, chunk_id in enumerate(ids)}
+        column = {term: j for j, term in enumerate(unique)}
+        shares = np.zeros((len(ids), len(unique)), dtype=np.float64)
+        for term, j in column.items():
             n = min(int(searcher.doc_freq("text", term)), total)
             weight = (TANTIVY_K1 + 1) * math.log(1 + (total - n + 0.5) / (n + 0.5))
             alone = tantivy.Query.boolean_query(
@@ -286,18 +296,17 @@ class StoreKeywordIndex:
             )
             found = searcher.search(alone, limit=len(ids), count=False).hits
             held = searcher.fast_field_values("chunk_id", [address for _, address in found])
-            per_chunk = frequencies.setdefault(term, {})
             for (score, _), chunk_id in zip(found, held, strict=True):
-                per_chunk[int(chunk_id or 0)] = float(score) / weight if weight > 0 else 1.0
-        out = []
-        for chunk_id, length in zip(ids, lengths, strict=True):
-            norm = TANTIVY_K1 * (1 - TANTIVY_B + TANTIVY_B * length / max(average, 1e-9))
-            counts = []
-            for term in terms:
-                share = frequencies[term].get(chunk_id, 0.0)
-                counts.append(_frequency(share, norm))
-            out.append((chunk_id, length, counts))
-        return out
+                i = row.get(int(chunk_id or 0))
+                if i is not None:
+                    shares[i, j] = float(score) / weight if weight > 0 else 1.0
+        length = np.asarray(lengths, dtype=np.float64)
+        norm = TANTIVY_K1 * (1 - TANTIVY_B + TANTIVY_B * length / max(average, 1e-9))
+        counts = _frequencies(shares, norm[:, None])[:, [column[t] for t in terms]]
+        return [
+            (chunk_id, n, tfs)
+            for chunk_id, n, tfs in zip(ids, lengths, counts.tolist(), strict=True)
+        ]
 
     def _scoring_constants(
         self, query: tantivy.Query, address: tantivy.DocAddress
@@ -355,13 +364,15 @@ class StoreKeywordIndex:
         return [(int(c or 0), float(score)) for (score, _), c in zip(hits, ids, strict=True)]
 
 
-def _frequency(share: float, norm: float) -> int:
-    """The term frequency ``tf`` for which ``tf / (tf + norm)`` is ``share`` (0: absent)."""
-    if share <= 0.0:
-        return 0
-    if share >= 1.0:
-        return 1_000_000  # beyond any saturation
-    return max(1, round(norm * share / (1.0 - share)))
+def _frequencies(
+    shares: npt.NDArray[np.float64], norm: npt.NDArray[np.float64]
+) -> npt.NDArray[np.int64]:
+    """The term frequencies ``tf`` for which ``tf / (tf + norm)`` is each share (0: absent,
+    1 or more: beyond any saturation)."""
+    inside = np.clip(shares, 0.0, 1.0 - 1e-9)
+    tf = np.maximum(1, np.rint(norm * inside / (1.0 - inside)))
+    out: npt.NDArray[np.int64] = np.where(shares > 0.0, np.minimum(tf, 1e6), 0).astype(np.int64)
+    return out
 
 
 def _explained(node: object) -> dict[str, float]:
