@@ -231,12 +231,8 @@ class StoreKeywordIndex:
         """Those of the chunks ``among`` that hold the phrase (analysed terms, in order)."""
         if len(phrase) < 2 or not among:
             return []
-        keep = tantivy.Query.term_set_query(self._schema, "chunk_id", [int(c) for c in among])
         query = tantivy.Query.boolean_query(
-            [
-                (tantivy.Occur.Must, self._phrase(phrase)),
-                (tantivy.Occur.Must, tantivy.Query.const_score_query(keep, 0.0)),
-            ]
+            [(tantivy.Occur.Must, self._phrase(phrase)), (tantivy.Occur.Must, self._among(among))]
         )
         return [c for c, _ in self._top(query, len(among))]
 
@@ -271,17 +267,7 @@ class StoreKeywordIndex:
         ids = [int(c or 0) for c in searcher.fast_field_values("chunk_id", addresses)]
         lengths = [int(n or 0) for n in searcher.fast_field_values("length", addresses)]
         total, average = self._scoring_constants(query, addresses[0])
-        # The candidates as a union of one-id term queries: each a dictionary lookup, where a
-        # term set query walks the whole chunk_id dictionary (its cost grows with the store).
-        keep = tantivy.Query.const_score_query(
-            tantivy.Query.boolean_query(
-                [
-                    (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "chunk_id", c))
-                    for c in ids
-                ]
-            ),
-            0.0,
-        )
+        keep = self._among(ids)
         row = {chunk_id: i for i, chunk_id in enumerate(ids)}
         column = {term: j for j, term in enumerate(unique)}
         shares = np.zeros((len(ids), len(unique)), dtype=np.float64)
@@ -339,6 +325,23 @@ class StoreKeywordIndex:
             average = float(result["length"]["value"] or 0.0)
         self._average = (searcher, average)
         return average
+
+    def _among(self, chunk_ids: Sequence[int]) -> tantivy.Query:
+        """A filter (scoring 0) keeping the chunks ``chunk_ids``: a union of one-id term
+        queries, each a dictionary lookup, where a term set query walks the whole chunk_id
+        dictionary (8.8 ms at 50k chunks for 200 ids: its cost grows with the store)."""
+        return tantivy.Query.const_score_query(
+            tantivy.Query.boolean_query(
+                [
+                    (
+                        tantivy.Occur.Should,
+                        tantivy.Query.term_query(self._schema, "chunk_id", int(c)),
+                    )
+                    for c in chunk_ids
+                ]
+            ),
+            0.0,
+        )
 
     def _phrase(self, terms: Sequence[str]) -> tantivy.Query:
         return tantivy.Query.phrase_query(self._schema, "text", list(terms))
