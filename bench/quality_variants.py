@@ -1,7 +1,7 @@
 """Ranking experiments on the quality collection (``bench/quality.py``): one ingest, then
 ``auto`` under keyword-side and fusion variants patched into the in-process server, each
-next to plain BM25 over the same chunks. None of them is shipped (docs/BENCHMARKS.md,
-"Search quality", has the figures); this is the tool that measured them.
+next to plain BM25 over the same chunks. Of these, only the BM25 re-scoring is shipped
+(docs/BENCHMARKS.md, "Search quality", has the figures); this is the tool that measured them.
 
     .venv/bin/python -m bench.quality_variants --seed 11
     .venv/bin/python -m bench.quality_variants --seed 7 --only shipped "two b0.5"
@@ -18,6 +18,13 @@ Variants:
   candidates of its file (document-level evidence).
 - ``q…`` / ``slop… q…``: the pair boost ``q`` (adjacent query words), or pairs found
   within ``slop`` positions instead of adjacent.
+- ``bm25 k… b… [d…]``: tantivy's top k re-scored with BM25 (k1, b; BM25+ lower bound ``d``
+  per matched term) from each candidate's analysed text (read from the database here), the
+  store's document frequencies and average length: the tool that chose the shipped
+  re-scoring (k1 0.9, b 0.4; ``core/keyword_ranking.py``, whose frequencies come from the
+  index instead).
+- ``tantivy k1.2 b0.75 p0.5``: the keyword side before the re-scoring (tantivy's own BM25),
+  with the phrase boost it shipped with; ``p0.5``: the shipped ranking with that boost.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ class Corpus:
     texts: dict[int, str]
     file_of: dict[int, str]
     two_fields: tantivy.Index | None = None
+    counts: dict[int, Counter[str]] | None = None
+    """Each chunk's analysed words (for ``bm25 …``), computed once, and their number."""
+    lengths: dict[int, int] | None = None
 
 
 def _store_index(index: KeywordIndex) -> StoreKeywordIndex:
@@ -221,6 +231,74 @@ def two_fields(corpus: Corpus, beta: float) -> Matcher:
     return matches
 
 
+def rescored(corpus: Corpus, k1: float, b: float, delta: float = 0.0) -> Matcher:
+    """Tantivy's top k (BM25 1.2/0.75), re-scored with BM25 (k1, b; BM25+ ``delta``) over
+    the same analysed words: each candidate's term frequencies and length from its text,
+    the store's document frequencies and average length."""
+
+    def matches(
+        index: KeywordIndex, queries: Sequence[str], k: int, files: list[str] | None
+    ) -> KeywordMatches:
+        if corpus.counts is None or corpus.lengths is None:
+            words = analyzer()
+            corpus.counts = {c: Counter(words.analyze(t)) for c, t in corpus.texts.items()}
+            corpus.lengths = {c: sum(n.values()) for c, n in corpus.counts.items()}
+        counts, lengths = corpus.counts, corpus.lengths
+        average = sum(lengths.values()) / max(1, len(lengths))
+        terms = kr.query_terms(queries)
+        stems = list(dict.fromkeys(t for w in terms.words for t in index.terms(w)))
+        if not stems:
+            return KeywordMatches()
+        idf = kr.idfs(index, stems)
+        best = (k1 + 1 + delta) * sum(idf)
+        rows = index.best(stems, k, files)
+        scored = []
+        for chunk_id, _ in rows:
+            tf = counts[chunk_id]
+            norm = k1 * (1 - b + b * lengths[chunk_id] / average)
+            score = sum(
+                w * (tf[t] * (k1 + 1) / (tf[t] + norm) + delta)
+                for t, w in zip(stems, idf, strict=True)
+                if tf[t]
+            )
+            scored.append((chunk_id, score))
+        scored.sort(key=lambda x: (-x[1], x[0]))
+        relevance = {i: min(1.0, max(0.0, s) / best) for i, s in scored if best > 0}
+        phrased: list[int] = []
+        if terms.phrases:
+            phrased = index.phrased([index.terms(p) for p in terms.phrases], k, files)
+        return KeywordMatches(
+            relevance,
+            frozenset(phrased),
+            kr._pair_shares(index, terms.pairs, list(relevance)),
+            complete=len(rows) < k,
+        )
+
+    return matches
+
+
+def tantivy_scores(
+    index: KeywordIndex, queries: Sequence[str], k: int, files: list[str] | None
+) -> KeywordMatches:
+    """The keyword side before the re-scoring: tantivy's own BM25 (k1 1.2, b 0.75)."""
+    terms = kr.query_terms(queries)
+    stems = list(dict.fromkeys(t for w in terms.words for t in index.terms(w)))
+    if not stems:
+        return KeywordMatches()
+    best = (1.2 + 1) * sum(kr.idfs(index, stems))
+    rows = index.best(stems, k, files)
+    relevance = {i: min(1.0, max(0.0, s) / best) for i, s in rows if best > 0}
+    phrased: list[int] = []
+    if terms.phrases:
+        phrased = index.phrased([index.terms(p) for p in terms.phrases], k, files)
+    return KeywordMatches(
+        relevance,
+        frozenset(phrased),
+        kr._pair_shares(index, terms.pairs, list(relevance)),
+        complete=len(rows) < k,
+    )
+
+
 def file_evidence(corpus: Corpus, gamma: float) -> Fuser:
     def fuse(*args: object) -> list[tuple[int, float]]:
         scored = ORIGINAL_FUSE(*args)
@@ -272,11 +350,15 @@ class Variant:
     fuse: Fuser = ORIGINAL_FUSE
     pair_slop: int = 0
     pair_boost: float = 0.15
+    phrase_boost: float | None = None
+    """None: the shipped one."""
 
 
 def variants(corpus: Corpus) -> dict[str, Variant]:
     return {
         "shipped": Variant(),
+        "tantivy k1.2 b0.75 p0.5": Variant(tantivy_scores, phrase_boost=0.5),
+        "p0.5": Variant(phrase_boost=0.5),
         "rm3 d10 t10 w0.7": Variant(rm3(corpus, 10, 10, 0.7)),
         "rm3 d10 t10 w0.5": Variant(rm3(corpus, 10, 10, 0.5)),
         "two b0.5": Variant(two_fields(corpus, 0.5)),
@@ -289,6 +371,21 @@ def variants(corpus: Corpus) -> dict[str, Variant]:
         "slop2 q0.15": Variant(pair_slop=2),
         "slop2 q0.3": Variant(pair_slop=2, pair_boost=0.3),
         "slop6 q0.15": Variant(pair_slop=6),
+        **{
+            f"bm25 k{k1} b{b}" + (f" d{d}" if d else ""): Variant(rescored(corpus, k1, b, d))
+            for k1, b, d in [
+                (1.2, 0.75, 0.0),
+                (0.9, 0.4, 0.0),
+                (1.2, 0.4, 0.0),
+                (0.9, 0.75, 0.0),
+                (1.5, 0.4, 0.0),
+                (0.9, 0.2, 0.0),
+                (0.6, 0.4, 0.0),
+                (1.2, 0.75, 0.5),
+                (0.9, 0.4, 0.5),
+                (1.2, 0.75, 1.0),
+            ]
+        },
     }
 
 
@@ -351,7 +448,9 @@ async def run(seed: int, only: Sequence[str]) -> None:
                 pairs = pairs_within(variant.pair_slop) if variant.pair_slop else ORIGINAL_PAIRS
                 patch(variant.matches, variant.fuse, pairs)
                 fusion_module.FUSION["hash"] = fusion_module.Fusion(
-                    shipped.vector_weight, shipped.phrase_boost, variant.pair_boost
+                    shipped.vector_weight,
+                    shipped.phrase_boost if variant.phrase_boost is None else variant.phrase_boost,
+                    variant.pair_boost,
                 )
                 t = time.perf_counter()
                 s = evaluate(await quiver_rankings(stub, done.store_id, queries, "auto"), right)

@@ -684,14 +684,14 @@ class RankingOptions(_message.Message):
     Scores, in [0, 1], higher is better, one scale under every ranker:
       none:  max(0, cosine similarity of query and chunk)
       auto:  (w * max(0, cosine) + keyword') / (w + 1), where
-        keyword  = bm25 / ((k1 + 1) * sum of the query words' idf): the store's BM25 (k1 =
-                   1.2, b = 0.75) over the highest the query could reach, 0 when no query word
+        keyword  = bm25 / ((k1 + 1) * sum of the query words' idf): the chunk's BM25 (k1 =
+                   0.9, b = 0.4) over the highest the query could reach, 0 when no query word
                    occurs in the chunk (English stop words are left out of the query unless
                    it has no other word)
         boost    = min(1, p * [chunk holds a query as an exact phrase]
                           + q * share of the query's adjacent word pairs the chunk holds)
         keyword' = keyword + boost * (1 - keyword)
-      w, p, q depend on the store's embedder: hash w = 0.25, p = 0.5, q = 0.15; any other
+      w, p, q depend on the store's embedder: hash w = 0.25, p = 0.6, q = 0.15; any other
       model w = 1, p = 0.5, q = 0.15.
     So an unrelated query scores low under both rankers, and a chunk better on every signal
     never scores lower.

@@ -1,5 +1,13 @@
 """The keyword side of hybrid search: Okapi BM25 over a store's chunks (its tantivy index,
-``index/keyword.py``: k1 = 1.2, b = 0.75, stemmed words), as a relevance in [0, 1].
+``index/keyword.py``, stemmed words), as a relevance in [0, 1].
+
+The candidates are the index's top k by its own BM25 (k1 = 1.2, b = 0.75, block-max WAND),
+re-scored here with k1 = 0.9, b = 0.4 (Anserini's defaults for passages), from each
+candidate's exact term frequencies and length and the store's document frequencies and
+average chunk length: ``Σ idf(term) · tf · (k1 + 1) / (tf + k1 · (1 - b + b · dl / avgdl))``.
+Chosen on ``bench/quality_variants.py`` seed 7 among ten settings; with the hash fusion
+(phrase boost 0.6) ``auto`` gains nDCG@10 +0.001, +0.001 and +0.006 on seeds 7, 11 and 13
+over tantivy's parameters (docs/BENCHMARKS.md, "Search quality").
 
 A query's words (lower case, split on anything but letters and digits, a fixed list of
 English stop words left out unless nothing else is left) are OR-ed; every other word counts,
@@ -24,10 +32,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 from quiver.server.core.ports import KeywordIndex
 
-K1 = 1.2
-"""Tantivy's BM25 term-frequency saturation (fixed there)."""
+K1 = 0.9
+"""BM25 term-frequency saturation of the re-scoring."""
+B = 0.4
+"""BM25 length normalisation of the re-scoring."""
 MAX_KEYWORDS = 64
 MAX_PAIRS = 8
 _TOKEN = re.compile(r"[^\W_]+")  # unicode61's tokens: runs of letters and digits
@@ -102,9 +114,20 @@ def keyword_matches(
     stems = list(dict.fromkeys(t for w in terms.words for t in index.terms(w)))
     if not stems:
         return KeywordMatches()
-    best = (K1 + 1) * sum(idfs(index, stems))
-    rows = index.best(stems, k, files)
-    relevance = {i: min(1.0, max(0.0, s) / best) for i, s in rows if best > 0}
+    weights = idfs(index, stems)
+    best = (K1 + 1) * sum(weights)
+    rows = index.counted(stems, k, files)
+    scores = bm25_all(
+        weights,
+        np.asarray([tfs for _, _, tfs in rows], dtype=np.float64).reshape(len(rows), len(stems)),
+        np.asarray([length for _, length, _ in rows], dtype=np.float64),
+        index.average_length(),
+    )
+    scored = sorted(
+        zip([i for i, _, _ in rows], scores.tolist(), strict=True),
+        key=lambda row: (-row[1], row[0]),
+    )
+    relevance = {i: min(1.0, max(0.0, s) / best) for i, s in scored if best > 0}
     phrased: list[int] = []
     if terms.phrases:
         phrased = index.phrased([index.terms(p) for p in terms.phrases], k, files)
@@ -114,6 +137,26 @@ def keyword_matches(
         _pair_shares(index, terms.pairs, list(relevance)),
         complete=len(rows) < k,
     )
+
+
+def bm25(weights: Sequence[float], tfs: Sequence[int], length: int, average: float) -> float:
+    """A chunk's BM25 score (``K1``, ``B``) from its terms' IDF and frequencies and its
+    length; it grows with every frequency and, all else equal, falls with the length."""
+    norm = K1 * (1 - B + B * length / average) if average > 0 else K1
+    return sum(w * tf * (K1 + 1) / (tf + norm) for w, tf in zip(weights, tfs, strict=True) if tf)
+
+
+def bm25_all(
+    weights: Sequence[float],
+    tfs: npt.NDArray[np.float64],
+    lengths: npt.NDArray[np.float64],
+    average: float,
+) -> npt.NDArray[np.float64]:
+    """``bm25`` of many chunks at once: ``tfs`` one row per chunk, one column per term."""
+    norm = K1 * (1 - B + B * lengths / average) if average > 0 else np.full(len(lengths), K1)
+    parts = tfs * (K1 + 1) / (tfs + norm[:, None])
+    scores: npt.NDArray[np.float64] = parts @ np.asarray(weights, dtype=np.float64)
+    return scores
 
 
 def _pair_shares(

@@ -1,11 +1,15 @@
 """One store's full-text index on tantivy: a rebuildable cache of its completed chunks
 (chunk id, file id, text), in its own directory. The database stays the record.
 
-Ranked by tantivy's BM25 (k1 = 1.2, b = 0.75, ``idf = ln(1 + (N - n + 0.5) / (n + 0.5))``
-over the store's N chunks, n of them holding the term), top k by its block-max WAND
-collector, which skips the postings that cannot reach the current k-th score instead of
-scoring every match. Words are split on anything but letters and digits, lower-cased,
-folded to ASCII and stemmed (Snowball English), both in the chunks and in the queries.
+Candidates come from tantivy's BM25 (k1 = 1.2, b = 0.75, ``idf = ln(1 + (N - n + 0.5) /
+(n + 0.5))`` over the store's N chunks, n of them holding the term), top k by its block-max
+WAND collector, which skips the postings that cannot reach the current k-th score instead of
+scoring every match. For a ranking with other BM25 parameters (``core/keyword_ranking.py``),
+``counted`` gives each candidate's term frequencies (read back from tantivy's score of each
+term alone) and length (the ``length`` fast field: its analysed words, counted at index
+time), and ``average_length`` the store's mean chunk length. Words are split on anything
+but letters and digits, lower-cased, folded to ASCII and stemmed (Snowball English), both in
+the chunks and in the queries.
 
 Not thread-safe for writes: ``KeywordIndexes`` (``keyword_manager.py``) serialises them.
 Searches may run on any thread while a write goes on (they read the last reloaded commit).
@@ -13,6 +17,8 @@ Searches may run on any thread while a write goes on (they read the last reloade
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +33,9 @@ WRITER_HEAP_BYTES = 32_000_000
 """The writer's indexing buffer (tantivy's minimum is 15 MB per thread): past it, tantivy
 writes a segment before the commit."""
 MAX_TOKEN_CHARS = 40
+TANTIVY_K1 = 1.2
+TANTIVY_B = 0.75
+"""The BM25 parameters tantivy scores with (fixed in its Python binding)."""
 
 
 def analyzer() -> tantivy.TextAnalyzer:
@@ -40,12 +49,27 @@ def analyzer() -> tantivy.TextAnalyzer:
     )
 
 
+def word_counter() -> tantivy.TextAnalyzer:
+    """The ``analyzer``'s words, neither folded nor stemmed: as many, at a tenth of the cost
+    (its later filters change words, never their number), for the ``length`` field."""
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(MAX_TOKEN_CHARS))
+        .build()
+    )
+
+
 def _schema() -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_unsigned_field("chunk_id", indexed=True, fast=True)
     builder.add_text_field("file_id", tokenizer_name="raw", index_option="basic")
     builder.add_text_field("text", tokenizer_name=ANALYZER, index_option="position")
+    builder.add_unsigned_field("length", fast=True)
     return builder.build()
+
+
+FIELDS = ("chunk_id", "file_id", "text", "length")
+"""An index without every one of these (one written before ``length``) is rebuilt."""
 
 
 class DamagedKeywordIndex(Exception):
@@ -58,9 +82,12 @@ class StoreKeywordIndex:
         self._index = index
         self._schema = index.schema
         self._analyzer = analyzer()
+        self._counter = word_counter()
         self._writer: tantivy.IndexWriter | None = None
         self._index.reload()
         self._searcher = self._index.searcher()
+        self._average: tuple[tantivy.Searcher, float] | None = None
+        self._constants: tuple[tantivy.Searcher, int, float] | None = None
 
     @classmethod
     def open(cls, path: Path) -> StoreKeywordIndex:
@@ -70,8 +97,8 @@ class StoreKeywordIndex:
         try:
             if (path / "meta.json").exists():
                 index = tantivy.Index.open(str(path))
-                names = {"chunk_id", "file_id", "text"}
-                if not all(f'"{n}"' in (path / "meta.json").read_text() for n in names):
+                meta = (path / "meta.json").read_text()
+                if not all(f'"{n}"' in meta for n in FIELDS):
                     raise DamagedKeywordIndex(f"{path}: another schema")
             else:
                 index = tantivy.Index(_schema(), path=str(path))
@@ -108,6 +135,7 @@ class StoreKeywordIndex:
             doc.add_unsigned("chunk_id", int(chunk_id))
             doc.add_text("file_id", file_id)
             doc.add_text("text", text)
+            doc.add_unsigned("length", len(self._counter.analyze(text)))
             writer.add_document(doc)
             n += 1
         return n
@@ -203,14 +231,117 @@ class StoreKeywordIndex:
         """Those of the chunks ``among`` that hold the phrase (analysed terms, in order)."""
         if len(phrase) < 2 or not among:
             return []
-        keep = tantivy.Query.term_set_query(self._schema, "chunk_id", [int(c) for c in among])
         query = tantivy.Query.boolean_query(
-            [
-                (tantivy.Occur.Must, self._phrase(phrase)),
-                (tantivy.Occur.Must, tantivy.Query.const_score_query(keep, 0.0)),
-            ]
+            [(tantivy.Occur.Must, self._phrase(phrase)), (tantivy.Occur.Must, self._among(among))]
         )
         return [c for c, _ in self._top(query, len(among))]
+
+    def counted(
+        self, terms: Sequence[str], k: int, files: Sequence[str] | None
+    ) -> list[tuple[int, int, list[int]]]:
+        """The ``k`` best chunks as ``best`` finds them, best first, each as (chunk id, its
+        length in analysed words, how often it holds each of ``terms``).
+
+        A term's frequency in a chunk is read back from tantivy's own BM25 score of the term
+        alone over these chunks (one query per term): ``s = (k1 + 1) · idf · tf / (tf + K)``
+        with ``K = k1 · (1 - b + b · dl / avgdl)``, so ``tf = K · r / (1 - r)`` for
+        ``r = s / ((k1 + 1) · idf)``, rounded. Tantivy's ``dl`` is the chunk's length coded
+        in one byte, exact up to 40 words and within a few per cent above, so a frequency
+        of 6 or more in a long chunk may come out one off (where BM25 has all but
+        saturated); below that it is exact (tests/test_keyword_rescoring.py checks it against
+        the analysed text)."""
+        if not terms or k <= 0 or files == []:
+            return []
+        searcher = self._searcher
+        unique = list(dict.fromkeys(terms))
+        query = tantivy.Query.boolean_query(
+            [
+                (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "text", t))
+                for t in unique
+            ]
+        )
+        hits = searcher.search(self._within(query, files), limit=k, count=False).hits
+        if not hits:
+            return []
+        addresses = [address for _, address in hits]
+        ids = [int(c or 0) for c in searcher.fast_field_values("chunk_id", addresses)]
+        lengths = [int(n or 0) for n in searcher.fast_field_values("length", addresses)]
+        total, average = self._scoring_constants(query, addresses[0])
+        keep = self._among(ids)
+        row = {chunk_id: i for i, chunk_id in enumerate(ids)}
+        column = {term: j for j, term in enumerate(unique)}
+        shares = np.zeros((len(ids), len(unique)), dtype=np.float64)
+        for term, j in column.items():
+            n = min(int(searcher.doc_freq("text", term)), total)
+            weight = (TANTIVY_K1 + 1) * math.log(1 + (total - n + 0.5) / (n + 0.5))
+            alone = tantivy.Query.boolean_query(
+                [
+                    (tantivy.Occur.Must, tantivy.Query.term_query(self._schema, "text", term)),
+                    (tantivy.Occur.Must, keep),
+                ]
+            )
+            found = searcher.search(alone, limit=len(ids), count=False).hits
+            held = searcher.fast_field_values("chunk_id", [address for _, address in found])
+            for (score, _), chunk_id in zip(found, held, strict=True):
+                i = row.get(int(chunk_id or 0))
+                if i is not None:
+                    shares[i, j] = float(score) / weight if weight > 0 else 1.0
+        length = np.asarray(lengths, dtype=np.float64)
+        norm = TANTIVY_K1 * (1 - TANTIVY_B + TANTIVY_B * length / max(average, 1e-9))
+        counts = _frequencies(shares, norm[:, None])[:, [column[t] for t in terms]]
+        return [
+            (chunk_id, n, tfs)
+            for chunk_id, n, tfs in zip(ids, lengths, counts.tolist(), strict=True)
+        ]
+
+    def _scoring_constants(
+        self, query: tantivy.Query, address: tantivy.DocAddress
+    ) -> tuple[int, float]:
+        """Tantivy's N (every document of the segments, deleted ones included until a
+        merge drops them) and average length, as its BM25 uses them, read from its
+        explanation of one hit's score; once per commit."""
+        searcher = self._searcher
+        cached = self._constants
+        if cached is not None and cached[0] is searcher:
+            return cached[1], cached[2]
+        found = _explained(json.loads(query.explain(searcher, address).to_json()))
+        total = int(found.get("N", searcher.num_docs))
+        average = float(found.get("avgdl", 0.0)) or self.average_length()
+        self._constants = (searcher, total, average)
+        return total, average
+
+    def average_length(self) -> float:
+        """The mean length of the indexed chunks in analysed words (as of the last commit;
+        computed once per commit, by tantivy's columnar aggregation)."""
+        searcher = self._searcher
+        cached = self._average
+        if cached is not None and cached[0] is searcher:
+            return cached[1]
+        average = 0.0
+        if int(searcher.num_docs) > 0:
+            result = searcher.aggregate(
+                tantivy.Query.all_query(), {"length": {"avg": {"field": "length"}}}
+            )
+            average = float(result["length"]["value"] or 0.0)
+        self._average = (searcher, average)
+        return average
+
+    def _among(self, chunk_ids: Sequence[int]) -> tantivy.Query:
+        """A filter (scoring 0) keeping the chunks ``chunk_ids``: a union of one-id term
+        queries, each a dictionary lookup, where a term set query walks the whole chunk_id
+        dictionary (8.8 ms at 50k chunks for 200 ids: its cost grows with the store)."""
+        return tantivy.Query.const_score_query(
+            tantivy.Query.boolean_query(
+                [
+                    (
+                        tantivy.Occur.Should,
+                        tantivy.Query.term_query(self._schema, "chunk_id", int(c)),
+                    )
+                    for c in chunk_ids
+                ]
+            ),
+            0.0,
+        )
 
     def _phrase(self, terms: Sequence[str]) -> tantivy.Query:
         return tantivy.Query.phrase_query(self._schema, "text", list(terms))
@@ -234,3 +365,28 @@ class StoreKeywordIndex:
             return []
         ids = searcher.fast_field_values("chunk_id", [address for _, address in hits])
         return [(int(c or 0), float(score)) for (score, _), c in zip(hits, ids, strict=True)]
+
+
+def _frequencies(
+    shares: npt.NDArray[np.float64], norm: npt.NDArray[np.float64]
+) -> npt.NDArray[np.int64]:
+    """The term frequencies ``tf`` for which ``tf / (tf + norm)`` is each share (0: absent,
+    1 or more: beyond any saturation)."""
+    inside = np.clip(shares, 0.0, 1.0 - 1e-9)
+    tf = np.maximum(1, np.rint(norm * inside / (1.0 - inside)))
+    out: npt.NDArray[np.int64] = np.where(shares > 0.0, np.minimum(tf, 1e6), 0).astype(np.int64)
+    return out
+
+
+def _explained(node: object) -> dict[str, float]:
+    """``N`` and ``avgdl`` from a tantivy score explanation (JSON), where it gives them."""
+    found: dict[str, float] = {}
+    if isinstance(node, dict):
+        description = str(node.get("description", ""))
+        for key in ("N", "avgdl"):
+            if description.startswith(f"{key}, ") and key not in found:
+                found[key] = float(node.get("value", 0.0))
+        for child in node.get("details", []) or []:
+            for key, value in _explained(child).items():
+                found.setdefault(key, value)
+    return found

@@ -1,0 +1,183 @@
+"""The keyword ranking's own BM25 (core/keyword_ranking.py, k1 0.9, b 0.4) over tantivy's
+candidates: the term frequencies and lengths the index gives back (index/keyword.py,
+``counted``) are those of the analysed text, with the filter inside the query, after
+deletions and after a reopen; an index written before the ``length`` field is refused (and
+so rebuilt at start); a better match never scores lower."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tantivy
+from quiver.server.core.keyword_ranking import bm25, bm25_all, keyword_matches
+from quiver.server.index.keyword import (
+    ANALYZER,
+    DamagedKeywordIndex,
+    StoreKeywordIndex,
+    analyzer,
+)
+
+WORDS = [f"word{i}" for i in range(400)]
+COMMON = ["lattice", "quantum", "running", "databases", "indexes", "kernel"]
+
+
+def corpus(n: int, seed: int) -> dict[int, tuple[str, str]]:
+    """n chunks of 3 to 300 words (a few common words often repeated), 4 per file."""
+    rng = random.Random(seed)
+    out = {}
+    for i in range(n):
+        length = rng.randint(3, 300)
+        words = [
+            rng.choice(COMMON) if rng.random() < 0.1 else rng.choice(WORDS) for _ in range(length)
+        ]
+        out[i + 1] = (f"file-{i // 4}", " ".join(words))
+    return out
+
+
+def test_counted_gives_the_analysed_frequencies_and_lengths(tmp_path: Path) -> None:
+    chunks = corpus(2000, 1)
+    index = StoreKeywordIndex.open(tmp_path / "kw")
+    index.add((c, f, t) for c, (f, t) in chunks.items())
+    index.commit()
+    # Deleted chunks stay in tantivy's segments (and its N and average) until a merge.
+    index.delete_files([f"file-{i}" for i in range(0, 500, 3)])
+    index.commit()
+    alive = {
+        c: ft
+        for c, ft in chunks.items()
+        if int(ft[0].split("-")[1]) % 3 != 0 or int(ft[0].split("-")[1]) >= 500
+    }
+    words = analyzer()
+    counts = {c: Counter(words.analyze(t)) for c, (_, t) in alive.items()}
+    lengths = {c: sum(n.values()) for c, n in counts.items()}
+    assert index.average_length() == pytest.approx(sum(lengths.values()) / len(lengths))
+
+    checked = 0
+    for query in ("lattice quantum", "running kernel word7", "databases indexes word1 word2"):
+        terms = index.terms(query)
+        rows = index.counted(terms, 200, None)
+        assert rows and len(rows) == len({c for c, _, _ in rows})
+        for chunk_id, length, tfs in rows:
+            assert chunk_id in alive
+            assert length == lengths[chunk_id]
+            for term, tf in zip(terms, tfs, strict=True):
+                true = counts[chunk_id][term]
+                if true <= 5:  # beyond, tantivy's one-byte length may put it one off
+                    assert tf == true, (chunk_id, term)
+                    checked += 1
+                else:
+                    assert abs(tf - true) <= 1
+    assert checked > 500
+
+    # The filter stays inside the query: only the files asked for, k of them.
+    files = [f"file-{i}" for i in range(1, 500, 3)]
+    scoped = index.counted(index.terms("lattice quantum"), 20, files)
+    assert len(scoped) == 20
+    assert all(alive[c][0] in files for c, _, _ in scoped)
+    assert index.counted(index.terms("lattice"), 10, []) == []
+    assert index.counted(index.terms("zebra"), 10, None) == []
+
+
+def test_the_length_is_the_analysed_words(tmp_path: Path) -> None:
+    texts = [
+        "Ünïcödé naïve café, über-cool façade",
+        "snake_case and CamelCase words; x" + "y" * 60 + " and a 39-character-" + "z" * 30,
+        "digits 123 4.5 6,7 \u2014 dashes \u2013 and \u2603 symbols \u00bd",
+        "日本語のテキスト and Ελληνικά λέξεις",
+        "",
+    ]
+    index = StoreKeywordIndex.open(tmp_path / "kw")
+    index.add((i + 1, "file-a", t) for i, t in enumerate(texts))
+    index.commit()
+    searcher = index._searcher
+    hits = searcher.search(tantivy.Query.all_query(), limit=10, count=False).hits
+    addresses = [a for _, a in hits]
+    ids = searcher.fast_field_values("chunk_id", addresses)
+    lengths = searcher.fast_field_values("length", addresses)
+    words = analyzer()
+    assert {int(c or 0): int(n or 0) for c, n in zip(ids, lengths, strict=True)} == {
+        i + 1: len(words.analyze(t)) for i, t in enumerate(texts)
+    }
+
+
+def test_lengths_and_ranking_survive_a_reopen(tmp_path: Path) -> None:
+    chunks = corpus(300, 2)
+    index = StoreKeywordIndex.open(tmp_path / "kw")
+    index.add((c, f, t) for c, (f, t) in chunks.items())
+    index.commit()
+    average = index.average_length()
+    before = keyword_matches(index, ["quantum lattice kernel"], 30, None)
+    index.close()
+    again = StoreKeywordIndex.open(tmp_path / "kw")
+    assert again.average_length() == pytest.approx(average)
+    after = keyword_matches(again, ["quantum lattice kernel"], 30, None)
+    assert list(after.relevance) == list(before.relevance)
+    assert list(after.relevance.values()) == pytest.approx(list(before.relevance.values()))
+
+
+def test_an_index_written_before_the_length_field_is_refused(tmp_path: Path) -> None:
+    builder = tantivy.SchemaBuilder()
+    builder.add_unsigned_field("chunk_id", indexed=True, fast=True)
+    builder.add_text_field("file_id", tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("text", tokenizer_name=ANALYZER, index_option="position")
+    path = tmp_path / "old"
+    path.mkdir()
+    old = tantivy.Index(builder.build(), path=str(path))
+    old.register_tokenizer(ANALYZER, analyzer())
+    writer = old.writer(heap_size=15_000_000, num_threads=1)
+    doc = tantivy.Document()
+    doc.add_unsigned("chunk_id", 1)
+    doc.add_text("file_id", "file-a")
+    doc.add_text("text", "an older index")
+    writer.add_document(doc)
+    writer.commit()
+    writer.wait_merging_threads()
+    with pytest.raises(DamagedKeywordIndex, match="another schema"):
+        StoreKeywordIndex.open(path)
+
+
+def test_a_better_match_never_scores_lower() -> None:
+    weights = [2.0, 0.5]
+    for length in (5, 50, 120, 400):
+        for tf in range(0, 8):
+            # more of a term: never lower
+            assert bm25(weights, [tf + 1, 1], length, 120.0) > bm25(weights, [tf, 1], length, 120.0)
+            # the same words in a longer chunk: never higher
+            if tf:
+                assert bm25(weights, [tf, 0], length + 10, 120.0) <= bm25(
+                    weights, [tf, 0], length, 120.0
+                )
+    # never above (k1 + 1) · Σ idf, the normaliser of the relevance
+    assert bm25(weights, [10**6, 10**6], 1, 120.0) <= 1.9 * sum(weights) + 1e-9
+    assert bm25(weights, [0, 0], 10, 120.0) == 0.0
+    # the vectorised form used by the ranking is the same function
+    rows = [(tf, tf2, length) for tf in range(4) for tf2 in range(3) for length in (5, 120, 400)]
+    many = bm25_all(
+        weights,
+        np.asarray([[a, b] for a, b, _ in rows], dtype=np.float64),
+        np.asarray([n for _, _, n in rows], dtype=np.float64),
+        120.0,
+    )
+    assert many.tolist() == pytest.approx([bm25(weights, [a, b], n, 120.0) for a, b, n in rows])
+
+
+def test_keyword_relevance_orders_by_the_rescored_bm25(tmp_path: Path) -> None:
+    """Tantivy (b 0.75) would rank the short chunk holding "lattice" once above the long one
+    holding it three times; with b 0.4 the long one comes first."""
+    filler = " ".join(WORDS[:80])
+    rows = [
+        (1, "file-a", "lattice " + " ".join(WORDS[100:104])),
+        (2, "file-b", f"lattice {filler} lattice {filler} lattice"),
+        *((i, f"file-{i}", " ".join(WORDS[i : i + 60])) for i in range(3, 40)),
+    ]
+    index = StoreKeywordIndex.open(tmp_path / "kw")
+    index.add(rows)
+    index.commit()
+    assert [c for c, _ in index.best(index.terms("lattice"), 2, None)] == [1, 2]
+    found = keyword_matches(index, ["lattice"], 10, None)
+    assert list(found.relevance)[:2] == [2, 1]
+    assert found.relevance[2] > found.relevance[1] > 0
