@@ -13,6 +13,7 @@ Needs root (``ip netns add``) and the ``ray`` extra; ``cluster_missing()`` says 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,19 @@ def cluster_missing() -> str | None:
     except ImportError:
         return "the ray extra is not installed"
     return None
+
+
+def files_by_node(log: str) -> Counter[str]:
+    """Files whose Ray task finished, by the node's address, from a server's JSON log (the
+    line ``RayExecutor.close`` writes at a clean stop; summed over restarts)."""
+    spread: Counter[str] = Counter()
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("msg") == "ingest on Ray: files by node":
+            spread.update({str(k): int(v) for k, v in entry["nodes"].items()})
+    return spread
 
 
 def _ip(*args: str) -> None:
