@@ -166,16 +166,15 @@ async def test_a_ray_node_sigkilled_mid_batch_leaves_no_file_in_progress(
         store = await create_store(alice, name="node-killed")
         batch = await create_batch(alice, store.id, ids)
 
-        def busy_worker_node_past_a_fifth() -> bool:
-            running = set(local_task_pids())
-            if not running or not running & set(ray_nodes.pids("b")):
-                return False
+        def killed_past_a_fifth_with_a_task_there() -> bool:
             statuses = [s for s, _, _ in store_files(postgres.url, store.id).values()]
-            return statuses.count("completed") >= FILES // 5
+            if statuses.count("completed") < FILES // 5:
+                return False
+            return ray_nodes.kill_node_while("b", lambda pids: bool(pids & set(local_task_pids())))
 
-        # A fifth of the files done and a file's task running on the worker node now.
-        await until("a task on the worker node", busy_worker_node_past_a_fifth, 120, 0.002)
-        ray_nodes.kill_node("b")
+        # A fifth of the files done, and a file's task running on the worker node when it
+        # is frozen and killed.
+        await until("a task on the worker node", killed_past_a_fifth_with_a_task_there, 120, 0.01)
         killed = time.monotonic()
         rows = await asyncio.to_thread(store_files, postgres.url, store.id)
         done_then = [s for s, _, _ in rows.values()].count("completed")

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +201,25 @@ class RayCluster:
             ["ip", "netns", "pids", self.namespace(node)], capture_output=True, timeout=30
         )
         return [int(p) for p in listed.stdout.split()]
+
+    def signal_node(self, node: str, signum: signal.Signals) -> list[int]:
+        """Sends ``signum`` to every process of the node; their pids."""
+        pids = self.pids(node)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        return pids
+
+    def kill_node_while(self, node: str, running: Callable[[set[int]], bool]) -> bool:
+        """SIGKILLs every process of the node if ``running(its pids)`` holds while they are
+        all stopped (SIGSTOP: nothing there finishes between the look and the kill), and
+        says so; else lets them go on (SIGCONT) and returns False."""
+        pids = set(self.signal_node(node, signal.SIGSTOP))
+        if running(pids):
+            self.kill_node(node)
+            return True
+        self.signal_node(node, signal.SIGCONT)
+        return False
 
     def kill_node(self, node: str) -> None:
         """SIGKILLs every process of the node (``ray start`` and all it started)."""
