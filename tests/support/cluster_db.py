@@ -146,3 +146,23 @@ def assert_exactly_once(url: str, store_id: str, batch_id: str, files: int) -> d
     assert chunks.gaps == [], chunks.gaps
     assert set(chunks.per_file) == set(rows), "a completed file without chunks"
     return chunks.per_file
+
+
+def stored_chunks(url: str, store_id: str) -> dict[tuple[str, int], tuple[int, str, bytes]]:
+    """Every chunk of one store: (filename, chunk index) → (token count, text, vector bytes),
+    the shape of ``batch_helpers.stored_chunks`` for a SQLite data directory, so a run on
+    the shared database compares with a single-node run."""
+    with connect(url) as conn:
+        rows = conn.execute(
+            "SELECT files.filename, c.chunk_index, c.token_count, c.text, c.vector "
+            "FROM chunks c JOIN files ON files.id = c.file_id WHERE c.vector_store_id = %s",
+            (store_id,),
+        ).fetchall()
+    return {
+        (str(r["filename"]), int(str(r["chunk_index"]))): (
+            int(str(r["token_count"])),
+            str(r["text"]),
+            bytes(r["vector"]),  # type: ignore[call-overload]
+        )
+        for r in rows
+    }

@@ -13,6 +13,7 @@ Needs root (``ip netns add``) and the ``ray`` extra; ``cluster_missing()`` says 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +43,19 @@ def cluster_missing() -> str | None:
     except ImportError:
         return "the ray extra is not installed"
     return None
+
+
+def files_by_node(log: str) -> Counter[str]:
+    """Files whose Ray task finished, by the node's address, from a server's JSON log (the
+    line ``RayExecutor.close`` writes at a clean stop; summed over restarts)."""
+    spread: Counter[str] = Counter()
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("msg") == "ingest on Ray: files by node":
+            spread.update({str(k): int(v) for k, v in entry["nodes"].items()})
+    return spread
 
 
 def _ip(*args: str) -> None:
@@ -185,6 +201,25 @@ class RayCluster:
             ["ip", "netns", "pids", self.namespace(node)], capture_output=True, timeout=30
         )
         return [int(p) for p in listed.stdout.split()]
+
+    def signal_node(self, node: str, signum: signal.Signals) -> list[int]:
+        """Sends ``signum`` to every process of the node; their pids."""
+        pids = self.pids(node)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        return pids
+
+    def kill_node_while(self, node: str, running: Callable[[set[int]], bool]) -> bool:
+        """SIGKILLs every process of the node if ``running(its pids)`` holds while they are
+        all stopped (SIGSTOP: nothing there finishes between the look and the kill), and
+        says so; else lets them go on (SIGCONT) and returns False."""
+        pids = set(self.signal_node(node, signal.SIGSTOP))
+        if running(pids):
+            self.kill_node(node)
+            return True
+        self.signal_node(node, signal.SIGCONT)
+        return False
 
     def kill_node(self, node: str) -> None:
         """SIGKILLs every process of the node (``ray start`` and all it started)."""
