@@ -15,8 +15,7 @@ files:
 Which node ran a file: each replica's ``RayExecutor`` counts finished tasks by the address
 of the node that ran them and logs the counts at a clean stop (``files_by_node``).
 
-One Ray cluster serves both tests (module scope); the SIGKILL test runs last, as it leaves
-the cluster with one node."""
+Each test starts its own Ray cluster (see ``ray_nodes``) and its own PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -55,12 +54,22 @@ from tests.support.ray_cluster import RAY_CLIENT_PORT, RayCluster, cluster_missi
 pytestmark = [pytest.mark.slow]
 
 FILES = 240
-RAY_TASKS = 2
-"""Ray tasks in flight per replica (six for the cluster's two CPUs)."""
+FILE_BYTES = 15_000
+"""Big enough (a few chunks each) that parsing, chunking and embedding, not the per-task
+overhead nor a node's first (cold) worker, set each node's share: with 1.5 kB files the
+head, nearer the submitter, ran 70-100 % of them (a cold worker on the other node spends
+seconds on its imports while the head runs dozens of files)."""
+RAY_TASKS = 4
+"""Ray tasks in flight per replica: twice the cluster's two CPUs, so tasks wait in Ray,
+whose SPREAD then alternates the nodes (with as many as CPUs, a freed CPU takes the next
+task, and the head, nearer the submitter, frees its CPU sooner)."""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_nodes() -> Iterator[RayCluster]:
+    """A Ray cluster per test (module scope saved ~35 s, but on this loaded machine the
+    second test's Ray Client sessions failed to start now and then; a fresh cluster each
+    avoids carrying a first test's leftovers into the second)."""
     reason = cluster_missing()
     if reason is not None:
         pytest.skip(reason)
@@ -84,7 +93,7 @@ async def replicas(
     )
     try:
         started = time.monotonic()
-        await cluster.start(within=240)
+        await start_one_at_a_time(cluster)
         print(f"\nthree replicas on Ray SERVING in {time.monotonic() - started:.1f} s")
         yield cluster
     except BaseException:
@@ -92,6 +101,35 @@ async def replicas(
         raise
     finally:
         await cluster.close()
+
+
+RAY_CLIENT_SESSION_FAILED = (
+    "Starting Ray client server failed",
+    "Initialization failure from server",
+)
+"""How the head's Ray Client proxy reports a session server process that exited at once
+(the second: its psutil then finds the process a zombie)."""
+
+
+async def start_one_at_a_time(cluster: Cluster, attempts: int = 3) -> None:
+    """Each replica once the one before serves. Each opens a Ray Client session, for which
+    the head starts a server process; on this loaded 2-core machine that process now and
+    then exits at once (Ray's "Starting Ray client server failed" or "Initialization failure
+    from server", cause not found), and
+    the replica exits at start (it cannot reach Ray): such a replica is started again, up
+    to ``attempts`` times, and said so."""
+    for replica in cluster.replicas:
+        for attempt in range(1, attempts + 1):
+            try:
+                await cluster.restart(replica.index, within=120)
+                break
+            except AssertionError:
+                log = replica.log()
+                failed = [text for text in RAY_CLIENT_SESSION_FAILED if text in log]
+                if attempt == attempts or not failed:
+                    raise
+                replica.kill()
+                print(f"replica {replica.index}: {failed[0]}; starting it again")
 
 
 def stop_and_count(cluster: Cluster) -> list[Counter[str]]:
@@ -112,7 +150,7 @@ def ray_env(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_a_batch_on_three_replicas_spreads_over_both_ray_nodes_with_single_node_chunks(
     ray_nodes: RayCluster, tmp_path: Path, settings: Settings, postgres: PostgresServer
 ) -> None:
-    docs = small_files(FILES)
+    docs = small_files(FILES, FILE_BYTES)
     async with serving(replace(settings, data_dir=tmp_path / "single")) as single:
         store = await create_store(single.alice, name="single")
         ids = await upload_all(single.alice, docs)
@@ -154,7 +192,6 @@ async def test_a_batch_on_three_replicas_spreads_over_both_ray_nodes_with_single
         assert files >= FILES / 4, (node, spread)
 
 
-# Last: it leaves the cluster with one node.
 @pytest.mark.usefixtures("ray_env")
 async def test_a_ray_node_sigkilled_mid_batch_leaves_no_file_in_progress(
     ray_nodes: RayCluster, tmp_path: Path, postgres: PostgresServer
@@ -162,7 +199,7 @@ async def test_a_ray_node_sigkilled_mid_batch_leaves_no_file_in_progress(
     keys, key_args = keys_args()
     async with replicas(tmp_path, postgres.url, ray_nodes, key_args) as cluster:
         alice = tenant(cluster[0], "alice", keys)
-        ids = await upload_all(alice, small_files(FILES))
+        ids = await upload_all(alice, small_files(FILES, FILE_BYTES))
         store = await create_store(alice, name="node-killed")
         batch = await create_batch(alice, store.id, ids)
 
@@ -170,6 +207,8 @@ async def test_a_ray_node_sigkilled_mid_batch_leaves_no_file_in_progress(
             statuses = [s for s, _, _ in store_files(postgres.url, store.id).values()]
             if statuses.count("completed") < FILES // 5:
                 return False
+            if not set(ray_nodes.pids("b")) & set(local_task_pids()):
+                return False  # (looked at without freezing the node: most looks end here)
             return ray_nodes.kill_node_while("b", lambda pids: bool(pids & set(local_task_pids())))
 
         # A fifth of the files done, and a file's task running on the worker node when it
@@ -194,4 +233,6 @@ async def test_a_ray_node_sigkilled_mid_batch_leaves_no_file_in_progress(
     print(f"{lost} Ray tasks lost with the node and run again; files by node {dict(spread)}")
     assert lost >= 1, "no task was lost with the node: it was killed too late"
     assert spread.total() == FILES, spread  # each file's task finished once
-    assert spread[ray_nodes.worker_ip] < FILES
+    # Not asserted: that the worker node had finished files of this batch before the kill.
+    # With small files it often had not (its first worker for the replica's Ray job was
+    # still starting while the head ran the first fifth); the task it was running is lost.

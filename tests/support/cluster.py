@@ -71,6 +71,9 @@ class ClusterReplica:
         self.channel = aio.insecure_channel(self.target)
 
     def log(self) -> str:
+        """Its output so far ("" before its first start)."""
+        if not self.log_path.exists():
+            return ""
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:

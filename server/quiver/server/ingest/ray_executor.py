@@ -51,6 +51,7 @@ from quiver.server.ingest.pool import (
     WorkerStartFailed,
 )
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput, out_of_memory_message, process
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger("quiver.ingest")
 
@@ -86,6 +87,21 @@ def warm_task() -> int:
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     get_encoding()
     return os.getpid()
+
+
+def warm_placements(per_node: int) -> list[Any]:
+    """Where the start-up warm-up runs: on every live node with CPUs, up to ``per_node``
+    tasks (its CPUs) each, pinned there (soft: a node gone meanwhile runs it elsewhere).
+    Warmed on the submitter's node only, a batch's first files all went there while the
+    other nodes' first workers were still importing (a cold worker takes seconds), so
+    short batches ran mostly on one node."""
+    placements: list[Any] = []
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        cpus = int(node.get("Resources", {}).get("CPU", 0))
+        if node.get("Alive") and cpus >= 1:
+            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=True)
+            placements.extend([strategy] * min(cpus, per_node))
+    return placements or ["DEFAULT"]
 
 
 def file_task(job: WorkerInput, limits: RayTaskLimits) -> tuple[WorkerOutput, str]:
@@ -136,6 +152,7 @@ class RayExecutor:
         self._started_ray = False
         self._file: Any = None
         self._warm: Any = None
+        self._warm_on: list[Any] = []
         # Connecting and cancelling are RPCs: on threads of our own, never the event loop.
         self._threads = ThreadPoolExecutor(2, thread_name_prefix="quiver-ray")
 
@@ -151,7 +168,7 @@ class RayExecutor:
             raise WorkerStartFailed(
                 f"could not connect to Ray at {self.address!r} (--ingest): {exc}"
             ) from exc
-        warm = [self._warm.remote() for _ in range(self.max_in_flight)]
+        warm = [self._warm.options(scheduling_strategy=where).remote() for where in self._warm_on]
         try:
             await asyncio.wait_for(
                 asyncio.gather(*(asyncio.wrap_future(ref.future()) for ref in warm)),
@@ -172,6 +189,7 @@ class RayExecutor:
             name=TASK_NAME, scheduling_strategy="SPREAD"
         )
         self._warm = ray.remote(num_cpus=1, max_retries=0)(warm_task)
+        self._warm_on = warm_placements(self.max_in_flight)
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         log.info("ingest on Ray", extra={"address": self.address, "resources": resources})
         cpus = int(resources.get("CPU", 0))
