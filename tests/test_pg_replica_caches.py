@@ -297,6 +297,10 @@ async def test_a_store_deleted_through_another_replica_leaves_no_cache_on_its_ow
         "attribute index entry",
     ]
     assert owner.server.core.indexes.live_vectors() > 0
+    held = held_here(owner, store_id)
+    for node in nodes:  # a store that exists is never dropped
+        assert await node.server.core.drops.drop_deleted() == []
+    assert held_here(owner, store_id) == held
 
     deleted = await deleter.alice.stores.DeleteVectorStore(
         vector_stores_pb2.DeleteVectorStoreRequest(vector_store_id=store_id),
