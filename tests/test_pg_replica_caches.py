@@ -17,6 +17,7 @@ the other's caches and watchers follow at once.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -362,3 +363,39 @@ async def test_searches_racing_with_the_drop_answer_results_or_not_found(
     assert grpc.StatusCode.NOT_FOUND in codes
     # Whatever a racing search opened again was dropped too.
     await wait_for(lambda: not held_here(owner, store_id), within=5)
+
+
+async def test_a_search_caught_by_the_drop_answers_not_found_and_keeps_nothing(
+    nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search that read the store's row before the deletion and reaches its caches only
+    after the drop (it opens them again): NOT_FOUND, and what it opened is dropped."""
+    a, b = nodes
+    store_id, _ = await searched_store(a)
+    owner = a if a.server.core.replicas.route(store_id).local else b
+    deleter = b if owner is a else a
+    searcher = owner.server.core.searcher
+    entered, go_on = threading.Event(), threading.Event()
+    embedder_for = searcher.embedder_for
+
+    def paused(model: str, dim: int, sent: bool) -> object:  # on a thread, after the row
+        entered.set()
+        go_on.wait(30)
+        return embedder_for(model, dim, sent)
+
+    monkeypatch.setattr(searcher, "embedder_for", paused)
+    caught = asyncio.create_task(search(owner, store_id, ranker="auto", tier="gold"))
+    try:
+        await wait_for(entered.is_set, within=30)
+        await deleter.alice.stores.DeleteVectorStore(
+            vector_stores_pb2.DeleteVectorStoreRequest(vector_store_id=store_id),
+            metadata=deleter.alice.metadata,
+        )
+        await wait_for(lambda: not held_here(owner, store_id), within=5)
+    finally:
+        go_on.set()
+    with pytest.raises(aio.AioRpcError) as error:
+        await caught
+    assert rpc_error(error.value).code() == grpc.StatusCode.NOT_FOUND
+    assert held_here(owner, store_id) == []
+    assert owner.server.core.indexes.live_vectors() == 0
