@@ -374,6 +374,7 @@ async def test_a_search_caught_by_the_drop_answers_not_found_and_keeps_nothing(
     store_id, _ = await searched_store(a)
     owner = a if a.server.core.replicas.route(store_id).local else b
     deleter = b if owner is a else a
+    assert await search(owner, store_id, ranker="auto", tier="gold") > 0  # caches held
     searcher = owner.server.core.searcher
     entered, go_on = threading.Event(), threading.Event()
     embedder_for = searcher.embedder_for
@@ -391,6 +392,7 @@ async def test_a_search_caught_by_the_drop_answers_not_found_and_keeps_nothing(
             vector_stores_pb2.DeleteVectorStoreRequest(vector_store_id=store_id),
             metadata=deleter.alice.metadata,
         )
+        await wait_for(lambda: owner.server.core.drops.is_dropped(store_id), within=5)
         await wait_for(lambda: not held_here(owner, store_id), within=5)
     finally:
         go_on.set()

@@ -132,3 +132,22 @@ async def test_caches_of_a_store_whose_row_went_without_them_are_dropped(
     assert held(core, kept) == EVERY_CACHE
     for ranker, tier in SEARCHES:
         assert await search(running.alice, kept, ranker, tier) > 0
+
+
+async def test_a_failed_search_tells_a_deleted_store_from_one_that_exists(
+    running: Running,
+) -> None:
+    """``gone``, asked when a search failed: true (and the caches dropped) only for a store
+    whose row is gone."""
+    core = running.server.core
+    kept = await searched_store(running, "kept", 50)
+    gone = await searched_store(running, "gone", 60)
+    with core.storage.transaction() as tx:
+        core.storage.stores.delete(tx, gone)
+    assert not await core.drops.gone(kept)
+    assert held(core, kept) == EVERY_CACHE
+    assert await core.drops.gone(gone)
+    assert held(core, gone) == []
+    assert core.drops.is_dropped(gone)
+    assert await core.drops.gone(gone)  # remembered: no read, nothing more to drop
+    assert held(core, kept) == EVERY_CACHE

@@ -169,8 +169,9 @@ class Searcher:
         try:
             hits = await self._search(store, request, deadline)
         except Exception as exc:
-            if self.drops is not None and self.drops.is_dropped(store_id):
-                await self.drops.drop(store_id)  # what this search opened again meanwhile
+            # Deleted meanwhile (here or through another replica): what this search opened
+            # again is dropped, and it answers NOT_FOUND.
+            if self.drops is not None and await self.drops.gone(store_id):
                 raise store_not_found(store_id) from exc
             raise
         if self.drops is not None and self.drops.is_dropped(store_id):

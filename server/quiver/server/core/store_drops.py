@@ -118,6 +118,20 @@ class StoreDrops:
             except Exception:
                 log.exception("dropping a cache of deleted store %s failed", store_id)
 
+    async def gone(self, store_id: str) -> bool:
+        """From the event loop, when a search of the store failed: whether the store was
+        deleted meanwhile (dropped here, or its row gone: then dropped now), so the search
+        answers NOT_FOUND. A read that fails says no (the search's own error stands)."""
+        if not self.is_dropped(store_id):
+            try:
+                if not await asyncio.to_thread(self.rows.absent, [store_id]):
+                    return False
+            except Exception as exc:
+                log.warning("could not tell whether store %s still exists: %s", store_id, exc)
+                return False
+        await self.drop(store_id)
+        return True
+
     def held(self) -> set[str]:
         """Blocking: the stores this replica holds anything of."""
         out: set[str] = set()
