@@ -42,6 +42,7 @@ from tests.test_idempotency import (
     test_many_unknown_file_ids_keep_the_trailer_small,
     test_unknown_file_ids_come_back_as_resource_info_details,
 )
+from tests.test_store_drops import test_deleting_a_store_drops_every_cache_of_it_at_once
 from tests.test_vector_stores import *  # noqa: F403 - every one of them, on PostgreSQL
 from tests.test_watch import (
     test_a_watcher_that_leaves_is_released,
@@ -67,6 +68,7 @@ __all__ = [
     "test_create_needs_1_to_2000_files",
     "test_create_rejects_duplicate_ids_naming_the_index",
     "test_create_vector_store_file_processes_one_file",
+    "test_deleting_a_store_drops_every_cache_of_it_at_once",
     "test_expired_store_refuses_batches",
     "test_filtered_search_follows_every_change",
     "test_five_watchers_agree",

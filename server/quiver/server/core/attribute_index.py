@@ -281,6 +281,11 @@ class AttributeIndex:
     def cached_stores(self) -> int:
         return len(self._entries)
 
+    def cached_store_ids(self) -> set[str]:
+        """The stores that have an entry here."""
+        with self._pending_lock:
+            return set(self._entries)
+
     @property
     def cached_bytes(self) -> int:
         """Vectors and cached selections held, all entries together."""

@@ -2,13 +2,15 @@
 
 ``mark_deleted`` needs the index's write lock, which an ingest may hold for a slice of
 ``add_items``; the event loop must not wait for it. The labels are hidden from searches at
-once (``PendingLabels``) and marked deleted in a thread.
+once (``PendingLabels``) and marked deleted in a thread. A store deleted meanwhile (its
+caches dropped, ``core/store_drops.py``) is left alone: its index is not opened again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from quiver.server.core.chunk_writer import PendingLabels
@@ -18,9 +20,15 @@ log = logging.getLogger("quiver.index")
 
 
 class IndexRemovals:
-    def __init__(self, indexes: VectorIndexes, pending: PendingLabels) -> None:
+    def __init__(
+        self,
+        indexes: VectorIndexes,
+        pending: PendingLabels,
+        dropped: Callable[[str], bool] = lambda store_id: False,
+    ) -> None:
         self.indexes = indexes
         self.pending = pending
+        self.dropped = dropped
         self._tasks: set[asyncio.Task[None]] = set()
 
     def remove_soon(self, store_id: str, dim: int, chunk_ids: list[int]) -> None:
@@ -35,6 +43,8 @@ class IndexRemovals:
 
     async def _remove(self, store_id: str, dim: int, labels: np.ndarray) -> None:
         try:
+            if self.dropped(store_id):
+                return
             index = self.indexes.get(store_id, dim)
             await asyncio.to_thread(index.mark_deleted, labels)
             self.indexes.changed(store_id, index)

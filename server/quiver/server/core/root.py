@@ -32,6 +32,7 @@ from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.search import Searcher
 from quiver.server.core.shared_watch import SharedWatch
 from quiver.server.core.status_book import StatusBook
+from quiver.server.core.store_drops import StoreDrops
 from quiver.server.core.store_embedders import StoreEmbedders
 from quiver.server.core.store_files import StoreFiles
 from quiver.server.core.upload_slots import UploadSlots
@@ -120,6 +121,8 @@ class Core:
     """This replica's heartbeat and the live replicas: who owns each store's index."""
     calls: DbCalls
     """The threads every database call of an async core operation runs on."""
+    drops: StoreDrops
+    """A deleted store's caches here (vector, keyword, attribute indexes, sync state)."""
     shared_watch: SharedWatch | None = None
     """With a shared database (PostgreSQL): watchers here hear of other servers' commits."""
 
@@ -296,6 +299,18 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         max_stores=settings.attribute_index_stores,
         vector_bytes=settings.exact_search_cache_mb << 20,
     )
+
+    def forget_sync(store_id: str) -> None:  # the searcher's, made below
+        if searcher.sync is not None:
+            searcher.sync.forget(store_id)
+
+    drops = StoreDrops.of(
+        db.stores,
+        attributes=attributes,
+        indexes=indexes,
+        keywords=keywords,
+        forget_sync=forget_sync,
+    )
     stores = VectorStores(
         db,
         choice.resolve,
@@ -305,6 +320,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         attributes,
         keywords,
         calls=calls,
+        drops=drops,
         clock=clock,
     )
     instance = new_owner_id()  # this server's id: its job leases' owner and its replica id
@@ -369,6 +385,7 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
             active=lambda: replicas.epoch > 1,
         ),
         keywords=keywords,
+        drops=drops,
     )
     metrics.watch_gauges(
         queue_depth=lambda: scheduler.queued,
@@ -379,7 +396,9 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         pool_restarts=lambda: pool.restarts,
     )
     listen = change_listener(db)
-    shared_watch = None if listen is None else SharedWatch(db.batches, book, hub, listen)
+    shared_watch = (
+        None if listen is None else SharedWatch(db.batches, book, hub, listen, drops=drops)
+    )
     return Core(
         storage=db,
         blobs=blobs,
@@ -406,5 +425,6 @@ def build_core(settings: Settings, *, clock: Clock = system_clock) -> Core:
         attributes=attributes,
         replicas=replicas,
         calls=calls,
+        drops=drops,
         shared_watch=shared_watch,
     )

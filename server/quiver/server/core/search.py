@@ -36,6 +36,7 @@ from quiver.server.core.models import AttributeValue
 from quiver.server.core.ports import KeywordIndexes, VectorIndexes
 from quiver.server.core.principal import Principal
 from quiver.server.core.query_embedding import QueryEmbedding
+from quiver.server.core.store_drops import StoreDrops, store_not_found
 from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
 from quiver.server.embedders.base import Embedder
@@ -134,6 +135,7 @@ class Searcher:
         keywords: KeywordIndexes,
         pending: PendingLabels | None = None,
         sync: IndexSync | None = None,
+        drops: StoreDrops | None = None,
     ) -> None:
         self.stores = stores
         self.db = stores.db
@@ -146,6 +148,7 @@ class Searcher:
         self.query_embedding = query_embedding
         self.attributes = attributes
         self.sync = sync
+        self.drops = drops
         one_blas_thread()  # exact searches' matrix products: see core/blas_threads.py
         """Catches the store's index (and attribute index) up with chunks other replicas
         committed (read-your-writes), before a search reads them."""
@@ -163,6 +166,24 @@ class Searcher:
         dim = int(store.embedding_dimensions)
         if dim == 0:  # learned from the embedder's first vectors: none were stored yet
             return []
+        try:
+            hits = await self._search(store, request, deadline)
+        except Exception as exc:
+            # Deleted meanwhile (here or through another replica): what this search opened
+            # again is dropped, and it answers NOT_FOUND.
+            if self.drops is not None and await self.drops.gone(store_id):
+                raise store_not_found(store_id) from exc
+            raise
+        if self.drops is not None and self.drops.is_dropped(store_id):
+            # The store was deleted while it was searched (here or on another replica).
+            await self.drops.drop(store_id)
+            raise store_not_found(store_id)
+        return hits
+
+    async def _search(
+        self, store: StoreRow, request: SearchRequest, deadline: float | None
+    ) -> list[SearchHit]:
+        store_id, dim = store.id, int(store.embedding_dimensions)
         # On a thread: building a local: model's embedder loads it (once per server).
         embedder = await asyncio.to_thread(
             self.embedder_for, store.embedding_model, dim, store.dimensions_sent

@@ -13,6 +13,12 @@ the terminal message the deleting server's watchers got: the next sequence, the 
 ``failed`` with its unfinished files counted failed, each of them failed with the same
 error (``status_book.BATCH_ENDED``). It is exact when this server had read the batch's last
 change before the deletion (every change wakes it; a poll follows within a second).
+
+A store deleted on another server leaves its caches here (its vector and keyword indexes
+with their files, its attribute index entry, its index sync state): at a wake-up, at most
+every ``STORE_CHECK_SECONDS``, the stores this server holds anything of are compared with
+the table and those whose row is gone are dropped (``core/store_drops.py``), in a task of
+its own (one at a time), so watchers never wait for files to be removed.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
 from quiver.server.core.models import BatchStatus, FileBatch, FileCounts, FileStatus, LastError
 from quiver.server.core.status_book import BATCH_ENDED, StatusBook, batch_from_row
+from quiver.server.core.store_drops import StoreDrops
 from quiver.server.core.watch import FileUpdate, WatchHub
 from quiver.server.storage.interfaces import BatchRepository
 
@@ -37,6 +45,9 @@ Listen = Callable[[Wake], Coroutine[Any, Any, None]]
 """Runs until cancelled, calling ``wake`` with the batch ids heard (None: check them all)."""
 
 Found = tuple[FileBatch, int, list[tuple[int, FileUpdate]]]
+
+STORE_CHECK_SECONDS = 1.0
+"""At most this often, the stores held here are checked for deletion elsewhere."""
 
 
 class Gone(enum.Enum):
@@ -78,13 +89,24 @@ def ended_with_store(
 
 class SharedWatch:
     def __init__(
-        self, batches: BatchRepository, book: StatusBook, hub: WatchHub, listen: Listen
+        self,
+        batches: BatchRepository,
+        book: StatusBook,
+        hub: WatchHub,
+        listen: Listen,
+        *,
+        drops: StoreDrops | None = None,
+        store_check_s: float = STORE_CHECK_SECONDS,
     ) -> None:
         self.batches = batches
         self.book = book
         self.hub = hub
         self.listen = listen
+        self.drops = drops
+        self.store_check_s = store_check_s
         self._task: asyncio.Task[None] | None = None
+        self._store_check: asyncio.Task[None] | None = None
+        self._store_checked = float("-inf")
         self._known: dict[str, _Known] = {}
         """Per watched batch (bounded by the hub's watchers): what its end is made of."""
 
@@ -93,17 +115,38 @@ class SharedWatch:
             self._task = asyncio.create_task(self.listen(self.catch_up), name="shared-watch")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._store_check):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._store_check = None
+
+    def _check_stores_soon(self) -> None:
+        """Starts a check of the stores held here (``StoreDrops.drop_deleted``) unless one
+        is running or one started less than ``store_check_s`` ago."""
+        if self.drops is None or self._store_check is not None:
+            return
+        now = time.monotonic()
+        if now - self._store_checked < self.store_check_s:
+            return
+        self._store_checked = now
+        self._store_check = asyncio.create_task(self._check_stores(self.drops), name="store-drops")
+
+    async def _check_stores(self, drops: StoreDrops) -> None:
+        try:
+            await drops.drop_deleted()
+        except Exception as exc:  # e.g. the database restarting: the next wake-up retries
+            log.warning("checking the stores held here for deletion failed: %s", exc)
+        finally:
+            self._store_check = None
 
     async def catch_up(self, batch_ids: set[str] | None) -> None:
         """Publishes the newer changes of the watched batches among ``batch_ids`` (all the
         watched ones for None; a batch watched since the last wake-up is read too). Reads run
         in a thread; a failed read is retried at the next wake-up (at most a poll interval
-        later)."""
+        later). Stores deleted elsewhere are checked for too (``_check_stores_soon``)."""
+        self._check_stores_soon()
         watched = self.hub.watched()
         for gone in self._known.keys() - watched.keys():
             del self._known[gone]

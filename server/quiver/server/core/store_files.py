@@ -58,7 +58,9 @@ class StoreFiles:
         self.scheduler = scheduler
         self.files = files
         self.attributes = attributes
-        self.removals = IndexRemovals(indexes, pending or PendingLabels())
+        self.removals = IndexRemovals(
+            indexes, pending or PendingLabels(), dropped=stores.drops.is_dropped
+        )
         self.leases = leases
 
     # -- attaching -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from quiver.server.core.chunk_writer import ChunkWriter
 from quiver.server.core.clock import Clock, system_clock
 from quiver.server.core.db_calls import DbCalls
 from quiver.server.core.embedder_choice import Choice
-from quiver.server.core.errors import FailedPrecondition, FieldViolation, NotFound
+from quiver.server.core.errors import FailedPrecondition, FieldViolation
 from quiver.server.core.models import (
     BatchStatus,
     ExpiresAfter,
@@ -28,6 +28,7 @@ from quiver.server.core.ports import KeywordIndexes, VectorIndexes
 from quiver.server.core.principal import Principal
 from quiver.server.core.scheduler import Scheduler
 from quiver.server.core.status_book import StatusBook
+from quiver.server.core.store_drops import StoreDrops, store_not_found
 from quiver.server.core.validation import (
     check_expires_after,
     check_metadata,
@@ -74,9 +75,9 @@ class NewStore:
 
 class VectorStores:
     """``book``: deleting a store ends its running batches (their watchers hear of it);
-    ``scheduler``, ``indexes`` and ``attributes``: its queued files, its vector index and its
-    filters' index go with it. Each operation runs its database work on ``calls``' threads;
-    the scheduler, the vector index and the filters' index are told on the event loop."""
+    ``scheduler`` and ``drops``: its queued files and its caches (vector, keyword and
+    filters' indexes) go with it. Each operation runs its database work on ``calls``'
+    threads; the scheduler is told on the event loop, the caches dropped in a thread."""
 
     def __init__(
         self,
@@ -89,9 +90,11 @@ class VectorStores:
         keywords: KeywordIndexes,
         *,
         calls: DbCalls,
+        drops: StoreDrops,
         clock: Clock = system_clock,
     ) -> None:
         self.db = db
+        self.drops = drops
         self.calls = calls
         self.rows: VectorStoreRepository = db.stores
         self.file_rows: StoreFileRepository = db.store_files
@@ -109,9 +112,7 @@ class VectorStores:
     def get_row(self, principal: Principal, store_id: str) -> StoreRow:
         row = self.rows.get(store_id, principal.tenant, principal.subject)
         if row is None:
-            raise NotFound(
-                f"no vector store with id {store_id[:80]!r}", reason="VECTOR_STORE_NOT_FOUND"
-            )
+            raise store_not_found(store_id)
         return row
 
     def _expires_at(self, row: StoreRow | StoreActivity) -> int | None:
@@ -315,11 +316,12 @@ class VectorStores:
         return self.get_now(principal, store_id)
 
     async def delete(self, principal: Principal, store_id: str) -> None:
-        """Deletes the store's rows in one short transaction; then its chunks (possibly
-        millions of rows), in slices from a thread, and its keyword index. Chunks of a store
+        """Deletes the store's rows in one short transaction; then its caches here (other
+        replicas drop theirs once they see the row gone: ``StoreDrops.drop_deleted``) and
+        its chunks (possibly millions of rows), in slices from a thread. Chunks of a store
         that no longer exists are never read, and start-up deletes any left by a crash."""
         await self.calls.run(self._delete_rows, principal, store_id)
-        await asyncio.to_thread(self.keywords.drop, store_id)
+        await self.drops.drop(store_id)
         await asyncio.to_thread(ChunkWriter(self.db).delete_store, store_id)
 
     def _delete_rows(self, principal: Principal, store_id: str) -> None:
@@ -330,9 +332,3 @@ class VectorStores:
             for batch_id in self.batch_rows.in_progress(conn, store_id):
                 self.book.end_batch(conn, batch_id, BatchStatus.FAILED)
             self.rows.delete(conn, store_id)
-        self.calls.on_loop(self._forget, store_id)
-
-    def _forget(self, store_id: str) -> None:
-        """On the loop, after the store's rows are gone: its index and filters' cache."""
-        self.indexes.drop(store_id)
-        self.attributes.forget(store_id)

@@ -252,6 +252,13 @@ class KeywordIndexes:
         with self._lock:
             self._queues.pop(store_id, None)
 
+    def stores_held(self) -> set[str]:
+        """The stores whose index is open here or has a directory here (blocking: lists the
+        directory)."""
+        on_disk = {p.name for p in self.root.iterdir() if p.is_dir()}
+        with self._lock:
+            return on_disk | self._open.keys()
+
     def forget_others(self, store_ids: set[str]) -> list[str]:
         """Removes the directories of stores not in ``store_ids`` (deleted before their index
         was); returns them. Blocking, at start."""

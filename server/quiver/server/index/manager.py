@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ class IndexManager:
         self.ef_search = ef_search
         self._open: dict[str, VectorIndex] = {}
         self._dirty: set[str] = set()
+        self._files = threading.Lock()
+        """Held while an index is written to its file, and while a dropped store's file is
+        removed: a save that began before the drop cannot put the file back after it."""
 
     def path_for(self, store_id: str) -> Path:
         return self.root / f"{store_id}.hnsw"
@@ -75,9 +79,18 @@ class IndexManager:
             self._dirty.add(store_id)
 
     def drop(self, store_id: str) -> None:
-        self._open.pop(store_id, None)
-        self._dirty.discard(store_id)
-        self._forget_files(store_id)
+        """A deleted store: its index forgotten and its files removed (blocking: it waits
+        for a save of the index in progress; call it from a thread)."""
+        with self._files:
+            self._open.pop(store_id, None)
+            self._dirty.discard(store_id)
+            self._forget_files(store_id)
+
+    def stores_held(self) -> set[str]:
+        """The stores whose index is open here or has a file here (blocking: lists the
+        directory)."""
+        on_disk = {p.name.removesuffix(".hnsw") for p in self.root.glob("*.hnsw")}
+        return on_disk | set(list(self._open))
 
     def _forget_files(self, store_id: str) -> None:
         path = self.path_for(store_id)
@@ -100,11 +113,12 @@ class IndexManager:
         failed = 0
         for store_id in list(self._dirty):
             self._dirty.discard(store_id)
-            index = self._open.get(store_id)
-            if index is None:
-                continue
             try:
-                index.save()
+                with self._files:
+                    index = self._open.get(store_id)
+                    if index is None:
+                        continue
+                    index.save()
             except Exception as exc:  # never lose the saver over one index
                 failed += 1
                 self._dirty.add(store_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 
 from quiver.server.storage.database import Database
 from quiver.server.storage.pagination import PageSpec, Rows, fetch_page
@@ -77,6 +78,21 @@ class VectorStoreRows:
                 "SELECT id, embedding_dimensions FROM vector_stores WHERE embedding_dimensions > 0"
             ).fetchall()
         ]
+
+    def absent(self, store_ids: Sequence[str]) -> list[str]:
+        """Those of ``store_ids`` that have no row. Blocking: from a thread."""
+        if not store_ids:
+            return []
+        found = {
+            r[0]
+            for r in self.db.reader()
+            .execute(
+                "SELECT id FROM vector_stores WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(store_ids)),),
+            )
+            .fetchall()
+        }
+        return [s for s in store_ids if s not in found]
 
     def activity(self, store_id: str) -> StoreActivity | None:
         row = self.db.execute(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from quiver.server.storage.pagination import PageSpec, Rows
@@ -71,6 +73,17 @@ class PgVectorStoreRows:
                 "SELECT id, embedding_dimensions FROM vector_stores WHERE embedding_dimensions > 0"
             )
         ]
+
+    def absent(self, store_ids: Sequence[str]) -> list[str]:
+        if not store_ids:
+            return []
+        found = {
+            r["id"]
+            for r in self.db.rows(
+                "SELECT id FROM vector_stores WHERE id = ANY(%s::text[])", (list(store_ids),)
+            )
+        }
+        return [s for s in store_ids if s not in found]
 
     def activity(self, store_id: str) -> StoreActivity | None:
         row = self.db.one(
