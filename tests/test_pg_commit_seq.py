@@ -1,0 +1,224 @@
+"""A file's chunks and its completion in one PostgreSQL transaction, and the index catch-up
+by the store's commit sequence (core/index_sync.py), on two servers in-process on port 0
+sharing one database:
+
+- a file whose chunk ids are lower than another's, but whose completing transaction commits
+  after that other file's (and after the owner of the store caught up with it), is found by
+  the owner's very next search (a chunk-id watermark stepped over it until the next full
+  reconcile, FULL_EVERY_S later);
+- a completing transaction that fails after inserting the file's chunk rows (its lease taken
+  by another owner meanwhile, or a fault) leaves none of them, the file not completed, and a
+  reader on another connection never sees them, not even while that transaction is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from grpc import aio
+from quiver.server.app import QuiverServer
+from quiver.server.config import Settings
+from quiver.server.storage.postgres.chunk_rows import PgChunkRows
+from quiver.v1 import vector_stores_pb2
+
+from tests.support.batch_helpers import (
+    create_batch,
+    create_store,
+    poll_batch,
+    prose,
+    upload_all,
+)
+from tests.support.inproc import Tenant, _tenant, keyed
+from tests.support.pg_fixtures import pg_server, pg_url
+from tests.support.rpc_helpers import wait_for
+
+__all__ = ["pg_server", "pg_url"]
+
+HOLD_S = 10.0
+"""Longest a test keeps a completing transaction open (below PostgreSQL's 15 s
+idle_in_transaction_session_timeout)."""
+
+
+@dataclass
+class Node:
+    server: QuiverServer
+    channel: aio.Channel
+    alice: Tenant
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, pg_url: str) -> AsyncIterator[list[Node]]:
+    """Two servers on the same database and keys, each seeing the other live; two ingest
+    workers each, so two files of one server are in flight at once."""
+    base, keys = keyed(
+        Settings(
+            listen="127.0.0.1:0",
+            http_listen="off",
+            ingest_workers=2,
+            database=pg_url,
+            replica_heartbeat_seconds=0.2,
+        )
+    )
+    started: list[Node] = []
+    try:
+        for name in ("a", "b"):
+            server = QuiverServer(replace(base, data_dir=tmp_path / name))
+            port = await server.start()
+            channel = aio.insecure_channel(f"127.0.0.1:{port}")
+            started.append(Node(server, channel, _tenant("alice", keys["alice"], channel)))
+        for node in started:
+            await node.server.core.replicas.refresh()
+        await wait_for(
+            lambda: all(len(n.server.core.replicas.view.replicas) == 2 for n in started),
+            within=10,
+        )
+        yield started
+    finally:
+        for node in started:
+            await node.channel.close(None)
+            await node.server.stop(grace=1.0)
+
+
+def chunk_rows(node: Node) -> PgChunkRows:
+    rows = node.server.core.storage.chunks
+    assert isinstance(rows, PgChunkRows)
+    return rows
+
+
+def hold_insert(
+    node: Node,
+    monkeypatch: pytest.MonkeyPatch,
+    file_id: str,
+    then: Callable[[], object],
+) -> threading.Event:
+    """Makes ``node``'s completing transaction of ``file_id`` run ``then`` (on its database
+    thread, the transaction open) right after inserting the file's chunk rows; returns an
+    event set once it has."""
+    rows = chunk_rows(node)
+    original = rows.insert_reserved
+    reached = threading.Event()
+
+    def insert_reserved(tx: Any, owner: Any, *args: Any) -> None:
+        original(tx, owner, *args)
+        if owner.file_id == file_id:
+            reached.set()
+            then()
+
+    monkeypatch.setattr(rows, "insert_reserved", insert_reserved)
+    return reached
+
+
+def chunks_of(url: str, file_id: str) -> int:
+    """The file's chunk rows another connection sees."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM chunks WHERE file_id = %s", (file_id,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def file_row(url: str, store_id: str, file_id: str) -> tuple[str, int]:
+    """(status, commit sequence) of the store file, read on another connection."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT status, commit_seq FROM vector_store_files "
+            "WHERE vector_store_id = %s AND file_id = %s",
+            (store_id, file_id),
+        ).fetchone()
+        assert row is not None
+        return str(row[0]), int(row[1])
+
+
+async def found(node: Node, store_id: str) -> set[str]:
+    """The files an unfiltered search of the store finds (every chunk fits the results)."""
+    reply = await node.alice.stores.SearchVectorStore(
+        vector_stores_pb2.SearchVectorStoreRequest(
+            vector_store_id=store_id,
+            query=["river bridge"],
+            max_num_results=50,
+            ranking_options=vector_stores_pb2.RankingOptions(ranker="none"),
+        ),
+        metadata=node.alice.metadata,
+        timeout=30,
+    )
+    return {h.file_id for h in reply.data}
+
+
+def owner_and_writer(nodes: list[Node], store_id: str) -> tuple[Node, Node]:
+    a, b = nodes
+    owner = a if a.server.core.replicas.route(store_id).local else b
+    return owner, (b if owner is a else a)
+
+
+async def test_a_file_whose_lower_chunk_ids_commit_last_is_found_by_the_owners_next_search(
+    nodes: list[Node], pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await create_store(nodes[0].alice, name="order")
+    owner, writer = owner_and_writer(nodes, store.id)
+    early, late = await upload_all(
+        writer.alice,
+        [("early.txt", prose(11, 3000).encode()), ("late.txt", prose(12, 3000).encode())],
+    )
+    release = threading.Event()
+    reached = hold_insert(writer, monkeypatch, early, lambda: release.wait(HOLD_S))
+    try:
+        held = await create_batch(writer.alice, store.id, [early])
+        assert await asyncio.to_thread(reached.wait, 30)
+        # ``early``'s chunk rows are inserted (their ids reserved first) but not committed.
+        done = await create_batch(writer.alice, store.id, [late])
+        assert (await poll_batch(writer.alice, store.id, done.id)).file_counts.completed == 1
+        assert await found(owner, store.id) == {late}  # the owner caught up with ``late``
+        assert chunks_of(pg_url, early) == 0
+    finally:
+        release.set()
+    assert (await poll_batch(writer.alice, store.id, held.id)).file_counts.completed == 1
+    early_ids = await asyncio.to_thread(chunk_rows(owner).ids_of_files, store.id, [early])
+    late_ids = await asyncio.to_thread(chunk_rows(owner).ids_of_files, store.id, [late])
+    assert max(early_ids) < min(late_ids)  # lower ids ...
+    assert file_row(pg_url, store.id, early)[1] > file_row(pg_url, store.id, late)[1]  # ... later
+    assert await found(owner, store.id) == {early, late}  # at once, not after a full pass
+    assert await found(writer, store.id) == {early, late}  # forwarded to the owner
+
+
+@pytest.mark.parametrize("failure", ["lease_taken", "fault"])
+async def test_a_failed_completing_transaction_leaves_none_of_the_files_chunks(
+    nodes: list[Node], pg_url: str, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    store = await create_store(nodes[0].alice, name="atomic")
+    owner, writer = owner_and_writer(nodes, store.id)
+    (file_id,) = await upload_all(writer.alice, [("one.txt", prose(21, 6000).encode())])
+    seen_mid_way: list[int] = []
+
+    def then() -> None:
+        seen_mid_way.append(chunks_of(pg_url, file_id))
+        if failure == "fault":
+            raise RuntimeError("injected after the chunk rows were inserted")
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # another server claims it
+            conn.execute(
+                "UPDATE vector_store_files SET lease_owner = 'thief', "
+                "generation = generation + 1, "
+                "lease_expires_at = extract(epoch FROM now()) + 600 "
+                "WHERE vector_store_id = %s AND file_id = %s",
+                (store.id, file_id),
+            )
+
+    reached = hold_insert(writer, monkeypatch, file_id, then)
+    batch = await create_batch(writer.alice, store.id, [file_id])
+    assert await asyncio.to_thread(reached.wait, 30)
+    if failure == "fault":  # the file fails (server_error), its rows rolled back
+        ended = await poll_batch(writer.alice, store.id, batch.id)
+        assert (ended.file_counts.failed, ended.file_counts.completed) == (1, 0)
+        status = "failed"
+    else:  # the late result is refused; the file stays the thief's, in progress
+        await wait_for(lambda: writer.server.core.scheduler.in_flight == 0, within=30)
+        status = "in_progress"
+    assert seen_mid_way and seen_mid_way[0] == 0  # not even while the transaction was open
+    assert chunks_of(pg_url, file_id) == 0
+    assert file_row(pg_url, store.id, file_id) == (status, 0)  # never completed
+    assert await found(owner, store.id) == set()
