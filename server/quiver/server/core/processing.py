@@ -1,8 +1,12 @@
 """Turns a queued store file into committed chunks: prepare → worker pool → commit.
 
-The worker parses, chunks and embeds. Then, off the event loop, the chunks are written to
-SQLite and the vectors added to the store's index, both in bounded slices (``chunk_writer``);
-the file becomes ``completed`` in one short transaction at the end. Every database call runs
+The worker parses, chunks and embeds. Then, off the event loop, the vectors are added to the
+store's index in bounded slices (``chunk_writer``), and the file becomes ``completed`` in one
+transaction at the end, which raises the store's commit sequence last (the index catch-up of
+other replicas reads by it). The chunk rows: on SQLite written in short slices of their own
+before (its single write lock is never held long); on PostgreSQL inserted in that completing
+transaction under ids reserved beforehand, so the chunks, the status, the counts and the
+sequences commit together or not at all. Every database call runs
 on ``calls``' threads (core/db_calls.py); the scheduler's queue stays the event loop's. A
 result that arrives for a file that was deleted, re-attached or cancelled meanwhile is
 recognised by its generation and dropped (with whatever of it was already written). A
