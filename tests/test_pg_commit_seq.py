@@ -8,13 +8,15 @@ sharing one database:
   reconcile, FULL_EVERY_S later);
 - a completing transaction that fails after inserting the file's chunk rows (its lease taken
   by another owner meanwhile, or a fault) leaves none of them, the file not completed, and a
-  reader on another connection never sees them, not even while that transaction is open.
+  reader on another connection never sees them, not even while that transaction is open;
+- at the repository: a store's commit sequence is taken in commit order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +27,10 @@ import pytest
 from grpc import aio
 from quiver.server.app import QuiverServer
 from quiver.server.config import Settings
+from quiver.server.core.models import AUTO_CHUNKING
+from quiver.server.storage.choice import open_storage
 from quiver.server.storage.postgres.chunk_rows import PgChunkRows
+from quiver.server.storage.rows import StoreRow
 from quiver.v1 import vector_stores_pb2
 
 from tests.support.batch_helpers import (
@@ -222,3 +227,42 @@ async def test_a_failed_completing_transaction_leaves_none_of_the_files_chunks(
     assert chunks_of(pg_url, file_id) == 0
     assert file_row(pg_url, store.id, file_id) == (status, 0)  # never completed
     assert await found(owner, store.id) == set()
+
+
+def test_the_store_commit_sequence_follows_commit_order(pg_url: str, tmp_path: Path) -> None:
+    """Two completing transactions of one store: the second takes its value only once the
+    first has committed (the store row stays locked until then), so a reader that sees a
+    value committed has every lower one committed too."""
+    storage = open_storage(pg_url, tmp_path)
+    try:
+        with storage.transaction() as tx:
+            storage.stores.insert(
+                tx, StoreRow("vs_seq", "t", "s", "", 0, 0, None, None, {}, "hash", 4, True)
+            )
+            for f in ("first", "second"):
+                storage.store_files.attach(tx, "vs_seq", f, "t", "s", 0, AUTO_CHUNKING, {}, None)
+        first_marked, second_done = threading.Event(), threading.Event()
+        order: list[tuple[str, int]] = []
+
+        def complete(file_id: str, hold: float) -> None:
+            with storage.transaction() as tx:
+                value = storage.store_files.mark_committed(tx, "vs_seq", file_id)
+                if file_id == "first":
+                    first_marked.set()
+                    time.sleep(hold)  # the second waits for this commit
+                    assert not second_done.is_set()
+            order.append((file_id, value))
+            if file_id == "second":
+                second_done.set()
+
+        one = threading.Thread(target=complete, args=("first", 1.0))
+        one.start()
+        assert first_marked.wait(10)
+        two = threading.Thread(target=complete, args=("second", 0.0))
+        two.start()
+        one.join(20)
+        two.join(20)
+        assert order == [("first", 1), ("second", 2)]
+        assert storage.index_sync.commit_counter("vs_seq") == 2
+    finally:
+        storage.close()

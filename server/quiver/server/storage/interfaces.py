@@ -270,7 +270,12 @@ class ChunkRepository(Protocol):
         vectors: npt.NDArray[np.float32],
         start: int,
         end: int,
-    ) -> npt.NDArray[np.int64]: ...
+    ) -> npt.NDArray[np.int64]:
+        """Chunks ``start:end`` in a short transaction of their own, if the job is still
+        wanted (else ``NotWanted``): committed before the file completes, hidden until then
+        (search and the index catch-up read completed files' chunks only); what a failed
+        attempt leaves is deleted by ``delete_leftovers_slice``."""
+        ...
 
     def delete_slice(self, ids: list[int]) -> None: ...
 
