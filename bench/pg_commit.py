@@ -1,8 +1,8 @@
 """How long a file's completing transaction lasts on PostgreSQL now that its chunk rows are
 written in it (core/processing.py ``_complete``, storage/postgres/chunk_rows.py
 ``insert_reserved``): one file of ``--chunks`` chunks (``--dim`` float32 vectors,
-``--text-bytes`` of text each), against a local server from tests/support/postgres.py over
-TCP on 127.0.0.1 (or ``--database``).
+``--text-bytes`` of text each, words from a vocabulary of 2,000), against a local server
+from tests/support/postgres.py over TCP on 127.0.0.1 (or ``--database``).
 
 The transaction is the one the completion runs: the chunk rows inserted under ids reserved
 beforehand, a few MB per statement, then the lease read FOR UPDATE, the status flip, the
@@ -72,7 +72,12 @@ def one_file(
         )
     rng = np.random.default_rng(n)
     vectors = rng.random((chunks, dim), dtype=np.float32)
-    texts = ["x" * text_bytes for _ in range(chunks)]
+    words = [
+        "".join(chr(97 + int(c)) for c in rng.integers(0, 26, int(k)))
+        for k in rng.integers(2, 10, 2_000)
+    ]
+    picks = rng.integers(0, len(words), (chunks, text_bytes // 6 + 1))
+    texts = [" ".join(words[int(i)] for i in row)[:text_bytes] for row in picks]
     owner = Owner(store, file_id, generation, batch, "t", "s")
     rows = storage.chunks
     assert isinstance(rows, PgChunkRows)
@@ -113,6 +118,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--text-bytes", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--vector-storage", default="", choices=["", "external", "extended", "main", "plain"]
+    )
     parser.add_argument("--database", default="", help="postgresql://... (default: a local one)")
     args = parser.parse_args()
     server = None
@@ -126,6 +134,12 @@ def main() -> None:
     try:
         storage = PostgresStorage(url)
         try:
+            if args.vector_storage:
+                with storage.transaction() as tx:
+                    execute(
+                        tx,
+                        f"ALTER TABLE chunks ALTER COLUMN vector SET STORAGE {args.vector_storage}",
+                    )
             with storage.transaction() as tx:
                 storage.stores.insert(
                     tx,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 from grpc import aio
@@ -30,7 +31,7 @@ from quiver.server.config import Settings
 from quiver.server.core.models import AUTO_CHUNKING
 from quiver.server.storage.choice import open_storage
 from quiver.server.storage.postgres.chunk_rows import PgChunkRows
-from quiver.server.storage.rows import StoreRow
+from quiver.server.storage.rows import Owner, StoreRow
 from quiver.v1 import vector_stores_pb2
 
 from tests.support.batch_helpers import (
@@ -264,5 +265,32 @@ def test_the_store_commit_sequence_follows_commit_order(pg_url: str, tmp_path: P
         two.join(20)
         assert order == [("first", 1), ("second", 2)]
         assert storage.index_sync.commit_counter("vs_seq") == 2
+    finally:
+        storage.close()
+
+
+def test_rows_inserted_in_the_completing_transaction_round_trip(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Reserved ids, then the rows in one transaction (vectors sent as binary bytea): read
+    back as written, in chunk order; nothing is visible before the commit."""
+    storage = open_storage(pg_url, tmp_path)
+    try:
+        rows = storage.chunks.in_commit()
+        assert rows is not None
+        n, dim = 2_500, 16  # more than one statement's worth of rows
+        vectors = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
+        texts = [f"chunk {i}" + ("\x00" if i == 7 else "") for i in range(n)]
+        ids = rows.reserve_ids(n)
+        assert len(set(ids.tolist())) == n and (np.diff(ids) > 0).all()
+        owner = Owner("vs_rt", "file_rt", 1, None, "t", "s")
+        with storage.transaction() as tx:
+            rows.insert_reserved(tx, owner, ids, texts, [3] * n, vectors)
+            assert chunks_of(pg_url, "file_rt") == 0
+        stored = storage.chunks.vectors([int(i) for i in ids])
+        assert all(stored[int(i)] == vectors[k].tobytes() for k, i in enumerate(ids))
+        read = dict(storage.chunks.texts_from("vs_rt", "file_rt", 0))
+        assert read[7] == "chunk 7\ufffd" and read[n - 1] == f"chunk {n - 1}"
+        assert sorted(storage.chunks.ids_of_files("vs_rt", ["file_rt"])) == ids.tolist()
     finally:
         storage.close()
