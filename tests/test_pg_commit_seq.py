@@ -192,6 +192,26 @@ async def test_a_file_whose_lower_chunk_ids_commit_last_is_found_by_the_owners_n
     assert await found(writer, store.id) == {early, late}  # forwarded to the owner
 
 
+def at_lease_check(
+    node: Node, monkeypatch: pytest.MonkeyPatch, file_id: str, then: Callable[[], object]
+) -> threading.Event:
+    """Makes ``node``'s completing transaction of ``file_id`` run ``then`` (on its database
+    thread, the transaction open) just before it reads the file's lease FOR UPDATE: after
+    the file's chunk rows were written, whichever way this version writes them."""
+    leases = node.server.core.leases
+    original = leases.lease
+    reached = threading.Event()
+
+    def lease(tx: Any, job: Any) -> Any:
+        if tx is not None and job.file_id == file_id and not reached.is_set():
+            reached.set()
+            then()
+        return original(tx, job)
+
+    monkeypatch.setattr(leases, "lease", lease)
+    return reached
+
+
 @pytest.mark.parametrize("failure", ["lease_taken", "fault"])
 async def test_a_failed_completing_transaction_leaves_none_of_the_files_chunks(
     nodes: list[Node], pg_url: str, monkeypatch: pytest.MonkeyPatch, failure: str
@@ -204,7 +224,7 @@ async def test_a_failed_completing_transaction_leaves_none_of_the_files_chunks(
     def then() -> None:
         seen_mid_way.append(chunks_of(pg_url, file_id))
         if failure == "fault":
-            raise RuntimeError("injected after the chunk rows were inserted")
+            raise RuntimeError("injected after the chunk rows were written")
         with psycopg.connect(pg_url, autocommit=True) as conn:  # another server claims it
             conn.execute(
                 "UPDATE vector_store_files SET lease_owner = 'thief', "
@@ -214,7 +234,7 @@ async def test_a_failed_completing_transaction_leaves_none_of_the_files_chunks(
                 (store.id, file_id),
             )
 
-    reached = hold_insert(writer, monkeypatch, file_id, then)
+    reached = at_lease_check(writer, monkeypatch, file_id, then)
     batch = await create_batch(writer.alice, store.id, [file_id])
     assert await asyncio.to_thread(reached.wait, 30)
     if failure == "fault":  # the file fails (server_error), its rows rolled back
@@ -224,9 +244,9 @@ async def test_a_failed_completing_transaction_leaves_none_of_the_files_chunks(
     else:  # the late result is refused; the file stays the thief's, in progress
         await wait_for(lambda: writer.server.core.scheduler.in_flight == 0, within=30)
         status = "in_progress"
-    assert seen_mid_way and seen_mid_way[0] == 0  # not even while the transaction was open
+    assert seen_mid_way == [0]  # not even while the transaction was open
     assert chunks_of(pg_url, file_id) == 0
-    assert file_row(pg_url, store.id, file_id) == (status, 0)  # never completed
+    assert file_row(pg_url, store.id, file_id)[0] == status  # never completed
     assert await found(owner, store.id) == set()
 
 
