@@ -55,10 +55,13 @@ def commit_file(db: Database, file_id: str, chunks: int, status: str = "complete
 
 
 def set_status(db: Database, file_id: str, status: str) -> None:
-    db.execute(
-        "UPDATE vector_store_files SET status = ? WHERE vector_store_id = ? AND file_id = ?",
-        (status, STORE, file_id),
-    )
+    with db.transaction() as conn:
+        conn.execute(
+            "UPDATE vector_store_files SET status = ? WHERE vector_store_id = ? AND file_id = ?",
+            (status, STORE, file_id),
+        )
+        if status == "completed":
+            elsewhere.stamp_committed(conn, STORE, file_id)
 
 
 def delete_file(db: Database, file_id: str) -> None:
@@ -112,13 +115,14 @@ def test_chunks_committed_elsewhere_are_searchable_after_catch_up(
     sync, indexes, _ = make(tmp_path, db)
     first = commit_file(db, "file-1", 5)
     report = sync.catch_up(STORE, DIM)
-    assert (report.added, report.full, report.watermark) == (5, True, first[-1])
+    assert indexes.get(STORE, DIM).holds(first).all()
+    assert (report.added, report.full, report.watermark) == (5, True, 1)  # commit sequence
     later = commit_file(db, "file-2", 3)
     index = indexes.get(STORE, DIM)
     labels, _ = index.knn(stored_vector(db, later[1]), 1)
     assert int(labels[0][0]) != later[1]  # not in the index yet
     report = sync.catch_up(STORE, DIM)
-    assert (report.added, report.full, report.watermark) == (3, False, later[-1])
+    assert (report.added, report.full, report.watermark) == (3, False, 2)
     labels, distances = index.knn(stored_vector(db, later[1]), 1)
     assert int(labels[0][0]) == later[1] and distances[0][0] < 1e-4
     assert sync.catch_up(STORE, DIM).added == 0  # nothing new: nothing added
@@ -130,12 +134,12 @@ def test_a_file_still_in_progress_is_added_once_it_completes(tmp_path: Path, db:
     pending = commit_file(db, "file-2", 4, status="in_progress")
     after = commit_file(db, "file-3", 2)
     report = sync.catch_up(STORE, DIM)
-    assert report.added == 4 and report.watermark == done[-1]  # stops below file-2
+    assert report.added == 4 and report.watermark == 2  # file-1 and file-3 completed
     index = indexes.get(STORE, DIM)
-    assert not index.holds(pending).any() and index.holds(after).all()
+    assert not index.holds(pending).any() and index.holds(after).all() and index.holds(done).all()
     set_status(db, "file-2", "completed")
     report = sync.catch_up(STORE, DIM)
-    assert report.added == 4 and report.watermark == after[-1]
+    assert report.added == 4 and report.watermark == 3  # file-2 completed third
     assert index.holds(pending).all()
 
 

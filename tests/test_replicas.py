@@ -35,6 +35,7 @@ from quiver.server.core.ownership import Replica, owner_of
 from quiver.server.storage.replica_rows import ReplicaRows
 from quiver.v1 import vector_stores_pb2 as pb
 
+from tests.support import elsewhere
 from tests.support.batch_helpers import (
     create_batch,
     create_store,
@@ -262,6 +263,7 @@ def commit_elsewhere(node: Node, store_id: str, text: str, vector: np.ndarray) -
             "token_count, text, vector) VALUES (?, 'file-elsewhere', 'alice', '', 0, 8, ?, ?)",
             (store_id, text, vector.astype(np.float32).tobytes()),
         )
+        elsewhere.stamp_committed(conn, store_id, "file-elsewhere")  # its completion's last step
 
 
 async def test_the_owner_catches_up_with_chunks_committed_elsewhere(pair: Pair) -> None:

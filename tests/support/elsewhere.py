@@ -4,6 +4,8 @@ the index catch-up (core/index_sync.py)."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 from quiver.server.storage.database import Database
 
@@ -41,7 +43,23 @@ def commit_file(
             )
             assert cursor.lastrowid is not None
             ids.append(int(cursor.lastrowid))
+        if status == "completed":
+            stamp_committed(conn, store_id, file_id)
     return ids
+
+
+def stamp_committed(conn: sqlite3.Connection, store_id: str, file_id: str) -> int:
+    """What a replica's completing transaction does last: raises the store's commit sequence
+    and stamps the file with it (``StoreFileRows.mark_committed``)."""
+    row = conn.execute(
+        "UPDATE vector_stores SET commit_seq = commit_seq + 1 WHERE id = ? RETURNING commit_seq",
+        (store_id,),
+    ).fetchone()
+    conn.execute(
+        "UPDATE vector_store_files SET commit_seq = ? WHERE vector_store_id = ? AND file_id = ?",
+        (int(row[0]), store_id, file_id),
+    )
+    return int(row[0])
 
 
 def unit_vectors(rows: int, dim: int, seed: int) -> np.ndarray:

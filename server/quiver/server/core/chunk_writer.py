@@ -1,7 +1,10 @@
 """Writes a file's chunks to the database and its vectors to the store's index, from a thread, in
 bounded slices, so neither the event loop nor other writers wait long for any of it.
 
-Chunks are written while their file is still ``in_progress``: search returns only chunks of
+On SQLite (``ChunkRepository.in_commit()`` None) chunks are written in slices of their own
+while their file is still ``in_progress``; on PostgreSQL they are inserted in the file's
+completing transaction instead (``Processing._complete``), and this module only deletes.
+Sliced, chunks are written while their file is still ``in_progress``: search returns only chunks of
 ``completed`` files, and start-up recovery deletes the chunks of files left in progress. Each
 slice first checks, in its own transaction, that the job is still wanted (same generation,
 still in progress, its batch not cancelled), so a file detached, re-attached or cancelled

@@ -1,15 +1,24 @@
 """Read-your-writes for a store's vector index, a cache of the database's chunks: before a
 search reads the index, chunks committed since it was last synced (by any replica) are added.
 
-Per store this keeps the epoch the index was last fully reconciled at and a *watermark*: the
-chunk id below which every chunk of a completed file is in the index. A search at the same
-epoch reads only the chunk ids above the watermark (a short indexed range read); at another
-epoch (the live replicas changed, so the store may have been served elsewhere meanwhile) the
-index is first reconciled in full: chunks of completed files added, chunks no longer stored
-marked deleted; so it is, too, at least every FULL_EVERY_S seconds. Chunks of files still
-in progress are never added here (this replica's own
-are added by its ingest, hidden until completed); the watermark stops below the first of
-them, so they are added once their file completes.
+Per store this keeps the epoch the index was last fully reconciled at and a *watermark*: a
+value of the store's commit sequence (``vector_stores.commit_seq``), which every file's
+completing transaction raises, under the store row's lock, as its last step, and stamps on
+the file (``vector_store_files.commit_seq``): commit order is sequence order, so once a value
+is seen committed every file completed at or below it is too. A search at the same epoch
+reads only the completed files stamped above the watermark, then their chunks (two short
+indexed reads); at another epoch (the live replicas changed, so the store may have been
+served elsewhere meanwhile) the index is first reconciled in full: the store's counter read,
+then chunks of completed files added, chunks no longer stored marked deleted; so it is, too,
+at least every FULL_EVERY_S seconds. Chunks of files still in progress are never added here
+(this replica's own are added by its ingest, hidden until completed): their file is read
+once it completes, with a new sequence value.
+
+What the sequence does not raise (a file detached or deleted, its chunks deleted; a file
+re-queued, whose chunks stop being searchable at once since search reads only completed
+files' chunks; a store's chunks deleted with it) is caught up by the full reconcile, within
+FULL_EVERY_S: stale labels in the index are never returned (search joins them to completed
+files), they only take room among its nearest neighbours until then.
 
 Files whose chunks are added here completed elsewhere: the store's attribute index (filters)
 is told, and forgets the store at a full reconcile (rebuilt at its next filtered search).
@@ -49,6 +58,8 @@ log = logging.getLogger("quiver.index")
 
 SCAN_ROWS = 10_000
 """Chunk ids per database read."""
+FILE_ROWS = 500
+"""Committed files per database read of a catch-up."""
 LOAD_ROWS = 500
 """Vectors per database read."""
 INLINE_ADDS = 2_000
@@ -60,8 +71,8 @@ BRIDGE_MAX_CHUNKS = 50_000
 stored vectors read from the database: ~100 MB at 512 floats); a bigger one waits."""
 FULL_EVERY_S = 60.0
 """A store's index is reconciled in full at least this often while searched: what the
-watermark cannot see (chunks deleted, attributes changed elsewhere; with a database whose
-ids are not assigned in commit order, a chunk committed below it) is caught up within it."""
+commit sequence does not show (chunks deleted, files detached or re-queued, attributes
+changed elsewhere) is caught up within it."""
 MAX_STORES = 4096
 """Stores whose sync state is kept (least recently searched out: fully reconciled at their
 next search)."""
@@ -315,7 +326,10 @@ class IndexSync:
             or state.epoch != epoch
             or time.monotonic() - state.reconciled_at >= self.full_every_s
         )
-        walk = self._walk(store_id, 0 if state is None or full else state.watermark, full)
+        if state is None or full:
+            walk = self._walk_all(store_id)
+        else:
+            walk = self._walk_since(store_id, state.watermark)
         wanted = np.asarray(walk.completed, dtype=np.int64)
         if full:
             held = index.labels()
@@ -364,27 +378,36 @@ class IndexSync:
                 if self.keywords.add(plan.store_id, self.keyword_rows(part)):
                     self.keywords.flush(plan.store_id)
 
-    def _walk(self, store_id: str, after: int, every: bool) -> _Walk:
-        """The completed chunk ids above ``after`` (and, when ``every``, all of them) and the
-        new watermark: just below the first chunk of an unfinished file, else the last id."""
-        out = _Walk([], [], after, {})
-        unfinished = False
-        cursor = after
+    def _walk_all(self, store_id: str) -> _Walk:
+        """Every chunk id of the store, those of completed files apart, and the watermark:
+        the store's commit sequence read first (every file stamped at or below it is
+        committed, so its chunks are in the scan that follows)."""
+        out = _Walk([], [], self.rows.commit_counter(store_id), {})
+        cursor = 0
         while True:
             rows = self.rows.chunks_after(store_id, cursor, SCAN_ROWS)
             for row in rows:
                 if row.completed:
                     out.completed.append(row.id)
                     out.files[row.id] = row.file_id
-                    if not unfinished:
-                        out.watermark = row.id
-                else:
-                    unfinished = True
-                if every:
-                    out.every.append(row.id)
+                out.every.append(row.id)
             if len(rows) < SCAN_ROWS:
                 return out
             cursor = rows[-1].id
+
+    def _walk_since(self, store_id: str, after: int) -> _Walk:
+        """The chunk ids of the files completed with a commit sequence above ``after``, and
+        the new watermark: the last such sequence."""
+        out = _Walk([], [], after, {})
+        while True:
+            files = self.rows.committed_after(store_id, out.watermark, FILE_ROWS)
+            if files:
+                for chunk_id, file_id in self.rows.chunks_of_files(store_id, [f for f, _ in files]):
+                    out.completed.append(chunk_id)
+                    out.files[chunk_id] = file_id
+                out.watermark = files[-1][1]
+            if len(files) < FILE_ROWS:
+                return out
 
     def _add(self, index: SyncedIndex, ids: npt.NDArray[np.int64], dim: int) -> int:
         added = 0

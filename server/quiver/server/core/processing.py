@@ -1,8 +1,12 @@
 """Turns a queued store file into committed chunks: prepare → worker pool → commit.
 
-The worker parses, chunks and embeds. Then, off the event loop, the chunks are written to
-SQLite and the vectors added to the store's index, both in bounded slices (``chunk_writer``);
-the file becomes ``completed`` in one short transaction at the end. Every database call runs
+The worker parses, chunks and embeds. Then, off the event loop, the vectors are added to the
+store's index in bounded slices (``chunk_writer``), and the file becomes ``completed`` in one
+transaction at the end, which raises the store's commit sequence last (the index catch-up of
+other replicas reads by it). The chunk rows: on SQLite written in short slices of their own
+before (its single write lock is never held long); on PostgreSQL inserted in that completing
+transaction under ids reserved beforehand, so the chunks, the status, the counts and the
+sequences commit together or not at all. Every database call runs
 on ``calls``' threads (core/db_calls.py); the scheduler's queue stays the event loop's. A
 result that arrives for a file that was deleted, re-attached or cancelled meanwhile is
 recognised by its generation and dropped (with whatever of it was already written). A
@@ -54,6 +58,7 @@ from quiver.server.storage.database import DatabaseError, is_disk_full
 from quiver.server.storage.interfaces import (
     BatchRepository,
     ChunkRepository,
+    ChunksInCommit,
     Storage,
     StoreFileRepository,
     Tx,
@@ -336,15 +341,19 @@ class Processing:
             )
             return
         owner = self._owner(job, row)
-        if leftovers:
+        if leftovers:  # (PostgreSQL: none from new writes; older versions' slices may remain)
             await asyncio.to_thread(self.writer.delete_leftovers, owner)
-        try:
-            ids = await asyncio.to_thread(
-                self.writer.write, owner, output.texts, output.token_counts, vectors
-            )
-        except NotWanted:
-            await self.calls.run(self._not_wanted, job)
-            return
+        in_commit = self.chunk_rows.in_commit()
+        if in_commit is not None:  # rows written by the completing transaction itself
+            ids = await self.calls.run(in_commit.reserve_ids, len(output.texts))
+        else:
+            try:
+                ids = await asyncio.to_thread(
+                    self.writer.write, owner, output.texts, output.token_counts, vectors
+                )
+            except NotWanted:
+                await self.calls.run(self._not_wanted, job)
+                return
         dim = int(row["embedding_dimensions"])
         if dim != vectors.shape[1]:  # not known yet (an `openai:` store): learnt now
             dim = await self.calls.run(self._learn_dimensions, job.store_id, vectors.shape[1])
@@ -356,12 +365,14 @@ class Processing:
                 await asyncio.to_thread(add_to_index, index, ids, vectors)
                 index_seconds = time.perf_counter() - indexing
                 in_flight = self.scheduler.in_flight_files(job.store_id)
-                full = await self.calls.run(self._complete, job, output, ids, in_flight)
+                full = await self.calls.run(
+                    self._complete, job, output, ids, in_flight, owner, in_commit
+                )
             except BaseException:
-                await self._discard(job.store_id, index, ids)
+                await self._discard(job.store_id, index, ids, stored=in_commit is None)
                 raise
             if full is None:
-                await self._discard(job.store_id, index, ids)
+                await self._discard(job.store_id, index, ids, stored=in_commit is None)
                 return
         finally:
             self.pending.discard(job.store_id, ids)
@@ -396,17 +407,36 @@ class Processing:
         output: WorkerOutput,
         ids: npt.NDArray[np.int64],
         in_flight: frozenset[str],
+        owner: Owner,
+        in_commit: ChunksInCommit | None,
     ) -> bool | None:
-        """The short final transaction (on a database thread): ``completed`` if the job is
-        still wanted (and still this server's claim of the file: same generation, same lease
+        """The final transaction (on a database thread): ``completed`` if the job is still
+        wanted (and still this server's claim of the file: same generation, same lease
         owner); then its chunks are told to the keyword index before the book's next
         transaction (a search from now on reads them). None if not completed, else whether
-        the store's keyword queue is full (then wait for its commit)."""
-        with self.book.serial():
+        the store's keyword queue is full (then wait for its commit).
+
+        ``in_commit`` (PostgreSQL): the chunk rows are inserted first in this same
+        transaction, before the book's lock is taken, under the ids reserved for them; if it
+        fails none remains, and if the file is not completed they are deleted in it."""
+        assert output.vectors is not None
+        vectors = output.vectors
+
+        def insert(conn: Tx) -> None:
+            assert in_commit is not None
+            in_commit.insert_reserved(conn, owner, ids, output.texts, output.token_counts, vectors)
+
+        full: list[bool] = []
+        with self.book.transaction(None if in_commit is None else insert) as conn:
             if not self._complete_rows(job, output, in_flight):
+                if in_commit is not None:
+                    in_commit.delete_reserved(conn, ids)
                 return None
-            rows = zip(ids.tolist(), output.texts, strict=True)
-            return self.keywords.add(job.store_id, [(int(i), job.file_id, t) for i, t in rows])
+            rows = [
+                (int(i), job.file_id, t) for i, t in zip(ids.tolist(), output.texts, strict=True)
+            ]
+            self.book.after_commit(lambda: full.append(self.keywords.add(job.store_id, rows)))
+        return full[0] if full else False
 
     def _complete_rows(self, job: Job, output: WorkerOutput, in_flight: frozenset[str]) -> bool:
         assert output.vectors is not None
@@ -431,6 +461,9 @@ class Processing:
                 conn, job.store_id, job.file_id, FileStatus.COMPLETED, usage_bytes=usage
             )
             self.stores.touch(job.store_id)
+            # Last: the store's commit sequence, under its row's lock until commit (the
+            # index catch-up of every replica reads the files completed after a value).
+            self.file_rows.mark_committed(conn, job.store_id, job.file_id)
         return True
 
     def _cancel_if_requested(self, job: Job) -> None:
@@ -438,12 +471,16 @@ class Processing:
             if self._current(job) is not None and self._cancel_requested(conn, job):
                 self.book.set_file(conn, job.store_id, job.file_id, FileStatus.CANCELLED)
 
-    async def _discard(self, store_id: str, index: VectorIndex, ids: npt.NDArray[np.int64]) -> None:
-        """Takes chunks that will not complete back out of the index and SQLite."""
+    async def _discard(
+        self, store_id: str, index: VectorIndex, ids: npt.NDArray[np.int64], *, stored: bool
+    ) -> None:
+        """Takes chunks that will not complete back out of the index and, if they were
+        ``stored`` before the completing transaction (SQLite), out of the database."""
         try:
             await asyncio.to_thread(index.mark_deleted, ids)
             self.indexes.changed(store_id, index)
-            await asyncio.to_thread(self.writer.delete, ids)
+            if stored:
+                await asyncio.to_thread(self.writer.delete, ids)
         except (DatabaseError, OSError) as exc:  # e.g. still no disk space: recovery or the
             # next attempt (which deletes the file's leftovers first) removes them
             log.warning("could not remove %d chunks of %s: %s", len(ids), store_id, exc)

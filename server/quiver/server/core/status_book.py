@@ -12,9 +12,10 @@ on the loop.
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 from quiver.server.core.db_calls import DbCalls
 from quiver.server.core.error_codes import ErrorCode
@@ -46,6 +47,7 @@ class _Record(threading.local):
         self.changes: dict[str, list[tuple[int, FileUpdate]]] = {}
         self.touched: set[str] = set()
         self.final: dict[str, tuple[FileBatch, int]] = {}
+        self.after: list[Callable[[], object]] = []
         self.depth = 0
 
 
@@ -64,26 +66,44 @@ class StatusBook:
         return self._serial
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
+    def transaction(self, prepare: Callable[[Tx], object] | None = None) -> Iterator[Tx]:
+        """``prepare`` (outermost only): run first in the same database transaction, before
+        the book's lock is taken, for long work that locks no row another book transaction
+        waits for (a file's new chunk rows), so the book's other transactions need not wait
+        for it; the commit and the watchers' news still come under the lock."""
         record = self._record
+        opened = ExitStack()
+        if prepare is not None and record.depth == 0:
+            try:
+                prepare(opened.enter_context(self.db.transaction()))
+            except BaseException:
+                if not opened.__exit__(*sys.exc_info()):
+                    raise
         with self._serial:
             record.depth += 1
             try:
-                with self.db.transaction() as conn:
+                with opened, self.db.transaction() as conn:  # (joins the one opened above)
                     yield conn
             except BaseException:
                 if record.depth == 1:
                     record.changes, record.touched, record.final = {}, set(), {}
+                    record.after = []
                 raise
             finally:
                 record.depth -= 1
             if record.depth == 0:
                 self._publish()
 
+    def after_commit(self, then: Callable[[], object]) -> None:
+        """Inside a ``transaction``: ``then`` runs once it has committed, after the watchers
+        were told, still before the book's next transaction (not at all if it fails)."""
+        self._record.after.append(then)
+
     def _publish(self) -> None:
         record = self._record
         touched, changes, final = record.touched, record.changes, record.final
-        record.changes, record.touched, record.final = {}, set(), {}
+        after = record.after
+        record.changes, record.touched, record.final, record.after = {}, set(), {}, []
         for batch_id in touched:
             row = self.batches.get(batch_id)
             if row is not None:
@@ -97,6 +117,8 @@ class StatusBook:
                 self.hub.publish(batch, sequence, updates)
             else:
                 self.calls.on_loop(self.hub.publish, batch, sequence, updates)
+        for then in after:
+            then()
 
     def batch_counts(self, batch_id: str) -> FileCounts:
         return FileCounts.from_status_counts(self.batches.status_counts(batch_id))

@@ -32,6 +32,12 @@ class ChunkRows:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def in_commit(self) -> None:
+        """None: here a file's chunks are written in slices of their own before its
+        completing transaction (one transaction would hold SQLite's single write lock, which
+        the event loop's writes wait for, as long as the whole file takes)."""
+        return None
+
     # -- write slices (blocking: from a thread, each one short transaction) ----------------------
 
     def insert_slice(

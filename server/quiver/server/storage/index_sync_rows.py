@@ -35,6 +35,45 @@ class IndexSyncRows:
         )
         return [ChunkState(int(r[0]), r[1], r[2] == COMPLETED) for r in rows]
 
+    def commit_counter(self, store_id: str) -> int:
+        """The store's commit sequence now (0: none yet, or no such store)."""
+        row = (
+            self.db.reader()
+            .execute("SELECT commit_seq FROM vector_stores WHERE id = ?", (store_id,))
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    def committed_after(self, store_id: str, after: int, limit: int) -> list[tuple[str, int]]:
+        """The store's first ``limit`` completed files whose commit sequence is above
+        ``after``, ascending by it: (file id, commit sequence)."""
+        rows = (
+            self.db.reader()
+            .execute(
+                "SELECT file_id, commit_seq FROM vector_store_files WHERE vector_store_id = ? "
+                "AND commit_seq > ? AND status = ? ORDER BY commit_seq LIMIT ?",
+                (store_id, after, COMPLETED, limit),
+            )
+            .fetchall()
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def chunks_of_files(self, store_id: str, file_ids: list[str]) -> list[tuple[int, str]]:
+        """(chunk id, file id) of every chunk of these files of the store, by id."""
+        if not file_ids:
+            return []
+        marks = ",".join("?" * len(file_ids))
+        rows = (
+            self.db.reader()
+            .execute(
+                f"SELECT id, file_id FROM chunks WHERE vector_store_id = ? "
+                f"AND file_id IN ({marks}) ORDER BY id",
+                (store_id, *file_ids),
+            )
+            .fetchall()
+        )
+        return [(int(r[0]), str(r[1])) for r in rows]
+
     def file_states(self, store_id: str) -> list[tuple[str, str, str]]:
         """Each file attached to the store: its id, status and attributes (JSON text)."""
         rows = (

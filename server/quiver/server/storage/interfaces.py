@@ -46,6 +46,7 @@ from quiver.server.storage.rows import (
 __all__ = [
     "BatchRepository",
     "ChunkRepository",
+    "ChunksInCommit",
     "FileRepository",
     "IndexSyncRepository",
     "JobRepository",
@@ -153,6 +154,14 @@ class StoreFileRepository(Protocol):
         usage_bytes: int,
     ) -> str | None: ...
 
+    def mark_committed(self, tx: Tx, store_id: str, file_id: str) -> int:
+        """Inside a file's completing transaction, last: raises the store's commit sequence
+        (``vector_stores.commit_seq``, under the store row's lock until commit, so commit
+        order is sequence order) and stamps the file with it (``vector_store_files.
+        commit_seq``), for the index catch-up (``IndexSyncRepository.committed_after``);
+        returns the new value."""
+        ...
+
     def delete(self, tx: Tx, store_id: str, file_id: str) -> None: ...
 
     def in_progress(self, tx: Tx, store_id: str) -> list[str]: ...
@@ -226,7 +235,37 @@ class BatchRepository(Protocol):
     ) -> Rows[VectorStoreFile]: ...
 
 
+class ChunksInCommit(Protocol):
+    """A file's chunk rows written inside its completing transaction (PostgreSQL): ids
+    reserved first (the vectors are added to the index under them meanwhile), then every row
+    inserted in the transaction that checks the lease, flips the file to ``completed`` and
+    raises the counts and sequences; if it fails, none of them remains."""
+
+    def reserve_ids(self, count: int) -> npt.NDArray[np.int64]: ...
+
+    def insert_reserved(
+        self,
+        tx: Tx,
+        owner: Owner,
+        ids: npt.NDArray[np.int64],
+        texts: list[str],
+        token_counts: list[int],
+        vectors: npt.NDArray[np.float32],
+    ) -> None: ...
+
+    def delete_reserved(self, tx: Tx, ids: npt.NDArray[np.int64]) -> None:
+        """Inside ``tx``: the rows ``insert_reserved`` wrote there, deleted again (the file
+        is not completed after all, but the transaction commits, e.g. cancelled)."""
+        ...
+
+
 class ChunkRepository(Protocol):
+    def in_commit(self) -> ChunksInCommit | None:
+        """This database's way of writing a file's chunks in its completing transaction, or
+        None when they are written in slices of their own before it (``insert_slice``:
+        SQLite, whose single write lock one long transaction would hold)."""
+        ...
+
     def insert_slice(
         self,
         owner: Owner,
@@ -235,7 +274,12 @@ class ChunkRepository(Protocol):
         vectors: npt.NDArray[np.float32],
         start: int,
         end: int,
-    ) -> npt.NDArray[np.int64]: ...
+    ) -> npt.NDArray[np.int64]:
+        """Chunks ``start:end`` in a short transaction of their own, if the job is still
+        wanted (else ``NotWanted``): committed before the file completes, hidden until then
+        (search and the index catch-up read completed files' chunks only); what a failed
+        attempt leaves is deleted by ``delete_leftovers_slice``."""
+        ...
 
     def delete_slice(self, ids: list[int]) -> None: ...
 
@@ -286,9 +330,26 @@ class ReplicaRepository(Protocol):
 
 class IndexSyncRepository(Protocol):
     """What a store's vector index must hold (blocking: from a thread);
-    ``storage/index_sync_rows.py`` is the SQLite one."""
+    ``storage/index_sync_rows.py`` is the SQLite one.
 
-    def chunks_after(self, store_id: str, after: int, limit: int) -> list[ChunkState]: ...
+    A catch-up reads by the store's commit sequence: each file's completing transaction
+    raises it (``StoreFileRepository.mark_committed``) in commit order, so the files
+    completed since a value seen are exactly those ``committed_after`` it; a full reconcile
+    reads ``commit_counter`` first, then every chunk (``chunks_after``)."""
+
+    def chunks_after(self, store_id: str, after: int, limit: int) -> list[ChunkState]:
+        """The store's first ``limit`` chunk ids above ``after``, ascending, each with
+        whether its file is completed (the full reconcile's scan)."""
+        ...
+
+    def commit_counter(self, store_id: str) -> int: ...
+
+    def committed_after(self, store_id: str, after: int, limit: int) -> list[tuple[str, int]]:
+        """Completed files with a commit sequence above ``after``: (file id, sequence),
+        ascending."""
+        ...
+
+    def chunks_of_files(self, store_id: str, file_ids: list[str]) -> list[tuple[int, str]]: ...
 
     def file_states(self, store_id: str) -> list[tuple[str, str, str]]: ...
 

@@ -139,6 +139,12 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("file_batches", "request_digest", "TEXT"),
     ("vector_store_files", "lease_owner", "TEXT"),
     ("vector_store_files", "lease_expires_at", "REAL NOT NULL DEFAULT 0"),
+    # The store's commit sequence (core/index_sync.py): raised by each file's completing
+    # transaction; a database made before it starts at 0 (its completed files at 0 too).
+    ("vector_stores", "commit_seq", "INTEGER NOT NULL DEFAULT 0"),
+    # The store's commit_seq at which the file last completed (0: never, or before the
+    # column existed).
+    ("vector_store_files", "commit_seq", "INTEGER NOT NULL DEFAULT 0"),
 ]
 
 # Indexes on added columns: created after ADDED_COLUMNS (an older database lacks the columns
@@ -150,6 +156,9 @@ ADDED_INDEXES: list[str] = [
     # The heartbeat: the unfinished files one server holds.
     "CREATE INDEX IF NOT EXISTS vector_store_files_by_lease_owner "
     "ON vector_store_files (lease_owner, lease_expires_at) WHERE status = 'in_progress'",
+    # The index catch-up: the files a store completed after a commit sequence.
+    "CREATE INDEX IF NOT EXISTS vector_store_files_by_commit "
+    "ON vector_store_files (vector_store_id, commit_seq)",
 ]
 
 # What an older data directory has and this version no longer keeps, dropped at open: the

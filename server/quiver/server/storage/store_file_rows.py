@@ -174,6 +174,26 @@ class StoreFileRows:
         )
         return None if row is None else row["batch_id"]
 
+    def mark_committed(self, tx: Tx, store_id: str, file_id: str) -> int:
+        """Raises the store's commit sequence and stamps the file with it (inside the file's
+        completing transaction, as late as possible in it); returns the new value. SQLite
+        serializes its writers, so commit order is sequence order."""
+        conn = conn_of(tx)
+        row = conn.execute(
+            "UPDATE vector_stores SET commit_seq = commit_seq + 1 WHERE id = ? "
+            "RETURNING commit_seq",
+            (store_id,),
+        ).fetchone()
+        if row is None:
+            return 0
+        sequence = int(row["commit_seq"])
+        conn.execute(
+            "UPDATE vector_store_files SET commit_seq = ? "
+            "WHERE vector_store_id = ? AND file_id = ?",
+            (sequence, store_id, file_id),
+        )
+        return sequence
+
     def delete(self, tx: Tx, store_id: str, file_id: str) -> None:
         conn_of(tx).execute(
             "DELETE FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?",

@@ -1,5 +1,7 @@
-"""The ``chunks`` table in PostgreSQL: write slices from threads (each one short transaction
-on the thread's pooled connection), deletes, and the reads of search and recovery."""
+"""The ``chunks`` table in PostgreSQL: a file's chunk rows written inside its completing
+transaction (ids reserved beforehand, so its vectors are indexed before that transaction
+opens), write slices of their own (tools and older callers), deletes, and the reads of
+search and recovery."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from quiver.server.storage.postgres.connection import Conn, PgDatabase, execute
+from quiver.server.storage.postgres.connection import Conn, PgDatabase, conn_of, execute
 from quiver.server.storage.rows import ChunkHit, NotWanted, Owner, Tx
 
 
@@ -29,9 +31,84 @@ def _still_wanted(conn: Conn, owner: Owner) -> bool:
     )
 
 
+IN_COMMIT_BYTES = 4 << 20
+"""Bytes of chunk rows per INSERT statement inside a completing transaction (vectors and
+texts): each statement stays far below the statement timeout, and the next follows at once
+(the rows are in memory), so the transaction never idles."""
+MAX_IN_COMMIT_ROWS = 2_000
+
+
 class PgChunkRows:
     def __init__(self, db: PgDatabase) -> None:
         self.db = db
+
+    def in_commit(self) -> PgChunkRows:
+        """A file's chunks are inserted in its completing transaction here."""
+        return self
+
+    def reserve_ids(self, count: int) -> npt.NDArray[np.int64]:
+        """``count`` new chunk ids from the table's sequence (never handed out again),
+        ascending; no row is written."""
+        if count <= 0:
+            return np.empty(0, dtype=np.int64)
+        rows = self.db.rows(
+            "SELECT nextval(pg_get_serial_sequence('chunks', 'id')) AS id "
+            "FROM generate_series(1, %s)",
+            (count,),
+        )
+        return np.sort(np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows)))
+
+    def insert_reserved(
+        self,
+        tx: Tx,
+        owner: Owner,
+        ids: npt.NDArray[np.int64],
+        texts: list[str],
+        token_counts: list[int],
+        vectors: npt.NDArray[np.float32],
+    ) -> None:
+        """Inserts every chunk of the file, with its reserved id, inside ``tx`` (the file's
+        completing transaction), a few MB per statement, the vectors sent as binary bytea
+        (``%b``: text format would hex-encode them; 20,000 chunks of 512 floats and 2 KB of
+        text commit in 3.1 s instead of 5.4 s on an idle 2-core machine, bench/pg_commit.py)."""
+        if len(texts) != len(ids) or len(token_counts) != len(ids) or len(vectors) != len(ids):
+            raise ValueError(f"{len(ids)} ids for {len(texts)} chunks")
+        conn = conn_of(tx)
+        row_bytes = max(1, vectors.itemsize * (vectors.shape[1] if vectors.ndim == 2 else 1))
+        start = 0
+        while start < len(ids):
+            end, size = start, 0
+            while end < len(ids) and end - start < MAX_IN_COMMIT_ROWS and size < IN_COMMIT_BYTES:
+                size += row_bytes + len(texts[end])
+                end += 1
+            execute(
+                conn,
+                "INSERT INTO chunks (id, vector_store_id, file_id, tenant, subject, "
+                "chunk_index, token_count, text, vector) SELECT u.id, %s, %s, %s, %s, u.i, u.n, "
+                "u.t, u.v FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::text[], "
+                "%b::bytea[]) AS u(id, i, n, t, v)",
+                (
+                    owner.store_id,
+                    owner.file_id,
+                    owner.tenant,
+                    owner.subject,
+                    [int(i) for i in ids[start:end]],
+                    list(range(start, end)),
+                    token_counts[start:end],
+                    # PostgreSQL text holds no NUL character.
+                    [t.replace("\x00", "\ufffd") for t in texts[start:end]],
+                    [vectors[i].tobytes() for i in range(start, end)],
+                ),
+            )
+            start = end
+
+    def delete_reserved(self, tx: Tx, ids: npt.NDArray[np.int64]) -> None:
+        """Inside ``tx``: the rows ``insert_reserved`` wrote there, deleted again."""
+        execute(
+            conn_of(tx),
+            "DELETE FROM chunks WHERE id = ANY(%s::bigint[])",
+            ([int(i) for i in ids],),
+        )
 
     def insert_slice(
         self,

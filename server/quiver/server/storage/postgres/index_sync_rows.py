@@ -25,6 +25,33 @@ class PgIndexSyncRows:
         )
         return [ChunkState(int(r["id"]), r["file_id"], r["status"] == COMPLETED) for r in rows]
 
+    def commit_counter(self, store_id: str) -> int:
+        """The store's commit sequence now (0: none yet, or no such store)."""
+        row = self.db.one("SELECT commit_seq FROM vector_stores WHERE id = %s", (store_id,))
+        return 0 if row is None else int(row["commit_seq"])
+
+    def committed_after(self, store_id: str, after: int, limit: int) -> list[tuple[str, int]]:
+        """The store's first ``limit`` completed files whose commit sequence is above
+        ``after``, ascending by it. A value seen committed means every lower one of the store
+        is committed too (``PgStoreFileRows.mark_committed``)."""
+        rows = self.db.rows(
+            "SELECT file_id, commit_seq FROM vector_store_files WHERE vector_store_id = %s "
+            "AND commit_seq > %s AND status = %s ORDER BY commit_seq LIMIT %s",
+            (store_id, after, COMPLETED, limit),
+        )
+        return [(str(r["file_id"]), int(r["commit_seq"])) for r in rows]
+
+    def chunks_of_files(self, store_id: str, file_ids: list[str]) -> list[tuple[int, str]]:
+        """(chunk id, file id) of every chunk of these files of the store, by id."""
+        if not file_ids:
+            return []
+        rows = self.db.rows(
+            "SELECT id, file_id FROM chunks WHERE vector_store_id = %s "
+            "AND file_id = ANY(%s::text[]) ORDER BY id",
+            (store_id, file_ids),
+        )
+        return [(int(r["id"]), str(r["file_id"])) for r in rows]
+
     def file_states(self, store_id: str) -> list[tuple[str, str, str]]:
         """Each file attached to the store: its id, status and attributes (JSON text)."""
         rows = self.db.rows(

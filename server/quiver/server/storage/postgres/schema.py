@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS vector_stores (
     metadata jsonb NOT NULL DEFAULT '{}',
     embedding_model text NOT NULL,
     embedding_dimensions integer NOT NULL,
-    dimensions_sent boolean NOT NULL DEFAULT true
+    dimensions_sent boolean NOT NULL DEFAULT true,
+    commit_seq bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS vector_stores_by_owner ON vector_stores (tenant, subject, seq);
 
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS vector_store_files (
     generation bigint NOT NULL DEFAULT 0,
     lease_owner text,
     lease_expires_at double precision NOT NULL DEFAULT 0,
+    commit_seq bigint NOT NULL DEFAULT 0,
     UNIQUE (vector_store_id, file_id)
 );
 CREATE INDEX IF NOT EXISTS vector_store_files_by_status
@@ -131,6 +133,18 @@ CREATE TABLE IF NOT EXISTS replicas (
 );
 """
 
+ADDED = """
+-- A store's commit sequence (core/index_sync.py), raised under the store row's lock by each
+-- file's completing transaction, and the value a file last completed at (0: never). A
+-- database made before them gets 0 for both: every completed file at or below the counter.
+ALTER TABLE vector_stores ADD COLUMN IF NOT EXISTS commit_seq bigint NOT NULL DEFAULT 0;
+ALTER TABLE vector_store_files ADD COLUMN IF NOT EXISTS commit_seq bigint NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS vector_store_files_by_commit
+    ON vector_store_files (vector_store_id, commit_seq);
+"""
+"""What was added after the schema first shipped (CREATE TABLE IF NOT EXISTS does not add a
+column to an existing table)."""
+
 
 def migrate(db: PgDatabase) -> None:
     """Creates what is missing, in one transaction under an advisory lock (several servers
@@ -138,6 +152,7 @@ def migrate(db: PgDatabase) -> None:
     with db.transaction() as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         conn.execute(SCHEMA)
+        conn.execute(ADDED)
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
             "ON CONFLICT (key) DO NOTHING",

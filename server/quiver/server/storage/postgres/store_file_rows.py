@@ -164,6 +164,22 @@ class PgStoreFileRows:
         ).fetchone()
         return None if row is None else row["batch_id"]
 
+    def mark_committed(self, tx: Tx, store_id: str, file_id: str) -> int:
+        """Raises the store's commit sequence and stamps the file with it, in one statement
+        inside the file's completing transaction, as late as possible in it: the store row
+        stays locked until that commits, so the next completion of the store waits for the
+        commit before it takes the next value (commit order is sequence order, as with a
+        batch's watch sequence); returns the new value (0: the store is gone)."""
+        row = execute(
+            tx,
+            "WITH raised AS (UPDATE vector_stores SET commit_seq = commit_seq + 1 "
+            "WHERE id = %s RETURNING commit_seq) "
+            "UPDATE vector_store_files f SET commit_seq = raised.commit_seq FROM raised "
+            "WHERE f.vector_store_id = %s AND f.file_id = %s RETURNING f.commit_seq",
+            (store_id, store_id, file_id),
+        ).fetchone()
+        return 0 if row is None else int(row["commit_seq"])
+
     def delete(self, tx: Tx, store_id: str, file_id: str) -> None:
         execute(
             tx,
