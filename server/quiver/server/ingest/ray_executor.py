@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,6 +88,36 @@ def warm_task() -> int:
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     get_encoding()
     return os.getpid()
+
+
+CLIENT_SESSION_FAILED = ("Starting Ray client server failed", "Initialization failure from server")
+"""What Ray Client answers when the session server the head's proxy starts for a new client
+exits at once: an open Ray bug (ray-project/ray#63202, the proxy forks it while gRPC threads
+run; seen here on 3 of 12 first connections to a fresh head). A second try gets a new one."""
+CLIENT_ATTEMPTS = 4
+CLIENT_RETRY_SECONDS = 1.0
+
+
+def connect_client(address: str) -> None:
+    """``ray.init`` through Ray Client at ``address`` (``ray://HOST:PORT``), tried again (up to
+    CLIENT_ATTEMPTS, a second apart, each logged) when the head's session server dies at start;
+    any other error at once."""
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address, log_to_driver=False)
+            return
+        except ConnectionAbortedError as exc:
+            if attempt == CLIENT_ATTEMPTS or not any(t in str(exc) for t in CLIENT_SESSION_FAILED):
+                raise
+            log.warning(
+                "Ray Client session at %s failed to start (%d of %d): trying again",
+                address,
+                attempt,
+                CLIENT_ATTEMPTS,
+            )
+            if ray.is_initialized():
+                ray.shutdown()
+            time.sleep(CLIENT_RETRY_SECONDS * attempt)
 
 
 def warm_placements(per_node: int) -> list[Any]:
@@ -182,7 +213,7 @@ class RayExecutor:
             if self.address == "auto":
                 ray.init(include_dashboard=False, log_to_driver=False)
             else:
-                ray.init(self.address, log_to_driver=False)
+                connect_client(self.address)
             self._started_ray = True
         # SPREAD: a batch's files go over every node, not first onto the server's own.
         self._file = ray.remote(num_cpus=1, max_retries=0)(file_task).options(
