@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from quiver.server.core.db_calls import DbCalls, check_db_calls
@@ -28,6 +29,35 @@ async def test_calls_beyond_threads_and_queue_are_refused_naming_the_flags() -> 
         assert await running and await waiting
         assert calls.waiting == 0
         assert await calls.run(lambda: 7) == 7  # room again
+    finally:
+        gate.set()
+        calls.close()
+
+
+async def test_a_cancelled_caller_s_body_stays_counted_until_it_ends() -> None:
+    """Callers that give up (a deadline) do not free the room their bodies still hold: the
+    bound keeps refusing while the stuck bodies run, and a body cancelled before it started
+    frees its room at once."""
+    calls = DbCalls(threads=1, queue=1)
+    gate = threading.Event()
+    try:
+        running = asyncio.ensure_future(calls.run(gate.wait, 10))
+        waiting = asyncio.ensure_future(calls.run(gate.wait, 10))
+        await asyncio.sleep(0.05)
+        running.cancel()
+        await asyncio.sleep(0.05)
+        assert calls.waiting == 2  # its body still holds the only thread
+        with pytest.raises(StorageUnavailable):
+            await calls.run(gate.wait, 10)
+        waiting.cancel()  # not started: dropped from the queue
+        await asyncio.sleep(0.05)
+        assert calls.waiting == 1
+        gate.set()
+        for _ in range(100):
+            if calls.waiting == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert calls.waiting == 0
     finally:
         gate.set()
         calls.close()
@@ -116,3 +146,26 @@ async def test_room_reserved_for_a_request_on_a_database_thread_counts_until_que
         scheduler.check_room("t", 1)  # 2 queued + 1 reserved
     scheduler.unreserve("u", 1)
     scheduler.check_room("t", 1)
+
+
+async def test_a_body_waiting_for_the_loop_at_close_is_answered_unavailable() -> None:
+    """``close`` runs on the loop's thread and blocks it until the running bodies end: a
+    body asking the loop meanwhile gets UNAVAILABLE instead of a shutdown that never ends."""
+    calls = DbCalls(threads=1, queue=0)
+    started = threading.Event()
+    outcome: list[str] = []
+
+    def body() -> None:
+        started.set()
+        time.sleep(0.2)  # the loop is inside close() by now
+        try:
+            calls.ask_loop(lambda: "answered")
+            outcome.append("answered")
+        except StorageUnavailable as exc:
+            outcome.append(str(exc))
+
+    caller = asyncio.ensure_future(calls.run(body))
+    await asyncio.to_thread(started.wait, 5)
+    calls.close()  # blocks this (the loop's) thread until body ends
+    assert outcome == ["the server is stopping"]
+    await caller

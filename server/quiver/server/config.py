@@ -105,7 +105,7 @@ _HELP: dict[str, str] = {
     "database": "where the rows live: empty = the SQLite file in the data directory; "
     "postgresql://USER@HOST:PORT/DB = PostgreSQL (the [postgres] extra)",
     "database_threads": "threads that run the requests' database calls, off the event loop "
-    "(PostgreSQL: keep it well below its pool of 10 connections per server, which the "
+    "(1-8: below PostgreSQL's pool of 10 connections per server, which the "
     "ingest's chunk slices, the heartbeats and the index catch-up share)",
     "database_queue": "database calls that may wait for one of those threads; more answer "
     "UNAVAILABLE at once (the database is then too slow or unreachable)",

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import threading
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from quiver.server.storage.rows import StorageUnavailable
 
@@ -30,6 +31,10 @@ T = TypeVar("T")
 
 DEFAULT_THREADS = 4
 """Threads running database calls (at most the connection pool's size is useful)."""
+MAX_THREADS = 8
+"""PostgreSQL's pool holds 10 connections per server, shared with the ingest's slices, the
+heartbeats and the index catch-up: with as many database threads as connections, completions
+holding a connection while they wait for the status book's lock could leave its holder none."""
 DEFAULT_QUEUE = 1024
 """Database calls that may wait for a thread before new ones are refused (UNAVAILABLE)."""
 
@@ -37,8 +42,11 @@ DEFAULT_QUEUE = 1024
 def check_db_calls(threads: int, queue: int) -> list[str]:
     """Problems with ``--database-threads`` / ``--database-queue`` (empty when fine)."""
     problems = []
-    if not 1 <= threads <= 256:
-        problems.append(f"--database-threads must be between 1 and 256, got {threads}")
+    if not 1 <= threads <= MAX_THREADS:
+        problems.append(
+            f"--database-threads must be between 1 and {MAX_THREADS} (PostgreSQL's pool of 10 "
+            f"connections is shared with the ingest and the heartbeats), got {threads}"
+        )
     if not 0 <= queue <= 1_000_000:
         problems.append(f"--database-queue must be between 0 and 1000000, got {queue}")
     return problems
@@ -54,6 +62,9 @@ class DbCalls:
         self._admitted = 0  # running or waiting (only the loop's thread changes it)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._closing = False
+        self._asks: set[concurrent.futures.Future[Any]] = set()  # waiting for the loop
+        self._asks_lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
@@ -77,14 +88,23 @@ class DbCalls:
         context = contextvars.copy_context()
         call = functools.partial(context.run, body, *args, **kwargs)
         try:
-            future = loop.run_in_executor(self._executor, call)
+            running = self._executor.submit(call)
         except BaseException:
             self._admitted -= 1
             raise
-        future.add_done_callback(self._done)
-        return await future
+        # Counted until the body itself ends (or is dropped before it started), not until
+        # the caller stops waiting: a cancelled caller's body still holds its thread.
+        running.add_done_callback(functools.partial(self._done, loop))
+        return await asyncio.wrap_future(running, loop=loop)
 
-    def _done(self, _: object) -> None:
+    def _done(self, loop: asyncio.AbstractEventLoop, _: object) -> None:
+        if self._on_loop_thread():
+            self._admitted -= 1
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody counts any more
+            loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
         self._admitted -= 1
 
     def _on_loop_thread(self) -> bool:
@@ -107,16 +127,42 @@ class DbCalls:
         if loop is None or self._on_loop_thread() or loop.is_closed():
             return check(*args, **kwargs)
         answer: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._asks_lock:
+            if self._closing:
+                raise StorageUnavailable("the server is stopping")
+            self._asks.add(answer)
 
         def ask() -> None:
+            if answer.done():  # given up at close
+                return
             try:
-                answer.set_result(check(*args, **kwargs))
+                _settle(answer, check(*args, **kwargs))
             except BaseException as exc:
-                answer.set_exception(exc)
+                _settle(answer, exc)
 
-        loop.call_soon_threadsafe(ask)
-        return answer.result()
+        try:
+            loop.call_soon_threadsafe(ask)
+            return answer.result()
+        finally:
+            with self._asks_lock:
+                self._asks.discard(answer)
 
     def close(self) -> None:
-        """Waits for the calls running; later ones are refused."""
+        """Waits for the calls running; later ones are refused. Called on the loop's thread,
+        which then runs nothing else: a body waiting for the loop's answer (``ask_loop``)
+        gets UNAVAILABLE instead of waiting for ever."""
+        with self._asks_lock:
+            self._closing = True
+            waiting = list(self._asks)
+        for answer in waiting:
+            _settle(answer, StorageUnavailable("the server is stopping"))
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _settle(answer: concurrent.futures.Future[Any], outcome: object) -> None:
+    """Gives ``answer`` its result (an exception raised by it), unless it has one already."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if isinstance(outcome, BaseException):
+            answer.set_exception(outcome)
+        else:
+            answer.set_result(outcome)

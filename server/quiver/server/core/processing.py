@@ -77,6 +77,15 @@ SpecFor = Callable[[str, int, bool], EmbedderSpec]
 """(store's embedding model, dimensions) → the spec a worker builds its embedder from."""
 
 
+async def _outcome(completing: asyncio.Future[bool | None]) -> bool | None:
+    """What the completing transaction answered (None: not completed, also when it failed);
+    waits for it to end."""
+    try:
+        return await completing
+    except BaseException:
+        return None
+
+
 class Processing:
     def __init__(
         self,
@@ -182,6 +191,7 @@ class Processing:
     async def _process(self, job: Job) -> None:
         row = await self.calls.run(self._current, job)
         if row is None:
+            await self.calls.run(self._note_dropped, job)
             return
         if await self.calls.run(self.stores.is_expired, job.store_id):
             await self._fail_expired(job, "the vector store expired before this file was processed")
@@ -238,13 +248,16 @@ class Processing:
 
     def _settle_now(self, job: Job, error: LastError) -> None:
         with self.book.transaction() as conn:
-            if self._current(job) is None:
-                return
-            cancelled = self._cancel_requested(conn, job)
-            status = FileStatus.CANCELLED if cancelled else FileStatus.FAILED
-            self.book.set_file(
-                conn, job.store_id, job.file_id, status, None if cancelled else error
-            )
+            wanted = self._current(job) is not None
+            if wanted:
+                cancelled = self._cancel_requested(conn, job)
+                status = FileStatus.CANCELLED if cancelled else FileStatus.FAILED
+                self.book.set_file(
+                    conn, job.store_id, job.file_id, status, None if cancelled else error
+                )
+        if not wanted:  # a late failure is a stale result too
+            self._note_dropped(job)
+            return
         self.metrics.files.labels(status.value).inc()
 
     async def _settle_later(self, job: Job, error: LastError, *, now: bool = False) -> None:
@@ -365,11 +378,20 @@ class Processing:
                 await asyncio.to_thread(add_to_index, index, ids, vectors)
                 index_seconds = time.perf_counter() - indexing
                 in_flight = self.scheduler.in_flight_files(job.store_id)
-                full = await self.calls.run(
-                    self._complete, job, output, ids, in_flight, owner, in_commit
+                completing = asyncio.ensure_future(
+                    self.calls.run(self._complete, job, output, ids, in_flight, owner, in_commit)
                 )
             except BaseException:
                 await self._discard(job.store_id, index, ids, stored=in_commit is None)
+                raise
+            try:
+                full = await asyncio.shield(completing)
+            except BaseException:
+                # Cancelled (a stop) while the transaction runs on its thread, which it
+                # finishes whole: the file's chunks are cleaned up only if it did not commit
+                # the file as completed (else they are the completed file's own).
+                if await _outcome(completing) is None:
+                    await self._discard(job.store_id, index, ids, stored=in_commit is None)
                 raise
             if full is None:
                 await self._discard(job.store_id, index, ids, stored=in_commit is None)
@@ -526,8 +548,9 @@ class Processing:
     # -- start-up ----------------------------------------------------------------------------
 
     def _room(self) -> int:
-        """How many more files the scheduler's queue takes (claims are bounded by it)."""
-        return max(0, self.scheduler.max_queued - self.scheduler.queued)
+        """How many more files the scheduler's queue takes (claims are bounded by it), less
+        the room requests hold for files they are attaching."""
+        return max(0, self.scheduler.max_queued - self.scheduler.queued - self.scheduler.reserved)
 
     def _claim_expired(self, room: int) -> list[Job]:
         """Claims the unfinished files whose lease expired or that were never claimed (those of

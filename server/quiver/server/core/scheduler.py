@@ -118,6 +118,11 @@ class Scheduler:
                 reason="INGEST_QUEUE_FULL",
             )
 
+    @property
+    def reserved(self) -> int:
+        """Room held by requests between their check and their jobs' queueing."""
+        return self._reserved
+
     def reserve(self, tenant: str, files: int) -> None:
         """``check_room``, then that room held for the caller until ``unreserve``: a request
         checks before its transaction and queues after it, on another thread meanwhile."""

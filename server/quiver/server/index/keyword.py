@@ -266,9 +266,11 @@ class StoreKeywordIndex:
         addresses = [address for _, address in hits]
         ids = [int(c or 0) for c in searcher.fast_field_values("chunk_id", addresses)]
         lengths = [int(n or 0) for n in searcher.fast_field_values("length", addresses)]
-        total, average = self._scoring_constants(query, addresses[0])
+        total, average = self._scoring_constants(searcher, query, addresses[0])
         keep = self._among(ids)
-        row = {chunk_id: i for i, chunk_id in enumerate(ids)}
+        row: dict[int, int] = {}
+        for position, held_id in enumerate(ids):  # a chunk briefly held twice: its first copy
+            row.setdefault(held_id, position)
         column = {term: j for j, term in enumerate(unique)}
         shares = np.zeros((len(ids), len(unique)), dtype=np.float64)
         for term, j in column.items():
@@ -291,29 +293,32 @@ class StoreKeywordIndex:
         counts = _frequencies(shares, norm[:, None])[:, [column[t] for t in terms]]
         return [
             (chunk_id, n, tfs)
-            for chunk_id, n, tfs in zip(ids, lengths, counts.tolist(), strict=True)
+            for i, (chunk_id, n, tfs) in enumerate(zip(ids, lengths, counts.tolist(), strict=True))
+            if row[chunk_id] == i
         ]
 
     def _scoring_constants(
-        self, query: tantivy.Query, address: tantivy.DocAddress
+        self, searcher: tantivy.Searcher, query: tantivy.Query, address: tantivy.DocAddress
     ) -> tuple[int, float]:
         """Tantivy's N (every document of the segments, deleted ones included until a
         merge drops them) and average length, as its BM25 uses them, read from its
-        explanation of one hit's score; once per commit."""
-        searcher = self._searcher
+        explanation of one hit's score; once per commit. ``searcher`` is the one ``address``
+        came from (a commit meanwhile replaces ``self._searcher``, whose segments the
+        address may not name)."""
         cached = self._constants
         if cached is not None and cached[0] is searcher:
             return cached[1], cached[2]
         found = _explained(json.loads(query.explain(searcher, address).to_json()))
         total = int(found.get("N", searcher.num_docs))
-        average = float(found.get("avgdl", 0.0)) or self.average_length()
+        average = float(found.get("avgdl", 0.0)) or self.average_length(searcher)
         self._constants = (searcher, total, average)
         return total, average
 
-    def average_length(self) -> float:
-        """The mean length of the indexed chunks in analysed words (as of the last commit;
-        computed once per commit, by tantivy's columnar aggregation)."""
-        searcher = self._searcher
+    def average_length(self, searcher: tantivy.Searcher | None = None) -> float:
+        """The mean length of the indexed chunks in analysed words (as of the last commit,
+        or as ``searcher`` sees them; computed once per commit, by tantivy's columnar
+        aggregation)."""
+        searcher = searcher or self._searcher
         cached = self._average
         if cached is not None and cached[0] is searcher:
             return cached[1]

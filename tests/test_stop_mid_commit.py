@@ -1,0 +1,83 @@
+"""A stop that cancels a file's ingest while its completing transaction runs on a database
+thread: the transaction finishes whole there (DbCalls never stops a body that started), so
+the cancelled ingest must not then clean up the chunks of a file that did complete (on
+SQLite it deleted the rows of a completed file, lost for good: recovery only looks at
+unfinished files). Here the transaction has committed and its thread is held before the
+caller hears the answer; the stop's cancel is delivered meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quiver.server.config import Settings
+from quiver.v1 import vector_stores_pb2
+
+from tests.support.batch_helpers import create_batch, create_store, prose, upload_all
+from tests.support.inproc import serving
+
+
+def stored_chunks(data_dir: Path, file_id: str) -> int:
+    with sqlite3.connect(data_dir / "quiver.sqlite3") as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM chunks WHERE file_id = ?", (file_id,)
+        ).fetchone()
+        return int(count)
+
+
+def file_status(data_dir: Path, file_id: str) -> str:
+    with sqlite3.connect(data_dir / "quiver.sqlite3") as conn:
+        (status,) = conn.execute(
+            "SELECT status FROM vector_store_files WHERE file_id = ?", (file_id,)
+        ).fetchone()
+        return str(status)
+
+
+async def test_a_stop_during_the_completing_transaction_keeps_the_completed_files_chunks(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = settings.data_dir
+    reached, release = threading.Event(), threading.Event()
+    async with serving(replace(settings, http_listen="off")) as running:
+        store = await create_store(running.alice, name="stop-mid-commit")
+        (file_id,) = await upload_all(running.alice, [("one.txt", prose(5, 6000).encode())])
+        processing = running.server.core.processing
+        original = processing._complete
+
+        def complete(job: Any, *args: Any) -> Any:  # on its database thread
+            answer = original(job, *args)  # committed
+            if job.file_id == file_id:
+                reached.set()
+                release.wait(20)  # the caller is cancelled before it hears the answer
+            return answer
+
+        monkeypatch.setattr(processing, "_complete", complete)
+        await create_batch(running.alice, store.id, [file_id])
+        assert await asyncio.to_thread(reached.wait, 60)
+        # The stop (after the RPCs' 1 s grace) cancels the ingest while the transaction
+        # waits on its thread; the transaction is let go once that cancel was delivered.
+        scheduler = running.server.core.scheduler
+        stop = scheduler.stop
+
+        async def stop_then_release() -> None:
+            stopping = asyncio.ensure_future(stop())
+            await asyncio.sleep(0.5)
+            release.set()
+            await stopping
+
+        monkeypatch.setattr(scheduler, "stop", stop_then_release)
+    assert file_status(data_dir, file_id) == "completed"
+    assert stored_chunks(data_dir, file_id) > 0
+
+    async with serving(replace(settings, http_listen="off")) as again:  # and it is found
+        found = await again.alice.stores.SearchVectorStore(
+            vector_stores_pb2.SearchVectorStoreRequest(vector_store_id=store.id, query=["prose"]),
+            metadata=again.alice.metadata,
+        )
+        assert {hit.file_id for hit in found.data} == {file_id}
