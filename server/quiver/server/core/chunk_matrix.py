@@ -1,7 +1,9 @@
 """ChunkMatrix: the chunks of many files in contiguous arrays (their ids and, with a
 dimension, their unit vectors as one float32 matrix), each file's chunks one span of rows,
 so that the chunks of any set of files are gathered with one index array (a CSR-style
-expansion of the files' spans) instead of one concatenation per file.
+expansion of the files' spans) instead of one concatenation per file. With a dimension, each
+row's int8 codes, scale, residual and codes' norm (core/row_scan.py) are kept beside its float32
+vector, for the exact search's first pass.
 
 Files are numbered by the caller (core/attribute_index.py uses its AttributeTable's row
 numbers); ``start[file]`` and ``count[file]`` locate a file's span. Appending a file's span
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.row_scan import ScanRows, quantize
 
 COMPACT_DEAD_SHARE = 0.25
 """Dead rows (of dropped or replaced spans), as a share of the rows in use, past which the
@@ -25,6 +28,12 @@ COMPACT_MIN_ROWS = 64
 
 Ids = npt.NDArray[np.int64]
 Matrix = npt.NDArray[np.float32]
+
+
+def row_bytes(dim: int) -> int:
+    """Bytes one row takes with vectors of ``dim``: its id, float32 vector, int8 codes, scale,
+    residual and codes' norm."""
+    return 8 + 5 * dim + 12
 
 
 def spans_index(start: Ids, count: Ids) -> Ids:
@@ -43,6 +52,10 @@ class ChunkMatrix:
         self.dim = dim
         self.labels: Ids = np.zeros(0, dtype=np.int64)
         self.matrix: Matrix = np.zeros((0, dim), dtype=np.float32)
+        self.codes = np.zeros((0, dim), dtype=np.int8)
+        self.scale = np.zeros(0, dtype=np.float32)
+        self.residual = np.zeros(0, dtype=np.float32)
+        self.norm = np.zeros(0, dtype=np.float32)
         self.used = 0
         """Rows written (live and dead)."""
         self.dead = 0
@@ -57,7 +70,8 @@ class ChunkMatrix:
     @property
     def nbytes(self) -> int:
         """The bytes the row arrays hold (their capacity, not only the live rows)."""
-        return self.labels.nbytes + self.matrix.nbytes
+        floats = self.scale.nbytes + self.residual.nbytes + self.norm.nbytes
+        return self.labels.nbytes + self.matrix.nbytes + self.codes.nbytes + floats
 
     @property
     def live(self) -> int:
@@ -72,6 +86,7 @@ class ChunkMatrix:
         if self.dim > 0:
             assert matrix is not None and matrix.shape == (len(labels), self.dim)
             self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+            self.codes, self.scale, self.residual, self.norm = quantize(self.matrix)
         self.used, self.dead = len(labels), 0
         size = int(files.max()) + 1 if len(files) else 0
         self.start = np.zeros(size, dtype=np.int64)
@@ -99,7 +114,11 @@ class ChunkMatrix:
         self.labels[self.used : self.used + n] = labels
         if self.dim > 0:
             assert matrix is not None and matrix.shape == (n, self.dim)
-            self.matrix[self.used : self.used + n] = matrix
+            rows = slice(self.used, self.used + n)
+            self.matrix[rows] = matrix
+            codes, scale, residual, norm = quantize(matrix)
+            self.codes[rows], self.scale[rows] = codes, scale
+            self.residual[rows], self.norm[rows] = residual, norm
         self.start[file] = self.used
         self.count[file] = n
         self.used += n
@@ -121,6 +140,12 @@ class ChunkMatrix:
             files = files[files < len(self.count)]
         return spans_index(self.start[files], self.count[files])
 
+    def scan(self, rows: Ids) -> ScanRows:
+        """These rows for an exact search (core/row_scan.py), over the arrays as they are
+        now: a later change appends rows or replaces the arrays, never rewrites these."""
+        quantized = (self.codes, self.scale, self.residual, self.norm)
+        return ScanRows(self.labels, self.matrix, *quantized, rows)
+
     # -- housekeeping ------------------------------------------------------------------------
 
     def compact(self) -> None:
@@ -131,6 +156,9 @@ class ChunkMatrix:
         self.labels = self.labels[rows]
         if self.dim > 0:
             self.matrix = np.take(self.matrix, rows, axis=0)
+            self.codes = np.take(self.codes, rows, axis=0)
+            self.scale, self.residual = self.scale[rows], self.residual[rows]
+            self.norm = self.norm[rows]
         self.used, self.dead = len(rows), 0
         self.start[:] = 0
         self.start[files] = np.cumsum(counts) - counts
@@ -155,3 +183,10 @@ class ChunkMatrix:
             matrix = np.zeros((capacity, self.dim), dtype=np.float32)
             matrix[: self.used] = self.matrix[: self.used]
             self.matrix = matrix
+            codes = np.zeros((capacity, self.dim), dtype=np.int8)
+            codes[: self.used] = self.codes[: self.used]
+            self.codes = codes
+            for name in ("scale", "residual", "norm"):
+                grown = np.zeros(capacity, dtype=np.float32)
+                grown[: self.used] = getattr(self, name)[: self.used]
+                setattr(self, name, grown)
