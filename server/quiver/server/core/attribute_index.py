@@ -79,7 +79,9 @@ class Selection:
     whose stored vector has the store's dimension, for an exact search (``top``); else
     None."""
 
-    file_ids: FileIds
+    id_source: FileIds
+    """The entry's file id per row (rows are never renumbered nor their id rewritten)."""
+    rows: Ids
     label_source: Ids
     label_rows: Ids
     scan: ScanRows | None = None
@@ -129,7 +131,7 @@ class Selection:
         """The files' ids, ascending (sorted once per selection, when first asked)."""
         files = self._files
         if files is None:
-            files = self._files = sorted(self.file_ids.tolist())
+            files = self._files = sorted(self.id_source[self.rows].tolist())
         return files
 
     def members(self) -> frozenset[int]:
@@ -141,7 +143,7 @@ class Selection:
 
     @property
     def nbytes(self) -> int:
-        held = 2 * self.label_rows.nbytes + 8 * len(self.file_ids)
+        held = 2 * self.label_rows.nbytes + 8 * len(self.rows)
         if self.scan is None:
             return held
         # Its rows and, once reused, its contiguous copy (ids and vectors).
@@ -160,7 +162,8 @@ class _Entry:
     table: AttributeTable = field(default_factory=lambda: AttributeTable([]))
     row_of: dict[str, int] = field(default_factory=dict)
     file_ids: FileIds = field(default_factory=lambda: np.empty(0, dtype=object))
-    """The file id of each row (None once dropped)."""
+    """The file id of each row (kept after the file is dropped: a selection taken before
+    may still read it)."""
     next_row: int = 0
     pending: set[str] = field(default_factory=set)
     ids: ChunkMatrix = field(default_factory=lambda: ChunkMatrix(0))
@@ -223,7 +226,6 @@ class _Entry:
         row = self.row_of.pop(file_id, None)
         if row is None:
             return
-        self.file_ids[row] = None
         self.ids.drop(row)
         if self.vectors is not None:
             self.vectors.drop(row)
@@ -251,7 +253,7 @@ class _Entry:
 
     def gather(self, rows: Ids) -> Selection:
         """The selection of these rows: where their chunk ids and vectors are (no copy)."""
-        selection = Selection(self.file_ids[rows], self.ids.labels, self.ids.index(rows))
+        selection = Selection(self.file_ids, rows, self.ids.labels, self.ids.index(rows))
         if self.vectors is not None:
             selection.scan = self.vectors.scan(self.vectors.index(rows))
         return selection

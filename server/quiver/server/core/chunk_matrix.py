@@ -135,8 +135,8 @@ class ChunkMatrix:
     # -- reads -------------------------------------------------------------------------------
 
     def index(self, files: Ids) -> Ids:
-        """The row numbers of the files' spans, file after file in the order given."""
-        if len(files) and files.max() >= len(self.count):
+        """The row numbers of the files' spans, file after file (``files`` ascending)."""
+        if len(files) and files[-1] >= len(self.count):
             files = files[files < len(self.count)]
         return spans_index(self.start[files], self.count[files])
 
