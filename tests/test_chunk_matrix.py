@@ -34,6 +34,11 @@ def test_spans_index_expands_spans_in_order() -> None:
     ones = np.asarray([1, 1], dtype=np.int64)
     assert spans_index(start[:2], ones).tolist() == [5, 0]
     assert spans_index(start[:0], count[:0]).tolist() == []
+    # One-row spans and empty ones (a file without chunks), with and without the bound.
+    short = np.asarray([1, 0, 1, 1], dtype=np.int64)
+    assert spans_index(start, short).tolist() == [5, 9, 3]
+    assert spans_index(start, short, most=1).tolist() == [5, 9, 3]
+    assert spans_index(start, count, most=3).tolist() == [5, 6, 0, 3, 4, 5]
 
 
 def test_random_changes_read_back_as_the_reference() -> None:

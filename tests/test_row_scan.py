@@ -94,18 +94,25 @@ def test_top_equals_exact_ranking(
     assert np.all(lower <= products + 1e-6) and np.all(products - 1e-6 <= upper)
 
 
-def test_numpy_path_gives_the_same_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_numpy_path_gives_the_same_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(5)
     matrix = hard_matrix(rng, 3000, 512, "gauss")
     rows = np.sort(rng.choice(3000, size=900, replace=False)).astype(np.int64)
     query = unit(rng.standard_normal(512).astype(np.float32))
     scan = scan_of(matrix, rows)
     native = bounds(scan, query)
+    native_products = row_scan.products(matrix, rows, query)
+    native_top = scan.top(query, 10)
     monkeypatch.setattr(row_scan, "_KERNEL", None)
+    monkeypatch.setattr(row_scan, "_DOT", None)
     fallback = bounds(scan, query)
     np.testing.assert_allclose(native[0], fallback[0], atol=1e-6)
     np.testing.assert_allclose(native[1], fallback[1], atol=1e-6)
-    assert scan.top(query, 10) == exact_ranking(scan.labels[rows], matrix[rows], query, 10)
+    np.testing.assert_allclose(native_products, matrix[rows] @ query, atol=1e-6)
+    np.testing.assert_array_equal(row_scan.products(matrix, rows, query), matrix[rows] @ query)
+    want = exact_ranking(scan.labels[rows], matrix[rows], query, 10)
+    assert scan.top(query, 10) == want
+    assert_same_ranking(native_top, want, 10)
 
 
 def test_the_scan_prunes_to_a_few_candidates() -> None:

@@ -25,7 +25,7 @@ capacity) and cached selections together stay under ``vector_bytes`` (least rece
 entries out; an entry whose vectors alone exceed it keeps none and its exact searches read
 the database, as without this cache).
 
-Selections are cached per entry (``SELECTIONS_PER_ENTRY``, keyed by the filter's ``repr``,
+Selections are cached per entry (``SELECTIONS_PER_ENTRY``, keyed by ``selection_key``,
 which tells ``1``, ``1.0`` and ``True`` apart) until the entry next changes, with, on
 demand, their labels as a set (hnswlib's filter callback): a repeated filter costs a
 dictionary lookup.
@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 from quiver.server.core.chunk_matrix import ChunkMatrix, row_bytes
-from quiver.server.core.filters import AttributeTable, Filter, filter_nodes
+from quiver.server.core.filters import AttributeTable, Comparison, Filter, filter_nodes
 from quiver.server.core.models import AttributeValue
 from quiver.server.core.row_scan import ScanRows, exact_ranking
 from quiver.server.storage.interfaces import ChunkRepository, StoreFileRepository
@@ -170,7 +170,7 @@ class _Entry:
     vectors: ChunkMatrix | None = None
     refused: int = 0
     """The dimension whose vectors did not fit in the cache (not tried again)."""
-    selections: OrderedDict[str, Selection] = field(default_factory=OrderedDict)
+    selections: OrderedDict[Hashable, Selection] = field(default_factory=OrderedDict)
     selection_bytes: int = 0
 
     @property
@@ -240,7 +240,7 @@ class _Entry:
         self.selections.clear()
         self.selection_bytes = 0
 
-    def cached(self, key: str) -> Selection | None:
+    def cached(self, key: Hashable) -> Selection | None:
         found = self.selections.get(key)
         if found is not None:
             self.selections.move_to_end(key)
@@ -258,22 +258,35 @@ class _Entry:
             selection.scan = self.vectors.scan(self.vectors.index(rows))
         return selection
 
-    def keep(self, key: str, selection: Selection, cache_bytes: int) -> Selection:
+    def keep(self, key: Hashable, selection: Selection, cache_bytes: int) -> Selection:
         """Keeps the selection for the next query when it takes at most ``cache_bytes``."""
-        if selection.nbytes <= cache_bytes:
+        size = selection.nbytes
+        if size <= cache_bytes:
             self.selections[key] = selection
-            self.selection_bytes += selection.nbytes
+            self.selection_bytes += size
             while len(self.selections) > SELECTIONS_PER_ENTRY:
                 _, old = self.selections.popitem(last=False)
                 self.selection_bytes -= old.nbytes
         return selection
 
-    def select(self, filter: Filter, key: str, cache_bytes: int) -> Selection:
+    def select(self, filter: Filter, key: Hashable, cache_bytes: int) -> Selection:
         """The selection; kept for the next query when it takes at most ``cache_bytes``."""
         found = self.cached(key)
         if found is not None:
             return found
         return self.keep(key, self.gather(self.rows(filter)), cache_bytes)
+
+
+def selection_key(filter: Filter) -> Hashable:
+    """The filter as a cache key that tells ``1``, ``1.0`` and ``True`` apart (equal and
+    equally hashed in Python, but not the same filter value here): each value with its
+    type."""
+    if isinstance(filter, Comparison):
+        value = filter.value
+        if isinstance(value, tuple):
+            return (filter.op, filter.key, tuple((type(v), v) for v in value))
+        return (filter.op, filter.key, type(value), value)
+    return (filter.op, tuple(selection_key(f) for f in filter.filters))
 
 
 def unit_rows(
@@ -376,7 +389,7 @@ class AttributeIndex:
         try:
             if entry.pending or self._wants_vectors(entry, dim):
                 return None  # a change told since the check above, or vectors to read
-            key = repr(filter)
+            key = selection_key(filter)
             found = entry.cached(key)
             if found is not None:
                 return found
@@ -398,7 +411,7 @@ class AttributeIndex:
                 self._refresh(store_id, entry)
             if self._wants_vectors(entry, dim):
                 self._load_vectors(entry, dim)
-            selection = entry.select(filter, repr(filter), self._selection_bytes)
+            selection = entry.select(filter, selection_key(filter), self._selection_bytes)
         self._trim(entry)
         return selection
 

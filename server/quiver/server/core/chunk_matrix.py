@@ -36,10 +36,13 @@ def row_bytes(dim: int) -> int:
     return 8 + 5 * dim + 12
 
 
-def spans_index(start: Ids, count: Ids) -> Ids:
-    """The row numbers of the spans (``start``, ``count``), span after span, in order."""
-    if len(count) and int(count.min()) == 1 and int(count.max()) == 1:
-        return start  # every span one row (one-chunk files): the starts themselves
+def spans_index(start: Ids, count: Ids, most: int | None = None) -> Ids:
+    """The row numbers of the spans (``start``, ``count``), span after span, in order.
+    ``most``: no span is longer (lets one-row spans skip the general expansion)."""
+    if most is None and len(count):
+        most = int(count.max())
+    if most is not None and most <= 1:  # one-chunk files: the starts of the non-empty spans
+        return start if bool(count.all()) else start[count > 0]
     total = int(count.sum())
     ends = np.cumsum(count)
     shift = np.repeat(start - (ends - count), count)
@@ -61,6 +64,8 @@ class ChunkMatrix:
         self.dead = 0
         self.start: Ids = np.zeros(0, dtype=np.int64)
         self.count: Ids = np.zeros(0, dtype=np.int64)
+        self.most = 0
+        """No file holds more rows than this (an upper bound: drops leave it)."""
         self.compactions = 0
         """Compactions so far (tests read it)."""
         self.max_rows = 0
@@ -94,6 +99,7 @@ class ChunkMatrix:
         counts = np.asarray(counts, dtype=np.int64)
         self.start[files] = np.cumsum(counts) - counts
         self.count[files] = counts
+        self.most = int(counts.max()) if len(counts) else 0
 
     # -- one file at a time ------------------------------------------------------------------
 
@@ -121,6 +127,7 @@ class ChunkMatrix:
             self.residual[rows], self.norm[rows] = residual, norm
         self.start[file] = self.used
         self.count[file] = n
+        self.most = max(self.most, n)
         self.used += n
 
     def drop(self, file: int) -> None:
@@ -138,7 +145,7 @@ class ChunkMatrix:
         """The row numbers of the files' spans, file after file (``files`` ascending)."""
         if len(files) and files[-1] >= len(self.count):
             files = files[files < len(self.count)]
-        return spans_index(self.start[files], self.count[files])
+        return spans_index(self.start[files], self.count[files], self.most)
 
     def scan(self, rows: Ids) -> ScanRows:
         """These rows for an exact search (core/row_scan.py), over the arrays as they are

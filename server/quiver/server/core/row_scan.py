@@ -11,11 +11,11 @@ The result is the exact ranking, the same as ``exact_ranking`` over the float32 
   ``|v · q - approx| ≤ residual · ‖q‖ + norm · ‖f‖`` (Cauchy-Schwarz, twice), plus
   ``SCAN_SLACK`` for the float32 arithmetic of the bounds themselves;
 - a row whose upper bound is below the k-th largest lower bound is beaten by k rows for
-  sure; every other row (the candidates, a few dozen) is scored exactly as before (numpy,
-  float32).
+  sure; every other row (the candidates, a few dozen) is scored in float32 (a second
+  kernel, reading those rows in place; a few hundred rows or fewer skip the first pass).
 
-The kernel is ``native/rowscan.c``, compiled at install (hatch_build.py); without it numpy
-computes the same bounds (``np.take`` of the codes, then a product), slower.
+The kernels are ``native/rowscan.c``, compiled at install (hatch_build.py); without them
+numpy computes the same figures (``np.take`` of the rows, then a product), slower.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,22 +51,26 @@ INT32_MAX = 2**31 - 1
 LIBRARY = Path(__file__).resolve().parent.parent / "native" / "_rowscan.so"
 
 
-def _load_kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _load_kernels() -> tuple[Any, Any]:
+    """(quiver_scan_bounds, quiver_dot_rows_f32), or (None, None) when not built."""
     try:
         library = ctypes.CDLL(str(LIBRARY))  # CDLL: the GIL is released during the call
     except OSError:
-        return None
-    kernel = library.quiver_scan_bounds
+        return None, None
     pointer, size, real, double = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_double
-    kernel.argtypes = [pointer, size, pointer, size, pointer, double, pointer, pointer, pointer]
-    kernel.argtypes += [real, real, real, pointer, pointer]
-    kernel.restype = None
-    return kernel
+    scan = library.quiver_scan_bounds
+    scan.argtypes = [pointer, size, pointer, size, pointer, double, pointer, pointer, pointer]
+    scan.argtypes += [real, real, real, pointer, pointer]
+    scan.restype = None
+    dot = library.quiver_dot_rows_f32
+    dot.argtypes = [pointer, size, pointer, size, pointer, pointer]
+    dot.restype = None
+    return scan, dot
 
 
-_KERNEL = _load_kernel()
+_KERNEL, _DOT = _load_kernels()
 NATIVE = _KERNEL is not None
-"""Whether the compiled kernel was loaded (else numpy computes the same integers)."""
+"""Whether the compiled kernels were loaded (else numpy computes the same figures)."""
 
 
 def describe() -> str:
@@ -132,7 +137,7 @@ class ScanRows:
         rows = self.rows
         if len(rows) > max(k, DIRECT_MAX_ROWS):
             rows = rows[candidates(self, query, k)]
-        return exact_ranking(self.labels[rows], np.take(self.matrix, rows, axis=0), query, k)
+        return ranked(self.labels[rows], products(self.matrix, rows, query), k)
 
 
 def bounds(scan: ScanRows, query: Floats) -> tuple[Floats, Floats]:
@@ -169,13 +174,35 @@ def candidates(scan: ScanRows, query: Floats, k: int) -> Ids:
     return np.flatnonzero(upper >= kth_lower)
 
 
+def products(matrix: Matrix, rows: Ids, query: Floats) -> Floats:
+    """``matrix[rows] @ query`` in float32, the rows read in place when the kernel is
+    loaded (its sums are ordered differently from BLAS's: the last bit may differ)."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    if _DOT is None or not matrix.flags.c_contiguous or matrix.dtype != np.float32:
+        out: Floats = np.take(matrix, rows, axis=0) @ query
+        return out
+    out = np.empty(len(rows), dtype=np.float32)
+    _DOT(
+        matrix.ctypes.data, matrix.shape[1], rows.ctypes.data, len(rows), query.ctypes.data,
+        out.ctypes.data,
+    )  # fmt: skip
+    return out
+
+
 def exact_ranking(labels: Ids, vectors: Matrix, query: Floats, k: int) -> list[tuple[int, float]]:
     """The ``k`` labels whose unit vectors (rows of ``vectors``) are most similar to the unit
     ``query``, best first (ties by label, whatever the rows' order), with their cosine
     similarity."""
     if not len(labels):
         return []
-    similarity = vectors @ query
+    return ranked(labels, vectors @ query, k)
+
+
+def ranked(labels: Ids, similarity: Floats, k: int) -> list[tuple[int, float]]:
+    """The ``k`` best (label, similarity), best first, ties by label."""
+    if not len(labels) or k <= 0:
+        return []
     if len(similarity) > max(k, SORT_ALL_ROWS):
         kth = np.partition(similarity, len(similarity) - k)[len(similarity) - k]
         best = np.flatnonzero(similarity >= kth)  # the k best and any tied with the k-th
