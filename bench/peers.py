@@ -71,7 +71,6 @@ from quiver.server.config import Settings
 from quiver.server.core.attribute_index import AttributeIndex
 from quiver.server.core.blas_threads import one_blas_thread
 from quiver.server.core.filters import Filter, RawFilter, parse_filter
-from quiver.server.core.search import exact_ranking
 from quiver.server.embedders.hashing import HashEmbedder
 from quiver.server.index.hnsw import VectorIndex
 
@@ -309,9 +308,8 @@ def run_quiver(
                 found, _ = index.knn(query, K)
                 return [int(x) for x in found[0] if x >= 0]
             selection = attributes.select("store", filter, DIM)
-            if selection.vectors is not None and len(selection.vectors) <= exact_max:
-                ranked = exact_ranking(selection.vector_labels, selection.vectors, query, K)
-                return [label for label, _ in ranked]
+            if selection.scan is not None and len(selection.scan) <= exact_max:
+                return [label for label, _ in selection.top(query, K)]
             found, _ = index.knn(query, K, filter=selection.members().__contains__)
             return [int(x) for x in found[0] if x >= 0]
 

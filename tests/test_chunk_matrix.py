@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from quiver.server.config import Settings
 from quiver.server.core.chunk_matrix import ChunkMatrix, spans_index
+from quiver.server.core.row_scan import quantize
 from quiver.v1 import common_pb2, vector_stores_pb2
 
 from tests.support.inproc import Tenant
@@ -33,6 +34,11 @@ def test_spans_index_expands_spans_in_order() -> None:
     ones = np.asarray([1, 1], dtype=np.int64)
     assert spans_index(start[:2], ones).tolist() == [5, 0]
     assert spans_index(start[:0], count[:0]).tolist() == []
+    # One-row spans and empty ones (a file without chunks), with and without the bound.
+    short = np.asarray([1, 0, 1, 1], dtype=np.int64)
+    assert spans_index(start, short).tolist() == [5, 9, 3]
+    assert spans_index(start, short, most=1).tolist() == [5, 9, 3]
+    assert spans_index(start, count, most=3).tolist() == [5, 6, 0, 3, 4, 5]
 
 
 def test_random_changes_read_back_as_the_reference() -> None:
@@ -63,6 +69,12 @@ def test_random_changes_read_back_as_the_reference() -> None:
             if want_labels:
                 want = np.concatenate([reference[f][1] for f in held])
                 np.testing.assert_array_equal(matrix.matrix[rows], want)
+                # The int8 codes and their bounds' terms moved with their rows.
+                codes, scale, residual, norm = quantize(want)
+                np.testing.assert_array_equal(matrix.codes[rows], codes)
+                np.testing.assert_array_equal(matrix.scale[rows], scale)
+                np.testing.assert_array_equal(matrix.residual[rows], residual)
+                np.testing.assert_array_equal(matrix.norm[rows], norm)
             for f in files.tolist():
                 expected = reference[f][0].tolist() if f in reference else []
                 assert matrix.held(f).tolist() == expected

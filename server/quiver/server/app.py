@@ -22,6 +22,7 @@ from quiver.server.api.reflection_v1 import enable_reflection
 from quiver.server.api.vector_stores import VectorStoreServicer
 from quiver.server.auth.keys import KeyConfigError, KeyRing
 from quiver.server.config import Settings, check_http_listen
+from quiver.server.core import row_scan
 from quiver.server.core.root import build_core
 from quiver.server.http.search_forwarding import HttpSearchForwarding
 from quiver.server.http.server import BindError, HttpEdge
@@ -289,6 +290,7 @@ class QuiverServer:
                 if self.certificates is None
                 else ("mutual" if self.certificates.mutual else "on"),
                 "startup_ms": round((time.perf_counter() - started) * 1000, 1),
+                "exact_search": row_scan.describe(),
             },
         )
         return self.port

@@ -14,20 +14,21 @@ started; a change committed meanwhile is read by the next one. More than
 
 Layout (core/chunk_matrix.py): the chunk ids of the store's completed files in one array,
 a span per file (its row in the table numbers it), and, for exact search (``vector_bytes``
-> 0, an entry asked with a dimension), their stored vectors (unit length, float32) in one
-contiguous matrix beside their ids, read once with every file's chunk ids and changed with
-them (a completed file's chunks appended, a detached file's span a tombstone until more
-than a quarter are dead, then compacted). A selection, even of a filter never seen, is
-then the table's rows, one index array expanded from their spans and one gather of ids and
-vector rows; an exact filtered search one matrix product over them, never a database read.
-All entries' vectors (their arrays' capacity) and cached selections together stay under
-``vector_bytes`` (least recently used entries out; an entry whose vectors alone exceed it
-keeps none and its exact searches read the database, as without this cache).
+> 0, an entry asked with a dimension), their stored vectors (unit length, float32, with
+their int8 codes, core/row_scan.py) in one contiguous matrix beside their ids, read once
+with every file's chunk ids and changed with them (a completed file's chunks appended, a
+detached file's span a tombstone until more than a quarter are dead, then compacted). A
+selection, even of a filter never seen, is then the table's rows and one index array
+expanded from their spans, nothing copied; an exact filtered search scans those rows in
+place (core/row_scan.py), never a database read. All entries' vectors (their arrays'
+capacity) and cached selections together stay under ``vector_bytes`` (least recently used
+entries out; an entry whose vectors alone exceed it keeps none and its exact searches read
+the database, as without this cache).
 
-Selections are cached per entry (``SELECTIONS_PER_ENTRY``, keyed by the filter's ``repr``,
-which tells ``1``, ``1.0`` and ``True`` apart) until the entry next changes, with their
-labels' vectors gathered in one contiguous matrix and, on demand, their labels as a set
-(hnswlib's filter callback): a repeated filter costs a dictionary lookup.
+Selections are cached per entry (``SELECTIONS_PER_ENTRY``, keyed by ``selection_key``,
+which tells ``1``, ``1.0`` and ``True`` apart) until the entry next changes, with, on
+demand, their labels as a set (hnswlib's filter callback): a repeated filter costs a
+dictionary lookup.
 
 Concurrency: each entry has a lock held while it is built, refreshed or read, so a
 selection never sees a half-applied change; the tiny ``_pending_lock`` guards only the set
@@ -38,14 +39,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from quiver.server.core.chunk_matrix import ChunkMatrix
-from quiver.server.core.filters import AttributeTable, Filter, filter_nodes
+from quiver.server.core.chunk_matrix import ChunkMatrix, row_bytes
+from quiver.server.core.filters import AttributeTable, Comparison, Filter, filter_nodes
 from quiver.server.core.models import AttributeValue
+from quiver.server.core.row_scan import ScanRows, exact_ranking
 from quiver.server.storage.interfaces import ChunkRepository, StoreFileRepository
 
 MAX_PENDING_FILES = 4096
@@ -67,33 +69,69 @@ Matrix = npt.NDArray[np.float32]
 Ids = npt.NDArray[np.int64]
 FileIds = npt.NDArray[np.object_]
 
-GATHER_INLINE_VALUES = 1 << 18
-"""A new selection whose vectors hold at most this many floats (512 rows of 512, a ~1 MB
-copy, ~0.1 ms) may be gathered on the event loop when its filter is cheap too."""
-
 
 @dataclass
 class Selection:
     """The completed files a filter matches and their chunk ids, file after file in the
     order the files were first indexed (``files``: their ids, ascending).
 
-    ``vectors``: when the store's vectors are cached, the unit vectors of ``vector_labels``
-    (the chunk ids among ``labels`` whose stored vector has the store's dimension), row by
-    row; else None."""
+    ``scan``: when the store's vectors are cached, the rows of the chunks among ``labels``
+    whose stored vector has the store's dimension, for an exact search (``top``); else
+    None."""
 
-    file_ids: FileIds
-    labels: Ids
-    vector_labels: Ids = field(default_factory=lambda: _EMPTY)
-    vectors: Matrix | None = None
+    id_source: FileIds
+    """The entry's file id per row (rows are never renumbered nor their id rewritten)."""
+    rows: Ids
+    label_source: Ids
+    label_rows: Ids
+    scan: ScanRows | None = None
+    reused: bool = False
+    """Served from the entry's cache at least once: worth a contiguous copy of its vectors."""
+    _labels: Ids | None = None
+    _dense: tuple[Ids, Matrix] | None = None
     _members: frozenset[int] | None = None
     _files: list[str] | None = None
+
+    @property
+    def labels(self) -> Ids:
+        """The chunk ids, taken once per selection, when first asked."""
+        labels = self._labels
+        if labels is None:
+            labels = self._labels = self.label_source[self.label_rows]
+        return labels
+
+    def top(self, query: Matrix, k: int) -> list[tuple[int, float]]:
+        """The exact ``k`` best of ``scan`` for the unit ``query`` (label, cosine), best first,
+        ties by label. A first use scans the store's rows in place (core/row_scan.py); a
+        selection asked again copies its vectors into one contiguous matrix once (one BLAS
+        product per query after that; its bytes were counted when it was cached)."""
+        scan = self.scan
+        if scan is None:
+            raise ValueError("no cached vectors to rank")
+        dense = self._dense
+        if dense is None and self.reused:
+            dense = self._dense = (scan.row_labels, np.take(scan.matrix, scan.rows, axis=0))
+        if dense is not None:
+            return exact_ranking(dense[0], dense[1], query, k)
+        return scan.top(query, k)
+
+    @property
+    def vector_labels(self) -> Ids:
+        """The chunk ids whose vectors ``scan`` holds, in its row order."""
+        return _EMPTY if self.scan is None else self.scan.row_labels
+
+    @property
+    def vectors(self) -> Matrix | None:
+        """A copy of those vectors, row by row (for tests and tools: searches scan them in
+        place), or None when the store's vectors are not cached."""
+        return None if self.scan is None else np.take(self.scan.matrix, self.scan.rows, axis=0)
 
     @property
     def files(self) -> list[str]:
         """The files' ids, ascending (sorted once per selection, when first asked)."""
         files = self._files
         if files is None:
-            files = self._files = sorted(self.file_ids.tolist())
+            files = self._files = sorted(self.id_source[self.rows].tolist())
         return files
 
     def members(self) -> frozenset[int]:
@@ -105,8 +143,12 @@ class Selection:
 
     @property
     def nbytes(self) -> int:
-        held = self.labels.nbytes + self.vector_labels.nbytes + 8 * len(self.file_ids)
-        return held + (0 if self.vectors is None else self.vectors.nbytes)
+        held = 2 * self.label_rows.nbytes + 8 * len(self.rows)
+        if self.scan is None:
+            return held
+        # Its rows and, once reused, its contiguous copy (ids and vectors).
+        copy = len(self.scan) * int(self.scan.matrix.shape[1]) * self.scan.matrix.itemsize
+        return held + 2 * int(self.scan.rows.nbytes) + copy
 
 
 @dataclass
@@ -120,14 +162,15 @@ class _Entry:
     table: AttributeTable = field(default_factory=lambda: AttributeTable([]))
     row_of: dict[str, int] = field(default_factory=dict)
     file_ids: FileIds = field(default_factory=lambda: np.empty(0, dtype=object))
-    """The file id of each row (None once dropped)."""
+    """The file id of each row (kept after the file is dropped: a selection taken before
+    may still read it)."""
     next_row: int = 0
     pending: set[str] = field(default_factory=set)
     ids: ChunkMatrix = field(default_factory=lambda: ChunkMatrix(0))
     vectors: ChunkMatrix | None = None
     refused: int = 0
     """The dimension whose vectors did not fit in the cache (not tried again)."""
-    selections: OrderedDict[str, Selection] = field(default_factory=OrderedDict)
+    selections: OrderedDict[Hashable, Selection] = field(default_factory=OrderedDict)
     selection_bytes: int = 0
 
     @property
@@ -183,7 +226,6 @@ class _Entry:
         row = self.row_of.pop(file_id, None)
         if row is None:
             return
-        self.file_ids[row] = None
         self.ids.drop(row)
         if self.vectors is not None:
             self.vectors.drop(row)
@@ -198,44 +240,53 @@ class _Entry:
         self.selections.clear()
         self.selection_bytes = 0
 
-    def cached(self, key: str) -> Selection | None:
+    def cached(self, key: Hashable) -> Selection | None:
         found = self.selections.get(key)
         if found is not None:
             self.selections.move_to_end(key)
+            found.reused = True
         return found
 
     def rows(self, filter: Filter) -> Ids:
         """The rows (files) ``filter`` matches, ascending."""
-        matched = self.table.select(filter)
-        rows = np.fromiter(matched, dtype=np.int64, count=len(matched))
-        rows.sort()
-        return rows
+        return self.table.select(filter)
 
     def gather(self, rows: Ids) -> Selection:
-        """The selection of these rows: their chunk ids and vectors, each one gather."""
-        selection = Selection(self.file_ids[rows], self.ids.labels[self.ids.index(rows)])
+        """The selection of these rows: where their chunk ids and vectors are (no copy)."""
+        selection = Selection(self.file_ids, rows, self.ids.labels, self.ids.index(rows))
         if self.vectors is not None:
-            at = self.vectors.index(rows)
-            selection.vector_labels = self.vectors.labels[at]
-            selection.vectors = np.take(self.vectors.matrix, at, axis=0)
+            selection.scan = self.vectors.scan(self.vectors.index(rows))
         return selection
 
-    def keep(self, key: str, selection: Selection, cache_bytes: int) -> Selection:
+    def keep(self, key: Hashable, selection: Selection, cache_bytes: int) -> Selection:
         """Keeps the selection for the next query when it takes at most ``cache_bytes``."""
-        if selection.nbytes <= cache_bytes:
+        size = selection.nbytes
+        if size <= cache_bytes:
             self.selections[key] = selection
-            self.selection_bytes += selection.nbytes
+            self.selection_bytes += size
             while len(self.selections) > SELECTIONS_PER_ENTRY:
                 _, old = self.selections.popitem(last=False)
                 self.selection_bytes -= old.nbytes
         return selection
 
-    def select(self, filter: Filter, key: str, cache_bytes: int) -> Selection:
+    def select(self, filter: Filter, key: Hashable, cache_bytes: int) -> Selection:
         """The selection; kept for the next query when it takes at most ``cache_bytes``."""
         found = self.cached(key)
         if found is not None:
             return found
         return self.keep(key, self.gather(self.rows(filter)), cache_bytes)
+
+
+def selection_key(filter: Filter) -> Hashable:
+    """The filter as a cache key that tells ``1``, ``1.0`` and ``True`` apart (equal and
+    equally hashed in Python, but not the same filter value here): each value with its
+    type."""
+    if isinstance(filter, Comparison):
+        value = filter.value
+        if isinstance(value, tuple):
+            return (filter.op, filter.key, tuple((type(v), v) for v in value))
+        return (filter.op, filter.key, type(value), value)
+    return (filter.op, tuple(selection_key(f) for f in filter.filters))
 
 
 def unit_rows(
@@ -338,18 +389,13 @@ class AttributeIndex:
         try:
             if entry.pending or self._wants_vectors(entry, dim):
                 return None  # a change told since the check above, or vectors to read
-            key = repr(filter)
+            key = selection_key(filter)
             found = entry.cached(key)
             if found is not None:
                 return found
             if entry.table.size * filter_nodes(filter) > INLINE_BUDGET:
                 return None
-            rows = entry.rows(filter)
-            if entry.vectors is not None:
-                at = entry.vectors.count[rows[rows < len(entry.vectors.count)]]
-                if int(at.sum()) * entry.dim > GATHER_INLINE_VALUES:
-                    return None  # a large copy of vectors: on a thread
-            return entry.keep(key, entry.gather(rows), self._selection_bytes)
+            return entry.keep(key, entry.gather(entry.rows(filter)), self._selection_bytes)
         finally:
             entry.lock.release()
 
@@ -365,7 +411,7 @@ class AttributeIndex:
                 self._refresh(store_id, entry)
             if self._wants_vectors(entry, dim):
                 self._load_vectors(entry, dim)
-            selection = entry.select(filter, repr(filter), self._selection_bytes)
+            selection = entry.select(filter, selection_key(filter), self._selection_bytes)
         self._trim(entry)
         return selection
 
@@ -460,7 +506,7 @@ class AttributeIndex:
         entry.forget_vectors()
         files = np.flatnonzero(entry.ids.count).astype(np.int64)
         labels = entry.ids.labels[entry.ids.index(files)]
-        if len(labels) * (4 * dim + 8) > self.vector_bytes:
+        if len(labels) * row_bytes(dim) > self.vector_bytes:
             entry.refused = dim
             return
         wanted = labels.tolist()
@@ -472,7 +518,7 @@ class AttributeIndex:
         owner = np.repeat(files, entry.ids.count[files])
         counts = np.bincount(owner[kept], minlength=len(entry.ids.count))[files]
         vectors = ChunkMatrix(dim)
-        vectors.max_rows = self.vector_bytes // (4 * dim + 8)  # growth stays within budget
+        vectors.max_rows = self.vector_bytes // row_bytes(dim)  # growth stays within budget
         vectors.load(files, counts.astype(np.int64), ids, matrix)
         entry.vectors = vectors
         self.vector_loads += 1

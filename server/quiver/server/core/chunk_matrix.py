@@ -1,7 +1,9 @@
 """ChunkMatrix: the chunks of many files in contiguous arrays (their ids and, with a
 dimension, their unit vectors as one float32 matrix), each file's chunks one span of rows,
 so that the chunks of any set of files are gathered with one index array (a CSR-style
-expansion of the files' spans) instead of one concatenation per file.
+expansion of the files' spans) instead of one concatenation per file. With a dimension, each
+row's int8 codes, scale, residual and codes' norm (core/row_scan.py) are kept beside its float32
+vector, for the exact search's first pass.
 
 Files are numbered by the caller (core/attribute_index.py uses its AttributeTable's row
 numbers); ``start[file]`` and ``count[file]`` locate a file's span. Appending a file's span
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.row_scan import ScanRows, quantize
 
 COMPACT_DEAD_SHARE = 0.25
 """Dead rows (of dropped or replaced spans), as a share of the rows in use, past which the
@@ -27,10 +30,19 @@ Ids = npt.NDArray[np.int64]
 Matrix = npt.NDArray[np.float32]
 
 
-def spans_index(start: Ids, count: Ids) -> Ids:
-    """The row numbers of the spans (``start``, ``count``), span after span, in order."""
-    if len(count) and int(count.min()) == 1 and int(count.max()) == 1:
-        return start  # every span one row (one-chunk files): the starts themselves
+def row_bytes(dim: int) -> int:
+    """Bytes one row takes with vectors of ``dim``: its id, float32 vector, int8 codes, scale,
+    residual and codes' norm."""
+    return 8 + 5 * dim + 12
+
+
+def spans_index(start: Ids, count: Ids, most: int | None = None) -> Ids:
+    """The row numbers of the spans (``start``, ``count``), span after span, in order.
+    ``most``: no span is longer (lets one-row spans skip the general expansion)."""
+    if most is None and len(count):
+        most = int(count.max())
+    if most is not None and most <= 1:  # one-chunk files: the starts of the non-empty spans
+        return start if bool(count.all()) else start[count > 0]
     total = int(count.sum())
     ends = np.cumsum(count)
     shift = np.repeat(start - (ends - count), count)
@@ -43,11 +55,17 @@ class ChunkMatrix:
         self.dim = dim
         self.labels: Ids = np.zeros(0, dtype=np.int64)
         self.matrix: Matrix = np.zeros((0, dim), dtype=np.float32)
+        self.codes = np.zeros((0, dim), dtype=np.int8)
+        self.scale = np.zeros(0, dtype=np.float32)
+        self.residual = np.zeros(0, dtype=np.float32)
+        self.norm = np.zeros(0, dtype=np.float32)
         self.used = 0
         """Rows written (live and dead)."""
         self.dead = 0
         self.start: Ids = np.zeros(0, dtype=np.int64)
         self.count: Ids = np.zeros(0, dtype=np.int64)
+        self.most = 0
+        """No file holds more rows than this (an upper bound: drops leave it)."""
         self.compactions = 0
         """Compactions so far (tests read it)."""
         self.max_rows = 0
@@ -57,7 +75,8 @@ class ChunkMatrix:
     @property
     def nbytes(self) -> int:
         """The bytes the row arrays hold (their capacity, not only the live rows)."""
-        return self.labels.nbytes + self.matrix.nbytes
+        floats = self.scale.nbytes + self.residual.nbytes + self.norm.nbytes
+        return self.labels.nbytes + self.matrix.nbytes + self.codes.nbytes + floats
 
     @property
     def live(self) -> int:
@@ -72,6 +91,7 @@ class ChunkMatrix:
         if self.dim > 0:
             assert matrix is not None and matrix.shape == (len(labels), self.dim)
             self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+            self.codes, self.scale, self.residual, self.norm = quantize(self.matrix)
         self.used, self.dead = len(labels), 0
         size = int(files.max()) + 1 if len(files) else 0
         self.start = np.zeros(size, dtype=np.int64)
@@ -79,6 +99,7 @@ class ChunkMatrix:
         counts = np.asarray(counts, dtype=np.int64)
         self.start[files] = np.cumsum(counts) - counts
         self.count[files] = counts
+        self.most = int(counts.max()) if len(counts) else 0
 
     # -- one file at a time ------------------------------------------------------------------
 
@@ -99,9 +120,14 @@ class ChunkMatrix:
         self.labels[self.used : self.used + n] = labels
         if self.dim > 0:
             assert matrix is not None and matrix.shape == (n, self.dim)
-            self.matrix[self.used : self.used + n] = matrix
+            rows = slice(self.used, self.used + n)
+            self.matrix[rows] = matrix
+            codes, scale, residual, norm = quantize(matrix)
+            self.codes[rows], self.scale[rows] = codes, scale
+            self.residual[rows], self.norm[rows] = residual, norm
         self.start[file] = self.used
         self.count[file] = n
+        self.most = max(self.most, n)
         self.used += n
 
     def drop(self, file: int) -> None:
@@ -116,10 +142,16 @@ class ChunkMatrix:
     # -- reads -------------------------------------------------------------------------------
 
     def index(self, files: Ids) -> Ids:
-        """The row numbers of the files' spans, file after file in the order given."""
-        if len(files) and files.max() >= len(self.count):
+        """The row numbers of the files' spans, file after file (``files`` ascending)."""
+        if len(files) and files[-1] >= len(self.count):
             files = files[files < len(self.count)]
-        return spans_index(self.start[files], self.count[files])
+        return spans_index(self.start[files], self.count[files], self.most)
+
+    def scan(self, rows: Ids) -> ScanRows:
+        """These rows for an exact search (core/row_scan.py), over the arrays as they are
+        now: a later change appends rows or replaces the arrays, never rewrites these."""
+        quantized = (self.codes, self.scale, self.residual, self.norm)
+        return ScanRows(self.labels, self.matrix, *quantized, rows)
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -131,6 +163,9 @@ class ChunkMatrix:
         self.labels = self.labels[rows]
         if self.dim > 0:
             self.matrix = np.take(self.matrix, rows, axis=0)
+            self.codes = np.take(self.codes, rows, axis=0)
+            self.scale, self.residual = self.scale[rows], self.residual[rows]
+            self.norm = self.norm[rows]
         self.used, self.dead = len(rows), 0
         self.start[:] = 0
         self.start[files] = np.cumsum(counts) - counts
@@ -155,3 +190,10 @@ class ChunkMatrix:
             matrix = np.zeros((capacity, self.dim), dtype=np.float32)
             matrix[: self.used] = self.matrix[: self.used]
             self.matrix = matrix
+            codes = np.zeros((capacity, self.dim), dtype=np.int8)
+            codes[: self.used] = self.codes[: self.used]
+            self.codes = codes
+            for name in ("scale", "residual", "norm"):
+                grown = np.zeros(capacity, dtype=np.float32)
+                grown[: self.used] = getattr(self, name)[: self.used]
+                setattr(self, name, grown)

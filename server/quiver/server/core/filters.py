@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from quiver.server.core.errors import FieldViolation, InvalidArgument
 from quiver.server.core.models import AttributeValue
 
@@ -189,24 +191,52 @@ def _kind(value: AttributeValue) -> str:
 
 
 Posting = dict[tuple[str, AttributeValue], set[int]]
+Rows = npt.NDArray[np.int64]
+_NO_ROWS: Rows = np.zeros(0, dtype=np.int64)
+
+
+def _sorted_rows(rows: set[int] | frozenset[int]) -> Rows:
+    out = np.fromiter(rows, dtype=np.int64, count=len(rows))
+    out.sort()
+    return out
+
+
+def _member(rows: Rows, among: Rows) -> npt.NDArray[np.bool_]:
+    """Which of ``rows`` are in ``among`` (both sorted, unique): a binary search each."""
+    if not len(among):
+        return np.zeros(len(rows), dtype=bool)
+    at = np.searchsorted(among, rows)
+    at[at == len(among)] = 0
+    found: npt.NDArray[np.bool_] = among[at] == rows
+    return found
+
+
+def _without(rows: Rows, excluded: Rows) -> Rows:
+    return rows[~_member(rows, excluded)] if len(excluded) and len(rows) else rows
 
 
 class AttributeTable:
     """The attributes of many files, indexed per key and value, so that a filter is
-    evaluated as set operations over files (C-speed unions and intersections) instead of
-    walking the filter once per file. ``select`` equals ``matches`` applied to each file.
+    evaluated over sorted arrays of row numbers (numpy: binary searches, one sort per
+    union) instead of walking the filter once per file. ``select`` equals ``matches``
+    applied to each file.
 
     Rows are numbered 0… in the order given; ``put`` and ``drop`` change one row in place
-    (core/attribute_index.py keeps one table per store between queries). Not thread-safe:
-    the caller serialises changes and selections."""
+    (core/attribute_index.py keeps one table per store between queries). Each key and
+    value's rows are a set (changed in place) and, once a filter asks, a sorted array kept
+    until that set changes; ranges read a column per key and kind (its rows in value order,
+    with each distinct value's offset), kept until a row holding that key changes. Not
+    thread-safe: the caller serialises changes and selections."""
 
     def __init__(self, rows: list[Mapping[str, AttributeValue]]) -> None:
         self._rows: dict[int, Mapping[str, AttributeValue]] = {}
         self._everyone: set[int] = set()
+        self._everyone_rows: Rows | None = None
         self._by_key: dict[str, Posting] = {}
-        self._sorted: dict[tuple[str, str], list[Any]] = {}
-        """Per key and kind (numbers, strings): its distinct values in order, for ranges;
-        built on first use, dropped when a row holding that key changes."""
+        self._arrays: dict[tuple[str, str, AttributeValue], Rows] = {}
+        self._columns: dict[tuple[str, str], tuple[list[Any], Rows, Rows]] = {}
+        """Per key and kind (numbers, strings): its distinct values in order (for ranges),
+        each value's first offset into the rows, and the rows, value after value."""
         for i, attributes in enumerate(rows):
             self.put(i, attributes)
 
@@ -219,11 +249,14 @@ class AttributeTable:
         self.drop(row)
         self._rows[row] = dict(attributes)
         self._everyone.add(row)
+        self._everyone_rows = None
         for key, value in attributes.items():
             if value is None:
                 continue
-            self._sorted.pop((key, _kind(value)), None)
-            self._by_key.setdefault(key, {}).setdefault((_kind(value), value), set()).add(row)
+            kind = _kind(value)
+            self._columns.pop((key, kind), None)
+            self._arrays.pop((key, kind, value), None)
+            self._by_key.setdefault(key, {}).setdefault((kind, value), set()).add(row)
 
     def drop(self, row: int) -> None:
         """Row ``row`` is gone (nothing happens if it was not there)."""
@@ -231,38 +264,36 @@ class AttributeTable:
         if attributes is None:
             return
         self._everyone.discard(row)
+        self._everyone_rows = None
         for key, value in attributes.items():
             if value is None:
                 continue
-            self._sorted.pop((key, _kind(value)), None)
+            kind = _kind(value)
+            self._columns.pop((key, kind), None)
+            self._arrays.pop((key, kind, value), None)
             postings = self._by_key[key]
-            held = postings[(_kind(value), value)]
+            held = postings[(kind, value)]
             held.discard(row)
             if not held:
-                del postings[(_kind(value), value)]
+                del postings[(kind, value)]
                 if not postings:
                     del self._by_key[key]
 
-    def select(self, filter: Filter) -> frozenset[int]:
-        """The numbers of the rows ``filter`` matches."""
+    def select(self, filter: Filter) -> Rows:
+        """The numbers of the rows ``filter`` matches, ascending."""
         if isinstance(filter, Compound):
             if filter.op == "and":
                 return self._select_all(filter.filters)
-            return frozenset().union(*(self.select(f) for f in filter.filters))
-        postings = self._by_key.get(filter.key, {})
-        if filter.op in ("in", "nin"):
-            assert isinstance(filter.value, tuple)
-            found: set[int] = set()
-            for value in filter.value:
-                found.update(postings.get((_kind(value), value), ()))
-            return frozenset(found) if filter.op == "in" else frozenset(self._everyone - found)
+            parts = [self.select(f) for f in filter.filters]
+            return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+        if filter.op in ("ne", "nin"):
+            return _without(self._everyone_sorted(), self._equal_to_any(filter))
+        if filter.op in ("eq", "in"):
+            return self._equal_to_any(filter)
         assert not isinstance(filter.value, tuple)
         expected = filter.value
-        if filter.op in ("eq", "ne"):
-            equal = postings.get((_kind(expected), expected), set())
-            return frozenset(equal) if filter.op == "eq" else frozenset(self._everyone - equal)
         kind = _kind(expected)
-        values = self._values_in_order(filter.key, kind)
+        values, offsets, rows = self._column(filter.key, kind)
         if filter.op == "gt":
             lo, hi = bisect.bisect_right(values, expected), len(values)
         elif filter.op == "gte":
@@ -271,39 +302,73 @@ class AttributeTable:
             lo, hi = 0, bisect.bisect_left(values, expected)
         else:
             lo, hi = 0, bisect.bisect_right(values, expected)
-        hits: set[int] = set()
-        for value in values[lo:hi]:
-            hits.update(postings[(kind, value)])
-        return frozenset(hits)
+        return np.sort(rows[offsets[lo] : offsets[hi]])
 
-    def _select_all(self, filters: Sequence[Filter]) -> frozenset[int]:
+    def _equal_to_any(self, filter: Comparison) -> Rows:
+        """The rows whose value of the key equals (in kind too) the value, or one of the
+        list's values."""
+        values = filter.value if isinstance(filter.value, tuple) else (filter.value,)
+        parts = [self._posting(filter.key, _kind(v), v) for v in values]
+        parts = [p for p in parts if len(p)]
+        if len(parts) <= 1:
+            return parts[0] if parts else _NO_ROWS
+        return np.unique(np.concatenate(parts))
+
+    def _select_all(self, filters: Sequence[Filter]) -> Rows:
         """The rows every one of ``filters`` matches: the positive parts intersected,
         smallest first, less the rows the ``ne``/``nin`` parts exclude (never built as
         their complement over every row)."""
-        kept: list[frozenset[int]] = []
-        excluded: set[int] = set()
+        kept: list[Rows] = []
+        excluded: list[Rows] = []
         for part in filters:
             if isinstance(part, Comparison) and part.op in ("ne", "nin"):
-                postings = self._by_key.get(part.key, {})
-                values = part.value if isinstance(part.value, tuple) else (part.value,)
-                for value in values:
-                    excluded.update(postings.get((_kind(value), value), ()))
+                excluded.append(self._equal_to_any(part))
             else:
                 kept.append(self.select(part))
         if not kept:
-            return frozenset(self._everyone - excluded)
+            kept.append(self._everyone_sorted())
         kept.sort(key=len)
-        found = kept[0].intersection(*kept[1:]) if len(kept) > 1 else kept[0]
-        return found - excluded if excluded else found
+        found = kept[0]
+        for other in kept[1:]:
+            if not len(found):
+                break
+            found = found[_member(found, other)]
+        for rows in excluded:
+            found = _without(found, rows)
+        return found
 
-    def _values_in_order(self, key: str, kind: str) -> list[Any]:
-        """The key's distinct values of that kind (``n`` numbers, ``s`` strings), sorted:
-        numbers numerically, strings by code point (Python's order for each)."""
-        cached = self._sorted.get((key, kind))
+    def _everyone_sorted(self) -> Rows:
+        rows = self._everyone_rows
+        if rows is None:
+            rows = self._everyone_rows = _sorted_rows(self._everyone)
+        return rows
+
+    def _posting(self, key: str, kind: str, value: AttributeValue) -> Rows:
+        """The rows holding this value (of this kind) under the key, ascending."""
+        cached = self._arrays.get((key, kind, value))
+        if cached is None:
+            held = self._by_key.get(key, {}).get((kind, value))
+            if held is None:
+                return _NO_ROWS
+            cached = self._arrays[(key, kind, value)] = _sorted_rows(held)
+        return cached
+
+    def _column(self, key: str, kind: str) -> tuple[list[Any], Rows, Rows]:
+        """The key's distinct values of that kind (``n`` numbers, ``s`` strings), sorted
+        (numbers numerically, strings by code point: Python's order for each), with the
+        offset of each value's rows into the rows of all of them, value after value."""
+        cached = self._columns.get((key, kind))
         if cached is None:
             postings = self._by_key.get(key, {})
-            cached = sorted(value for value_kind, value in postings if value_kind == kind)
-            self._sorted[(key, kind)] = cached
+            values = sorted(value for value_kind, value in postings if value_kind == kind)
+            held = [postings[(kind, value)] for value in values]
+            sizes = np.fromiter((len(h) for h in held), dtype=np.int64, count=len(held))
+            offsets = np.zeros(len(values) + 1, dtype=np.int64)
+            np.cumsum(sizes, out=offsets[1:])
+            rows = np.fromiter(
+                (row for h in held for row in h), dtype=np.int64, count=int(offsets[-1])
+            )
+            cached = self._columns[(key, kind)] = (values, offsets, rows)
         return cached
 
 

@@ -54,9 +54,10 @@ EXACT_FROM_DATABASE_MAX = 2000
 """Most chunks an exact search reads from the database when the attribute index holds no
 vectors for the store (measured: 200 vectors ~1.3 ms at 20k chunks; above ~2,000 hnswlib
 with the allowed set as its filter is faster)."""
-EXACT_INLINE_VALUES = 1 << 18
-"""An exact search over cached vectors of at most this many floats (512 rows of 512) runs
-on the event loop (~0.1 ms), a larger one on a thread."""
+EXACT_INLINE_VALUES = 1 << 20
+"""An exact search over cached vectors whose int8 codes hold at most this many values
+(2,048 rows of 512: ~0.2 ms quiet, core/row_scan.py) runs on the event loop, a larger one on
+a thread."""
 _DATED_DEFAULT = re.compile(r"^default-\d{4}-\d{2}-\d{2}$")
 
 
@@ -266,14 +267,12 @@ class Searcher:
         they are not cached and few; else hnswlib with the selection as its filter."""
         if selection is None:
             return await asyncio.to_thread(self._approximate, store_id, dim, query, None, k)
-        vectors = selection.vectors
-        if vectors is not None and len(vectors) <= self.exact_max_chunks:
-            if vectors.size <= EXACT_INLINE_VALUES:
-                return exact_ranking(selection.vector_labels, vectors, query, k)
-            return await asyncio.to_thread(
-                exact_ranking, selection.vector_labels, vectors, query, k
-            )
-        if vectors is None and len(selection.labels) <= min(
+        scan = selection.scan
+        if scan is not None and len(scan) <= self.exact_max_chunks:
+            if len(scan) * dim <= EXACT_INLINE_VALUES:
+                return selection.top(query, k)
+            return await asyncio.to_thread(selection.top, query, k)
+        if scan is None and len(selection.labels) <= min(
             self.exact_max_chunks, EXACT_FROM_DATABASE_MAX
         ):
             return await asyncio.to_thread(self._exact, store_id, dim, query, selection.labels, k)
@@ -392,27 +391,6 @@ async def _bridge(
         return bridge
     await asyncio.shield(asyncio.wrap_future(rebuilding.done))
     return None
-
-
-def exact_ranking(
-    labels: npt.NDArray[np.int64],
-    vectors: npt.NDArray[np.float32],
-    query: npt.NDArray[np.float32],
-    k: int,
-) -> list[tuple[int, float]]:
-    """The ``k`` labels whose unit vectors (rows of ``vectors``) are most similar to the unit
-    ``query``, best first (ties by label, whatever the rows' order), with their cosine
-    similarity."""
-    if not len(labels):
-        return []
-    similarity = vectors @ query
-    if len(similarity) > k:
-        kth = np.partition(similarity, len(similarity) - k)[len(similarity) - k]
-        best = np.flatnonzero(similarity >= kth)  # the k best and any tied with the k-th
-        top = best[np.lexsort((labels[best], -similarity[best]))][:k]
-    else:
-        top = np.lexsort((labels, -similarity))
-    return [(int(labels[i]), float(similarity[i])) for i in top]
 
 
 def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
