@@ -11,7 +11,8 @@ GEN_DIR := client
 .PHONY: install dev serve test test-fast pytest-fast cluster-test lint typecheck buf-lint buf-breaking proto proto-check unasync unasync-check pytest fuzz node-deps go-deps go-client docs-corpus bench bench-peers soak clean
 
 # pip prints each package as it goes: a first install takes a few minutes (hnswlib compiles).
-$(VENV)/.runtime: pyproject.toml constraints.txt
+# The native kernel (hatch_build.py compiles it at install) is rebuilt when its source changes.
+$(VENV)/.runtime: pyproject.toml constraints.txt hatch_build.py server/quiver/server/native/rowscan.c
 	@echo "==> [1/2] virtual environment in $(VENV) (with $(PYTHON))"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "==> [2/2] installing Quiver and its dependencies (compiling hnswlib takes a minute or two)"

@@ -162,3 +162,12 @@ def test_the_kernel_is_built_and_leaves_floating_point_alone() -> None:
     assert row_scan.NATIVE, row_scan.describe()
     assert 2.2250738585072014e-308 / 2 > 0.0
     assert np.float32(1e-38) / np.float32(100) > 0
+
+
+def test_rows_outside_the_matrix_fail_before_the_kernel_reads_them() -> None:
+    matrix = unit(np.random.default_rng(2).standard_normal((10, 8)))
+    for rows in ([10], [-1], [0, 3, 11]):
+        with pytest.raises(IndexError):
+            scan_of(matrix, np.asarray(rows, dtype=np.int64))
+    with pytest.raises(TypeError):
+        scan_of(matrix, np.asarray([1, 2], dtype=np.int32))

@@ -193,11 +193,14 @@ def _kind(value: AttributeValue) -> str:
 Posting = dict[tuple[str, AttributeValue], set[int]]
 Rows = npt.NDArray[np.int64]
 _NO_ROWS: Rows = np.zeros(0, dtype=np.int64)
+_NO_ROWS.flags.writeable = False
 
 
 def _sorted_rows(rows: set[int] | frozenset[int]) -> Rows:
+    """The rows as a sorted array, read-only: the table keeps it and hands it out as is."""
     out = np.fromiter(rows, dtype=np.int64, count=len(rows))
     out.sort()
+    out.flags.writeable = False
     return out
 
 
@@ -368,6 +371,7 @@ class AttributeTable:
             rows = np.fromiter(
                 (row for h in held for row in h), dtype=np.int64, count=int(offsets[-1])
             )
+            rows.flags.writeable = False
             cached = self._columns[(key, kind)] = (values, offsets, rows)
         return cached
 

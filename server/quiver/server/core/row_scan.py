@@ -52,17 +52,17 @@ LIBRARY = Path(__file__).resolve().parent.parent / "native" / "_rowscan.so"
 
 
 def _load_kernels() -> tuple[Any, Any]:
-    """(quiver_scan_bounds, quiver_dot_rows_f32), or (None, None) when not built."""
+    """(quiver_scan_bounds, quiver_dot_rows_f32), or (None, None) when not built (or built
+    from an older source without them)."""
     try:
         library = ctypes.CDLL(str(LIBRARY))  # CDLL: the GIL is released during the call
-    except OSError:
+        scan, dot = library.quiver_scan_bounds, library.quiver_dot_rows_f32
+    except (OSError, AttributeError):
         return None, None
     pointer, size, real, double = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_double
-    scan = library.quiver_scan_bounds
     scan.argtypes = [pointer, size, pointer, size, pointer, double, pointer, pointer, pointer]
     scan.argtypes += [real, real, real, pointer, pointer]
     scan.restype = None
-    dot = library.quiver_dot_rows_f32
     dot.argtypes = [pointer, size, pointer, size, pointer, pointer]
     dot.restype = None
     return scan, dot
@@ -121,6 +121,16 @@ class ScanRows:
     residual: Floats
     norm: Floats
     rows: Ids
+
+    def __post_init__(self) -> None:
+        # The kernels read these rows unchecked: a wrong one must fail here, not read memory.
+        rows = self.rows
+        if rows.dtype != np.int64 or rows.ndim != 1:
+            raise TypeError(f"rows must be a 1-d int64 array, not {rows.dtype} {rows.shape}")
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(self.codes)):
+            raise IndexError(f"rows outside the {len(self.codes)} rows held")
+        if self.codes.shape != self.matrix.shape or len(self.labels) < len(self.codes):
+            raise ValueError("codes, vectors and labels of different shapes")
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -54,10 +54,9 @@ EXACT_FROM_DATABASE_MAX = 2000
 """Most chunks an exact search reads from the database when the attribute index holds no
 vectors for the store (measured: 200 vectors ~1.3 ms at 20k chunks; above ~2,000 hnswlib
 with the allowed set as its filter is faster)."""
-EXACT_INLINE_VALUES = 1 << 20
-"""An exact search over cached vectors whose int8 codes hold at most this many values
-(2,048 rows of 512: ~0.2 ms quiet, core/row_scan.py) runs on the event loop, a larger one on
-a thread."""
+EXACT_INLINE_VALUES = 1 << 18
+"""An exact search over at most this many cached vector values (512 rows of 512: ~0.05 ms
+quiet, core/row_scan.py) runs on the event loop, a larger one on a thread."""
 _DATED_DEFAULT = re.compile(r"^default-\d{4}-\d{2}-\d{2}$")
 
 
