@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from quiver.server.core import row_scan
@@ -38,14 +38,16 @@ def assert_same_ranking(
     got: list[tuple[int, float]], want: list[tuple[int, float]], k: int
 ) -> None:
     """Same length, same scores (float32 products of the same rows), and the same labels
-    wherever the score is not within 1e-6 of another (BLAS may round a row's product a
-    last bit differently inside a matrix of other rows)."""
+    wherever the score is not within 1e-6 (times the largest) of another: the kernel and
+    BLAS may round a row's product a last bit differently."""
     assert len(got) == len(want) == min(k, len(want))
-    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-6)
     scores = [s for _, s in want]
+    # float32 rounding scales with the products' size (non-unit queries reach ~6).
+    tol = 1e-6 * max([1.0, *(abs(x) for x in scores)])
+    np.testing.assert_allclose([s for _, s in got], scores, rtol=0, atol=tol)
     for i, ((label, _), (expected, score)) in enumerate(zip(got, want, strict=True)):
-        near = [j for j, other in enumerate(scores) if j != i and abs(other - score) <= 1e-6]
-        if not near and not (len(want) == k and abs(score - scores[-1]) <= 1e-6):
+        near = [j for j, other in enumerate(scores) if j != i and abs(other - score) <= tol]
+        if not near and not (len(want) == k and abs(score - scores[-1]) <= tol):
             assert label == expected, (i, got, want)
 
 
@@ -75,6 +77,7 @@ def hard_matrix(rng: np.random.Generator, n: int, dim: int, kind: str) -> Floats
     st.floats(0.01, 1.0),
     st.booleans(),
 )
+@example(4, 10, 512, "gauss", 5, 0.5, False)  # scores ~5: 1.4e-6 apart from BLAS's (CI run)
 def test_top_equals_exact_ranking(
     seed: int, n: int, dim: int, kind: str, k: int, share: float, unit_query: bool
 ) -> None:
