@@ -352,6 +352,13 @@ class Variant:
     pair_boost: float = 0.15
     phrase_boost: float | None = None
     """None: the shipped one."""
+    file_weight: float | None = None
+    """The keyword side's file evidence weight (keyword_ranking.FILE_WEIGHT); None: the
+    shipped one."""
+    file_b: float | None = None
+    """The file BM25's length normalisation (keyword_ranking.FILE_B); None: the shipped one."""
+    vector_weight: float | None = None
+    """The hash fusion's vector weight; None: the shipped one."""
 
 
 def variants(corpus: Corpus) -> dict[str, Variant]:
@@ -359,6 +366,18 @@ def variants(corpus: Corpus) -> dict[str, Variant]:
         "shipped": Variant(),
         "tantivy k1.2 b0.75 p0.5": Variant(tantivy_scores, phrase_boost=0.5),
         "p0.5": Variant(phrase_boost=0.5),
+        "no file evidence": Variant(file_weight=0.0),
+        "file w0.25": Variant(file_weight=0.25),
+        "file w0.5": Variant(file_weight=0.5),
+        "file w1": Variant(file_weight=1.0),
+        "file w1.5": Variant(file_weight=1.5),
+        "file w2": Variant(file_weight=2.0),
+        "file w1 fb1": Variant(file_weight=1.0, file_b=1.0),
+        "file w1 fb0.5": Variant(file_weight=1.0, file_b=0.5),
+        "file w1 v0": Variant(file_weight=1.0, vector_weight=0.0),
+        "file w1 v0.5": Variant(file_weight=1.0, vector_weight=0.5),
+        "file w1 q0.3": Variant(file_weight=1.0, pair_boost=0.3),
+        "file w1 p0.3": Variant(file_weight=1.0, phrase_boost=0.3),
         "rm3 d10 t10 w0.7": Variant(rm3(corpus, 10, 10, 0.7)),
         "rm3 d10 t10 w0.5": Variant(rm3(corpus, 10, 10, 0.5)),
         "two b0.5": Variant(two_fields(corpus, 0.5)),
@@ -401,6 +420,8 @@ async def run(seed: int, only: Sequence[str]) -> None:
     queries = [q for q, _ in collection.queries]
     right = [d for _, d in collection.queries]
     shipped = fusion_module.FUSION["hash"]
+    shipped_file = kr.FILE_WEIGHT
+    shipped_file_b = kr.FILE_B
     with tempfile.TemporaryDirectory(prefix="quiver-variants-") as tmp:
         folder = Path(tmp) / "docs"
         folder.mkdir()
@@ -447,8 +468,14 @@ async def run(seed: int, only: Sequence[str]) -> None:
                     corpus.two_fields = two_field_index(corpus)
                 pairs = pairs_within(variant.pair_slop) if variant.pair_slop else ORIGINAL_PAIRS
                 patch(variant.matches, variant.fuse, pairs)
+                kr.FILE_WEIGHT = (
+                    shipped_file if variant.file_weight is None else variant.file_weight
+                )
+                kr.FILE_B = shipped_file_b if variant.file_b is None else variant.file_b
                 fusion_module.FUSION["hash"] = fusion_module.Fusion(
-                    shipped.vector_weight,
+                    shipped.vector_weight
+                    if variant.vector_weight is None
+                    else variant.vector_weight,
                     shipped.phrase_boost if variant.phrase_boost is None else variant.phrase_boost,
                     variant.pair_boost,
                 )
@@ -463,6 +490,8 @@ async def run(seed: int, only: Sequence[str]) -> None:
         finally:
             patch(ORIGINAL_MATCHES, ORIGINAL_FUSE, ORIGINAL_PAIRS)
             fusion_module.FUSION["hash"] = shipped
+            kr.FILE_WEIGHT = shipped_file
+            kr.FILE_B = shipped_file_b
             await channel.close(None)
             await server.stop(grace=1.0)
 

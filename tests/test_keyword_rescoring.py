@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tantivy
+from quiver.server.core import keyword_ranking
 from quiver.server.core.keyword_ranking import bm25, bm25_all, keyword_matches
 from quiver.server.index.keyword import (
     ANALYZER,
     DamagedKeywordIndex,
     StoreKeywordIndex,
     analyzer,
+    file_key,
 )
 
 WORDS = [f"word{i}" for i in range(400)]
@@ -60,8 +62,8 @@ def test_counted_gives_the_analysed_frequencies_and_lengths(tmp_path: Path) -> N
     for query in ("lattice quantum", "running kernel word7", "databases indexes word1 word2"):
         terms = index.terms(query)
         rows = index.counted(terms, 200, None)
-        assert rows and len(rows) == len({c for c, _, _ in rows})
-        for chunk_id, length, tfs in rows:
+        assert rows and len(rows) == len({c for c, _, _, _ in rows})
+        for chunk_id, length, tfs, _ in rows:
             assert chunk_id in alive
             assert length == lengths[chunk_id]
             for term, tf in zip(terms, tfs, strict=True):
@@ -77,7 +79,7 @@ def test_counted_gives_the_analysed_frequencies_and_lengths(tmp_path: Path) -> N
     files = [f"file-{i}" for i in range(1, 500, 3)]
     scoped = index.counted(index.terms("lattice quantum"), 20, files)
     assert len(scoped) == 20
-    assert all(alive[c][0] in files for c, _, _ in scoped)
+    assert all(alive[c][0] in files for c, _, _, _ in scoped)
     assert index.counted(index.terms("lattice"), 10, []) == []
     assert index.counted(index.terms("zebra"), 10, None) == []
 
@@ -119,11 +121,16 @@ def test_lengths_and_ranking_survive_a_reopen(tmp_path: Path) -> None:
     assert list(after.relevance.values()) == pytest.approx(list(before.relevance.values()))
 
 
-def test_an_index_written_before_the_length_field_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("newest", ["length", "file_key"])
+def test_an_index_written_before_the_newest_fields_is_refused(tmp_path: Path, newest: str) -> None:
+    """An index from before ``length`` (or before ``file_key``) is refused, so it is
+    rebuilt from the database at start (tests/test_keyword_migration.py)."""
     builder = tantivy.SchemaBuilder()
     builder.add_unsigned_field("chunk_id", indexed=True, fast=True)
     builder.add_text_field("file_id", tokenizer_name="raw", index_option="basic")
     builder.add_text_field("text", tokenizer_name=ANALYZER, index_option="position")
+    if newest == "file_key":
+        builder.add_unsigned_field("length", fast=True)
     path = tmp_path / "old"
     path.mkdir()
     old = tantivy.Index(builder.build(), path=str(path))
@@ -165,9 +172,13 @@ def test_a_better_match_never_scores_lower() -> None:
     assert many.tolist() == pytest.approx([bm25(weights, [a, b], n, 120.0) for a, b, n in rows])
 
 
-def test_keyword_relevance_orders_by_the_rescored_bm25(tmp_path: Path) -> None:
+def test_keyword_relevance_orders_by_the_rescored_bm25(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Tantivy (b 0.75) would rank the short chunk holding "lattice" once above the long one
-    holding it three times; with b 0.4 the long one comes first."""
+    holding it three times; with b 0.4 the long one comes first (the chunks' own BM25: each
+    is a file of its own here, so the file evidence is left out)."""
+    monkeypatch.setattr(keyword_ranking, "FILE_WEIGHT", 0.0)
     filler = " ".join(WORDS[:80])
     rows = [
         (1, "file-a", "lattice " + " ".join(WORDS[100:104])),
@@ -181,3 +192,72 @@ def test_keyword_relevance_orders_by_the_rescored_bm25(tmp_path: Path) -> None:
     found = keyword_matches(index, ["lattice"], 10, None)
     assert list(found.relevance)[:2] == [2, 1]
     assert found.relevance[2] > found.relevance[1] > 0
+
+
+def test_file_lengths_and_their_mean(tmp_path: Path) -> None:
+    """``file_lengths`` sums a file's chunk lengths, all of them (not only those a query
+    finds), and forgets deleted files; ``mean_file_length`` is the mean over files."""
+    chunks = corpus(400, 3)  # 100 files of 4 chunks
+    index = StoreKeywordIndex.open(tmp_path / "kw")
+    index.add((c, f, t) for c, (f, t) in chunks.items())
+    index.commit()
+    words = analyzer()
+    per_file: Counter[str] = Counter()
+    for f, t in chunks.values():
+        per_file[f] += len(words.analyze(t))
+    asked = ["file-0", "file-7", "file-99", "file-unknown"]
+    got = index.file_lengths([file_key(f) for f in asked])
+    assert got == {file_key(f): per_file[f] for f in asked[:3]}
+    assert index.mean_file_length() == pytest.approx(sum(per_file.values()) / 100, rel=0.01)
+
+    index.delete_files(["file-7"])
+    index.commit()
+    assert file_key("file-7") not in index.file_lengths([file_key("file-7")])
+    left = [n for f, n in per_file.items() if f != "file-7"]
+    assert index.mean_file_length() == pytest.approx(sum(left) / 99, rel=0.01)
+    rows = index.counted(index.terms("lattice"), 50, None)
+    assert rows and all(key == file_key(chunks[c][0]) for c, _, _, key in rows)
+
+    # Kept between queries, and forgotten when a commit writes the file's chunks.
+    key = file_key("file-0")
+    assert index.file_lengths([key]) == {key: per_file["file-0"]}
+    index.add([(1000, "file-0", "three more words")])
+    assert index.file_lengths([key]) == {key: per_file["file-0"]}  # not committed yet
+    index.commit()
+    assert index.file_lengths([key]) == {key: per_file["file-0"] + 3}
+    first = min(c for c, (f, _) in chunks.items() if f == "file-0")
+    index.delete_chunks([first])
+    index.commit()
+    assert index.file_lengths([key]) == {
+        key: per_file["file-0"] + 3 - len(words.analyze(chunks[first][1]))
+    }
+
+
+def test_a_chunk_ranks_higher_in_a_file_about_the_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two chunks alike (same words, same length): the one whose file holds the query's
+    words in other chunks too comes first; a chunk without any query word still scores 0
+    whatever its file; without file evidence the two tie (and the lower id comes first)."""
+    filler = [" ".join(WORDS[i : i + 40]) for i in range(0, 360, 40)]
+    same = "lattice quantum " + filler[0]
+    rows = [
+        (1, "file-a", same),
+        (2, "file-b", same),
+        (3, "file-b", "lattice quantum lattice " + filler[1]),
+        (4, "file-b", filler[2]),
+        (5, "file-a", filler[3]),
+        (6, "file-a", filler[4]),
+        *((10 + i, f"file-{i}", filler[5 + i % 4]) for i in range(30)),
+    ]
+    index = StoreKeywordIndex.open(tmp_path / "kw")
+    index.add(rows)
+    index.commit()
+    found = keyword_matches(index, ["lattice quantum"], 10, None)
+    assert found.relevance[2] > found.relevance[1] > 0
+    assert 4 not in found.relevance and 5 not in found.relevance
+    assert all(0 < r <= 1 for r in found.relevance.values())
+
+    monkeypatch.setattr(keyword_ranking, "FILE_WEIGHT", 0.0)
+    alone = keyword_matches(index, ["lattice quantum"], 10, None)
+    assert alone.relevance[1] == alone.relevance[2]

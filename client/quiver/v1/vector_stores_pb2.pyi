@@ -684,10 +684,12 @@ class RankingOptions(_message.Message):
     Scores, in [0, 1], higher is better, one scale under every ranker:
       none:  max(0, cosine similarity of query and chunk)
       auto:  (w * max(0, cosine) + keyword') / (w + 1), where
-        keyword  = bm25 / ((k1 + 1) * sum of the query words' idf): the chunk's BM25 (k1 =
-                   0.9, b = 0.4) over the highest the query could reach, 0 when no query word
-                   occurs in the chunk (English stop words are left out of the query unless
-                   it has no other word)
+        chunk    = bm25 / ((k1 + 1) * sum of the query words' idf): the chunk's BM25 (k1 =
+                   0.9, b = 0.4) over the highest the query could reach (English stop words
+                   are left out of the query unless it has no other word)
+        file     = the same for the chunk's whole file (k1 = 1.2, b = 0.75), from its
+                   chunks among the keyword candidates
+        keyword  = (chunk + 1.5 * file) / 2.5, 0 when no query word occurs in the chunk
         boost    = min(1, p * [chunk holds a query as an exact phrase]
                           + q * share of the query's adjacent word pairs the chunk holds)
         keyword' = keyword + boost * (1 - keyword)

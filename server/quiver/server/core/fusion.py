@@ -1,7 +1,9 @@
 """Hybrid scores: one relevance in [0, 1] per chunk from its vector similarity and its
 keyword relevance, weighted by what the store's embedder is worth.
 
-    keyword  = bm25 / ((k1 + 1) · Σ idf(query word))   (k1 0.9, b 0.4: keyword_ranking.py)
+    keyword  = (chunk + 1.5 · file) / 2.5, each a BM25 over ((k1 + 1) · Σ idf(query word))
+               of the chunk (k1 0.9, b 0.4) and of its file (k1 1.2, b 0.75):
+               keyword_ranking.py
     boost    = min(1, phrase_boost · [the chunk holds a query as an exact phrase]
                       + pair_boost · share of the query's adjacent word pairs it holds)
     keyword' = keyword + boost · (1 - keyword)

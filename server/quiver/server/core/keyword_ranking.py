@@ -20,6 +20,21 @@ term. So it is 0 when no word of the query occurs in the chunk, and grows with t
 the query's information the chunk holds: a query none of whose words occur anywhere scores
 0, whatever the store.
 
+A chunk's relevance also counts its file as a whole (passage and document evidence
+combined, as in Callan's passage retrieval): the file's BM25 (k1 = 1.2, b = 0.75) from the
+term frequencies of its chunks among the candidates, summed, over its total length against
+the store's mean file length, divided by the same ``(k1 + 1) · Σ idf``:
+
+    chunk    = bm25_chunk / ((0.9 + 1) · Σ idf)
+    file     = bm25_file / ((1.2 + 1) · Σ idf)
+    keyword  = (chunk + FILE_WEIGHT · file) / (1 + FILE_WEIGHT)       FILE_WEIGHT = 0.5
+
+So a chunk of a file that is about the query as a whole ranks above an equal chunk of a
+file that mentions it once; a chunk holding no query word still scores 0 (its file's
+evidence counts only for the file's candidate chunks). On ``bench/quality.py`` (hash
+embedder, seeds 7, 11, 13) it raised ``auto``'s nDCG@10 by +0.0xx, +0.0xx and +0.0xx
+(docs/BENCHMARKS.md, "Search quality").
+
 Apart, the chunks holding one of the queries as an exact phrase (several words in order) are
 found, for a bounded boost in the fusion.
 """
@@ -40,6 +55,11 @@ K1 = 0.9
 """BM25 term-frequency saturation of the re-scoring."""
 B = 0.4
 """BM25 length normalisation of the re-scoring."""
+FILE_K1 = 1.2
+FILE_B = 0.75
+"""BM25 parameters of a file's own score (Robertson's defaults)."""
+FILE_WEIGHT = 1.5
+"""Weight of the file's relevance beside the chunk's (which weighs 1)."""
 MAX_KEYWORDS = 64
 MAX_PAIRS = 8
 _TOKEN = re.compile(r"[^\W_]+")  # unicode61's tokens: runs of letters and digits
@@ -115,19 +135,18 @@ def keyword_matches(
     if not stems:
         return KeywordMatches()
     weights = idfs(index, stems)
-    best = (K1 + 1) * sum(weights)
+    reach = sum(weights)
     rows = index.counted(stems, k, files)
-    scores = bm25_all(
-        weights,
-        np.asarray([tfs for _, _, tfs in rows], dtype=np.float64).reshape(len(rows), len(stems)),
-        np.asarray([length for _, length, _ in rows], dtype=np.float64),
-        index.average_length(),
-    )
+    tfs = np.asarray([r[2] for r in rows], dtype=np.float64).reshape(len(rows), len(stems))
+    lengths = np.asarray([r[1] for r in rows], dtype=np.float64)
+    chunk = bm25_all(weights, tfs, lengths, index.average_length()) / ((K1 + 1) * reach or 1.0)
+    file = file_relevance(index, weights, tfs, lengths, [r[3] for r in rows])
+    scores = np.clip((chunk + FILE_WEIGHT * file) / (1.0 + FILE_WEIGHT), 0.0, 1.0)
     scored = sorted(
-        zip([i for i, _, _ in rows], scores.tolist(), strict=True),
+        zip([r[0] for r in rows], scores.tolist(), strict=True),
         key=lambda row: (-row[1], row[0]),
     )
-    relevance = {i: min(1.0, max(0.0, s) / best) for i, s in scored if best > 0}
+    relevance = dict(scored) if reach > 0 else {}
     phrased: list[int] = []
     if terms.phrases:
         phrased = index.phrased([index.terms(p) for p in terms.phrases], k, files)
@@ -151,12 +170,42 @@ def bm25_all(
     tfs: npt.NDArray[np.float64],
     lengths: npt.NDArray[np.float64],
     average: float,
+    k1: float = K1,
+    b: float = B,
 ) -> npt.NDArray[np.float64]:
-    """``bm25`` of many chunks at once: ``tfs`` one row per chunk, one column per term."""
-    norm = K1 * (1 - B + B * lengths / average) if average > 0 else np.full(len(lengths), K1)
-    parts = tfs * (K1 + 1) / (tfs + norm[:, None])
+    """``bm25`` of many chunks (or files) at once: ``tfs`` one row per chunk, one column per
+    term."""
+    norm = k1 * (1 - b + b * lengths / average) if average > 0 else np.full(len(lengths), k1)
+    parts = tfs * (k1 + 1) / (tfs + norm[:, None])
     scores: npt.NDArray[np.float64] = parts @ np.asarray(weights, dtype=np.float64)
     return scores
+
+
+def file_relevance(
+    index: KeywordIndex,
+    weights: Sequence[float],
+    tfs: npt.NDArray[np.float64],
+    lengths: npt.NDArray[np.float64],
+    keys: Sequence[int],
+) -> npt.NDArray[np.float64]:
+    """For each candidate chunk, its file's relevance in [0, 1]: the file's BM25
+    (``FILE_K1``, ``FILE_B``) from its candidate chunks' term frequencies, summed, its total
+    length (at least those chunks' lengths: a file deleted meanwhile) and the store's mean
+    file length, over ``(FILE_K1 + 1) · Σ idf``. Zeros when ``FILE_WEIGHT`` is 0."""
+    out = np.zeros(len(keys), dtype=np.float64)
+    reach = (FILE_K1 + 1) * sum(weights)
+    if FILE_WEIGHT == 0 or not keys or reach <= 0:
+        return out
+    files, row_file = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True)
+    file_tfs = np.zeros((len(files), tfs.shape[1]), dtype=np.float64)
+    np.add.at(file_tfs, row_file, tfs)
+    seen = np.zeros(len(files), dtype=np.float64)
+    np.add.at(seen, row_file, lengths)
+    known = index.file_lengths(files.tolist())
+    total = np.maximum(seen, [known.get(int(f), 0) for f in files])
+    scores = bm25_all(weights, file_tfs, total, index.mean_file_length(), FILE_K1, FILE_B)
+    relevance: npt.NDArray[np.float64] = np.clip(scores / reach, 0.0, 1.0)[row_file]
+    return relevance
 
 
 def _pair_shares(
