@@ -51,6 +51,11 @@ FUSION: dict[str, Fusion] = {
     # matching chunk's keyword relevance rises a little, so the phrase boost is 0.6 (0.5
     # no longer put both chunks holding one of two queries word for word in the top 3,
     # tests/test_search.py); 0.6 is 0.001 below 0.5 on seeds 7 and 11, level on 13.
+    # With the file evidence in the keyword side (keyword_ranking.FILE_WEIGHT 1.5) auto is
+    # +0.010 … +0.022 over plain BM25 on five samples. With it (file weight 1), w 0 and 0.5
+    # lost on seeds 7, 11 and 13; p 0.3 gained 0.000 … 0.002, which p keeps at 0.6 anyway:
+    # the benchmark's right sections never hold their title word for word (by its
+    # construction), so there a phrase boost can only lift wrong ones.
     "hash": Fusion(vector_weight=0.25, phrase_boost=0.6, pair_boost=0.15),
     # A local: model adds what keywords miss. all-MiniLM-L6-v2, bench/quality.py --model
     # local:all-minilm-l6-v2 --sweep (150 kernel-doc sections, 85 title queries, 800/400

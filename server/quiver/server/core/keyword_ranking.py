@@ -27,13 +27,16 @@ the store's mean file length, divided by the same ``(k1 + 1) · Σ idf``:
 
     chunk    = bm25_chunk / ((0.9 + 1) · Σ idf)
     file     = bm25_file / ((1.2 + 1) · Σ idf)
-    keyword  = (chunk + FILE_WEIGHT · file) / (1 + FILE_WEIGHT)       FILE_WEIGHT = 0.5
+    keyword  = (chunk + FILE_WEIGHT · file) / (1 + FILE_WEIGHT)       FILE_WEIGHT = 1.5
 
-So a chunk of a file that is about the query as a whole ranks above an equal chunk of a
-file that mentions it once; a chunk holding no query word still scores 0 (its file's
-evidence counts only for the file's candidate chunks). On ``bench/quality.py`` (hash
-embedder, seeds 7, 11, 13) it raised ``auto``'s nDCG@10 by +0.0xx, +0.0xx and +0.0xx
-(docs/BENCHMARKS.md, "Search quality").
+So a chunk of a file that is about the query as a whole ranks above a like chunk of a file
+that mentions it in passing; a chunk holding no query word is not a candidate and scores 0
+(its file's evidence counts only for the file's candidate chunks). A file's length is the
+sum of its chunks' (overlaps counted twice, as in its term frequencies). With the hash
+embedder, ``auto`` minus plain BM25 in nDCG@10 went from -0.000, +0.010, +0.007 to +0.010,
++0.022, +0.012 on ``bench/quality.py`` seeds 7, 11 and 13 (where the weight was chosen
+among 0.25, 0.5, 1, 1.5 and 2), and from +0.001, +0.008 to +0.014, +0.021 on seeds 17 and
+19, run once after the choice (docs/BENCHMARKS.md, "Search quality").
 
 Apart, the chunks holding one of the queries as an exact phrase (several words in order) are
 found, for a bounded boost in the fusion.

@@ -36,6 +36,7 @@ from quiver.server.core.models import AttributeValue
 from quiver.server.core.ports import KeywordIndexes, VectorIndexes
 from quiver.server.core.principal import Principal
 from quiver.server.core.query_embedding import QueryEmbedding
+from quiver.server.core.row_scan import ranked
 from quiver.server.core.store_drops import StoreDrops, store_not_found
 from quiver.server.core.validation import raise_if
 from quiver.server.core.vector_stores import VectorStores
@@ -302,9 +303,8 @@ class Searcher:
             return []
         vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
         norms = np.linalg.norm(vectors, axis=1)
-        similarity = (vectors @ query) / np.where(norms > 0, norms, 1.0)
-        top = np.argsort(-similarity, kind="stable")[:k]
-        return [(ids[i], float(similarity[i])) for i in top]
+        similarity = ((vectors @ query) / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        return ranked(np.asarray(ids, dtype=np.int64), similarity, k)  # ties by chunk id
 
     def _approximate(
         self,
