@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from quiver.server.index.keyword import StoreKeywordIndex
+import tantivy
+from quiver.server.index.keyword import ANALYZER, StoreKeywordIndex, analyzer
 from quiver.server.index.keyword_manager import KeywordIndexes
 
 ROWS = [
@@ -137,12 +138,36 @@ def test_reconcile_adds_the_missing_deletes_the_extra_and_dedups(tmp_path: Path)
         indexes.close()
 
 
-@pytest.mark.parametrize("damage", ["meta-garbage", "segment-truncated", "missing"])
+def older_schema(path: Path) -> None:
+    """An index as the release before ``file_key`` wrote it (one chunk)."""
+    StoreKeywordIndex.remove(path)
+    path.mkdir(parents=True)
+    builder = tantivy.SchemaBuilder()
+    builder.add_unsigned_field("chunk_id", indexed=True, fast=True)
+    builder.add_text_field("file_id", tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("text", tokenizer_name=ANALYZER, index_option="position")
+    builder.add_unsigned_field("length", fast=True)
+    old = tantivy.Index(builder.build(), path=str(path))
+    old.register_tokenizer(ANALYZER, analyzer())
+    writer = old.writer(heap_size=15_000_000, num_threads=1)
+    doc = tantivy.Document()
+    doc.add_unsigned("chunk_id", 1)
+    doc.add_text("file_id", "file-1")
+    doc.add_text("text", "the quick brown fox")
+    doc.add_unsigned("length", 4)
+    writer.add_document(doc)
+    writer.commit()
+    writer.wait_merging_threads()
+
+
+@pytest.mark.parametrize("damage", ["meta-garbage", "segment-truncated", "missing", "older-schema"])
 def test_a_damaged_or_missing_index_is_rebuilt_from_the_rows(tmp_path: Path, damage: str) -> None:
     root = tmp_path / "keyword"
     filled(root / "vs_1").close()
     path = root / "vs_1"
-    if damage == "meta-garbage":
+    if damage == "older-schema":
+        older_schema(path)
+    elif damage == "meta-garbage":
         (path / "meta.json").write_text("{not json")
     elif damage == "segment-truncated":
         for piece in path.iterdir():
@@ -157,6 +182,9 @@ def test_a_damaged_or_missing_index_is_rebuilt_from_the_rows(tmp_path: Path, dam
         index = indexes.searchable("vs_1")
         assert list(index.chunk_ids()) == [1, 2, 3, 4, 5]
         assert {c for c, _ in index.best(index.terms("lazy"), 10, None)} == {1, 3}
+        rows = index.counted(index.terms("lazy"), 10, None)
+        lengths = index.file_lengths([key for *_, key in rows])
+        assert len(lengths) == len(rows) and all(n > 0 for n in lengths.values())
     finally:
         indexes.close()
 
