@@ -261,3 +261,47 @@ def test_a_chunk_ranks_higher_in_a_file_about_the_query(
     monkeypatch.setattr(keyword_ranking, "FILE_WEIGHT", 0.0)
     alone = keyword_matches(index, ["lattice quantum"], 10, None)
     assert alone.relevance[1] == alone.relevance[2]
+
+
+class _Files:
+    """The two reads ``file_relevance`` makes, over given file lengths."""
+
+    def __init__(self, lengths: dict[int, int], mean: float) -> None:
+        self.lengths, self.mean = lengths, mean
+
+    def file_lengths(self, keys: list[int]) -> dict[int, int]:
+        return {k: self.lengths[k] for k in keys if k in self.lengths}
+
+    def mean_file_length(self) -> float:
+        return self.mean
+
+
+def test_a_file_about_the_query_never_scores_lower() -> None:
+    """The file's relevance grows with its candidates' frequencies, falls with its length,
+    stays in [0, 1], is shared by the file's candidates, and is at least what the
+    candidates themselves show when the index no longer knows the file."""
+    weights = [2.0, 0.5]
+
+    def relevance(tfs: list[list[int]], keys: list[int], lengths: dict[int, int]) -> list[float]:
+        files = _Files(lengths, 300.0)
+        rows = np.asarray(tfs, dtype=np.float64)
+        out = keyword_ranking.file_relevance(
+            files,  # type: ignore[arg-type]
+            weights,
+            rows,
+            np.full(len(keys), 100.0),
+            keys,
+        )
+        return [float(x) for x in out]
+
+    base = relevance([[1, 0], [0, 1]], [7, 8], {7: 300, 8: 300})
+    assert all(0 < r <= 1 for r in base)
+    more = relevance([[1, 0], [0, 1], [2, 0]], [7, 8, 7], {7: 300, 8: 300})
+    assert more[0] == more[2] > base[0]  # another candidate of file 7: the file gains
+    assert more[1] == base[1]
+    longer = relevance([[1, 0], [0, 1]], [7, 8], {7: 3000, 8: 300})
+    assert longer[0] < base[0] and longer[1] == base[1]
+    unknown = relevance([[1, 0]], [9], {})  # deleted meanwhile: its candidates' length
+    assert 0 < unknown[0] <= 1
+    saturated = relevance([[10**6, 10**6]], [7], {7: 1})
+    assert saturated[0] <= 1.0
