@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tantivy
-from quiver.server.index.keyword import ANALYZER, StoreKeywordIndex, analyzer
+from quiver.server.index.keyword import StoreKeywordIndex
 from quiver.server.index.keyword_manager import KeywordIndexes
+
+from tests.support.old_keyword_index import write_older_index
 
 ROWS = [
     (1, "file-a", "The quick brown fox jumps over the lazy dog"),
@@ -138,35 +139,13 @@ def test_reconcile_adds_the_missing_deletes_the_extra_and_dedups(tmp_path: Path)
         indexes.close()
 
 
-def older_schema(path: Path) -> None:
-    """An index as the release before ``file_key`` wrote it (one chunk)."""
-    StoreKeywordIndex.remove(path)
-    path.mkdir(parents=True)
-    builder = tantivy.SchemaBuilder()
-    builder.add_unsigned_field("chunk_id", indexed=True, fast=True)
-    builder.add_text_field("file_id", tokenizer_name="raw", index_option="basic")
-    builder.add_text_field("text", tokenizer_name=ANALYZER, index_option="position")
-    builder.add_unsigned_field("length", fast=True)
-    old = tantivy.Index(builder.build(), path=str(path))
-    old.register_tokenizer(ANALYZER, analyzer())
-    writer = old.writer(heap_size=15_000_000, num_threads=1)
-    doc = tantivy.Document()
-    doc.add_unsigned("chunk_id", 1)
-    doc.add_text("file_id", "file-1")
-    doc.add_text("text", "the quick brown fox")
-    doc.add_unsigned("length", 4)
-    writer.add_document(doc)
-    writer.commit()
-    writer.wait_merging_threads()
-
-
 @pytest.mark.parametrize("damage", ["meta-garbage", "segment-truncated", "missing", "older-schema"])
 def test_a_damaged_or_missing_index_is_rebuilt_from_the_rows(tmp_path: Path, damage: str) -> None:
     root = tmp_path / "keyword"
     filled(root / "vs_1").close()
     path = root / "vs_1"
     if damage == "older-schema":
-        older_schema(path)
+        write_older_index(path, before="file_key")
     elif damage == "meta-garbage":
         (path / "meta.json").write_text("{not json")
     elif damage == "segment-truncated":

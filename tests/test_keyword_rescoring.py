@@ -16,12 +16,13 @@ import tantivy
 from quiver.server.core import keyword_ranking
 from quiver.server.core.keyword_ranking import bm25, bm25_all, keyword_matches
 from quiver.server.index.keyword import (
-    ANALYZER,
     DamagedKeywordIndex,
     StoreKeywordIndex,
     analyzer,
     file_key,
 )
+
+from tests.support.old_keyword_index import write_older_index
 
 WORDS = [f"word{i}" for i in range(400)]
 COMMON = ["lattice", "quantum", "running", "databases", "indexes", "kernel"]
@@ -124,25 +125,9 @@ def test_lengths_and_ranking_survive_a_reopen(tmp_path: Path) -> None:
 @pytest.mark.parametrize("newest", ["length", "file_key"])
 def test_an_index_written_before_the_newest_fields_is_refused(tmp_path: Path, newest: str) -> None:
     """An index from before ``length`` (or before ``file_key``) is refused, so it is
-    rebuilt from the database at start (tests/test_keyword_migration.py)."""
-    builder = tantivy.SchemaBuilder()
-    builder.add_unsigned_field("chunk_id", indexed=True, fast=True)
-    builder.add_text_field("file_id", tokenizer_name="raw", index_option="basic")
-    builder.add_text_field("text", tokenizer_name=ANALYZER, index_option="position")
-    if newest == "file_key":
-        builder.add_unsigned_field("length", fast=True)
+    rebuilt from the database at start (tests/test_keyword_index.py)."""
     path = tmp_path / "old"
-    path.mkdir()
-    old = tantivy.Index(builder.build(), path=str(path))
-    old.register_tokenizer(ANALYZER, analyzer())
-    writer = old.writer(heap_size=15_000_000, num_threads=1)
-    doc = tantivy.Document()
-    doc.add_unsigned("chunk_id", 1)
-    doc.add_text("file_id", "file-a")
-    doc.add_text("text", "an older index")
-    writer.add_document(doc)
-    writer.commit()
-    writer.wait_merging_threads()
+    write_older_index(path, before=newest)
     with pytest.raises(DamagedKeywordIndex, match="another schema"):
         StoreKeywordIndex.open(path)
 
