@@ -1,8 +1,10 @@
 """The keyword ranking's own BM25 (core/keyword_ranking.py, k1 0.9, b 0.4) over tantivy's
 candidates: the term frequencies and lengths the index gives back (index/keyword.py,
 ``counted``) are those of the analysed text, with the filter inside the query, after
-deletions and after a reopen; an index written before the ``length`` field is refused (and
-so rebuilt at start); a better match never scores lower."""
+deletions and after a reopen; an index written before the ``length`` or ``file_key`` field
+is refused (and so rebuilt at start); a better match never scores lower. The file evidence:
+files' lengths (cached until a commit writes them) and their mean, a chunk of a file about
+the query ranking above a like one, and the file's relevance monotonic."""
 
 from __future__ import annotations
 
