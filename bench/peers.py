@@ -315,7 +315,7 @@ def run_quiver(
 
         out["scenarios"][scenario.name] = timed_loop(search, len(data.queries))
     out["scenarios"]["hybrid"] = None
-    out["hybrid_note"] = "hybrid n/a: the keyword ranking is the server's (FTS5), see gRPC"
+    out["hybrid_note"] = "hybrid n/a: the keyword ranking is the server's (tantivy), see gRPC"
     return out
 
 
