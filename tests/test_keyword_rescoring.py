@@ -195,6 +195,10 @@ def test_file_lengths_and_their_mean(tmp_path: Path) -> None:
     asked = ["file-0", "file-7", "file-99", "file-unknown"]
     got = index.file_lengths([file_key(f) for f in asked])
     assert got == {file_key(f): per_file[f] for f in asked[:3]}
+    assert index.length_reads == 1  # every file's at once
+    again = index.file_lengths([file_key(f"file-{i}") for i in range(10, 60)])
+    assert again == {file_key(f"file-{i}"): per_file[f"file-{i}"] for i in range(10, 60)}
+    assert index.length_reads == 1  # kept
     assert index.mean_file_length() == pytest.approx(sum(per_file.values()) / 100, rel=0.01)
 
     index.delete_files(["file-7"])
@@ -211,7 +215,11 @@ def test_file_lengths_and_their_mean(tmp_path: Path) -> None:
     index.add([(1000, "file-0", "three more words")])
     assert index.file_lengths([key]) == {key: per_file["file-0"]}  # not committed yet
     index.commit()
+    reads = index.length_reads
     assert index.file_lengths([key]) == {key: per_file["file-0"] + 3}
+    assert index.length_reads == reads + 1  # the file written since: read again
+    assert index.file_lengths([file_key("file-1")]) == {file_key("file-1"): per_file["file-1"]}
+    assert index.length_reads == reads + 1  # the others are still kept
     first = min(c for c, (f, _) in chunks.items() if f == "file-0")
     index.delete_chunks([first])
     index.commit()
