@@ -59,8 +59,14 @@ def test_phrases_and_pairs(tmp_path: Path) -> None:
     assert index.phrased([index.terms("lazy dog")], 10, None) == [1]
     assert index.phrased([index.terms("dog lazy")], 10, None) == []
     assert index.phrased([index.terms("quick brown")], 10, ["file-b"]) == []
-    assert index.holding(index.terms("brown bears"), [1, 4]) == [4]
-    assert index.holding(index.terms("brown bears"), [1]) == []
+    bears, lazy_dog, cup_of = (index.terms(p) for p in ("brown bears", "lazy dog", "cup of"))
+    assert index.phrases_held([bears], [1, 4]) == {4: 1}
+    assert index.phrases_held([bears], [1]) == {}
+    # How many of the phrases each chunk holds, in one query; ["x"] is no phrase.
+    held = index.phrases_held([bears, lazy_dog, cup_of, ["x"]], [1, 2, 3, 4, 5])
+    assert held == {1: 1, 3: 1, 4: 1}
+    assert index.phrases_held([lazy_dog, lazy_dog, bears], [1, 4]) == {1: 2, 4: 1}
+    assert index.phrases_held([], [1]) == {} and index.phrases_held([bears], []) == {}
 
 
 def test_writes_are_queued_and_a_search_reads_them(tmp_path: Path) -> None:

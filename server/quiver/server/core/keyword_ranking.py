@@ -215,10 +215,9 @@ def _pair_shares(
     index: KeywordIndex, pairs: Sequence[str], candidates: Sequence[int]
 ) -> dict[int, float]:
     """For each candidate holding any of the pairs, the share of the pairs it holds."""
-    held: dict[int, int] = {}
-    for pair in pairs:
-        for chunk_id in index.holding(index.terms(pair), candidates):
-            held[chunk_id] = held.get(chunk_id, 0) + 1
+    if not pairs:
+        return {}
+    held = index.phrases_held([index.terms(pair) for pair in pairs], candidates)
     return {c: n / len(pairs) for c, n in held.items()}
 
 

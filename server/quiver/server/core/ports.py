@@ -151,7 +151,9 @@ class KeywordIndex(Protocol):
         self, phrases: Sequence[Sequence[str]], k: int, files: Sequence[str] | None
     ) -> list[int]: ...
 
-    def holding(self, phrase: Sequence[str], among: Sequence[int]) -> list[int]: ...
+    def phrases_held(
+        self, phrases: Sequence[Sequence[str]], among: Sequence[int]
+    ) -> dict[int, int]: ...
 
 
 class KeywordIndexes(Protocol):

@@ -278,14 +278,26 @@ class StoreKeywordIndex:
         query = tantivy.Query.boolean_query([(tantivy.Occur.Should, q) for q in queries])
         return [c for c, _ in self._top(self._within(query, files), k)]
 
-    def holding(self, phrase: Sequence[str], among: Sequence[int]) -> list[int]:
-        """Those of the chunks ``among`` that hold the phrase (analysed terms, in order)."""
-        if len(phrase) < 2 or not among:
-            return []
+    def phrases_held(
+        self, phrases: Sequence[Sequence[str]], among: Sequence[int]
+    ) -> dict[int, int]:
+        """For each of the chunks ``among`` holding any of the phrases (each a list of
+        analysed terms, in order), how many of them it holds. One query: each phrase a
+        clause scoring 1 when held, so a chunk's score is its count."""
+        clauses = [
+            (tantivy.Occur.Should, tantivy.Query.const_score_query(self._phrase(p), 1.0))
+            for p in phrases
+            if len(p) > 1
+        ]
+        if not clauses or not among:
+            return {}
         query = tantivy.Query.boolean_query(
-            [(tantivy.Occur.Must, self._phrase(phrase)), (tantivy.Occur.Must, self._among(among))]
+            [
+                (tantivy.Occur.Must, tantivy.Query.boolean_query(clauses)),
+                (tantivy.Occur.Must, self._among(among)),
+            ]
         )
-        return [c for c, _ in self._top(query, len(among))]
+        return {c: round(score) for c, score in self._top(query, len(among))}
 
     def counted(
         self, terms: Sequence[str], k: int, files: Sequence[str] | None
