@@ -109,7 +109,6 @@ class StoreKeywordIndex:
         self._constants: tuple[tantivy.Searcher, int, float] | None = None
         self._lengths: dict[int, int] = {}
         self._lengths_lock = threading.Lock()
-        self._lengths_epoch = 0
         self._lengths_loaded = False
         """Every file's length was read since the cache last started over."""
         self.length_reads = 0
@@ -209,14 +208,12 @@ class StoreKeywordIndex:
         else:
             for key in touched:
                 self._lengths.pop(key, None)
-        self._lengths_epoch += 1
 
     def rollback(self) -> None:
         """Forgets the writes since the last commit."""
         if self._writer is not None:
             self._writer.rollback()
-        with self._lengths_lock:
-            self._forget_lengths()
+        self._touched = set()  # nothing committed: the cached lengths still hold
 
     def close(self) -> None:
         """Lets go of the writer (its lock and merge threads); uncommitted writes are lost."""
@@ -402,14 +399,14 @@ class StoreKeywordIndex:
             result = searcher.aggregate(
                 tantivy.Query.all_query(),
                 {
-                    "length": {"avg": {"field": "length"}},
                     "total": {"sum": {"field": "length"}},
                     "files": {"cardinality": {"field": "file_key"}},
                 },
             )
-            chunk = float(result["length"]["value"] or 0.0)
+            total = float(result["total"]["value"] or 0.0)
+            chunk = total / int(searcher.num_docs)  # every document has a length
             files = float(result["files"]["value"] or 0.0)
-            file = float(result["total"]["value"] or 0.0) / files if files > 0 else 0.0
+            file = total / files if files > 0 else 0.0
         self._average = (searcher, chunk, file, round(files))
         return chunk, file, round(files)
 
@@ -421,7 +418,7 @@ class StoreKeywordIndex:
         writes or deletes its chunks. The first call after the cache starts over reads
         every file's at once (when the store has at most ``FILE_LENGTHS_CACHED`` files)."""
         with self._lengths_lock:
-            searcher, epoch, loaded = self._searcher, self._lengths_epoch, self._lengths_loaded
+            searcher, loaded = self._searcher, self._lengths_loaded
             found = {k: n for k in map(int, keys) if (n := self._lengths.get(k)) is not None}
         unique = [k for k in dict.fromkeys(int(k) for k in keys) if k not in found]
         if not unique:
@@ -429,7 +426,7 @@ class StoreKeywordIndex:
         every = not loaded and self._means(searcher)[2] <= FILE_LENGTHS_CACHED
         read = self._read_lengths(searcher, None if every else unique)
         with self._lengths_lock:
-            if epoch == self._lengths_epoch:  # no commit since: still the files' lengths
+            if searcher is self._searcher:  # no commit since: still the files' lengths
                 if every:
                     self._lengths, self._lengths_loaded = read, True
                 elif len(self._lengths) + len(read) > FILE_LENGTHS_CACHED:
