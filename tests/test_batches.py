@@ -4,6 +4,7 @@ chunking, store-file RPCs, deletion under a running batch, cancel."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from grpc import aio
+from quiver.server.core.models import BatchStatus
 from quiver.server.ingest.chunking import ChunkingParams, chunk_text
 from quiver.v1 import file_batches_pb2, files_pb2, vector_stores_pb2
 
@@ -1010,6 +1012,46 @@ async def test_cancel_of_a_completed_batch_is_refused(running: Running) -> None:
         )
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_cancel_that_loses_the_race_with_the_last_file_is_refused(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch's last file ends it between the cancel's first look (in progress) and its
+    # write: the cancel must be refused, not answered OK for a batch that ended completed.
+    # The race is replayed: the first look is served the row as it was before the end.
+    a = running.alice
+    store_id, ids = await store_with_files(a, 2)
+    batch = await create_batch(a, store_id, ids)
+    assert (await watch_to_end(a, store_id, batch.id))[-1].file_batch.status == B_COMPLETED
+    batches = running.server.core.batches
+    look = batches._row
+    looks: list[str] = []
+
+    def first_look_before_the_end(*args: Any) -> Any:
+        row = look(*args)
+        looks.append(str(row.status))
+        return (
+            dataclasses.replace(row, status=BatchStatus.IN_PROGRESS.value)
+            if len(looks) == 1
+            else row
+        )
+
+    monkeypatch.setattr(batches, "_row", first_look_before_the_end)
+    err = await rpc_error(
+        a.batches.CancelFileBatch(
+            file_batches_pb2.CancelFileBatchRequest(vector_store_id=store_id, batch_id=batch.id),
+            metadata=a.metadata,
+        )
+    )
+    assert looks[:2] == ["completed", "completed"]
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(err) == "FILE_BATCH_ENDED"
+    assert "completed" in (err.details() or "")
+    monkeypatch.undo()
+    ended = await get_batch(a, store_id, batch.id)
+    assert ended.status == B_COMPLETED
+    assert counts(ended.file_counts) == (0, 2, 0, 0, 2)
 
 
 async def test_a_detached_file_stays_listed_in_its_batch(running: Running) -> None:

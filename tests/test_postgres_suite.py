@@ -22,6 +22,7 @@ from quiver.server.config import Settings
 from tests.support.pg_fixtures import pg_server, pg_url
 from tests.test_attribute_index import test_filtered_search_follows_every_change
 from tests.test_batches import (
+    test_a_cancel_that_loses_the_race_with_the_last_file_is_refused,
     test_a_detached_file_stays_listed_in_its_batch,
     test_a_request_id_retry_after_the_store_expired_returns_the_batch,
     test_a_store_that_expires_under_a_queued_batch_fails_it,
@@ -57,6 +58,7 @@ from tests.test_watch import (
 __all__ = [
     "pg_server",
     "pg_url",
+    "test_a_cancel_that_loses_the_race_with_the_last_file_is_refused",
     "test_a_detached_file_stays_listed_in_its_batch",
     "test_a_request_id_retry_after_the_store_expired_returns_the_batch",
     "test_a_reused_request_id_with_another_body_names_the_difference",

@@ -343,14 +343,12 @@ class FileBatches:
     def _cancel(self, principal: Principal, store_id: str, batch_id: str) -> FileBatch:
         row = self._row(principal, store_id, batch_id)
         if row.status != BatchStatus.IN_PROGRESS:
-            raise FailedPrecondition(
-                f"file batch {batch_id} has already ended ({row.status}); "
-                "only an in-progress batch can be cancelled",
-                reason="FILE_BATCH_ENDED",
-            )
+            raise _ended(batch_id, row.status)
         in_flight = self.calls.ask_loop(self._stop_queued, store_id, batch_id)
         with self.book.transaction() as conn:
-            self.rows.request_cancel(conn, batch_id)
+            if not self.rows.request_cancel(conn, batch_id):
+                # Its last file ended it since the check above: too late to cancel.
+                raise _ended(batch_id, self._row(principal, store_id, batch_id).status)
             for file_id in self.rows.in_progress_files(conn, batch_id):
                 if file_id in in_flight:
                     continue  # stops at its next step: its result is dropped as cancelled
@@ -432,3 +430,11 @@ class FileBatches:
             )
             for r in self.rows.changes_after(batch_id, after_sequence)
         ]
+
+
+def _ended(batch_id: str, status: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"file batch {batch_id} has already ended ({status}); "
+        "only an in-progress batch can be cancelled",
+        reason="FILE_BATCH_ENDED",
+    )

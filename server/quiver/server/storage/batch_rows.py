@@ -93,10 +93,14 @@ class BatchRows:
             .fetchall()
         ]
 
-    def request_cancel(self, tx: Tx, batch_id: str) -> None:
-        conn_of(tx).execute(
-            "UPDATE file_batches SET cancel_requested = 1 WHERE id = ?", (batch_id,)
+    def request_cancel(self, tx: Tx, batch_id: str) -> bool:
+        """Marks the batch as asked to cancel if it is still in progress; False if it has
+        ended (checked in the same statement, so a batch that ends meanwhile is not marked)."""
+        done = conn_of(tx).execute(
+            "UPDATE file_batches SET cancel_requested = 1 WHERE id = ? AND status = ?",
+            (batch_id, BatchStatus.IN_PROGRESS.value),
         )
+        return done.rowcount == 1
 
     def cancel_requested(self, tx: Tx, batch_id: str) -> bool:
         row = (

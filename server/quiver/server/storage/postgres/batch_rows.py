@@ -97,8 +97,15 @@ class PgBatchRows:
             ).fetchall()
         ]
 
-    def request_cancel(self, tx: Tx, batch_id: str) -> None:
-        execute(tx, "UPDATE file_batches SET cancel_requested = true WHERE id = %s", (batch_id,))
+    def request_cancel(self, tx: Tx, batch_id: str) -> bool:
+        """Marks the batch as asked to cancel if it is still in progress; False if it has
+        ended (the row lock orders this against the settle that ends the batch)."""
+        done = execute(
+            tx,
+            "UPDATE file_batches SET cancel_requested = true WHERE id = %s AND status = %s",
+            (batch_id, BatchStatus.IN_PROGRESS.value),
+        )
+        return done.rowcount == 1
 
     def cancel_requested(self, tx: Tx, batch_id: str) -> bool:
         row = execute(
