@@ -27,6 +27,7 @@ from quiver.server.storage.store_file_rows import StoreFileRows
 
 from tests.support import elsewhere
 from tests.support.elsewhere import add_store, unit_vectors
+from tests.support.tmpfs import fill, small_tmpfs
 
 DIM = 16
 STORE = "vs_sync"
@@ -261,6 +262,47 @@ def test_the_keyword_index_follows_chunks_committed_elsewhere(tmp_path: Path, db
         assert keywords.searchable(STORE).chunk_ids().tolist() == later
     finally:
         keywords.close()
+
+
+def test_a_full_disk_under_the_keyword_index_does_not_fail_the_catch_up(
+    tmp_path: Path, db: Database
+) -> None:
+    """A real full disk (a small tmpfs, filled) under the keyword index: the catch-up still
+    brings the vector index up to date and warns instead of raising (a search would answer
+    INTERNAL); the keyword index answers from its last commit, each catch-up is a full pass
+    until it has caught up, and once there is room again it holds every completed chunk."""
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        indexes = IndexManager(tmp_path / "indexes", m=16, ef_construction=100, ef_search=64)
+        keywords = KeywordIndexes(disk / "keyword", commit_seconds=60.0, max_pending=10_000)
+        epoch = Epoch()
+        sync = IndexSync(
+            IndexSyncRows(db),
+            indexes,
+            epoch,
+            keywords=keywords,
+            keyword_rows=ChunkRows(db).keyword_rows,
+        )
+        try:
+            first = commit_file(db, "file-1", 3)
+            assert sync.catch_up(STORE, DIM).full
+            assert keywords.searchable(STORE).chunk_ids().tolist() == first
+            ballast = fill(disk)
+            later = commit_file(db, "file-2", 30)
+            epoch.value += 1  # a full pass: the keyword index is reconciled, and cannot be
+            report = sync.catch_up(STORE, DIM)
+            assert report.full and report.added == 30
+            assert indexes.get(STORE, DIM).holds(np.asarray(later)).all()
+            assert sync.keyword_failures == 1
+            assert keywords.searchable(STORE).chunk_ids().tolist() == first
+            assert sync.catch_up(STORE, DIM).full  # tried again, in full
+            assert sync.keyword_failures == 2
+            ballast.unlink()
+            assert sync.catch_up(STORE, DIM).full
+            assert sync.keyword_failures == 2
+            assert sorted(keywords.searchable(STORE).chunk_ids().tolist()) == first + later
+            assert not sync.catch_up(STORE, DIM).full  # caught up: back to the watermark
+        finally:
+            keywords.close()
 
 
 def set_attributes(db: Database, file_id: str, attributes: str) -> None:

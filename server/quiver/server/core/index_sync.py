@@ -36,12 +36,17 @@ just after its owner died) runs in the background instead of holding up searches
 threads they run on): meanwhile the store is searched exactly over its stored vectors, or,
 when it is too big for that, the search awaits the rebuild without holding a thread.
 
+The store's keyword index follows the same chunks. When it cannot be written (a full disk),
+the search still answers, its keyword ranking from the index's last commit, and the store is
+reconciled in full again at its next search, until the keyword index has caught up.
+
 Blocking: ``catch_up`` and ``prepare`` run on a thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -191,6 +196,8 @@ class IndexSync:
         self.keyword_rows = keyword_rows
         self.active = active
         self.full_every_s = full_every_s
+        self.keyword_failures = 0
+        """Catch-ups whose keyword index could not be written (see ``_sync_keywords``)."""
         self._states: OrderedDict[str, _State] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -347,7 +354,7 @@ class IndexSync:
             index.mark_deleted(plan.extra)
         if added or len(plan.extra):
             self.indexes.changed(store_id, index)
-        self._sync_keywords(plan)
+        keywords_followed = self._sync_keywords(plan)
         if self.files is not None:
             if plan.full:
                 self.files.forget(store_id)
@@ -356,6 +363,8 @@ class IndexSync:
         with self._guard:
             before = self._states.get(store_id)
             reconciled_at = plan.started if plan.full or before is None else before.reconciled_at
+            if not keywords_followed:
+                reconciled_at = -math.inf  # the next plan is a full pass, which retries them
             self._states[store_id] = _State(plan.epoch, plan.walk.watermark, reconciled_at)
             self._states.move_to_end(store_id)
             while len(self._states) > MAX_STORES:
@@ -363,20 +372,33 @@ class IndexSync:
                 self._locks.pop(evicted, None)
         return SyncReport(store_id, added, len(plan.extra), plan.full, plan.walk.watermark)
 
-    def _sync_keywords(self, plan: _Plan) -> None:
+    def _sync_keywords(self, plan: _Plan) -> bool:
         """The keyword index follows the vector index: the same chunks added, and at a full
         pass made to hold exactly the completed chunks (a chunk this replica's own ingest
-        queued meanwhile may be added twice; the next full pass removes the copy)."""
+        queued meanwhile may be added twice; the next full pass removes the copy).
+
+        False when the index could not be written (tantivy's ValueError or an OSError, e.g.
+        a full disk): that is logged and counted, not raised, so the search goes on."""
         if self.keywords is None or self.keyword_rows is None:
-            return
-        if plan.full:
-            wanted = np.asarray(plan.walk.completed, dtype=np.int64)
-            self.keywords.reconcile(plan.store_id, wanted, self.keyword_rows)
-        elif len(plan.missing):
-            for start in range(0, len(plan.missing), LOAD_ROWS):
-                part = [int(i) for i in plan.missing[start : start + LOAD_ROWS]]
-                if self.keywords.add(plan.store_id, self.keyword_rows(part)):
-                    self.keywords.flush(plan.store_id)
+            return True
+        try:
+            if plan.full:
+                wanted = np.asarray(plan.walk.completed, dtype=np.int64)
+                self.keywords.reconcile(plan.store_id, wanted, self.keyword_rows)
+            elif len(plan.missing):
+                for start in range(0, len(plan.missing), LOAD_ROWS):
+                    part = [int(i) for i in plan.missing[start : start + LOAD_ROWS]]
+                    if self.keywords.add(plan.store_id, self.keyword_rows(part)):
+                        self.keywords.flush(plan.store_id)
+        except (OSError, ValueError) as exc:
+            self.keyword_failures += 1
+            log.warning(
+                "keyword index of %s not caught up (a full pass again at its next search): %s",
+                plan.store_id,
+                exc,
+            )
+            return False
+        return True
 
     def _walk_all(self, store_id: str) -> _Walk:
         """Every chunk id of the store, those of completed files apart, and the watermark:
