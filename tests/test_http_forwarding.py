@@ -10,126 +10,31 @@ included, and the fallback to answering here when the owner cannot be reached.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import shutil
-import socket
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from google.protobuf import struct_pb2
-from grpc import aio
-from quiver.server.app import QuiverServer
-from quiver.server.config import Settings
-from quiver.server.core.ownership import Replica, owner_of
-from quiver.server.storage.replica_rows import ReplicaRows
 from quiver.v1 import vector_stores_pb2 as pb
 
-from tests.support.batch_helpers import create_batch, create_store, poll_batch, prose, upload_all
-from tests.support.inproc import Tenant, _tenant, keyed
+from tests.support.replica_pair import Node, Pair, id_winning, replica_pair, unused_address
 
 SERVED_BY = "x-quiver-replica"
 QUERY = "the quiet river under the northern bridge"
 
 
-@dataclass
-class Node:
-    server: QuiverServer
-    channel: aio.Channel
-    alice: Tenant
-    keys: dict[str, str]
-
-    @property
-    def id(self) -> str:
-        return self.server.core.replicas.replica_id
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
-
-    async def hear_of(self, replica_id: str, address: str) -> None:
-        """A heartbeat row for ``replica_id`` in this node's database, then a refresh."""
-        rows = ReplicaRows(self.server.core.db)
-        await asyncio.to_thread(rows.beat, replica_id, address, time.time())
-        await self.server.core.replicas.refresh()
-
-    async def http_search(
-        self, store_id: str, body: dict[str, Any], tenant: str = "alice", request_id: str = ""
-    ) -> httpx.Response:
-        headers = {"authorization": f"Bearer {self.keys[tenant]}"}
-        if request_id:
-            headers["x-request-id"] = request_id
-        url = f"http://127.0.0.1:{self.server.http_port}/v1/vector_stores/{store_id}/search"
-        async with httpx.AsyncClient(timeout=30) as client:
-            return await client.post(url, json=body, headers=headers)
-
-
-async def start(settings: Settings, keys: dict[str, str]) -> Node:
-    server = QuiverServer(settings)
-    port = await server.start()
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
-    return Node(server, channel, _tenant("alice", keys["alice"], channel), keys)
-
-
-async def stop(node: Node) -> None:
-    await node.channel.close(None)
-    await node.server.stop(grace=1.0)
-
-
-@dataclass
-class Pair:
-    store_id: str
-    owner: Node
-    other: Node
-
-
 @pytest.fixture
 async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    """Two replicas (HTTP on) on copies of one data directory holding a store of four files
-    with attributes, each heartbeating in the other's table: ``owner`` owns the store."""
-    base, keys = keyed(
-        Settings(
-            listen="127.0.0.1:0",
-            http_listen="127.0.0.1:0",
-            data_dir=tmp_path / "a",
-            ingest_workers=1,
-            replica_heartbeat_seconds=0.2,
-            replica_timeout_seconds=60.0,  # the rows the tests write stay live meanwhile
-        )
-    )
-    first = await start(base, keys)
-    try:
-        store = await create_store(first.alice, name="shared")
-        ids = await upload_all(
-            first.alice, [(f"doc{i}.txt", prose(i, 3000).encode()) for i in range(4)]
-        )
-        attributes = {
-            "kind": struct_pb2.Value(string_value="doc"),
-            "n": struct_pb2.Value(number_value=2),
-        }
-        batch = await create_batch(first.alice, store.id, ids, attributes=attributes)
-        assert (await poll_batch(first.alice, store.id, batch.id)).file_counts.completed == 4
-    finally:
-        await stop(first)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    a = await start(base, keys)
-    b = await start(replace(base, data_dir=tmp_path / "b"), keys)
-    try:
-        await a.hear_of(b.id, b.address)
-        await b.hear_of(a.id, a.address)
-        found = owner_of(store.id, [Replica(a.id, ""), Replica(b.id, "")])
-        assert found is not None
-        owner, other = (a, b) if found.replica_id == a.id else (b, a)
-        assert not other.server.core.replicas.route(store.id).local
-        yield Pair(store.id, owner, other)
-    finally:
-        await stop(a)
-        await stop(b)
+    """Two replicas (HTTP on) holding one store of four files with attributes: ``owner``
+    owns it, ``other`` does not."""
+    attributes = {
+        "kind": struct_pb2.Value(string_value="doc"),
+        "n": struct_pb2.Value(number_value=2),
+    }
+    async with replica_pair(tmp_path, http=True, attributes=attributes) as two:
+        yield two
 
 
 def hits(response: httpx.Response) -> list[tuple[str, float, str, dict[str, Any]]]:
@@ -139,22 +44,6 @@ def hits(response: httpx.Response) -> list[tuple[str, float, str, dict[str, Any]
     return [
         (h["file_id"], h["score"], h["content"][0]["text"], h["attributes"]) for h in page["data"]
     ]
-
-
-def unused_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
-def id_winning(store_id: str, others: list[str], prefix: str) -> str:
-    """A replica id that would own ``store_id`` among ``others``."""
-    for n in itertools.count():
-        candidate = f"{prefix}-{n}"
-        found = owner_of(store_id, [Replica(r, "") for r in [*others, candidate]])
-        if found is not None and found.replica_id == candidate:
-            return candidate
-    raise AssertionError("unreachable")
 
 
 async def grpc_hits(node: Node, store_id: str) -> list[tuple[str, float]]:

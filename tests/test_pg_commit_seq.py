@@ -18,16 +18,12 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
-from grpc import aio
-from quiver.server.app import QuiverServer
-from quiver.server.config import Settings
 from quiver.server.core.models import AUTO_CHUNKING
 from quiver.server.storage.choice import open_storage
 from quiver.server.storage.postgres.chunk_rows import PgChunkRows
@@ -41,8 +37,8 @@ from tests.support.batch_helpers import (
     prose,
     upload_all,
 )
-from tests.support.inproc import Tenant, _tenant, keyed
 from tests.support.pg_fixtures import pg_server, pg_url
+from tests.support.pg_nodes import Node, pg_nodes
 from tests.support.rpc_helpers import wait_for
 
 __all__ = ["pg_server", "pg_url"]
@@ -52,44 +48,12 @@ HOLD_S = 10.0
 idle_in_transaction_session_timeout)."""
 
 
-@dataclass
-class Node:
-    server: QuiverServer
-    channel: aio.Channel
-    alice: Tenant
-
-
 @pytest.fixture
 async def nodes(tmp_path: Path, pg_url: str) -> AsyncIterator[list[Node]]:
     """Two servers on the same database and keys, each seeing the other live; two ingest
     workers each, so two files of one server are in flight at once."""
-    base, keys = keyed(
-        Settings(
-            listen="127.0.0.1:0",
-            http_listen="off",
-            ingest_workers=2,
-            database=pg_url,
-            replica_heartbeat_seconds=0.2,
-        )
-    )
-    started: list[Node] = []
-    try:
-        for name in ("a", "b"):
-            server = QuiverServer(replace(base, data_dir=tmp_path / name))
-            port = await server.start()
-            channel = aio.insecure_channel(f"127.0.0.1:{port}")
-            started.append(Node(server, channel, _tenant("alice", keys["alice"], channel)))
-        for node in started:
-            await node.server.core.replicas.refresh()
-        await wait_for(
-            lambda: all(len(n.server.core.replicas.view.replicas) == 2 for n in started),
-            within=10,
-        )
-        yield started
-    finally:
-        for node in started:
-            await node.channel.close(None)
-            await node.server.stop(grace=1.0)
+    async with pg_nodes(tmp_path, pg_url, ingest_workers=2) as two:
+        yield two
 
 
 def chunk_rows(node: Node) -> PgChunkRows:

@@ -20,15 +20,12 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
 from grpc import aio
-from quiver.server.app import QuiverServer
-from quiver.server.config import Settings
 from quiver.v1 import file_batches_pb2, vector_stores_pb2
 
 from tests.support.batch_helpers import (
@@ -46,8 +43,8 @@ from tests.support.batch_helpers import (
     start_watch,
     upload_all,
 )
-from tests.support.inproc import Tenant, _tenant, keyed
 from tests.support.pg_fixtures import pg_server, pg_url
+from tests.support.pg_nodes import Node, pg_nodes
 from tests.support.rpc_helpers import rpc_error, wait_for
 
 __all__ = ["pg_server", "pg_url"]
@@ -55,48 +52,12 @@ __all__ = ["pg_server", "pg_url"]
 SERVED_BY = "x-quiver-replica"
 
 
-@dataclass
-class Node:
-    server: QuiverServer
-    channel: aio.Channel
-    alice: Tenant
-
-    @property
-    def id(self) -> str:
-        return self.server.core.replicas.replica_id
-
-
 @pytest.fixture
 async def nodes(tmp_path: Path, pg_url: str) -> AsyncIterator[list[Node]]:
     """Two servers, each with its own data directory, on the same database and keys, each
     seeing the other live."""
-    base, keys = keyed(
-        Settings(
-            listen="127.0.0.1:0",
-            http_listen="off",
-            ingest_workers=1,
-            database=pg_url,
-            replica_heartbeat_seconds=0.2,
-        )
-    )
-    started: list[Node] = []
-    try:
-        for name in ("a", "b"):
-            server = QuiverServer(replace(base, data_dir=tmp_path / name))
-            port = await server.start()
-            channel = aio.insecure_channel(f"127.0.0.1:{port}")
-            started.append(Node(server, channel, _tenant("alice", keys["alice"], channel)))
-        for node in started:
-            await node.server.core.replicas.refresh()
-        await wait_for(
-            lambda: all(len(n.server.core.replicas.view.replicas) == 2 for n in started),
-            within=10,
-        )
-        yield started
-    finally:
-        for node in started:
-            await node.channel.close(None)
-            await node.server.stop(grace=1.0)
+    async with pg_nodes(tmp_path, pg_url) as two:
+        yield two
 
 
 async def filtered(node: Node, store_id: str, tier: str) -> tuple[list[str], str]:

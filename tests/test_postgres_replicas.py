@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from grpc import aio
-from quiver.server.app import QuiverServer
-from quiver.server.config import Settings
 from quiver.v1 import (
     file_batches_pb2,
     file_batches_pb2_grpc,
@@ -32,40 +29,20 @@ from tests.support.batch_helpers import (
     start_watch,
     upload_all,
 )
-from tests.support.inproc import Tenant, _tenant, keyed
+from tests.support.inproc import Tenant
 from tests.support.pg_fixtures import pg_server, pg_url
+from tests.support.pg_nodes import Node as Replica
+from tests.support.pg_nodes import pg_nodes
 from tests.support.serve import kill_quietly, start_serve, terminate, wait_serving
 
 __all__ = ["pg_server", "pg_url"]
 
 
-@dataclass
-class Replica:
-    server: QuiverServer
-    channel: aio.Channel
-    alice: Tenant
-
-
 @pytest.fixture
 async def replicas(tmp_path: Path, pg_url: str) -> AsyncIterator[list[Replica]]:
     """Two servers, each with its own data directory, on the same database and keys."""
-    base, keys = keyed(
-        Settings(listen="127.0.0.1:0", http_listen="off", ingest_workers=1, database=pg_url)
-    )
-    started: list[Replica] = []
-    try:
-        for name in ("a", "b"):
-            from dataclasses import replace
-
-            server = QuiverServer(replace(base, data_dir=tmp_path / name))
-            port = await server.start()
-            channel = aio.insecure_channel(f"127.0.0.1:{port}")
-            started.append(Replica(server, channel, _tenant("alice", keys["alice"], channel)))
-        yield started
-    finally:
-        for replica in started:
-            await replica.channel.close(None)
-            await replica.server.stop(grace=1.0)
+    async with pg_nodes(tmp_path, pg_url, live=False) as two:
+        yield two
 
 
 def _changes(

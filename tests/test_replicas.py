@@ -12,14 +12,10 @@ PostgreSQL backend (issue 15).
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import shutil
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +27,20 @@ from quiver.server.api.forwarding import PeerChannels
 from quiver.server.app import ConfigError, QuiverServer
 from quiver.server.config import Settings
 from quiver.server.core import index_sync
-from quiver.server.core.ownership import Replica, owner_of
-from quiver.server.storage.replica_rows import ReplicaRows
 from quiver.v1 import vector_stores_pb2 as pb
 
 from tests.support import elsewhere
 from tests.support.batch_helpers import (
-    create_batch,
-    create_store,
     get_store,
-    poll_batch,
-    prose,
-    upload_all,
 )
-from tests.support.inproc import Tenant, _tenant, keyed
+from tests.support.inproc import Tenant
+from tests.support.replica_pair import (
+    Node,
+    Pair,
+    id_winning,
+    replica_pair,
+    unused_address,
+)
 from tests.support.rpc_helpers import error_reason, wait_for
 
 SERVED_BY = "x-quiver-replica"
@@ -52,87 +48,11 @@ FORWARDED = "x-quiver-forwarded-by"
 QUERY = "the quiet river under the northern bridge"
 
 
-@dataclass
-class Node:
-    server: QuiverServer
-    channel: aio.Channel
-    alice: Tenant
-    bob: Tenant
-
-    @property
-    def id(self) -> str:
-        return self.server.core.replicas.replica_id
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
-
-    async def hear_of(self, replica_id: str, address: str) -> None:
-        """A heartbeat row for ``replica_id`` in this node's database, then a refresh."""
-        rows = ReplicaRows(self.server.core.db)
-        await asyncio.to_thread(rows.beat, replica_id, address, time.time())
-        await self.server.core.replicas.refresh()
-
-
-async def start(settings: Settings, keys: dict[str, str]) -> Node:
-    server = QuiverServer(settings)
-    port = await server.start()
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
-    alice = _tenant("alice", keys["alice"], channel)
-    return Node(server, channel, alice, _tenant("bob", keys["bob"], channel))
-
-
-async def stop(node: Node) -> None:
-    await node.channel.close(None)
-    await node.server.stop(grace=1.0)
-
-
-@dataclass
-class Pair:
-    store_id: str
-    owner: Node
-    other: Node
-
-
 @pytest.fixture
 async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    """Two replicas on copies of one data directory holding a store of four files, each
-    heartbeating in the other's table: ``owner`` owns the store, ``other`` does not."""
-    base, keys = keyed(
-        Settings(
-            listen="127.0.0.1:0",
-            http_listen="off",
-            data_dir=tmp_path / "a",
-            ingest_workers=1,
-            replica_heartbeat_seconds=0.2,
-            replica_timeout_seconds=60.0,  # the rows the tests write stay live meanwhile
-        )
-    )
-    first = await start(base, keys)
-    try:
-        store = await create_store(first.alice, name="shared")
-        ids = await upload_all(
-            first.alice, [(f"doc{i}.txt", prose(i, 3000).encode()) for i in range(4)]
-        )
-        batch = await create_batch(first.alice, store.id, ids)
-        assert (await poll_batch(first.alice, store.id, batch.id)).file_counts.completed == 4
-    finally:
-        await stop(first)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    a = await start(base, keys)
-    b = await start(replace(base, data_dir=tmp_path / "b"), keys)
-    try:
-        await a.hear_of(b.id, b.address)
-        await b.hear_of(a.id, a.address)
-        owner_id = owner_of(store.id, [Replica(a.id, ""), Replica(b.id, "")])
-        assert owner_id is not None
-        owner, other = (a, b) if owner_id.replica_id == a.id else (b, a)
-        assert owner.server.core.replicas.route(store.id).local
-        assert not other.server.core.replicas.route(store.id).local
-        yield Pair(store.id, owner, other)
-    finally:
-        await stop(a)
-        await stop(b)
+    """Two replicas holding one store of four files: ``owner`` owns it, ``other`` does not."""
+    async with replica_pair(tmp_path) as two:
+        yield two
 
 
 async def search(
@@ -160,23 +80,6 @@ def forwards(node: Node, outcome: str) -> float:
     registry = node.server.core.metrics.registry
     value = registry.get_sample_value("quiver_search_forwards_total", {"outcome": outcome})
     return 0.0 if value is None else value
-
-
-def unused_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
-def id_winning(store_id: str, others: list[str], prefix: str) -> str:
-    """A replica id that would own ``store_id`` among ``others``."""
-    for n in itertools.count():
-        candidate = f"{prefix}-{n}"
-        replicas = [Replica(r, "") for r in [*others, candidate]]
-        found = owner_of(store_id, replicas)
-        if found is not None and found.replica_id == candidate:
-            return candidate
-    raise AssertionError("unreachable")
 
 
 async def test_a_search_on_any_replica_is_answered_by_the_owner_once(pair: Pair) -> None:
