@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +68,8 @@ from quiver.server.storage.rows import StorageUnavailable
 
 log = logging.getLogger("quiver.ingest")
 
+_T = TypeVar("_T")
+
 DATABASE_RETRY_SECONDS = 2.0
 """How soon a file is tried again after the database could not be reached."""
 MAX_RETRY_DELAY = 60.0
@@ -77,11 +79,11 @@ SpecFor = Callable[[str, int, bool], EmbedderSpec]
 """(store's embedding model, dimensions) → the spec a worker builds its embedder from."""
 
 
-async def _outcome(completing: asyncio.Future[bool | None]) -> bool | None:
-    """What the completing transaction answered (None: not completed, also when it failed);
-    waits for it to end."""
+async def _outcome(work: asyncio.Future[_T]) -> _T | None:
+    """What ``work`` (a thread's, e.g. the completing transaction) answered (None: also when
+    it failed); waits for it to end."""
     try:
-        return await completing
+        return await work
     except BaseException:
         return None
 
@@ -374,14 +376,19 @@ class Processing:
         indexing = time.perf_counter()
         self.pending.add(job.store_id, ids)  # in the index, not yet searchable
         try:
+            adding = asyncio.ensure_future(asyncio.to_thread(add_to_index, index, ids, vectors))
             try:
-                await asyncio.to_thread(add_to_index, index, ids, vectors)
+                await asyncio.shield(adding)
                 index_seconds = time.perf_counter() - indexing
                 in_flight = self.scheduler.in_flight_files(job.store_id)
                 completing = asyncio.ensure_future(
                     self.calls.run(self._complete, job, output, ids, in_flight, owner, in_commit)
                 )
             except BaseException:
+                # Cancelled (a stop) while the vectors are added on their thread, which goes
+                # on: the labels are taken out once it is done (taken out before, the ones it
+                # adds later would stay, searchable and saved, with no chunk behind them).
+                await _outcome(adding)
                 await self._discard(job.store_id, index, ids, stored=in_commit is None)
                 raise
             try:
