@@ -25,6 +25,7 @@ from tests.support.batch_helpers import (
     chunk_rows,
     create_store,
     get_file,
+    index_matches_chunks,
     poll_file,
     prose,
     upload_all,
@@ -124,6 +125,9 @@ async def test_only_expired_or_unclaimed_leases_are_taken_up(running: Running) -
     finally:
         await channel.close(None)
         await again.stop(grace=1)
+    # `held`'s earlier chunks, in the index since the start's reconciliation, went with the
+    # rows the sweep deleted: the index saved at the stop holds exactly the chunks stored.
+    assert index_matches_chunks(data_dir, store.id) == ([], [])
 
 
 async def test_a_data_directory_from_before_leases_is_migrated_and_taken_up(

@@ -19,10 +19,15 @@ import pytest
 from quiver.server.config import Settings
 from quiver.server.core import chunk_writer
 from quiver.server.core import processing as processing_module
-from quiver.server.index.hnsw import VectorIndex
 from quiver.v1 import vector_stores_pb2
 
-from tests.support.batch_helpers import create_batch, create_store, prose, upload_all
+from tests.support.batch_helpers import (
+    create_batch,
+    create_store,
+    index_matches_chunks,
+    prose,
+    upload_all,
+)
 from tests.support.inproc import serving
 from tests.support.rpc_helpers import wait_for
 
@@ -41,18 +46,6 @@ def file_status(data_dir: Path, file_id: str) -> str:
             "SELECT status FROM vector_store_files WHERE file_id = ?", (file_id,)
         ).fetchone()
         return str(status)
-
-
-def saved_labels(data_dir: Path, store_id: str) -> list[int]:
-    """The live labels of the store's saved index (none saved: none)."""
-    path = data_dir / "indexes" / f"{store_id}.hnsw"
-    if not path.exists():
-        return []
-    with sqlite3.connect(data_dir / "quiver.sqlite3") as conn:
-        (dim,) = conn.execute(
-            "SELECT embedding_dimensions FROM vector_stores WHERE id = ?", (store_id,)
-        ).fetchone()
-    return [int(label) for label in VectorIndex.open(path, int(dim)).labels()]
 
 
 async def test_a_stop_during_the_completing_transaction_keeps_the_completed_files_chunks(
@@ -133,7 +126,7 @@ async def test_a_stop_while_vectors_are_added_leaves_none_of_them_in_the_index(
         monkeypatch.setattr(scheduler, "stop", stop_then_release)
     assert file_status(data_dir, file_id) == "in_progress"  # resumed at the next start
     assert stored_chunks(data_dir, file_id) == 0
-    assert saved_labels(data_dir, store.id) == []
+    assert index_matches_chunks(data_dir, store.id) == ([], [])
 
     monkeypatch.setattr(processing_module, "add_to_index", real_add)
     async with serving(replace(settings, http_listen="off")) as again:  # and then completed

@@ -19,6 +19,7 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc import aio
 from quiver.server.core.ports import IngestExecutor
+from quiver.server.index.hnsw import VectorIndex
 from quiver.server.ingest.chunking import count_tokens
 from quiver.server.ingest.worker import WorkerInput, WorkerOutput
 from quiver.v1 import common_pb2, file_batches_pb2, vector_stores_pb2
@@ -403,6 +404,25 @@ def chunk_rows(data_dir: Path, store_id: str) -> dict[str, int]:
         )
     finally:
         db.close()
+
+
+def index_matches_chunks(data_dir: Path, store_id: str) -> tuple[list[int], list[int]]:
+    """The store's saved index against its chunk rows (after a stop): the chunk ids it lacks
+    and the live labels it holds with no chunk behind them (both empty when it matches)."""
+    path = data_dir / "indexes" / f"{store_id}.hnsw"
+    db = open_db(data_dir)
+    try:
+        stored = {
+            int(r[0])
+            for r in db.execute("SELECT id FROM chunks WHERE vector_store_id = ?", (store_id,))
+        }
+        (dim,) = db.execute(
+            "SELECT embedding_dimensions FROM vector_stores WHERE id = ?", (store_id,)
+        ).fetchone()
+    finally:
+        db.close()
+    held = {int(x) for x in VectorIndex.open(path, int(dim)).labels()} if path.exists() else set()
+    return sorted(stored - held), sorted(held - stored)
 
 
 Chunks: TypeAlias = dict[tuple[str, int], tuple[int, str, bytes]]

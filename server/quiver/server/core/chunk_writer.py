@@ -99,20 +99,22 @@ class ChunkWriter:
         """Deletes every chunk of one store file, in slices; returns how many there were."""
         return self._delete_of(store_id, file_id)
 
-    def delete_leftovers(self, owner: Owner) -> None:
+    def delete_leftovers(self, owner: Owner) -> list[int]:
         """Deletes the chunks a failed attempt of ``owner``'s job left, in slices, as long as
         the file is still in progress with the job's generation (never those of a newer
-        attachment of the same file)."""
+        attachment of the same file); returns their ids."""
         pacer = Pacer()
+        deleted: list[int] = []
         while True:
             rows = pacer.rows
             began = time.perf_counter()
-            n = self.rows.delete_leftovers_slice(owner, rows)
-            if n is None:
-                return
+            ids = self.rows.delete_leftovers_slice(owner, rows)
+            if ids is None:
+                return deleted
+            deleted += ids
             pacer.took(time.perf_counter() - began)
-            if n < rows:
-                return
+            if len(ids) < rows:
+                return deleted
 
     def delete_store(self, store_id: str) -> int:
         """Deletes every chunk of a (deleted) store, in slices; returns how many there were."""

@@ -116,6 +116,10 @@ class VectorIndexes(Protocol):
 
     def changed(self, store_id: str, index: VectorIndex) -> None: ...
 
+    def remove_held(self, store_id: str, labels: Sequence[int]) -> None:
+        """``labels`` marked deleted in the store's index, if it is open here."""
+        ...
+
     def drop(self, store_id: str) -> None: ...
 
     def reconcile(

@@ -275,7 +275,7 @@ class Processing:
             if row is None:
                 return
             try:
-                await asyncio.to_thread(self.writer.delete_leftovers, self._owner(job, row))
+                await asyncio.to_thread(self._delete_leftovers, self._owner(job, row))
                 await self.calls.run(self._settle_now, job, error)
                 return
             except (DatabaseError, OSError) as exc:
@@ -357,7 +357,7 @@ class Processing:
             return
         owner = self._owner(job, row)
         if leftovers:  # (PostgreSQL: none from new writes; older versions' slices may remain)
-            await asyncio.to_thread(self.writer.delete_leftovers, owner)
+            await asyncio.to_thread(self._delete_leftovers, owner)
         in_commit = self.chunk_rows.in_commit()
         if in_commit is not None:  # rows written by the completing transaction itself
             ids = await self.calls.run(in_commit.reserve_ids, len(output.texts))
@@ -586,12 +586,18 @@ class Processing:
         return len(jobs)
 
     def _delete_claimed_leftovers(self, jobs: list[Job]) -> None:
-        """Blocking: the chunks the previous owners of ``jobs`` left (their labels stay in the
-        index, hidden from searches, until the next start's reconciliation), each only while
-        its claim is still current (never the chunks of a newer attachment)."""
+        """Blocking: the chunks the previous owners of ``jobs`` left, each only while its
+        claim is still current (never the chunks of a newer attachment)."""
         for job in jobs:
-            owner = Owner(job.store_id, job.file_id, job.generation, None, job.tenant, "")
-            self.writer.delete_leftovers(owner)
+            self._delete_leftovers(
+                Owner(job.store_id, job.file_id, job.generation, None, job.tenant, "")
+            )
+
+    def _delete_leftovers(self, owner: Owner) -> None:
+        """Blocking: the chunks an earlier attempt at ``owner``'s file left, out of the
+        database and, if the start's reconciliation put them there, out of the index (they
+        never completed; kept, they would stay in every saved index until a restart)."""
+        self.indexes.remove_held(owner.store_id, self.writer.delete_leftovers(owner))
 
     def release_leases(self) -> None:
         """At a clean stop, after the scheduler: the files left unfinished may be claimed at

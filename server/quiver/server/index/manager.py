@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,15 @@ class IndexManager:
         if len(labels):
             self.get(store_id, dim).mark_deleted(labels)
             self._dirty.add(store_id)
+
+    def remove_held(self, store_id: str, labels: Sequence[int]) -> None:
+        """Marks ``labels`` deleted in the store's index if it is open here (a store's index
+        is opened at start and kept open, so labels added by this process are in it); an
+        index not open holds nothing of this process's. Blocking."""
+        index = self._open.get(store_id)
+        if index is not None and len(labels):
+            index.mark_deleted(np.asarray(labels, dtype=np.int64))
+            self.changed(store_id, index)
 
     def changed(self, store_id: str, index: object) -> None:
         """``index`` (got from ``get``) was written to outside this manager, e.g. in a thread:

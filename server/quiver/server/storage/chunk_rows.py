@@ -100,9 +100,10 @@ class ChunkRows:
             marks = ",".join("?" * len(ids))
             conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
 
-    def delete_leftovers_slice(self, owner: Owner, rows: int) -> int | None:
+    def delete_leftovers_slice(self, owner: Owner, rows: int) -> list[int] | None:
         """Deletes up to ``rows`` chunks of ``owner``'s store file in one transaction, as long
-        as the file is in progress with the owner's generation (else None); returns how many."""
+        as the file is in progress with the owner's generation (else None); returns their
+        ids."""
         with self.db.slice() as conn:
             current = conn.execute(
                 "SELECT status, generation FROM vector_store_files "
@@ -114,12 +115,14 @@ class ChunkRows:
                 owner.generation,
             ):
                 return None
-            n: int = conn.execute(
-                "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks "
-                f"WHERE vector_store_id = ? AND file_id = ? LIMIT {rows})",
-                (owner.store_id, owner.file_id),
-            ).rowcount
-            return n
+            return [
+                int(r[0])
+                for r in conn.execute(
+                    "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks "
+                    f"WHERE vector_store_id = ? AND file_id = ? LIMIT {rows}) RETURNING id",
+                    (owner.store_id, owner.file_id),
+                ).fetchall()
+            ]
 
     def delete_of_slice(self, store_id: str, file_id: str | None, rows: int) -> int:
         """Deletes up to ``rows`` chunks of the store (of one of its files if ``file_id``)

@@ -151,7 +151,7 @@ class PgChunkRows:
         with self.db.transaction() as conn:
             execute(conn, "DELETE FROM chunks WHERE id = ANY(%s::bigint[])", (ids,))
 
-    def delete_leftovers_slice(self, owner: Owner, rows: int) -> int | None:
+    def delete_leftovers_slice(self, owner: Owner, rows: int) -> list[int] | None:
         with self.db.transaction() as conn:
             current = execute(
                 conn,
@@ -164,12 +164,15 @@ class PgChunkRows:
                 owner.generation,
             ):
                 return None
-            return execute(
-                conn,
-                "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks "
-                "WHERE vector_store_id = %s AND file_id = %s LIMIT %s)",
-                (owner.store_id, owner.file_id, rows),
-            ).rowcount
+            return [
+                int(r["id"])
+                for r in execute(
+                    conn,
+                    "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks "
+                    "WHERE vector_store_id = %s AND file_id = %s LIMIT %s) RETURNING id",
+                    (owner.store_id, owner.file_id, rows),
+                ).fetchall()
+            ]
 
     def delete_of_slice(self, store_id: str, file_id: str | None, rows: int) -> int:
         where = "vector_store_id = %s"
