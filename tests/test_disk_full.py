@@ -4,11 +4,14 @@ never INTERNAL; searches still answer; once space is back, everything works agai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,14 +26,27 @@ from tests.support.tmpfs import fill, small_tmpfs
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
+def settings(tmp_path: Path, overrides: dict[str, Any]) -> Iterator[Settings]:
     with small_tmpfs(tmp_path / "disk", "16m") as disk:
-        yield Settings(
+        base = Settings(
             http_listen="127.0.0.1:0",
             listen="127.0.0.1:0",
             data_dir=disk / "data",
             ingest_workers=1,
         )
+        yield replace(base, **overrides)
+
+
+def hold_a_reader(data_dir: Path) -> sqlite3.Connection:
+    """An empty WAL (checkpointed and truncated now) and a reader holding its snapshot, which
+    keeps SQLite from restarting the WAL: every write must grow the WAL file, so on a full
+    disk every write fails. Roll it back and close it to let go."""
+    reader = sqlite3.connect(data_dir / "quiver.sqlite3")
+    busy, _, _ = reader.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM vector_stores").fetchone()
+    return reader
 
 
 async def search(t: Tenant, store_id: str) -> vector_stores_pb2.SearchVectorStoreResponse:
@@ -60,14 +76,7 @@ async def test_a_full_disk_answers_resource_exhausted(
     assert before.data
 
     data_dir = running.server.settings.data_dir
-    # An empty WAL (checkpointed and truncated now) and a reader holding its snapshot, which
-    # keeps SQLite from restarting the WAL: every write must grow the WAL file, so on a full
-    # disk every write fails.
-    reader = sqlite3.connect(data_dir / "quiver.sqlite3")
-    busy, _, _ = reader.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    assert busy == 0
-    reader.execute("BEGIN")
-    reader.execute("SELECT COUNT(*) FROM vector_stores").fetchone()
+    reader = hold_a_reader(data_dir)
     ballast = fill(data_dir.parent)
     try:
         # An upload writes its blob: ENOSPC at once.
@@ -97,6 +106,31 @@ async def test_a_full_disk_answers_resource_exhausted(
     assert again.id
     assert (await upload(a, "after.txt", b"fine")).bytes == 4
     assert (await search(a, store.id)).data
+
+
+@pytest.mark.parametrize("overrides", [{"replica_heartbeat_seconds": 0.1}])
+async def test_a_heartbeat_on_a_full_disk_warns_without_a_traceback(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk is an outage that passes: the heartbeat that meets it tries again at its
+    next beat, and says so in a warning, not in an error with a traceback (which would page
+    someone for every beat)."""
+    await create_store(running.alice)
+    data_dir = running.server.settings.data_dir
+    reader = hold_a_reader(data_dir)
+    ballast = fill(data_dir.parent)
+    try:
+        with caplog.at_level(logging.WARNING, logger="quiver.replicas"):
+            await asyncio.sleep(0.6)
+    finally:
+        reader.rollback()
+        reader.close()
+        ballast.unlink()
+    beats = [r for r in caplog.records if r.name == "quiver.replicas"]
+    assert any("replica heartbeat failed (tried again soon)" in r.getMessage() for r in beats)
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in beats), [
+        (r.levelname, r.getMessage()) for r in beats
+    ]
 
 
 async def test_stop_on_a_full_disk_is_clean(running: Running) -> None:

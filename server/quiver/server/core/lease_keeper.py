@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from quiver.server.core.job_leases import JobLeases
+from quiver.server.storage.database import is_outage
 
 log = logging.getLogger("quiver.leases")
 
@@ -33,8 +34,11 @@ class LeaseKeeper:
             await asyncio.sleep(self.interval)
             try:
                 await self.leases.renew()
-            except Exception:  # e.g. a full disk: tried again at the next beat
-                log.exception("renewing the job leases failed")
+            except Exception as exc:  # e.g. a full disk: tried again at the next beat
+                if not is_outage(exc):
+                    log.exception("renewing the job leases failed")
+                else:
+                    log.warning("renewing the job leases failed (tried again soon): %s", exc)
             try:
                 claimed = await self.sweep()
             except Exception:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from quiver.server.core.clock import Clock, system_clock
 from quiver.server.core.ownership import Ownership, Replica, View
+from quiver.server.storage.database import is_outage
 from quiver.server.storage.interfaces import ReplicaRepository
 
 log = logging.getLogger("quiver.replicas")
@@ -153,8 +154,11 @@ class Replicas:
                 beats += 1
                 if beats % 1000 == 1:
                     await asyncio.to_thread(self.rows.forget_before, self.clock() - FORGET_AFTER_S)
-            except Exception:  # e.g. the database restarting: tried again at the next beat
-                log.exception("replica heartbeat failed")
+            except Exception as exc:  # e.g. the database restarting: tried again at the next beat
+                if not is_outage(exc):
+                    log.exception("replica heartbeat failed")
+                else:
+                    log.warning("replica heartbeat failed (tried again soon): %s", exc)
 
     async def stop(self) -> None:
         """Stops the heartbeat and removes this replica's row (the others stop forwarding to

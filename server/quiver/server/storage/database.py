@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from quiver.server.storage.rows import StorageError
 from quiver.server.storage.schema import (
     ADDED_COLUMNS,
     ADDED_INDEXES,
@@ -39,6 +40,13 @@ def is_disk_full(exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)
         return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A fault that passes by itself: a full disk, or a networked database unreachable or
+    restarting. A periodic write that meets one tries again at its next beat; worth a
+    warning, not a traceback."""
+    return is_disk_full(exc) or isinstance(exc, StorageError)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
