@@ -122,3 +122,21 @@ def test_a_database_of_the_previous_schema_is_migrated_at_open(
         assert index.holds(np.asarray(before + after)).all()
     finally:
         storage.close()
+
+
+def test_opening_a_current_database_takes_no_table_lock(pg_url: str, tmp_path: Path) -> None:
+    """Every replica's start migrates the schema: on a database that is already current it
+    must run no DDL, whose ACCESS EXCLUSIVE locks (``ALTER TABLE … IF NOT EXISTS`` takes one
+    even when the column is there) wait for every other replica's writes and can deadlock
+    with them (a replica failed to start so in ``make cluster-test``). Here another replica's
+    transaction holds the write lock its writes take, and the database's sessions give up
+    waiting for a lock after 2 s (this test's own database)."""
+    open_storage(pg_url, tmp_path / "first").close()  # the schema made
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        name = admin.execute("SELECT current_database()").fetchone()
+        assert name is not None
+        admin.execute(f"ALTER DATABASE {name[0]} SET lock_timeout = '2s'")
+    with psycopg.connect(pg_url) as other:
+        other.execute("LOCK TABLE vector_stores, vector_store_files IN ROW EXCLUSIVE MODE")
+        storage = open_storage(pg_url, tmp_path / "second")
+        storage.close()

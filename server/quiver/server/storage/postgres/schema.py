@@ -4,7 +4,9 @@ full-text index (the keyword index is a cache built from the chunk rows)."""
 
 from __future__ import annotations
 
-from quiver.server.storage.postgres.connection import PgDatabase
+import re
+
+from quiver.server.storage.postgres.connection import Conn, PgDatabase
 
 SCHEMA_VERSION = 1
 MIGRATION_LOCK = 0x51_55_49_56  # "QUIV": one server migrates at a time
@@ -146,10 +148,24 @@ CREATE INDEX IF NOT EXISTS vector_store_files_by_commit
 column to an existing table)."""
 
 
+RELATIONS = tuple(
+    re.findall(r"CREATE (?:UNIQUE )?(?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA + ADDED)
+)
+"""Every table and index the schema makes, by name."""
+
+COLUMNS = tuple(re.findall(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+)", ADDED))
+"""Every (table, column) added to a table after it first shipped."""
+
+
 def migrate(db: PgDatabase) -> None:
     """Creates what is missing, in one transaction under an advisory lock (several servers
-    may start on the same database at once)."""
+    may start on the same database at once). When nothing is missing (every start but the
+    first of a version) no DDL runs: ``ALTER TABLE … IF NOT EXISTS`` takes its table's
+    ACCESS EXCLUSIVE lock even when the column is there, which would stall the other
+    replicas' writes while this one starts, and can deadlock with them."""
     with db.transaction() as conn:
+        if _complete(conn):
+            return
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         conn.execute(SCHEMA)
         conn.execute(ADDED)
@@ -158,3 +174,27 @@ def migrate(db: PgDatabase) -> None:
             "ON CONFLICT (key) DO NOTHING",
             (str(SCHEMA_VERSION),),
         )
+
+
+def _complete(conn: Conn) -> bool:
+    """Whether every relation and added column exists, and the schema version is recorded
+    (read from the catalogs: no lock on the tables)."""
+    found = conn.execute(
+        "SELECT count(*) AS n FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace "
+        "WHERE s.nspname = current_schema() AND c.relname = ANY(%s)",
+        (list(RELATIONS),),
+    ).fetchone()
+    if found is None or found["n"] != len(set(RELATIONS)):
+        return False
+    for table, column in COLUMNS:
+        if (
+            conn.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = %s AND column_name = %s",
+                (table, column),
+            ).fetchone()
+            is None
+        ):
+            return False
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return version is not None
