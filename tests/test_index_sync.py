@@ -236,11 +236,13 @@ def test_a_searched_index_is_reconciled_in_full_now_and_then(tmp_path: Path, db:
     assert not sync.catch_up(STORE, DIM).full
 
 
-def test_the_keyword_index_follows_chunks_committed_elsewhere(tmp_path: Path, db: Database) -> None:
-    """Catch-up adds the same chunks to the store's keyword (tantivy) index, and a full pass
-    at a new epoch makes it hold exactly the completed chunks."""
+def with_keywords(
+    tmp_path: Path, keyword_root: Path, db: Database
+) -> tuple[IndexSync, IndexManager, KeywordIndexes, Epoch]:
+    """A catch-up that keeps a keyword index (under ``keyword_root``) too; close the keyword
+    indexes when done."""
     indexes = IndexManager(tmp_path / "indexes", m=16, ef_construction=100, ef_search=64)
-    keywords = KeywordIndexes(tmp_path / "keyword", commit_seconds=60.0, max_pending=10_000)
+    keywords = KeywordIndexes(keyword_root, commit_seconds=60.0, max_pending=10_000)
     epoch = Epoch()
     sync = IndexSync(
         IndexSyncRows(db),
@@ -249,6 +251,13 @@ def test_the_keyword_index_follows_chunks_committed_elsewhere(tmp_path: Path, db
         keywords=keywords,
         keyword_rows=ChunkRows(db).keyword_rows,
     )
+    return sync, indexes, keywords, epoch
+
+
+def test_the_keyword_index_follows_chunks_committed_elsewhere(tmp_path: Path, db: Database) -> None:
+    """Catch-up adds the same chunks to the store's keyword (tantivy) index, and a full pass
+    at a new epoch makes it hold exactly the completed chunks."""
+    sync, _, keywords, epoch = with_keywords(tmp_path, tmp_path / "keyword", db)
     try:
         gone = commit_file(db, "file-1", 3)
         sync.catch_up(STORE, DIM)  # the first pass is full
@@ -272,16 +281,7 @@ def test_a_full_disk_under_the_keyword_index_does_not_fail_the_catch_up(
     INTERNAL); the keyword index answers from its last commit, each catch-up is a full pass
     until it has caught up, and once there is room again it holds every completed chunk."""
     with small_tmpfs(tmp_path / "disk", "2m") as disk:
-        indexes = IndexManager(tmp_path / "indexes", m=16, ef_construction=100, ef_search=64)
-        keywords = KeywordIndexes(disk / "keyword", commit_seconds=60.0, max_pending=10_000)
-        epoch = Epoch()
-        sync = IndexSync(
-            IndexSyncRows(db),
-            indexes,
-            epoch,
-            keywords=keywords,
-            keyword_rows=ChunkRows(db).keyword_rows,
-        )
+        sync, indexes, keywords, epoch = with_keywords(tmp_path, disk / "keyword", db)
         try:
             first = commit_file(db, "file-1", 3)
             assert sync.catch_up(STORE, DIM).full

@@ -48,6 +48,22 @@ def file_status(data_dir: Path, file_id: str) -> str:
         return str(status)
 
 
+def release_once_the_stop_began(
+    scheduler: Any, release: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's stop cancels its ingest first; ``release`` lets the held thread go half
+    a second after that cancel was delivered."""
+    stop = scheduler.stop
+
+    async def stop_then_release() -> None:
+        stopping = asyncio.ensure_future(stop())
+        await asyncio.sleep(0.5)
+        release.set()
+        await stopping
+
+    monkeypatch.setattr(scheduler, "stop", stop_then_release)
+
+
 async def test_a_stop_during_the_completing_transaction_keeps_the_completed_files_chunks(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,16 +87,7 @@ async def test_a_stop_during_the_completing_transaction_keeps_the_completed_file
         assert await asyncio.to_thread(reached.wait, 60)
         # The stop (after the RPCs' 1 s grace) cancels the ingest while the transaction
         # waits on its thread; the transaction is let go once that cancel was delivered.
-        scheduler = running.server.core.scheduler
-        stop = scheduler.stop
-
-        async def stop_then_release() -> None:
-            stopping = asyncio.ensure_future(stop())
-            await asyncio.sleep(0.5)
-            release.set()
-            await stopping
-
-        monkeypatch.setattr(scheduler, "stop", stop_then_release)
+        release_once_the_stop_began(running.server.core.scheduler, release, monkeypatch)
     assert file_status(data_dir, file_id) == "completed"
     assert stored_chunks(data_dir, file_id) > 0
 
@@ -114,16 +121,7 @@ async def test_a_stop_while_vectors_are_added_leaves_none_of_them_in_the_index(
         (file_id,) = await upload_all(running.alice, [("one.txt", prose(6, 6000).encode())])
         await create_batch(running.alice, store.id, [file_id])
         assert await asyncio.to_thread(reached.wait, 60)
-        scheduler = running.server.core.scheduler
-        stop = scheduler.stop
-
-        async def stop_then_release() -> None:
-            stopping = asyncio.ensure_future(stop())
-            await asyncio.sleep(0.5)
-            release.set()
-            await stopping
-
-        monkeypatch.setattr(scheduler, "stop", stop_then_release)
+        release_once_the_stop_began(running.server.core.scheduler, release, monkeypatch)
     assert file_status(data_dir, file_id) == "in_progress"  # resumed at the next start
     assert stored_chunks(data_dir, file_id) == 0
     assert index_matches_chunks(data_dir, store.id) == ([], [])
