@@ -108,25 +108,27 @@ async def test_a_full_disk_answers_resource_exhausted(
     assert (await search(a, store.id)).data
 
 
-@pytest.mark.parametrize("overrides", [{"replica_heartbeat_seconds": 0.1}])
+@pytest.mark.parametrize(
+    "overrides", [{"replica_heartbeat_seconds": 0.1, "job_renew_seconds": 0.1}]
+)
 async def test_a_heartbeat_on_a_full_disk_warns_without_a_traceback(
     running: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A full disk is an outage that passes: the heartbeat that meets it tries again at its
-    next beat, and says so in a warning, not in an error with a traceback (which would page
-    someone for every beat)."""
+    """A full disk is an outage that passes: the heartbeat (and the lease renewal and sweep)
+    that meets it tries again at its next beat, and says so in a warning, not in an error
+    with a traceback (which would page someone for every beat)."""
     await create_store(running.alice)
     data_dir = running.server.settings.data_dir
     reader = hold_a_reader(data_dir)
     ballast = fill(data_dir.parent)
     try:
-        with caplog.at_level(logging.WARNING, logger="quiver.replicas"):
+        with caplog.at_level(logging.WARNING, logger="quiver"):
             await asyncio.sleep(0.6)
     finally:
         reader.rollback()
         reader.close()
         ballast.unlink()
-    beats = [r for r in caplog.records if r.name == "quiver.replicas"]
+    beats = [r for r in caplog.records if r.name in ("quiver.replicas", "quiver.leases")]
     assert any("replica heartbeat failed (tried again soon)" in r.getMessage() for r in beats)
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in beats), [
         (r.levelname, r.getMessage()) for r in beats

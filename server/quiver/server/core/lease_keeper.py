@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from quiver.server.core.job_leases import JobLeases
-from quiver.server.storage.database import is_outage
+from quiver.server.core.outages import log_failed_beat
 
 log = logging.getLogger("quiver.leases")
 
@@ -35,14 +35,11 @@ class LeaseKeeper:
             try:
                 await self.leases.renew()
             except Exception as exc:  # e.g. a full disk: tried again at the next beat
-                if not is_outage(exc):
-                    log.exception("renewing the job leases failed")
-                else:
-                    log.warning("renewing the job leases failed (tried again soon): %s", exc)
+                log_failed_beat(log, "renewing the job leases", exc)
             try:
                 claimed = await self.sweep()
-            except Exception:
-                log.exception("claiming expired job leases failed")
+            except Exception as exc:
+                log_failed_beat(log, "claiming expired job leases", exc)
             else:
                 if claimed:
                     log.info("claimed files whose lease expired", extra={"files": claimed})

@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 
 from quiver.server.core.clock import Clock, system_clock
+from quiver.server.core.outages import log_failed_beat
 from quiver.server.core.ownership import Ownership, Replica, View
-from quiver.server.storage.database import is_outage
 from quiver.server.storage.interfaces import ReplicaRepository
 
 log = logging.getLogger("quiver.replicas")
@@ -155,10 +155,7 @@ class Replicas:
                 if beats % 1000 == 1:
                     await asyncio.to_thread(self.rows.forget_before, self.clock() - FORGET_AFTER_S)
             except Exception as exc:  # e.g. the database restarting: tried again at the next beat
-                if not is_outage(exc):
-                    log.exception("replica heartbeat failed")
-                else:
-                    log.warning("replica heartbeat failed (tried again soon): %s", exc)
+                log_failed_beat(log, "replica heartbeat", exc)
 
     async def stop(self) -> None:
         """Stops the heartbeat and removes this replica's row (the others stop forwarding to
