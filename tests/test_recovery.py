@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from tests.support.batch_helpers import (
     create_batch,
     create_store,
     duplicate_chunks,
+    index_matches_chunks,
     list_batch_files,
     open_db,
     poll_file,
@@ -218,6 +220,43 @@ async def test_a_cancel_in_progress_at_stop_ends_cancelled_after_restart(
     finally:
         await channel.close(None)
         await again.stop(grace=1)
+
+
+async def test_chunks_left_by_a_file_that_ended_cancelled_are_deleted_at_start(
+    running: Running,
+) -> None:
+    """What a SIGKILL between a cancelled file's settling and the deletion of its attempt's
+    chunk rows leaves (on SQLite, written before the completing transaction): the file
+    ``cancelled`` with chunk rows. The next start deletes them (no later attempt would, and
+    recovery takes up only files in progress) before it reconciles the index."""
+    a = running.alice
+    data_dir = running.server.settings.data_dir
+    store = await create_store(a)
+    ids = await upload_all(a, [(f"k{i}.txt", prose(40 + i, 3_000).encode()) for i in range(2)])
+    batch = await create_batch(a, store.id, ids)
+    assert (await watch_to_end(a, store.id, batch.id, within=60))[-1].file_batch.status == (
+        B_COMPLETED
+    )
+    await running.server.stop(grace=1)
+    db = sqlite3.connect(data_dir / "quiver.sqlite3", timeout=10)
+    try:
+        with db:
+            db.execute(
+                "UPDATE vector_store_files SET status = 'cancelled', usage_bytes = 0 "
+                "WHERE vector_store_id = ? AND file_id = ?",
+                (store.id, ids[0]),
+            )
+    finally:
+        db.close()
+    assert set(chunk_rows(data_dir, store.id)) == set(ids)
+
+    again = QuiverServer(running.server.settings)
+    await again.start()
+    try:
+        assert set(chunk_rows(data_dir, store.id)) == {ids[1]}
+    finally:
+        await again.stop(grace=1)
+    assert index_matches_chunks(data_dir, store.id) == ([], [])
 
 
 # -- end to end: `quiver serve`, SIGKILL, restart ------------------------------------------

@@ -613,6 +613,11 @@ class Processing:
         deleted before their chunks were."""
         for job in jobs:
             self.writer.delete_file(job.store_id, job.file_id)
+        for store_id, file_id in self.chunk_rows.settled_with_chunks():
+            # Settled (e.g. cancelled in flight), then the server died before the attempt's
+            # rows were deleted: no later attempt or recovery of the file would.
+            log.info("deleting the chunks left by ended file %s in %s", file_id, store_id)
+            self.writer.delete_file(store_id, file_id)
         for store_id in self.chunk_rows.stores_deleted_from_thread():
             log.info("deleting the chunks of deleted store %s", store_id)
             self.writer.delete_store(store_id)

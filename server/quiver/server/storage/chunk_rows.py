@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.models import FileStatus
 from quiver.server.storage.database import Database
 from quiver.server.storage.rows import ChunkHit, NotWanted, Owner, Tx, conn_of
 
@@ -206,6 +207,22 @@ class ChunkRows:
             .execute(
                 "SELECT DISTINCT vector_store_id FROM chunks "
                 "WHERE vector_store_id NOT IN (SELECT id FROM vector_stores)"
+            )
+            .fetchall()
+        ]
+
+    def settled_with_chunks(self) -> list[tuple[str, str]]:
+        """The (store, file) of files ended other than completed (cancelled, failed) that
+        still have chunk rows: an attempt's rows, left when the server died between the
+        file's settling and their deletion. Blocking: from a thread."""
+        return [
+            (r[0], r[1])
+            for r in self.db.reader()
+            .execute(
+                "SELECT f.vector_store_id, f.file_id FROM vector_store_files f "
+                "WHERE f.status IN (?, ?) AND EXISTS (SELECT 1 FROM chunks c "
+                "WHERE c.vector_store_id = f.vector_store_id AND c.file_id = f.file_id)",
+                (FileStatus.CANCELLED.value, FileStatus.FAILED.value),
             )
             .fetchall()
         ]

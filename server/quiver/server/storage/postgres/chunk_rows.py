@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
+from quiver.server.core.models import FileStatus
 from quiver.server.storage.postgres.connection import Conn, PgDatabase, conn_of, execute
 from quiver.server.storage.rows import ChunkHit, NotWanted, Owner, Tx
 
@@ -239,6 +240,17 @@ class PgChunkRows:
             for r in self.db.rows(
                 "SELECT DISTINCT c.vector_store_id FROM chunks c WHERE NOT EXISTS "
                 "(SELECT 1 FROM vector_stores s WHERE s.id = c.vector_store_id)"
+            )
+        ]
+
+    def settled_with_chunks(self) -> list[tuple[str, str]]:
+        return [
+            (r["vector_store_id"], r["file_id"])
+            for r in self.db.rows(
+                "SELECT f.vector_store_id, f.file_id FROM vector_store_files f "
+                "WHERE f.status IN (%s, %s) AND EXISTS (SELECT 1 FROM chunks c "
+                "WHERE c.vector_store_id = f.vector_store_id AND c.file_id = f.file_id)",
+                (FileStatus.CANCELLED.value, FileStatus.FAILED.value),
             )
         ]
 
