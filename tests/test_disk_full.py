@@ -4,7 +4,6 @@ never INTERNAL; searches still answer; once space is back, everything works agai
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
@@ -21,7 +20,7 @@ from quiver.v1 import vector_stores_pb2
 
 from tests.support.batch_helpers import B_COMPLETED, create_batch, create_store, prose, watch_to_end
 from tests.support.inproc import Running, Tenant
-from tests.support.rpc_helpers import error_reason, upload
+from tests.support.rpc_helpers import error_reason, upload, wait_for
 from tests.support.tmpfs import fill, small_tmpfs
 
 
@@ -123,7 +122,11 @@ async def test_a_heartbeat_on_a_full_disk_warns_without_a_traceback(
     ballast = fill(data_dir.parent)
     try:
         with caplog.at_level(logging.WARNING, logger="quiver"):
-            await asyncio.sleep(0.6)
+            # Until a heartbeat met the full disk (every 0.1 s; however it was logged).
+            await wait_for(
+                lambda: any("replica heartbeat failed" in r.getMessage() for r in caplog.records),
+                within=30,
+            )
     finally:
         reader.rollback()
         reader.close()
